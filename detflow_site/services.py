@@ -1,0 +1,60 @@
+"""Connections to the two services: MongoDB (or mongomock) and Redis (or the embedded server)."""
+from __future__ import annotations
+
+import functools
+
+import mongoengine
+import redis
+
+from detflow_site import conf, embedded
+
+#: The mongoengine alias every document uses.
+ALIAS = "default"
+
+
+def connect_mongo() -> None:
+    """Register the MongoDB connection (lazy: no I/O until the first query)."""
+    settings = conf.get()
+    mongoengine.disconnect(ALIAS)
+    if settings.MONGODB_URL is None:
+        import mongomock
+
+        embedded.serialize_mongomock()
+        mongoengine.connect(
+            db=settings.MONGODB_DB, alias=ALIAS, host="mongodb://embedded", uuidRepresentation="standard",
+            mongo_client_class=mongomock.MongoClient,
+        )
+    else:
+        mongoengine.connect(
+            db=settings.MONGODB_DB, alias=ALIAS, host=settings.MONGODB_URL,
+            w="majority", readPreference="primary", uuidRepresentation="standard",
+            serverSelectionTimeoutMS=5000, tz_aware=False,
+        )
+
+
+def is_embedded_store() -> bool:
+    """Tell whether state lives in this process's memory (mongomock)."""
+    return conf.get().MONGODB_URL is None
+
+
+def store_description() -> str:
+    """Describe the store for start-up banners and errors, without credentials."""
+    url = conf.get().MONGODB_URL
+    if url is None:
+        return "embedded mongomock (state lives in this process's memory)"
+    return "MongoDB at " + url.split("@")[-1]
+
+
+def redis_url() -> str:
+    """Return the Redis URL, starting the embedded redis-server when none is configured."""
+    return conf.get().REDIS_URL or embedded.redis_server().url
+
+
+@functools.cache
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=10, health_check_interval=30)
+
+
+def redis_client() -> redis.Redis:
+    """Return the shared Redis client for locks and the sweeper (thread-safe, pooled)."""
+    return _client(redis_url())

@@ -1,0 +1,17 @@
+"""The Dramatiq actor that advances an execution by one step."""
+from __future__ import annotations
+
+import dramatiq
+
+from detflow_site import conf
+from executions.broker import broker
+from executions import runner
+
+#: Name of the actor; messages carry only the execution id.
+ADVANCE = "detflow.advance"
+
+
+@dramatiq.actor(actor_name=ADVANCE, queue_name=conf.get().QUEUE, max_retries=0, broker=broker)
+def advance(execution_id: str) -> None:
+    """Advance one execution by what the engine decides from its stored state."""
+    runner.advance(execution_id)

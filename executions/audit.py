@@ -1,0 +1,139 @@
+"""The determinism audit: replay a stored history through the engine and compare (``verify``).
+
+Each event that records a decision (a claim, a retry or failure, a lost attempt, the end of the
+execution) is checked against what ``decide`` says for the state the earlier events build, at the
+event's own time; each event must be a legal transition; the sequence numbers must have no gaps;
+and the replayed state must match the stored one.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from executions import store
+from executions.engine import (
+    Claim,
+    ExecutionState,
+    ExecutionStatus,
+    Finish,
+    IllegalTransition,
+    RecoverLost,
+    decide,
+    evolve,
+    failure,
+)
+from executions.store import to_ms
+from executions.transitions import TIME_FIELDS, outcome_fields
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """One place where the stored history disagrees with the engine."""
+
+    execution_id: str
+    seq: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"event {self.seq}" if self.seq is not None else "final state"
+        return f"{self.execution_id} {where}: {self.problem}"
+
+
+def verify(doc: Mapping[str, Any]) -> list[Divergence]:
+    """Return every divergence between a stored execution and a replay of its history."""
+    execution_id = doc["_id"]
+    found: list[Divergence] = []
+    state = store.initial_state(execution_id, doc["definition"]["steps"])
+    expected_seq = 1
+    for stored_event in doc.get("events", []):
+        seq = stored_event.get("seq")
+        if seq != expected_seq:
+            found.append(Divergence(execution_id, seq, f"expected sequence number {expected_seq}"))
+        expected_seq = (seq or expected_seq) + 1
+        event = _engine_event(stored_event)
+        problem = _check_decision(state, event)
+        if problem:
+            found.append(Divergence(execution_id, seq, problem))
+        try:
+            state = evolve(state, event)
+        except (IllegalTransition, KeyError, TypeError, ValueError) as exc:
+            found.append(Divergence(execution_id, seq, f"illegal event {event.get('type')!r}: {exc}"))
+    found.extend(_check_final(execution_id, state, doc))
+    if doc.get("event_seq") != expected_seq - 1:
+        found.append(Divergence(execution_id, None,
+                                f"event_seq is {doc.get('event_seq')}, history ends at {expected_seq - 1}"))
+    return found
+
+
+def verify_all(docs: Iterable[Mapping[str, Any]]) -> Iterator[tuple[str, list[Divergence]]]:
+    """Yield ``(execution id, divergences)`` for each document."""
+    for doc in docs:
+        yield doc["_id"], verify(doc)
+
+
+def _check_decision(state: ExecutionState, event: Mapping[str, Any]) -> str | None:
+    kind = event.get("type")
+    at = event.get("at")
+    if not isinstance(at, int):
+        return "event has no time"
+    index = event.get("step_index")
+    if kind == "step_claimed":
+        expected: Any = Claim(index, event.get("attempt"))
+        actual: Any = decide(state, at)
+    elif kind == "attempt_lost":
+        actual = decide(state, at)
+        expected = (RecoverLost(index, actual.then) if isinstance(actual, RecoverLost) else "lost")
+        if isinstance(actual, RecoverLost) and outcome_fields(actual.then) != _recorded_outcome(event):
+            return f"lost attempt recorded {_recorded_outcome(event)}, engine says {outcome_fields(actual.then)}"
+    elif kind == "attempt_failed":
+        if not isinstance(index, int) or not 0 <= index < len(state.steps):
+            return f"step index {index!r} out of range"
+        then = failure(state, index, permanent=bool(event.get("permanent")), now=at)
+        if outcome_fields(then) != _recorded_outcome(event):
+            return f"failure recorded {_recorded_outcome(event)}, engine says {outcome_fields(then)}"
+        return None
+    elif kind in ("execution_succeeded", "execution_failed"):
+        actual = decide(state, at)
+        expected = Finish(ExecutionStatus(kind[10:].upper()))
+    else:
+        return None
+    if actual != expected:
+        return f"recorded {kind} ({_short(event)}), engine decides {actual}"
+    return None
+
+
+def _check_final(execution_id: str, state: ExecutionState, doc: Mapping[str, Any]) -> list[Divergence]:
+    found = []
+    if state.status.value != doc.get("status"):
+        found.append(Divergence(execution_id, None,
+                                f"status is {doc.get('status')}, history gives {state.status}"))
+    for replayed, stored in zip(state.steps, doc.get("steps", []), strict=False):
+        for name in ("status", "attempt", "budget_base"):
+            want = getattr(replayed, name)
+            got = stored.get(name)
+            if (want.value if hasattr(want, "value") else want) != got:
+                found.append(Divergence(execution_id, None,
+                                        f"step {replayed.name!r} {name} is {got}, history gives {want}"))
+    return found
+
+
+def _engine_event(event: Mapping[str, Any]) -> dict[str, Any]:
+    converted = dict(event)
+    converted["at"] = to_ms(event.get("at")) if event.get("at") is not None else None
+    for name in TIME_FIELDS:
+        if event.get(name) is not None:
+            converted[name] = to_ms(event[name])
+    return converted
+
+
+def _recorded_outcome(event: Mapping[str, Any]) -> dict[str, Any]:
+    recorded = {"outcome": event.get("outcome")}
+    if event.get("outcome") == "retry":
+        recorded["next_retry_at"] = event.get("next_retry_at")
+    return recorded
+
+
+def _short(event: Mapping[str, Any]) -> str:
+    keys = ("step", "attempt", "outcome")
+    return ", ".join(f"{k}={event[k]}" for k in keys if k in event)

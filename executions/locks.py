@@ -1,0 +1,67 @@
+"""The per-execution Redis lock: random token, expiry always, compare-and-renew, compare-and-delete.
+
+The lock keeps a second worker away in the normal case; it is not what makes detflow correct.
+The ``version`` fence in MongoDB is (DESIGN invariant 5): a worker whose lock expired during a pause
+finds its writes refused.
+
+A worker that finds the lock taken leaves a *poke* before it gives up; the holder reads and clears
+the poke in the same script that releases the lock, and sends another message when it finds one.
+A message that arrives while another worker holds the execution is therefore never lost.
+"""
+from __future__ import annotations
+
+import secrets
+
+import redis
+
+#: Delete the lock if it still holds our token; return whether a poke was waiting (and clear it).
+_RELEASE = """
+local released = 0
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    redis.call('del', KEYS[1])
+    released = 1
+end
+local poked = redis.call('del', KEYS[2])
+return {released, poked}
+"""
+
+#: Extend the lock's expiry if it still holds our token.
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class ExecutionLock:
+    """A lock on one execution, held by one worker thread (and renewed by its heartbeat)."""
+
+    def __init__(self, client: redis.Redis, execution_id: str, ttl_ms: int) -> None:
+        self.client = client
+        self.key = f"detflow:lock:{execution_id}"
+        self.poke_key = f"detflow:poke:{execution_id}"
+        self.ttl_ms = ttl_ms
+        self.token = secrets.token_hex(16)
+
+    def acquire(self) -> bool:
+        """Take the lock, or leave a poke for its holder and return ``False``."""
+        if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return True
+        # Taken: poke the holder, then try once more in case it released in between. If the second
+        # try fails too, the holder has not released yet, so its release script will see the poke.
+        self.client.set(self.poke_key, "1", px=max(self.ttl_ms, 60_000))
+        return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
+
+    def renew(self) -> bool:
+        """Extend the expiry to ``ttl_ms`` from now; ``False`` when the lock is no longer ours."""
+        return bool(self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+
+    def release(self) -> bool:
+        """Release the lock if it is still ours; return whether another message poked meanwhile."""
+        _released, poked = self.client.eval(_RELEASE, 2, self.key, self.poke_key, self.token)
+        return bool(poked)
+
+    def holder_ttl_ms(self) -> int:
+        """Return the milliseconds left on the lock, whoever holds it (-2: not held)."""
+        return int(self.client.pttl(self.key))

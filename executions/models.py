@@ -1,0 +1,60 @@
+"""The Execution document: one run of a pinned workflow definition, its steps and its history.
+
+Writers never ``save()`` an existing execution: every change is one conditional update matched on
+``version`` (see ``executions.transitions``). This class declares the fields and the indexes that
+every query of the API, the admin and the sweeper relies on.
+"""
+from __future__ import annotations
+
+import mongoengine as me
+
+
+class Execution(me.Document):
+    """One run of a workflow version."""
+
+    #: Random hex id, also the first half of every step's idempotency key.
+    id = me.StringField(primary_key=True)
+    workflow = me.StringField(required=True)
+    workflow_version = me.IntField(required=True)
+    #: The definition pinned at start: ``{"name", "version", "description", "steps": [...]}``.
+    definition = me.DictField(required=True)
+    #: The input as JSON text (any JSON value; text keeps keys MongoDB would refuse).
+    input_json = me.StringField(required=True)
+    #: Optional caller key; unique per workflow, so a repeated start returns the first execution.
+    idempotency_key = me.StringField()
+    status = me.StringField(required=True)
+    #: Incremented by every state change; the fencing token of each claim.
+    version = me.IntField(required=True)
+    #: Sequence number of the newest event (events are numbered 1, 2, 3, ... without gaps).
+    event_seq = me.IntField(required=True)
+    created_at = me.DateTimeField(required=True)
+    updated_at = me.DateTimeField(required=True)
+    finished_at = me.DateTimeField()
+    #: When a worker must next look at it (claim, retry, lease expiry); unset when idle.
+    due_at = me.DateTimeField()
+    #: Name of the step that failed, while the execution is FAILED.
+    failed_step = me.StringField()
+    #: One dict per step: status, attempt counters, lease, output, current attempt, attempt records.
+    steps = me.ListField(me.DictField(), required=True)
+    #: The history: ``{"seq", "at", "type", ...}`` dicts, appended by the same update as each change.
+    events = me.ListField(me.DictField(), required=True)
+
+    meta = {
+        "collection": "executions",
+        "strict": False,
+        "indexes": [
+            {"fields": ["due_at"], "sparse": True},
+            ["status", "-created_at"],
+            ["workflow", "workflow_version", "-created_at"],
+            {"fields": ["failed_step", "-created_at"], "sparse": True},
+            "-created_at",
+            {
+                "fields": ["workflow", "idempotency_key"],
+                "unique": True,
+                "partialFilterExpression": {"idempotency_key": {"$type": "string"}},
+            },
+        ],
+    }
+
+    def __str__(self) -> str:
+        return f"{self.workflow} v{self.workflow_version} {self.id} {self.status}"

@@ -1,0 +1,197 @@
+"""What services and operators do to executions: start, cancel, retry, skip.
+
+Each operator action needs a reason, records who did it and why as an event, and has a dry run
+that returns what it would change without changing anything.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from executions import dispatch, store, transitions
+from executions.engine import ExecutionStatus, StepStatus, replay
+from executions.errors import (
+    ConcurrentChange,
+    ExecutionNotFound,
+    InvalidArgument,
+    OperationNotAllowed,
+)
+from executions.runner import follow_up
+from executions.store import Snapshot, now_ms
+from workflows import definitions
+
+#: Largest input accepted at start, in bytes of JSON.
+INPUT_CAP_BYTES = 1024 * 1024
+#: Re-reads allowed when the execution changes under an action before it is written.
+TRIES = 5
+_UNSET: Any = object()
+
+
+@dataclass
+class ActionResult:
+    """What an operator action changed (or, in a dry run, would change)."""
+
+    execution_id: str
+    action: str
+    dry_run: bool
+    #: ``{"execution": (old, new), "steps.<name>": (old, new), ...}`` status changes.
+    changes: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: The event recorded (or that would be recorded).
+    event: dict[str, Any] = field(default_factory=dict)
+
+
+def start(
+    workflow: str, input: Any = None, version: int | None = None,
+    idempotency_key: str | None = None, by: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Store a new execution and send its first message; return ``(document, created)``.
+
+    The execution is stored before any message is sent: with Redis down the start still succeeds
+    and the sweeper dispatches it later.
+    """
+    stored = definitions.get(workflow, version)
+    input_json = _json(input, "input", INPUT_CAP_BYTES)
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
+        raise InvalidArgument("idempotency_key", "must be 1 to 200 characters")
+    definition = {"name": stored.name, "version": stored.version,
+                  "description": stored.description, "steps": stored.steps}
+    doc, created = transitions.create(definition, input_json, idempotency_key, now_ms(), by)
+    if created:
+        dispatch.send(doc["_id"])
+    return doc, created
+
+
+def cancel(execution_id: str, by: str, reason: str, dry_run: bool = False) -> ActionResult:
+    """Cancel an execution: no further step starts; a running attempt may still finish."""
+
+    def plan(snap: Snapshot) -> tuple[Callable[[int], Snapshot | None], dict[str, Any]]:
+        if snap.state.status not in (ExecutionStatus.PENDING, ExecutionStatus.RUNNING):
+            raise OperationNotAllowed(
+                f"execution {execution_id} is {snap.state.status}; only PENDING or RUNNING "
+                "executions can be cancelled"
+            )
+        event = {"type": "cancelled", "by": by, "reason": reason}
+        return (lambda now: transitions.cancel(snap, by, reason, now)), event
+
+    return _act(execution_id, "cancel", by, reason, dry_run, plan)
+
+
+def retry(
+    execution_id: str, by: str, reason: str, input: Any = _UNSET, dry_run: bool = False
+) -> ActionResult:
+    """Retry a FAILED execution from its failed step with a new attempt budget.
+
+    ``input``, when given, replaces the input of that step alone; the difference is recorded.
+    """
+
+    def plan(snap: Snapshot) -> tuple[Callable[[int], Snapshot | None], dict[str, Any]]:
+        index = _failed_step(snap, "retried")
+        input_json = diff = None
+        if input is not _UNSET:
+            input_json = _json(input, "input", INPUT_CAP_BYTES)
+            stored = snap.doc["steps"][index].get("input_json") or snap.doc["input_json"]
+            diff = json_diff(json.loads(stored), json.loads(input_json))
+        event = {"type": "retried", "step_index": index, "step": snap.state.steps[index].name,
+                 "by": by, "reason": reason,
+                 "input_diff_json": transitions.dumps(diff or [])}
+        return (lambda now: transitions.retry(snap, index, by, reason, now, input_json, diff)), event
+
+    return _act(execution_id, "retry", by, reason, dry_run, plan)
+
+
+def skip(
+    execution_id: str, by: str, reason: str, output: Any = None, step: str | None = None,
+    dry_run: bool = False,
+) -> ActionResult:
+    """Skip the failed step with ``output`` standing in for its result, and go on."""
+
+    def plan(snap: Snapshot) -> tuple[Callable[[int], Snapshot | None], dict[str, Any]]:
+        index = _failed_step(snap, "skipped")
+        name = snap.state.steps[index].name
+        if step is not None and step != name:
+            raise InvalidArgument("step", f"step {step!r} has not failed; the failed step is {name!r}")
+        from detflow_site import conf
+
+        output_json = _json(output, "output", conf.get().OUTPUT_CAP_BYTES)
+        event = {"type": "skipped", "step_index": index, "step": name, "by": by, "reason": reason}
+        return (lambda now: transitions.skip(snap, index, by, reason, output_json, now)), event
+
+    return _act(execution_id, "skip", by, reason, dry_run, plan)
+
+
+def _act(
+    execution_id: str, action: str, by: str, reason: str, dry_run: bool,
+    plan: Callable[[Snapshot], tuple[Callable[[int], Snapshot | None], dict[str, Any]]],
+) -> ActionResult:
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidArgument("reason", "a reason is required")
+    if len(reason) > 1000:
+        raise InvalidArgument("reason", "must be at most 1000 characters")
+    if not by:
+        raise InvalidArgument("by", "the acting user is required")
+    for _ in range(TRIES):
+        doc = store.load(execution_id)
+        if doc is None:
+            raise ExecutionNotFound(f"execution {execution_id} does not exist")
+        snap = Snapshot.of(doc)
+        write, event = plan(snap)
+        result = ActionResult(execution_id, action, dry_run, _changes(snap, event), event)
+        if dry_run:
+            return result
+        after = write(now_ms())
+        if after is not None:
+            follow_up(after)
+            return result
+    raise ConcurrentChange(f"execution {execution_id} changed {TRIES} times while {action} was tried")
+
+
+def _failed_step(snap: Snapshot, verb: str) -> int:
+    if snap.state.status is not ExecutionStatus.FAILED:
+        raise OperationNotAllowed(
+            f"execution {snap.state.id} is {snap.state.status}; only a FAILED execution can be {verb}"
+        )
+    for index, step in enumerate(snap.state.steps):
+        if step.status is StepStatus.FAILED:
+            return index
+    raise OperationNotAllowed(f"execution {snap.state.id} has no failed step")
+
+
+def _changes(snap: Snapshot, event: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    after = replay(snap.state, [event])
+    changes = {}
+    if after.status is not snap.state.status:
+        changes["execution"] = (snap.state.status.value, after.status.value)
+    for old, new in zip(snap.state.steps, after.steps, strict=True):
+        if old.status is not new.status:
+            changes[f"steps.{old.name}"] = (old.status.value, new.status.value)
+    return changes
+
+
+def _json(value: Any, name: str, cap: int) -> str:
+    try:
+        text = transitions.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(name, f"must be JSON-serialisable: {exc}") from None
+    if len(text.encode()) > cap:
+        raise InvalidArgument(name, f"is {len(text.encode())} bytes of JSON; the cap is {cap}")
+    return text
+
+
+def json_diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
+    """Return the changes from ``old`` to ``new`` as ``{"path", "old", "new"}`` items."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changes = []
+        for key in sorted(set(old) | set(new), key=str):
+            sub = f"{path}/{key}"
+            if key not in old:
+                changes.append({"path": sub, "op": "add", "new": new[key]})
+            elif key not in new:
+                changes.append({"path": sub, "op": "remove", "old": old[key]})
+            else:
+                changes.extend(json_diff(old[key], new[key], sub))
+        return changes
+    if old == new and type(old) is type(new):
+        return []
+    return [{"path": path or "/", "op": "replace", "old": old, "new": new}]

@@ -1,0 +1,341 @@
+"""One step's life in a worker: lock, load, decide, claim, run the handler, record, release, send.
+
+A crash between any two of these is recovered (DESIGN: "One step's life"): before the claim by the
+next message or sweep, after the claim by the lease running out, after the outcome by the sweeper
+seeing due work. The next message is sent *after* the lock is released, so that it never finds the
+lock still held by the worker that sent it.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from detflow_site import conf, services
+from executions import dispatch, faults, store, transitions
+from executions.engine import Claim, Decision, Finish, RecoverLost, StepStatus, Wait, decide
+from executions.locks import ExecutionLock
+from executions.store import Snapshot, now_ms, to_dt
+from workflows import registry
+from workflows.context import AttemptLog, StepContext
+from workflows.errors import (
+    LeaseLost,
+    OutputNotSerializable,
+    OutputTooLarge,
+    PermanentError,
+)
+
+logger = logging.getLogger("detflow.worker")
+
+#: Longest traceback and error message stored per attempt, in characters (the tail is kept).
+TRACEBACK_CHARS = 8000
+MESSAGE_CHARS = 2000
+#: Outcome writes re-read and retry this often when an operator's change moved the version on.
+RECORD_TRIES = 5
+
+
+def worker_id() -> str:
+    """Return ``host:pid:thread``, the name a claim records."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def advance(execution_id: str, worker: str | None = None) -> None:
+    """Do what the engine decides for one execution, under its lock."""
+    settings = conf.get()
+    worker = worker or worker_id()
+    lease_ms = round(settings.LEASE_S * 1000)
+    faults.hit("received")
+    lock = ExecutionLock(services.redis_client(), execution_id, lease_ms)
+    if not lock.acquire():
+        logger.debug("execution %s is held by another worker; poked it", execution_id)
+        return
+    faults.hit("locked")
+    doc = store.load(execution_id)
+    if doc is None:
+        lock.release()
+        logger.warning("execution %s does not exist; message dropped", execution_id)
+        return
+    snap = Snapshot.of(doc)
+    faults.hit("loaded")
+    now = now_ms()
+    decision = decide(snap.state, now)
+    after: Snapshot | None = None
+    if isinstance(decision, Claim):
+        after = run_step(snap, decision, worker, lock, lease_ms)
+    elif isinstance(decision, RecoverLost):
+        after = transitions.record_lost(snap, decision, now)
+    elif isinstance(decision, Finish):
+        after = transitions.finish(snap, decision, now)
+    poked = lock.release()
+    faults.hit("released")
+    if after is not None:
+        follow_up(after)
+    elif poked:
+        dispatch.send(execution_id)
+    faults.hit("sent")
+
+
+def follow_up(snap: Snapshot) -> None:
+    """Send the message that the state after a change calls for (now, later, or none)."""
+    now = now_ms()
+    decision: Decision = decide(snap.state, now)
+    if isinstance(decision, Claim | RecoverLost | Finish):
+        dispatch.send(snap.state.id)
+    elif isinstance(decision, Wait) and decision.reason == "retry":
+        dispatch.send(snap.state.id, delay_ms=decision.until - now)
+
+
+def run_step(
+    snap: Snapshot, decision: Claim, worker: str, lock: ExecutionLock, lease_ms: int
+) -> Snapshot | None:
+    """Claim the step, run its handler, and record the outcome; ``None`` if another writer won."""
+    claimed = transitions.claim(snap, decision, worker, now_ms(), lease_ms)
+    if claimed is None:
+        logger.info("claim of %s step %d lost a race; leaving it", snap.state.id, decision.step)
+        return None
+    faults.hit("claimed")
+    attempt = Attempt(claimed, decision.step, worker)
+    attempt.run(lock, lease_ms)
+    faults.hit("handled")
+    recorded = attempt.record()
+    faults.hit("recorded")
+    return recorded
+
+
+@dataclass
+class Attempt:
+    """One attempt of one step: its context, its watchdog, its outcome."""
+
+    snap: Snapshot
+    index: int
+    worker: str
+    started_ms: int = field(default_factory=now_ms)
+    output_json: str | None = None
+    error: BaseException | None = None
+    timed_out: bool = False
+    log: AttemptLog | None = None
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return self.snap.doc["definition"]["steps"][self.index]
+
+    @property
+    def fence(self) -> int:
+        return self.snap.version
+
+    def context(self, heartbeat: Any) -> StepContext:
+        doc = self.snap.doc
+        step = self.snap.state.steps[self.index]
+        stored = doc["steps"][self.index]
+        ids = {"execution_id": doc["_id"], "step": step.name, "attempt": step.attempt,
+               "worker": self.worker}
+        self.log = AttemptLog(conf.get().LOG_LINES_CAP, ids)
+        return StepContext(
+            execution_id=doc["_id"],
+            workflow=doc["workflow"],
+            workflow_version=doc["workflow_version"],
+            step=step.name,
+            attempt=step.attempt,
+            idempotency_key=f"{doc['_id']}:{step.name}",
+            input=json.loads(stored.get("input_json") or doc["input_json"]),
+            outputs=Outputs(doc["steps"][: self.index]),
+            fencing_token=self.fence,
+            log=self.log,
+            _heartbeat=heartbeat,
+        )
+
+    def run(self, lock: ExecutionLock, lease_ms: int) -> None:
+        """Run the handler under the step's timeout, with the lease renewed while it runs."""
+        timeout_s = float(self.spec["timeout_s"])
+        watchdog = Watchdog(self, lock, lease_ms, timeout_s)
+        ctx = self.context(watchdog.beat)
+        try:
+            handler = registry.get_handler(self.spec["handler"])
+            watchdog.start()
+            try:
+                result = handler(ctx)
+            finally:
+                watchdog.finish()
+            if time.monotonic() > watchdog.deadline:
+                raise TimeoutInterrupt()
+            self.output_json = _encode_output(result)
+        except TimeoutInterrupt:
+            self.timed_out = True
+        except Exception as exc:  # the handler's failure, whatever it is, is the attempt's outcome
+            self.error = exc
+
+    def record(self) -> Snapshot | None:
+        """Store the outcome; drop it if a successor claimed the step meanwhile (fencing)."""
+        snap = self.snap
+        for _ in range(RECORD_TRIES):
+            now = now_ms()
+            record = self._record(now)
+            if self.output_json is not None:
+                result = transitions.record_success(snap, self.index, self.output_json, record, now)
+            else:
+                error_type, message, permanent = self._failure()
+                result = transitions.record_failure(
+                    snap, self.index, error_type, message, permanent, record, now
+                )
+            if result is not None:
+                return result
+            doc = store.load(snap.state.id)
+            current = (doc or {}).get("steps", [{}] * (self.index + 1))[self.index]
+            if (
+                doc is None
+                or current.get("status") != StepStatus.RUNNING.value
+                or (current.get("current") or {}).get("fence") != self.fence
+            ):
+                logger.warning(
+                    "outcome of %s step %d attempt fenced %d dropped: the claim is no longer "
+                    "current", snap.state.id, self.index, self.fence,
+                )
+                return None
+            snap = Snapshot.of(doc)
+        logger.error("outcome of %s step %d not recorded after %d tries; the lease will recover it",
+                     snap.state.id, self.index, RECORD_TRIES)
+        return None
+
+    def _failure(self) -> tuple[str, str, bool]:
+        if self.timed_out:
+            return "StepTimeout", f"attempt ran past timeout_s={self.spec['timeout_s']:g}", False
+        exc = self.error
+        assert exc is not None
+        names = _type_names(type(exc))
+        non_retryable = set(self.spec.get("non_retryable") or ())
+        permanent = isinstance(exc, PermanentError) or bool(non_retryable & names)
+        return _type_name(type(exc)), str(exc)[:MESSAGE_CHARS], permanent
+
+    def _record(self, now: int) -> dict[str, Any]:
+        step = self.snap.state.steps[self.index]
+        record: dict[str, Any] = {
+            "n": step.attempt, "worker": self.worker, "fence": self.fence,
+            "started_at": to_dt(self.started_ms), "ended_at": to_dt(now),
+            "duration_ms": now - self.started_ms,
+        }
+        if self.output_json is not None:
+            record["outcome"] = "succeeded"
+        else:
+            error_type, message, _ = self._failure()
+            record.update(outcome="timed_out" if self.timed_out else "failed",
+                          error_type=error_type, message=message)
+            if self.error is not None:
+                text = "".join(traceback.format_exception(self.error))
+                record["traceback"] = text[-TRACEBACK_CHARS:]
+        if self.log is not None:
+            record["logs"] = self.log.lines
+            record["logs_dropped"] = self.log.dropped
+        return record
+
+
+class Outputs(Mapping[str, Any]):
+    """Earlier steps' outputs by name, each parsed from JSON on first access."""
+
+    def __init__(self, steps: list[dict[str, Any]]) -> None:
+        self._raw = {s["name"]: s["output_json"] for s in steps if "output_json" in s}
+        self._parsed: dict[str, Any] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._parsed:
+            self._parsed[name] = json.loads(self._raw[name])
+        return self._parsed[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+class TimeoutInterrupt(BaseException):
+    """Raised inside a handler that ran past its ``timeout_s`` (a BaseException, so that a handler's
+    ``except Exception`` does not swallow it)."""
+
+
+class Watchdog(threading.Thread):
+    """Renews the lease and the lock while a handler runs; interrupts it at its deadline.
+
+    An interrupt cannot stop C code or a blocking system call; the watchdog then stops renewing,
+    the lease runs out, and the sweeper records the attempt lost.
+    """
+
+    def __init__(self, attempt: Attempt, lock: ExecutionLock, lease_ms: int, timeout_s: float):
+        super().__init__(name=f"detflow-watchdog-{attempt.snap.state.id[:8]}", daemon=True)
+        self.attempt = attempt
+        self.lock = lock
+        self.lease_ms = lease_ms
+        self.deadline = time.monotonic() + timeout_s
+        self.target = threading.get_ident()
+        self.lost = False
+        self._done = threading.Event()
+        self._guard = threading.Lock()
+
+    def run(self) -> None:
+        interval = max(self.lease_ms / 3000, 0.05)
+        while not self._done.wait(min(interval, max(self.deadline - time.monotonic(), 0))):
+            if time.monotonic() >= self.deadline:
+                with self._guard:
+                    if not self._done.is_set():
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                            ctypes.c_ulong(self.target), ctypes.py_object(TimeoutInterrupt)
+                        )
+                return
+            self._renew()
+
+    def _renew(self) -> bool:
+        try:
+            held = self.lock.renew()
+            renewed = transitions.renew_lease(
+                self.attempt.snap.state.id, self.attempt.index, self.attempt.fence,
+                now_ms(), self.lease_ms,
+            )
+        except Exception as exc:  # a failed renewal must not kill the attempt; the lease decides
+            logger.warning("lease renewal of %s failed: %s", self.attempt.snap.state.id, exc)
+            return not self.lost
+        if not renewed:
+            self.lost = True
+        elif not held:
+            logger.info("lock of %s expired while its handler ran", self.attempt.snap.state.id)
+        return renewed
+
+    def beat(self) -> None:
+        """Renew now, on the handler's request; raise ``LeaseLost`` if a successor owns the step."""
+        if self.lost or not self._renew():
+            raise LeaseLost("this attempt's claim is no longer current; stop and return")
+
+    def finish(self) -> None:
+        """Stop renewing: the handler returned or raised."""
+        with self._guard:
+            self._done.set()
+
+
+def _encode_output(result: Any) -> str:
+    try:
+        text = transitions.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise OutputNotSerializable(f"output is not JSON-serialisable: {exc}") from exc
+    size = len(text.encode())
+    cap = conf.get().OUTPUT_CAP_BYTES
+    if size > cap:
+        raise OutputTooLarge(size, cap)
+    return text
+
+
+def _type_name(kind: type) -> str:
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _type_names(kind: type) -> set[str]:
+    names: set[str] = set()
+    for base in kind.__mro__:
+        names.add(base.__qualname__)
+        names.add(_type_name(base))
+    return names

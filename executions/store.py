@@ -1,0 +1,97 @@
+"""Raw access to stored executions: loading documents, and the state the engine sees in them.
+
+Hot paths read plain dicts through pymongo (or mongomock) rather than mongoengine objects: one
+``find_one`` per load, no per-field conversion. Times are stored as BSON dates, which keep
+milliseconds, and the engine works in integer milliseconds, so a stored time round-trips exactly.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo.collection import Collection
+
+from executions.engine import ExecutionState, ExecutionStatus, StepState, StepStatus
+from executions.models import Execution
+from workflows.spec import RetryPolicy
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_MS = dt.timedelta(milliseconds=1)
+
+
+def now_ms() -> int:
+    """Return the wall clock in integer milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def to_dt(ms: int | None) -> dt.datetime | None:
+    """Return the naive UTC datetime for ``ms`` (``None`` stays ``None``)."""
+    return None if ms is None else _EPOCH + dt.timedelta(milliseconds=ms)
+
+
+def to_ms(value: dt.datetime | None) -> int | None:
+    """Return integer milliseconds for a stored datetime (naive UTC or aware)."""
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return (value - _EPOCH) // _MS
+
+
+def collection() -> Collection:
+    """Return the executions collection (indexes are ensured on first use)."""
+    return Execution._get_collection()
+
+
+def load(execution_id: str) -> dict[str, Any] | None:
+    """Return the stored document of an execution, or ``None``."""
+    return collection().find_one({"_id": execution_id})
+
+
+def initial_state(execution_id: str, definition_steps: list[dict[str, Any]]) -> ExecutionState:
+    """Return the state of a new execution of the given (pinned) steps."""
+    return ExecutionState(
+        id=execution_id,
+        status=ExecutionStatus.PENDING,
+        steps=tuple(
+            StepState(name=s["name"], status=StepStatus.PENDING, policy=RetryPolicy(**s["retry"]))
+            for s in definition_steps
+        ),
+    )
+
+
+def to_state(doc: dict[str, Any]) -> ExecutionState:
+    """Return the engine's view of a stored execution."""
+    specs = doc["definition"]["steps"]
+    return ExecutionState(
+        id=doc["_id"],
+        status=ExecutionStatus(doc["status"]),
+        steps=tuple(
+            StepState(
+                name=step["name"],
+                status=StepStatus(step["status"]),
+                policy=RetryPolicy(**spec["retry"]),
+                attempt=step.get("attempt", 0),
+                budget_base=step.get("budget_base", 0),
+                next_retry_at=to_ms(step.get("next_retry_at")),
+                lease_expires_at=to_ms(step.get("lease_expires_at")),
+            )
+            for step, spec in zip(doc["steps"], specs, strict=True)
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A stored execution as one writer last saw it: the state and the version to match on."""
+
+    doc: dict[str, Any]
+    state: ExecutionState
+    version: int
+    event_seq: int
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> Snapshot:
+        return cls(doc=doc, state=to_state(doc), version=doc["version"], event_seq=doc["event_seq"])

@@ -1,0 +1,91 @@
+"""The recovery sweeper: MongoDB alone decides what is due (DESIGN invariant 6).
+
+It does not wait for Dramatiq to hand back an unacked message (which can take ten minutes and
+more after a ``kill -9``). Each sweep reads the executions whose ``due_at`` has passed and
+- records a RUNNING attempt whose lease ran out as lost, then retries or fails it per its policy;
+- sends a message for due work that no message has picked up within the grace period.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from detflow_site import conf
+from executions import dispatch, store, transitions
+from executions.engine import Claim, Finish, RecoverLost, decide
+from executions.store import Snapshot, now_ms, to_dt
+
+logger = logging.getLogger("detflow.sweeper")
+
+#: Executions read per sweep at most (oldest due first); the next sweep takes the rest.
+BATCH = 500
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did."""
+
+    examined: int = 0
+    lost: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+    actions: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        return (f"examined {self.examined} due execution(s): {len(self.lost)} lost attempt(s) "
+                f"recorded, {len(self.resent)} message(s) re-sent")
+
+
+def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
+    """Run one sweep; return what it did."""
+    settings = conf.get()
+    grace_ms = round((settings.SWEEP_GRACE_S if grace_s is None else grace_s) * 1000)
+    now = now_ms() if now is None else now
+    report = SweepReport()
+    cursor = (
+        store.collection()
+        .find({"due_at": {"$lte": to_dt(now)}})
+        .sort("due_at", 1)
+        .limit(BATCH)
+    )
+    for doc in cursor:
+        report.examined += 1
+        snap = Snapshot.of(doc)
+        decision = decide(snap.state, now)
+        if isinstance(decision, RecoverLost):
+            after = transitions.record_lost(snap, decision, now)
+            if after is not None:
+                report.lost.append(snap.state.id)
+                report.actions["lost"] += 1
+                dispatch.send(snap.state.id)
+                report.resent.append(snap.state.id)
+        elif isinstance(decision, Claim | Finish):
+            due = store.to_ms(doc.get("due_at")) or now
+            if now - due >= grace_ms:
+                dispatch.send(snap.state.id)
+                report.resent.append(snap.state.id)
+                report.actions["resent"] += 1
+    if report.lost or report.resent:
+        logger.info("sweep: %s", report.summary())
+    return report
+
+
+class Sweeper(threading.Thread):
+    """Runs :func:`sweep` every ``SWEEP_INTERVAL_S`` until stopped."""
+
+    def __init__(self, interval_s: float | None = None) -> None:
+        super().__init__(name="detflow-sweeper", daemon=True)
+        self.interval_s = conf.get().SWEEP_INTERVAL_S if interval_s is None else interval_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            try:
+                sweep()
+            except Exception:  # a sweep that fails (store or Redis down) is tried again next time
+                logger.exception("sweep failed; retrying in %.1fs", self.interval_s)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)

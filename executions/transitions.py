@@ -1,0 +1,309 @@
+"""Every write to an execution: one conditional update of one document (DESIGN invariant 4).
+
+Each function takes the :class:`Snapshot` its caller decided on, appends the events that describe
+the change, and writes the new state, the events and ``version + 1`` in a single ``update_one``
+matched on ``_id`` and the snapshot's ``version``. It returns the new snapshot, or ``None`` when
+the version moved on: someone else changed the execution first, and this writer changed nothing.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from pymongo.errors import DuplicateKeyError
+
+from detflow_site import conf
+from executions import store
+from executions.engine import (
+    CancelStep,
+    Claim,
+    ExecutionStatus,
+    FailStep,
+    Failure,
+    Finish,
+    RecoverLost,
+    RetryAt,
+    StepStatus,
+    decide,
+    due_at,
+    failure,
+    replay,
+)
+from executions.store import Snapshot, to_dt
+
+#: Event fields that hold times: milliseconds for the engine, BSON dates when stored.
+TIME_FIELDS = ("lease_expires_at", "next_retry_at")
+
+
+def new_id() -> str:
+    """Return a new execution id (128 random bits, hex)."""
+    return secrets.token_hex(16)
+
+
+def create(
+    definition: Mapping[str, Any], input_json: str, idempotency_key: str | None, now: int,
+    by: str | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Insert a new execution; return ``(document, created)``.
+
+    With an ``idempotency_key`` already used for this workflow, nothing is inserted and the first
+    execution is returned with ``created=False``.
+    """
+    execution_id = new_id()
+    at = to_dt(now)
+    doc: dict[str, Any] = {
+        "_id": execution_id,
+        "workflow": definition["name"],
+        "workflow_version": definition["version"],
+        "definition": dict(definition),
+        "input_json": input_json,
+        "status": ExecutionStatus.PENDING.value,
+        "version": 1,
+        "event_seq": 1,
+        "created_at": at,
+        "updated_at": at,
+        "due_at": at,
+        "steps": [
+            {"name": s["name"], "handler": s["handler"], "status": StepStatus.PENDING.value,
+             "attempt": 0, "budget_base": 0, "attempts": []}
+            for s in definition["steps"]
+        ],
+        "events": [{"seq": 1, "at": at, "type": "created", "by": by,
+                    "workflow": definition["name"], "workflow_version": definition["version"]}],
+    }
+    if idempotency_key is not None:
+        doc["idempotency_key"] = idempotency_key
+    try:
+        store.collection().insert_one(doc)
+    except DuplicateKeyError:
+        existing = store.collection().find_one(
+            {"workflow": definition["name"], "idempotency_key": idempotency_key}
+        )
+        if existing is None:  # the first insert was removed meanwhile; nothing to return
+            raise
+        return existing, False
+    return doc, True
+
+
+def commit(
+    snap: Snapshot,
+    events: list[dict[str, Any]],
+    now: int,
+    *,
+    sets: Mapping[str, Any] | None = None,
+    unsets: tuple[str, ...] = (),
+    pushes: Mapping[str, Any] | None = None,
+) -> Snapshot | None:
+    """Apply ``events`` to the snapshot's state and write it all in one conditional update."""
+    new_state = replay(snap.state, events)
+    update_set: dict[str, Any] = {"updated_at": to_dt(now)}
+    update_unset: dict[str, str] = {name: "" for name in unsets}
+    if new_state.status is not snap.state.status:
+        update_set["status"] = new_state.status.value
+    for index, (old, new) in enumerate(zip(snap.state.steps, new_state.steps, strict=True)):
+        if old == new:
+            continue
+        prefix = f"steps.{index}."
+        update_set[prefix + "status"] = new.status.value
+        update_set[prefix + "attempt"] = new.attempt
+        update_set[prefix + "budget_base"] = new.budget_base
+        for name in TIME_FIELDS:
+            value = getattr(new, name)
+            if value is None:
+                update_unset[prefix + name] = ""
+            else:
+                update_set[prefix + name] = to_dt(value)
+    due = due_at(new_state, now)
+    if due is None:
+        update_unset["due_at"] = ""
+    else:
+        update_set["due_at"] = to_dt(due)
+    update_set.update(sets or {})
+    stamped = [
+        {"seq": snap.event_seq + k + 1, "at": to_dt(now), **_stored(event)}
+        for k, event in enumerate(events)
+    ]
+    update: dict[str, Any] = {
+        "$set": update_set,
+        "$inc": {"version": 1, "event_seq": len(events)},
+        "$push": {"events": {"$each": stamped}, **(pushes or {})},
+    }
+    if update_unset:
+        update["$unset"] = update_unset
+    result = store.collection().update_one({"_id": snap.state.id, "version": snap.version}, update)
+    if result.modified_count != 1:
+        return None
+    return Snapshot(doc=snap.doc, state=new_state, version=snap.version + 1,
+                    event_seq=snap.event_seq + len(events))
+
+
+def claim(snap: Snapshot, decision: Claim, worker: str, now: int, lease_ms: int) -> Snapshot | None:
+    """Claim a step for ``worker``: RUNNING, the next attempt, a lease, a fencing token."""
+    step = snap.state.steps[decision.step]
+    fence = snap.version + 1
+    lease = now + lease_ms
+    event = {"type": "step_claimed", "step_index": decision.step, "step": step.name,
+             "attempt": decision.attempt, "worker": worker, "fence": fence,
+             "lease_expires_at": lease}
+    prefix = f"steps.{decision.step}."
+    sets = {
+        prefix + "current": {"n": decision.attempt, "worker": worker, "fence": fence,
+                             "started_at": to_dt(now)},
+        prefix + "lease_owner": worker,
+    }
+    if step.attempt == 0:
+        sets[prefix + "started_at"] = to_dt(now)
+    return commit(snap, [event], now, sets=sets)
+
+
+def renew_lease(execution_id: str, index: int, fence: int, now: int, lease_ms: int) -> bool:
+    """Extend a running attempt's lease; ``False`` when the attempt is no longer the current claim.
+
+    Not a state change (no status moves, no event): it is matched on the claim's fencing token
+    instead of the version, so that a heartbeat never makes an outcome write stale.
+    """
+    prefix = f"steps.{index}."
+    result = store.collection().update_one(
+        {"_id": execution_id, prefix + "status": StepStatus.RUNNING.value,
+         prefix + "current.fence": fence},
+        {"$set": {prefix + "lease_expires_at": to_dt(now + lease_ms),
+                  prefix + "heartbeat_at": to_dt(now), "due_at": to_dt(now + lease_ms)}},
+    )
+    return result.matched_count == 1
+
+
+def record_success(
+    snap: Snapshot, index: int, output_json: str, attempt_record: dict[str, Any], now: int
+) -> Snapshot | None:
+    """Record a succeeded attempt and its output; finish the execution after its last step."""
+    step = snap.state.steps[index]
+    events = [{"type": "step_succeeded", "step_index": index, "step": step.name,
+               "attempt": step.attempt, "duration_ms": attempt_record.get("duration_ms")}]
+    events += _finish_events(snap, events, now)
+    prefix = f"steps.{index}."
+    sets = {prefix + "output_json": output_json, prefix + "output_bytes": len(output_json.encode()),
+            prefix + "finished_at": to_dt(now)}
+    return _close_attempt(snap, index, events, now, sets, attempt_record)
+
+
+def record_failure(
+    snap: Snapshot, index: int, error_type: str, message: str, permanent: bool,
+    attempt_record: dict[str, Any], now: int,
+) -> Snapshot | None:
+    """Record a failed attempt; schedule the retry or fail the step as the policy says."""
+    step = snap.state.steps[index]
+    then = failure(snap.state, index, permanent=permanent, now=now)
+    events = [{"type": "attempt_failed", "step_index": index, "step": step.name,
+               "attempt": step.attempt, "error_type": error_type, "message": message[:300],
+               "permanent": permanent, **outcome_fields(then)}]
+    events += _finish_events(snap, events, now)
+    sets = {f"steps.{index}.error": {"type": error_type, "message": message}}
+    return _close_attempt(snap, index, events, now, sets, attempt_record)
+
+
+def record_lost(snap: Snapshot, decision: RecoverLost, now: int) -> Snapshot | None:
+    """Record that a running attempt's lease ran out (its worker died or stalled)."""
+    index = decision.step
+    step = snap.state.steps[index]
+    current = snap.doc["steps"][index].get("current") or {}
+    events = [{"type": "attempt_lost", "step_index": index, "step": step.name,
+               "attempt": step.attempt, "worker": current.get("worker"),
+               **outcome_fields(decision.then)}]
+    events += _finish_events(snap, events, now)
+    message = f"lease of worker {current.get('worker')!r} expired before an outcome was recorded"
+    record = {**current, "ended_at": to_dt(now), "outcome": "lost", "error_type": "AttemptLost",
+              "message": message}
+    sets = {f"steps.{index}.error": {"type": "AttemptLost", "message": message}}
+    return _close_attempt(snap, index, events, now, sets, record)
+
+
+def finish(snap: Snapshot, decision: Finish, now: int) -> Snapshot | None:
+    """End an execution whose steps are all settled."""
+    return commit(snap, [_finish_event(decision)], now, sets=_finish_sets(snap, decision, now))
+
+
+def cancel(snap: Snapshot, by: str, reason: str, now: int) -> Snapshot | None:
+    """Cancel: no further step starts; a running attempt may still finish."""
+    return commit(snap, [{"type": "cancelled", "by": by, "reason": reason}], now,
+                  sets={"finished_at": to_dt(now)})
+
+
+def retry(
+    snap: Snapshot, index: int, by: str, reason: str, now: int,
+    input_json: str | None = None, input_diff: list[dict[str, Any]] | None = None,
+) -> Snapshot | None:
+    """Reopen a failed step with a new attempt budget (and, optionally, its own input)."""
+    step = snap.state.steps[index]
+    event = {"type": "retried", "step_index": index, "step": step.name, "by": by,
+             "reason": reason, "input_diff_json": dumps(input_diff or [])}
+    sets: dict[str, Any] = {}
+    if input_json is not None:
+        sets[f"steps.{index}.input_json"] = input_json
+    return commit(snap, [event], now, sets=sets, unsets=("failed_step", "finished_at"))
+
+
+def skip(
+    snap: Snapshot, index: int, by: str, reason: str, output_json: str, now: int
+) -> Snapshot | None:
+    """Mark a failed step skipped with an operator-given output, so the execution goes on."""
+    step = snap.state.steps[index]
+    event = {"type": "skipped", "step_index": index, "step": step.name, "by": by,
+             "reason": reason}
+    prefix = f"steps.{index}."
+    sets = {prefix + "output_json": output_json, prefix + "output_bytes": len(output_json.encode()),
+            prefix + "finished_at": to_dt(now)}
+    return commit(snap, [event], now, sets=sets, unsets=("failed_step", "finished_at"))
+
+
+def _close_attempt(
+    snap: Snapshot, index: int, events: list[dict[str, Any]], now: int,
+    sets: dict[str, Any], record: dict[str, Any],
+) -> Snapshot | None:
+    final = next((e for e in events if e["type"].startswith("execution_")), None)
+    if final is not None:
+        sets.update(_finish_sets(snap, Finish(ExecutionStatus(final["type"][10:].upper())), now,
+                                 failed_index=index))
+    prefix = f"steps.{index}."
+    pushes = {prefix + "attempts": {"$each": [record], "$slice": -conf.get().ATTEMPTS_KEPT}}
+    return commit(snap, events, now, sets=sets, unsets=(prefix + "current",), pushes=pushes)
+
+
+def _finish_events(snap: Snapshot, events: list[dict[str, Any]], now: int) -> list[dict[str, Any]]:
+    decision = decide(replay(snap.state, events), now)
+    return [_finish_event(decision)] if isinstance(decision, Finish) else []
+
+
+def _finish_event(decision: Finish) -> dict[str, Any]:
+    return {"type": f"execution_{decision.status.value.lower()}"}
+
+
+def _finish_sets(
+    snap: Snapshot, decision: Finish, now: int, failed_index: int | None = None
+) -> dict[str, Any]:
+    sets: dict[str, Any] = {"finished_at": to_dt(now)}
+    if decision.status is ExecutionStatus.FAILED:
+        if failed_index is None:
+            failed_index = next(i for i, s in enumerate(snap.state.steps)
+                                if s.status is StepStatus.FAILED)
+        sets["failed_step"] = snap.state.steps[failed_index].name
+    return sets
+
+
+def outcome_fields(then: Failure) -> dict[str, Any]:
+    if isinstance(then, RetryAt):
+        return {"outcome": "retry", "next_retry_at": then.at}
+    if isinstance(then, FailStep):
+        return {"outcome": "failed"}
+    assert isinstance(then, CancelStep)
+    return {"outcome": "cancelled"}
+
+
+def _stored(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: (to_dt(v) if k in TIME_FIELDS else v) for k, v in event.items()}
+
+
+def dumps(value: Any) -> str:
+    """Return the canonical JSON text detflow stores for inputs and outputs."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

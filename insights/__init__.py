@@ -1,0 +1,1 @@
+"""Insights: facts and post-mortems computed from finished executions; reads executions only."""

@@ -1,0 +1,109 @@
+"""Shared fixtures: a clean store and Redis for every test, a real Dramatiq worker on demand."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> Any:
+    """The real Redis the engine uses; missing Redis skips locally and fails in CI."""
+    from detflow_site import services
+
+    try:
+        client = services.redis_client()
+        client.ping()
+    except Exception as exc:
+        if IN_CI:
+            pytest.fail(f"Redis is required in CI: {exc}")
+        pytest.skip(f"no Redis: {exc}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def broker(redis_client: Any) -> Any:
+    from executions.broker import broker
+
+    return broker
+
+
+@pytest.fixture(autouse=True)
+def clean(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Empty the store, Redis and the ledger; disarm every crash point."""
+    from executions import faults
+    from executions.models import Execution
+    from tests.handlers import LEDGER
+    from workflows.models import WorkflowDefinition
+
+    Execution._get_collection().delete_many({})
+    WorkflowDefinition._get_collection().delete_many({})
+    if "redis_client" in request.fixturenames or "worker" in request.fixturenames:
+        request.getfixturevalue("redis_client").flushdb()
+    LEDGER.clear()
+    faults.disarm()
+    yield
+    faults.disarm()
+
+
+@pytest.fixture
+def worker(broker: Any, redis_client: Any) -> Iterator[Any]:
+    """A real ``dramatiq.Worker`` with 4 threads on the engine's queue."""
+    import dramatiq
+
+    from executions import actors  # noqa: F401  (declares the actor and its queue)
+
+    redis_client.flushdb()
+    broker.flush_all()
+    running = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
+    running.start()
+    yield running
+    running.stop(timeout=10_000)
+
+
+@pytest.fixture
+def define() -> Callable[..., Any]:
+    """Register a workflow from ``(name, [steps...])`` with short retry delays."""
+    from workflows import definitions
+
+    def register(name: str, steps: list[dict[str, Any]], **extra: Any) -> Any:
+        full = []
+        for index, step in enumerate(steps):
+            step = dict(step)
+            step.setdefault("name", f"s{index + 1}")
+            step.setdefault("retry", {"max_attempts": 3, "initial_delay_s": 0.05, "max_delay_s": 1})
+            full.append(step)
+        stored, _ = definitions.register({"name": name, "steps": full, **extra})
+        return stored
+
+    return register
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_terminal(*execution_ids: str, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Wait until every execution is SUCCEEDED, FAILED or CANCELLED; return their documents."""
+    from executions import store
+
+    def done() -> list[dict[str, Any]] | None:
+        docs = [store.load(i) for i in execution_ids]
+        if all(d and d["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and not d.get("due_at")
+               for d in docs):
+            return docs  # type: ignore[return-value]
+        return None
+
+    return wait_for(done, timeout, f"executions {execution_ids} to finish")

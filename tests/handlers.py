@@ -1,0 +1,69 @@
+"""Handlers the tests run: each records its runs in ``LEDGER`` so tests can count them."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+from workflows.context import StepContext
+from workflows.errors import PermanentError, RetryableError
+from workflows.registry import step
+
+#: Runs per (idempotency key, attempt).
+LEDGER: Counter[tuple[str, int]] = Counter()
+_guard = threading.Lock()
+
+
+def _note(ctx: StepContext) -> None:
+    with _guard:
+        LEDGER[(ctx.idempotency_key, ctx.attempt)] += 1
+
+
+@step("test.echo")
+def echo(ctx: StepContext) -> dict[str, Any]:
+    """Return the input and the names of the earlier outputs."""
+    _note(ctx)
+    ctx.log.info("echo attempt %d", ctx.attempt)
+    return {"step": ctx.step, "input": ctx.input, "seen": sorted(ctx.outputs)}
+
+
+@step("test.flaky")
+def flaky(ctx: StepContext) -> dict[str, Any]:
+    """Fail with RetryableError until attempt ``input["succeed_on"]``."""
+    _note(ctx)
+    if ctx.attempt < int(ctx.input.get("succeed_on", 1)):
+        raise RetryableError(f"transient failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@step("test.permanent")
+def permanent(ctx: StepContext) -> None:
+    """Fail with PermanentError."""
+    _note(ctx)
+    raise PermanentError("the input can never be processed")
+
+
+@step("test.boom")
+def boom(ctx: StepContext) -> None:
+    """Fail with a plain ValueError."""
+    _note(ctx)
+    raise ValueError(f"boom on attempt {ctx.attempt}")
+
+
+@step("test.sleep")
+def sleep(ctx: StepContext) -> dict[str, float]:
+    """Sleep ``input["sleep_s"]`` seconds in small slices (interruptible)."""
+    _note(ctx)
+    seconds = float(ctx.input.get("sleep_s", 0.1))
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)
+    return {"slept": seconds}
+
+
+@step("test.big")
+def big(ctx: StepContext) -> str:
+    """Return ``input["size"]`` characters."""
+    _note(ctx)
+    return "x" * int(ctx.input.get("size", 10))

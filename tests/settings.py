@@ -1,0 +1,21 @@
+"""Test settings: the project's settings with short leases and the test handlers loaded.
+
+Every ``DETFLOW_*`` variable in the environment still wins, so the same suite runs against a real
+MongoDB and Redis when ``DETFLOW_MONGODB_URL`` and ``DETFLOW_REDIS_URL`` are set.
+"""
+from __future__ import annotations
+
+import os
+
+from detflow_site.conf import from_environ
+from detflow_site.settings import *  # noqa: F403
+
+DETFLOW = {
+    "HANDLER_MODULES": "tests.handlers",
+    "LEASE_S": "2",
+    "SWEEP_INTERVAL_S": "0.2",
+    "SWEEP_GRACE_S": "1",
+    **from_environ(os.environ),
+}
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+LOGGING = {"version": 1, "disable_existing_loggers": False}

@@ -1,0 +1,1 @@
+"""Workflow definitions, the handler registry, and the context a handler receives."""

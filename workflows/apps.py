@@ -1,0 +1,15 @@
+"""The workflows app: imports the handler modules so every process knows the same handlers."""
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class WorkflowsConfig(AppConfig):
+    name = "workflows"
+
+    def ready(self) -> None:
+        from detflow_site import conf
+        from workflows import registry
+
+        if not conf.problems():
+            registry.import_handler_modules(conf.get().HANDLER_MODULES)

@@ -1,0 +1,71 @@
+"""Register and look up workflow definitions; versions are immutable."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from mongoengine.errors import NotUniqueError
+
+from workflows import registry
+from workflows.errors import WorkflowNotFound
+from workflows.models import WorkflowDefinition
+from workflows.spec import WorkflowSpec, parse_workflow
+
+
+def register(data: Any | WorkflowSpec) -> tuple[WorkflowDefinition, bool]:
+    """Store a definition; return ``(stored version, created)``.
+
+    A definition identical to the latest version of its name returns that version; a changed one
+    becomes the next version. Concurrent registrations settle on one version each (unique index).
+    """
+    spec = data if isinstance(data, WorkflowSpec) else parse(data)
+    fingerprint = spec.fingerprint()
+    while True:
+        latest = _latest(spec.name)
+        if latest is not None and latest.fingerprint == fingerprint:
+            return latest, False
+        stored = WorkflowDefinition(
+            name=spec.name,
+            version=(latest.version + 1) if latest else 1,
+            description=spec.description,
+            steps=spec.to_dict()["steps"],
+            fingerprint=fingerprint,
+            created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        )
+        try:
+            stored.save(force_insert=True)
+        except NotUniqueError:
+            continue  # another process stored this version first: compare with it
+        return stored, True
+
+
+def parse(data: Any) -> WorkflowSpec:
+    """Validate a definition, handler names included."""
+    return parse_workflow(data, known_handlers=registry.get_handler)
+
+
+def get(name: str, version: int | None = None) -> WorkflowDefinition:
+    """Return version ``version`` of ``name`` (the latest when ``None``)."""
+    found = _latest(name) if version is None else WorkflowDefinition.objects(
+        name=name, version=version
+    ).first()
+    if found is None:
+        what = f"workflow {name!r}" + (f" version {version}" if version is not None else "")
+        raise WorkflowNotFound(f"{what} is not registered")
+    return found
+
+
+def versions(name: str) -> list[WorkflowDefinition]:
+    """Return every version of ``name``, newest first."""
+    return list(WorkflowDefinition.objects(name=name).order_by("-version"))
+
+
+def to_spec(stored: WorkflowDefinition) -> WorkflowSpec:
+    """Rebuild the spec of a stored definition (no handler check: it was checked when stored)."""
+    return parse_workflow(
+        {"name": stored.name, "description": stored.description, "steps": stored.steps}
+    )
+
+
+def _latest(name: str) -> WorkflowDefinition | None:
+    return WorkflowDefinition.objects(name=name).order_by("-version").first()

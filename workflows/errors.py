@@ -1,0 +1,76 @@
+"""detflow's exception hierarchy, rooted at :class:`DetflowError`.
+
+Handlers raise :class:`RetryableError` or :class:`PermanentError`; the engine records the others.
+Each error carries ``status_code`` and ``default_code`` so that one API handler can render it.
+"""
+from __future__ import annotations
+
+
+class DetflowError(Exception):
+    """Root of every error detflow raises on purpose."""
+
+    status_code = 400
+    default_code = "detflow_error"
+
+
+class DefinitionError(DetflowError):
+    """A workflow definition is invalid; ``field`` names the offending field."""
+
+    default_code = "invalid_definition"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class UnknownHandler(DefinitionError):
+    """A definition names a handler that no loaded module registered."""
+
+    default_code = "unknown_handler"
+
+    def __init__(self, field: str, name: str, known: list[str]) -> None:
+        listing = ", ".join(known) if known else "none are registered"
+        super().__init__(field, f"unknown handler {name!r}; known handlers: {listing}")
+        self.name = name
+        self.known = known
+
+
+class WorkflowNotFound(DetflowError):
+    """No workflow definition has that name (or version)."""
+
+    status_code = 404
+    default_code = "workflow_not_found"
+
+
+class HandlerError(DetflowError):
+    """Base of the errors a handler raises to say how its failure should be treated."""
+
+
+class RetryableError(HandlerError):
+    """A failure worth another attempt, within the step's retry policy."""
+
+
+class PermanentError(HandlerError):
+    """A failure that no retry can fix: the step fails at once."""
+
+
+class OutputTooLarge(PermanentError):
+    """A handler returned an output larger than ``DETFLOW_OUTPUT_CAP_BYTES``."""
+
+    def __init__(self, size: int, cap: int) -> None:
+        super().__init__(f"output is {size} bytes of JSON; the cap is {cap} bytes")
+        self.size = size
+        self.cap = cap
+
+
+class OutputNotSerializable(PermanentError):
+    """A handler returned something that is not JSON-serialisable."""
+
+
+class StepTimeout(DetflowError):
+    """An attempt ran past its step's ``timeout_s`` (recorded as the attempt's error)."""
+
+
+class LeaseLost(DetflowError):
+    """The attempt's claim is no longer current: a successor owns the step, stop working."""

@@ -1,0 +1,27 @@
+"""The stored workflow definitions: one immutable document per (name, version)."""
+from __future__ import annotations
+
+import mongoengine as me
+
+
+class WorkflowDefinition(me.Document):
+    """One version of a workflow; never modified after it is inserted."""
+
+    #: Workflow name, shared by all its versions.
+    name = me.StringField(required=True)
+    #: 1 for the first definition of a name, then one more for each changed definition.
+    version = me.IntField(required=True, min_value=1)
+    description = me.StringField(default="")
+    #: The steps as plain data (``WorkflowSpec.to_dict()["steps"]``).
+    steps = me.ListField(me.DictField(), required=True)
+    #: Hash of the content: equal definitions have equal fingerprints.
+    fingerprint = me.StringField(required=True)
+    created_at = me.DateTimeField(required=True)
+
+    meta = {
+        "collection": "workflow_definitions",
+        "indexes": [{"fields": ["name", "-version"], "unique": True}, "-created_at"],
+    }
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version}"
