@@ -46,7 +46,7 @@ def serialize_mongomock() -> None:
     """Make every mongomock collection operation atomic with respect to the others (idempotent)."""
     from mongomock.collection import Collection, Cursor
 
-    targets = [(Collection, name) for name in _COLLECTION_METHODS]
+    targets: list[tuple[type, str]] = [(Collection, name) for name in _COLLECTION_METHODS]
     targets.append((Cursor, "_compute_results"))
     for owner, name in targets:
         method = getattr(owner, name, None)

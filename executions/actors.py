@@ -4,8 +4,8 @@ from __future__ import annotations
 import dramatiq
 
 from detflow_site import conf
-from executions.broker import broker
 from executions import runner
+from executions.broker import broker
 
 #: Name of the actor; messages carry only the execution id.
 ADVANCE = "detflow.advance"

@@ -79,13 +79,16 @@ def _check_decision(state: ExecutionState, event: Mapping[str, Any]) -> str | No
         return "event has no time"
     index = event.get("step_index")
     if kind == "step_claimed":
-        expected: Any = Claim(index, event.get("attempt"))
+        expected: Any = Claim(index, event.get("attempt"))  # type: ignore[arg-type]
         actual: Any = decide(state, at)
     elif kind == "attempt_lost":
         actual = decide(state, at)
-        expected = (RecoverLost(index, actual.then) if isinstance(actual, RecoverLost) else "lost")
-        if isinstance(actual, RecoverLost) and outcome_fields(actual.then) != _recorded_outcome(event):
-            return f"lost attempt recorded {_recorded_outcome(event)}, engine says {outcome_fields(actual.then)}"
+        if not isinstance(actual, RecoverLost) or actual.step != index:
+            return f"recorded a lost attempt of step {index}, engine decides {actual}"
+        engine_says, recorded = outcome_fields(actual.then), _recorded_outcome(event)
+        if engine_says != recorded:
+            return f"lost attempt recorded {recorded}, engine says {engine_says}"
+        return None
     elif kind == "attempt_failed":
         if not isinstance(index, int) or not 0 <= index < len(state.steps):
             return f"step index {index!r} out of range"

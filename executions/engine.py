@@ -176,9 +176,9 @@ def decide(state: ExecutionState, now: int) -> Decision:
             return Idle("cancelled")
         if step.status is StepStatus.FAILED:
             return Finish(ExecutionStatus.FAILED)
-        if step.status is StepStatus.RETRY_WAIT and step.next_retry_at is not None:
-            if now < step.next_retry_at:
-                return Wait(step.next_retry_at, "retry")
+        retry_at = step.next_retry_at
+        if step.status is StepStatus.RETRY_WAIT and retry_at is not None and now < retry_at:
+            return Wait(retry_at, "retry")
         return Claim(index, step.attempt + 1)
     return Idle("cancelled") if cancelled else Finish(ExecutionStatus.SUCCEEDED)
 
@@ -248,7 +248,7 @@ def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
                 state = _step(state, i, status=StepStatus.CANCELLED, next_retry_at=None)
         return state
     if kind == "retried":
-        step = state.steps[index]
+        step = state.steps[_index(state, index)]
         state = _step(state, index, status=StepStatus.PENDING, budget_base=step.attempt)
         return _status(state, ExecutionStatus.RUNNING)
     if kind == "skipped":
@@ -272,9 +272,14 @@ def _status(state: ExecutionState, status: ExecutionStatus) -> ExecutionState:
     return replace(state, status=status)
 
 
-def _step(state: ExecutionState, index: int | None, **changes: Any) -> ExecutionState:
-    if index is None or not 0 <= index < len(state.steps):
+def _index(state: ExecutionState, index: Any) -> int:
+    if not isinstance(index, int) or not 0 <= index < len(state.steps):
         raise IllegalTransition(f"step index {index!r} is out of range")
+    return index
+
+
+def _step(state: ExecutionState, index: Any, **changes: Any) -> ExecutionState:
+    index = _index(state, index)
     step = state.steps[index]
     status = changes.get("status", step.status)
     if "status" in changes and status not in STEP_TRANSITIONS[step.status]:

@@ -8,17 +8,20 @@ more after a ``kill -9``). Each sweep reads the executions whose ``due_at`` has 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
-from detflow_site import conf
+from detflow_site import conf, services
 from executions import dispatch, store, transitions
 from executions.engine import Claim, Finish, RecoverLost, decide
 from executions.store import Snapshot, now_ms, to_dt
 
 logger = logging.getLogger("detflow.sweeper")
 
+#: Redis key of the lease that lets one process's sweeper run at a time.
+LEADER_KEY = "detflow:sweeper"
 #: Executions read per sweep at most (oldest due first); the next sweep takes the rest.
 BATCH = 500
 
@@ -72,19 +75,36 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
 
 
 class Sweeper(threading.Thread):
-    """Runs :func:`sweep` every ``SWEEP_INTERVAL_S`` until stopped."""
+    """Runs :func:`sweep` every ``SWEEP_INTERVAL_S`` until stopped.
 
-    def __init__(self, interval_s: float | None = None) -> None:
+    With ``exclusive``, sweepers of several processes take turns through a Redis lease so that one
+    sweeps at a time (two at once would be safe, only wasteful: every write is fenced).
+    """
+
+    def __init__(self, interval_s: float | None = None, exclusive: bool = False) -> None:
         super().__init__(name="detflow-sweeper", daemon=True)
         self.interval_s = conf.get().SWEEP_INTERVAL_S if interval_s is None else interval_s
+        self.exclusive = exclusive
+        self._token = secrets.token_hex(8)
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
             try:
-                sweep()
+                if not self.exclusive or self._lead():
+                    sweep()
             except Exception:  # a sweep that fails (store or Redis down) is tried again next time
                 logger.exception("sweep failed; retrying in %.1fs", self.interval_s)
+
+    def _lead(self) -> bool:
+        client = services.redis_client()
+        ttl_ms = max(round(self.interval_s * 3000), 1000)
+        if client.set(LEADER_KEY, self._token, nx=True, px=ttl_ms):
+            return True
+        if client.get(LEADER_KEY) == self._token.encode():
+            client.pexpire(LEADER_KEY, ttl_ms)
+            return True
+        return False
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -148,7 +148,7 @@ def claim(snap: Snapshot, decision: Claim, worker: str, now: int, lease_ms: int)
              "attempt": decision.attempt, "worker": worker, "fence": fence,
              "lease_expires_at": lease}
     prefix = f"steps.{decision.step}."
-    sets = {
+    sets: dict[str, Any] = {
         prefix + "current": {"n": decision.attempt, "worker": worker, "fence": fence,
                              "started_at": to_dt(now)},
         prefix + "lease_owner": worker,

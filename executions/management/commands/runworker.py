@@ -1,0 +1,75 @@
+"""``manage.py runworker``: Dramatiq worker processes for the engine, plus the recovery sweeper."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from detflow_site import conf, services
+
+
+class Command(BaseCommand):
+    help = "Run Dramatiq worker processes for detflow and the recovery sweeper."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
+        parser.add_argument("--threads", type=int, default=8, help="threads per process (default 8)")
+        parser.add_argument("--queues", nargs="+", help="queues to consume (default: DETFLOW_QUEUE)")
+        parser.add_argument("--no-sweeper", action="store_true", help="do not run the sweeper here")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        command = worker_command(options["processes"], options["threads"], options["queues"])
+        run(command, sweeper=not options["no_sweeper"], out=self.stdout.write)
+
+
+def worker_command(processes: int, threads: int, queues: list[str] | None) -> list[str]:
+    """Check the topology and return the ``dramatiq`` command line to run."""
+    settings = conf.get()
+    if services.is_embedded_store():
+        raise CommandError(
+            "runworker needs a MongoDB that other processes can share, and DETFLOW_MONGODB_URL is "
+            "unset (the embedded store lives in one process's memory). Set DETFLOW_MONGODB_URL and "
+            "DETFLOW_REDIS_URL, or run API, workers and sweeper in one process: "
+            "python manage.py rundev"
+        )
+    if settings.REDIS_URL is None:
+        raise CommandError(
+            "runworker needs a Redis that other processes can share: set DETFLOW_REDIS_URL "
+            "(for example redis://localhost:6379/0)"
+        )
+    if processes < 1 or threads < 1:
+        raise CommandError("--processes and --threads must be at least 1")
+    return [
+        sys.executable, "-m", "dramatiq", "executions.worker_boot",
+        "--processes", str(processes), "--threads", str(threads),
+        "--queues", *(queues or [settings.QUEUE]),
+    ]
+
+
+def run(command: list[str], sweeper: bool, out: Any) -> None:
+    """Run the worker processes until they exit; SIGTERM and SIGINT are passed on to them.
+
+    Dramatiq stops consuming on SIGTERM and lets running messages finish; an attempt that does not
+    finish is recovered when its lease runs out.
+    """
+    from executions.sweeper import Sweeper
+
+    out(f"detflow workers on {services.store_description()}: {' '.join(command[2:])}")
+    child = subprocess.Popen(command)
+    thread = Sweeper(exclusive=True) if sweeper else None
+    if thread is not None:
+        thread.start()
+
+    def forward(signum: int, _frame: Any) -> None:
+        child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = child.wait()
+    if thread is not None:
+        thread.stop()
+    if code:
+        raise CommandError(f"worker processes exited with status {code}")
