@@ -60,10 +60,13 @@ def worker(broker: Any, redis_client: Any) -> Iterator[Any]:
 
     redis_client.flushdb()
     broker.flush_all()
+    before = list(broker.middleware)
     running = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
     running.start()
     yield running
     running.stop(timeout=10_000)
+    # Each Worker hooks a middleware into the broker; drop it so workers do not pile up.
+    broker.middleware[:] = [m for m in broker.middleware if any(m is b for b in before)]
 
 
 @pytest.fixture
