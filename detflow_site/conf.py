@@ -7,6 +7,7 @@ silently: the system check ``detflow.E001`` names each one, and :func:`get` refu
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class DetflowSettings:
     LOG_LINES_CAP: int = 200
     #: Attempt records kept per step; older records are dropped and counted.
     ATTEMPTS_KEPT: int = 10
+    #: Level of the ``detflow`` loggers.
+    LOG_LEVEL: str = "INFO"
 
 
 def _url(*schemes: str) -> Callable[[Any], str | None]:
@@ -56,16 +59,32 @@ def _url(*schemes: str) -> Callable[[Any], str | None]:
 
 
 def _modules(value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value or ())
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+        raise ValueError("must be a comma-separated list of module names")
     return tuple(item.strip() for item in items if item.strip())
+
+
+def _level(value: Any) -> str:
+    text = str(value).strip().upper()
+    if text not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return text
 
 
 def _number(kind: type, minimum: float, inclusive: bool = False) -> Callable[[Any], Any]:
     def parse(value: Any) -> Any:
+        what = "an integer" if kind is int else "a number"
         try:
-            number = kind(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"must be {'an integer' if kind is int else 'a number'}") from None
+            number = float(value)
+            if not math.isfinite(number) or isinstance(value, bool):
+                raise ValueError
+            if kind is int:
+                if number != int(number):
+                    raise ValueError
+                number = int(value) if isinstance(value, int) else int(number)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"must be {what}") from None
         if number < minimum or (number == minimum and not inclusive):
             raise ValueError(f"must be {'at least' if inclusive else 'greater than'} {minimum}")
         return number
@@ -99,12 +118,13 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "QUEUE": _queue,
     "LOG_LINES_CAP": _number(int, 0, inclusive=True),
     "ATTEMPTS_KEPT": _number(int, 1, inclusive=True),
+    "LOG_LEVEL": _level,
 }
 
 
 def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Collect the raw ``DETFLOW_*`` values that are set in ``environ``."""
-    return {name: environ[f"DETFLOW_{name}"] for name in _PARSERS if f"DETFLOW_{name}" in environ}
+    """Collect every ``DETFLOW_*`` value set in ``environ`` (a misspelt name is reported, not lost)."""
+    return {key[len("DETFLOW_"):]: value for key, value in environ.items() if key.startswith("DETFLOW_")}
 
 
 def parse(raw: Mapping[str, Any]) -> tuple[DetflowSettings, list[str]]:
@@ -117,7 +137,7 @@ def parse(raw: Mapping[str, Any]) -> tuple[DetflowSettings, list[str]]:
             continue
         try:
             values[name] = _PARSERS[name](value)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             problems.append(f"DETFLOW_{name}={value!r} {exc}")
     return DetflowSettings(**values), problems
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from detflow_site.conf import from_environ
+from detflow_site.conf import from_environ, parse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 #: Raw ``DETFLOW_*`` values; ``detflow_site.conf.get()`` parses them and a system check reports bad ones.
 DETFLOW = from_environ(os.environ)
+_level = parse(DETFLOW)[0].LOG_LEVEL
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "detflow-insecure-development-key")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
@@ -77,5 +78,5 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"detflow": {"handlers": ["console"], "level": os.environ.get("DETFLOW_LOG_LEVEL", "INFO")}},
+    "loggers": {"detflow": {"handlers": ["console"], "level": _level}},
 }

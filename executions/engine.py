@@ -200,14 +200,15 @@ def backoff_ms(policy: RetryPolicy, execution_id: str, step: str, used: int, att
     to ``jitter`` drawn from a hash of (execution, step, attempt): never above the cap.
     """
     exponent = max(used - 1, 0)
-    if policy.initial_delay_s <= 0:
+    initial, cap = policy.initial_delay_s, policy.max_delay_s
+    if initial <= 0 or cap <= 0:
         base = 0.0
-    elif policy.multiplier > 1 and exponent * math.log(policy.multiplier) > math.log(
-        max(policy.max_delay_s, 1e-9) / policy.initial_delay_s
+    elif policy.multiplier > 1 and exponent * math.log(policy.multiplier) >= math.log(cap) - math.log(
+        initial
     ):
-        base = policy.max_delay_s
+        base = cap
     else:
-        base = min(policy.max_delay_s, policy.initial_delay_s * policy.multiplier**exponent)
+        base = min(cap, initial * policy.multiplier**exponent)
     return round(base * (1 - policy.jitter * jitter_fraction(execution_id, step, attempt)) * 1000)
 
 

@@ -20,6 +20,8 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_STEPS = 200
 MAX_ATTEMPTS = 100
 MAX_TIMEOUT_S = 24 * 3600.0
+MAX_DELAY_S = 7 * 24 * 3600.0
+MAX_MULTIPLIER = 1000.0
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,10 @@ def _retry(raw: Any, where: str) -> RetryPolicy:
     for key in ("initial_delay_s", "max_delay_s"):
         if values[key] < 0:
             raise DefinitionError(f"{where}.{key}", "must not be negative")
-    if values["multiplier"] < 1:
-        raise DefinitionError(f"{where}.multiplier", "must be at least 1")
+        if values[key] > MAX_DELAY_S:
+            raise DefinitionError(f"{where}.{key}", f"must be at most {MAX_DELAY_S:g} seconds")
+    if not 1 <= values["multiplier"] <= MAX_MULTIPLIER:
+        raise DefinitionError(f"{where}.multiplier", f"must be between 1 and {MAX_MULTIPLIER:g}")
     if not 0 <= values["jitter"] <= 1:
         raise DefinitionError(f"{where}.jitter", "must be between 0 and 1")
     return RetryPolicy(max_attempts=attempts, **values)
@@ -177,6 +181,12 @@ def _name(value: Any, where: str) -> str:
 
 
 def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DefinitionError(where, "must be a number")
-    return float(value)
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError
+        number = float(value)
+    except (OverflowError, ValueError):
+        raise DefinitionError(where, "must be a number") from None
+    if not math.isfinite(number):
+        raise DefinitionError(where, "must be a finite number")
+    return number
