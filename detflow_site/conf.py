@@ -40,10 +40,18 @@ class DetflowSettings:
     QUEUE: str = "detflow"
     #: Log lines kept per attempt; older lines are dropped and counted.
     LOG_LINES_CAP: int = 200
-    #: Attempt records kept per step; older records are dropped and counted.
+    #: Attempt records kept per step; older ones are dropped (the step's ``attempt`` still counts them).
     ATTEMPTS_KEPT: int = 10
     #: Level of the ``detflow`` loggers.
     LOG_LEVEL: str = "INFO"
+    #: Where the file-processing workflow keeps its files; a relative path is under the project.
+    STORAGE_DIR: str = "var/storage"
+    #: Largest file the file-processing workflow accepts, in bytes.
+    MAX_FILE_BYTES: int = 512 * 1024 * 1024
+    #: Largest image (width x height) it decodes; larger ones are refused as decompression bombs.
+    MAX_IMAGE_PIXELS: int = 40_000_000
+    #: URL that ``files.notify`` posts each processed file to; unset: the outbox file only.
+    NOTIFY_URL: str | None = None
 
 
 def _url(*schemes: str) -> Callable[[Any], str | None]:
@@ -99,6 +107,13 @@ def _queue(value: Any) -> str:
     return text
 
 
+def _path(value: Any) -> str:
+    text = str(value).strip()
+    if not text or "\x00" in text:
+        raise ValueError("must be a directory path")
+    return text
+
+
 def _name(value: Any) -> str:
     text = str(value).strip()
     if not text or not text.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -119,6 +134,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "LOG_LINES_CAP": _number(int, 0, inclusive=True),
     "ATTEMPTS_KEPT": _number(int, 1, inclusive=True),
     "LOG_LEVEL": _level,
+    "STORAGE_DIR": _path,
+    "MAX_FILE_BYTES": _number(int, 1, inclusive=True),
+    "MAX_IMAGE_PIXELS": _number(int, 1, inclusive=True),
+    "NOTIFY_URL": _url("http", "https"),
 }
 
 

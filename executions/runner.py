@@ -52,19 +52,24 @@ def advance(execution_id: str, worker: str | None = None) -> None:
     settings = conf.get()
     worker = worker or worker_id()
     lease_ms = round(settings.LEASE_S * 1000)
-    faults.hit("received")
+    faults.hit("received", execution_id)
     lock = ExecutionLock(services.redis_client(), execution_id, lease_ms)
     if not lock.acquire():
+        # A live holder sees the poke when it releases. A dead one never will: come back when its
+        # lock runs out rather than wait for the sweeper.
+        left_ms = lock.holder_ttl_ms()
+        if left_ms > 0:
+            dispatch.send(execution_id, delay_ms=left_ms + 50)
         logger.debug("execution %s is held by another worker; poked it", execution_id)
         return
-    faults.hit("locked")
+    faults.hit("locked", execution_id)
     doc = store.load(execution_id)
     if doc is None:
         lock.release()
         logger.warning("execution %s does not exist; message dropped", execution_id)
         return
     snap = Snapshot.of(doc)
-    faults.hit("loaded")
+    faults.hit("loaded", execution_id)
     now = now_ms()
     decision = decide(snap.state, now)
     after: Snapshot | None = None
@@ -75,12 +80,15 @@ def advance(execution_id: str, worker: str | None = None) -> None:
     elif isinstance(decision, Finish):
         after = transitions.finish(snap, decision, now)
     poked = lock.release()
-    faults.hit("released")
+    faults.hit("released", execution_id)
     if after is not None:
         follow_up(after)
+    elif isinstance(decision, Wait) and decision.reason == "retry":
+        # Early (a clock ahead of ours, or a duplicate): come back when the retry is due.
+        dispatch.send(execution_id, delay_ms=decision.until - now)
     elif poked:
         dispatch.send(execution_id)
-    faults.hit("sent")
+    faults.hit("sent", execution_id)
 
 
 def follow_up(snap: Snapshot) -> None:
@@ -101,12 +109,12 @@ def run_step(
     if claimed is None:
         logger.info("claim of %s step %d lost a race; leaving it", snap.state.id, decision.step)
         return None
-    faults.hit("claimed")
+    faults.hit("claimed", snap.state.id)
     attempt = Attempt(claimed, decision.step, worker)
     attempt.run(lock, lease_ms)
-    faults.hit("handled")
+    faults.hit("handled", snap.state.id)
     recorded = attempt.record()
-    faults.hit("recorded")
+    faults.hit("recorded", snap.state.id)
     return recorded
 
 
@@ -280,7 +288,14 @@ class Watchdog(threading.Thread):
 
     def run(self) -> None:
         interval = max(self.lease_ms / 3000, 0.05)
-        while not self._done.wait(min(interval, max(self.deadline - time.monotonic(), 0))):
+        execution_id = self.attempt.snap.state.id
+        while True:
+            paused = faults.paused(execution_id)
+            remaining = max(self.deadline - time.monotonic(), 0)
+            if self._done.wait(interval if paused else min(interval, remaining)):
+                return
+            if paused:
+                continue
             if time.monotonic() >= self.deadline:
                 with self._guard:
                     if not self._done.is_set():
@@ -336,6 +351,5 @@ def _type_name(kind: type) -> str:
 def _type_names(kind: type) -> set[str]:
     names: set[str] = set()
     for base in kind.__mro__:
-        names.add(base.__qualname__)
-        names.add(_type_name(base))
+        names.update((base.__qualname__, f"{base.__module__}.{base.__qualname__}"))
     return names

@@ -67,3 +67,38 @@ def big(ctx: StepContext) -> str:
     """Return ``input["size"]`` characters."""
     _note(ctx)
     return "x" * int(ctx.input.get("size", 10))
+
+
+@step("test.context")
+def context(ctx: StepContext) -> dict[str, Any]:
+    """Return every field of the context, the earlier outputs included, and log one line."""
+    _note(ctx)
+    ctx.log.info("context of %s attempt %d", ctx.step, ctx.attempt)
+    return {
+        "execution_id": ctx.execution_id,
+        "workflow": ctx.workflow,
+        "workflow_version": ctx.workflow_version,
+        "step": ctx.step,
+        "attempt": ctx.attempt,
+        "idempotency_key": ctx.idempotency_key,
+        "fencing_token": ctx.fencing_token,
+        "input": ctx.input,
+        "outputs": dict(ctx.outputs),
+    }
+
+
+@step("test.unserializable")
+def unserializable(ctx: StepContext) -> dict[str, Any]:
+    """Return an output that JSON cannot encode (a set)."""
+    _note(ctx)
+    return {"tags": {"a", "b"}}
+
+
+@step("test.chatty")
+def chatty(ctx: StepContext) -> None:
+    """Log ``input["lines"]`` numbered lines, then fail with ValueError if ``input["fail"]``."""
+    _note(ctx)
+    for n in range(int(ctx.input.get("lines", 1))):
+        ctx.log.info("line %d of attempt %d", n, ctx.attempt)
+    if ctx.input.get("fail"):
+        raise ValueError(f"chatty failure on attempt {ctx.attempt}")
