@@ -9,7 +9,7 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         from detflow_site import conf
-        from workflows import registry
+        from workflows import files, registry  # noqa: F401  (files registers the built-in handlers)
 
         if not conf.problems():
             registry.import_handler_modules(conf.get().HANDLER_MODULES)

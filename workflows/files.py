@@ -1,0 +1,373 @@
+"""The file-processing handlers: receive, validate, checksum, metadata, transform, store, notify.
+
+Each one streams its file in 1 MiB chunks (an image is decoded once, within the pixel limit), and
+returns paths and facts, never file contents. Files live under ``DETFLOW_STORAGE_DIR``:
+
+- ``inbox/<execution id>``: the received copy, under a name detflow makes up (never the client's);
+  removed once the file is stored, kept when the file is refused so that someone can look at it;
+- ``derived/<execution id>/``: the thumbnail or the gzip copy;
+- ``objects/ab/cdef...``: each distinct content once, named by its SHA-256;
+- ``outbox/notifications.jsonl``: one line per processed file.
+
+Every write goes to a temporary file that is renamed into place, so a re-run after a crash finds
+either nothing or a whole file. The handlers find the outputs of earlier steps under the step names
+``files.receive``, ``files.validate``, ..., so a workflow using them names its steps after them.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import csv
+import datetime as dt
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import stat
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from PIL import ImageOps
+
+from detflow_site import conf
+from workflows import filetypes
+from workflows.context import StepContext
+from workflows.errors import PermanentError, RetryableError
+from workflows.filetypes import CHUNK, IMAGES, TEXTS, chunks, human
+from workflows.outbox import Outbox
+from workflows.registry import step
+
+#: Longest side of a thumbnail, in pixels.
+THUMBNAIL_PX = 256
+#: Chunks between two heartbeats in long loops (the watchdog renews the lease anyway; a heartbeat
+#: also stops an attempt whose step a successor owns).
+HEARTBEAT_EVERY = 64
+#: Seconds a notification POST may take.
+POST_TIMEOUT_S = 10.0
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PDF_PAGE = re.compile(rb"/Type\s{0,8}/Page(?![A-Za-z])")
+
+
+def storage_dir() -> Path:
+    """Return ``DETFLOW_STORAGE_DIR`` as an absolute path (a relative one is under the project)."""
+    from django.conf import settings
+
+    configured = Path(conf.get().STORAGE_DIR).expanduser()
+    return configured if configured.is_absolute() else Path(settings.BASE_DIR) / configured
+
+
+def safe_id(execution_id: str) -> str:
+    """Return a file name for an execution: its id, or a hash of it if the id is not plain."""
+    if _SAFE_ID.match(execution_id):
+        return execution_id
+    return hashlib.sha256(execution_id.encode()).hexdigest()[:32]
+
+
+def object_path(sha256: str) -> Path:
+    """Return where the content with this SHA-256 is stored: ``objects/ab/cdef...``."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise PermanentError(f"{sha256!r} is not a SHA-256 digest")
+    return storage_dir() / "objects" / sha256[:2] / sha256[2:]
+
+
+def outbox() -> Outbox:
+    """Return the notification outbox."""
+    return Outbox(storage_dir() / "outbox" / "notifications.jsonl")
+
+
+@step("files.receive")
+def receive(ctx: StepContext) -> dict[str, Any]:
+    """Copy the upload into the inbox under a generated name; record its size and original name.
+
+    The input names the upload by ``path`` (a file the worker can read; a trusted caller must
+    choose it, never a client) or carries it as ``content_b64``; ``name`` is the client's name for
+    it, recorded as data only.
+    """
+    _simulate(ctx)
+    data = ctx.input if isinstance(ctx.input, dict) else {}
+    limit = conf.get().MAX_FILE_BYTES
+    target = storage_dir() / "inbox" / safe_id(ctx.execution_id)
+    if isinstance(data.get("path"), str) and data["path"]:
+        source = Path(data["path"])
+        name = data.get("name") or source.name
+        with _open_source(source) as handle:
+            size = _write_atomic(target, lambda out: _copy(handle, out, limit, ctx))
+            over = bool(handle.read(1))
+    elif isinstance(data.get("content_b64"), str):
+        name = data.get("name") or "upload"
+        try:
+            content = base64.b64decode(data["content_b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise PermanentError("input.content_b64 is not valid base64") from None
+        size = _write_atomic(target, lambda out: _copy(io.BytesIO(content), out, limit, ctx))
+        over = len(content) > limit
+    else:
+        raise PermanentError("the input needs 'path' (a file the worker can read) or "
+                             "'content_b64' (the file's bytes in base64)")
+    # A file over the limit is kept only up to it; files.validate refuses it.
+    ctx.log.info("received %d bytes%s", size, " (over the limit: cut there)" if over else "")
+    return {"inbox": str(target), "size": size, "over_limit": over, "original_name": str(name)[:255]}
+
+
+@step("files.validate")
+def validate(ctx: StepContext) -> dict[str, Any]:
+    """Detect the type from the content; refuse empty, truncated, corrupt, oversized, disallowed files."""
+    _simulate(ctx)
+    received = _earlier(ctx, "files.receive")
+    settings = conf.get()
+    if received.get("over_limit"):
+        raise PermanentError(f"the file is larger than the limit of {human(settings.MAX_FILE_BYTES)} "
+                             "(DETFLOW_MAX_FILE_BYTES)")
+    path = _inbox(received)
+    found = filetypes.detect(path, settings.MAX_FILE_BYTES, settings.MAX_IMAGE_PIXELS,
+                             received.get("original_name", ""))
+    ctx.log.info("%s, %s", found.kind, human(found.size))
+    return {"type": found.kind, "mime": found.mime, "size": found.size, "details": found.details}
+
+
+@step("files.checksum")
+def checksum(ctx: StepContext) -> dict[str, Any]:
+    """Compute the SHA-256 of the received file in 1 MiB chunks."""
+    _simulate(ctx)
+    path = _inbox(_earlier(ctx, "files.receive"))
+    digest = hashlib.sha256()
+    size = 0
+    for n, block in enumerate(chunks(path), start=1):
+        digest.update(block)
+        size += len(block)
+        if n % HEARTBEAT_EVERY == 0:
+            ctx.heartbeat()
+    return {"sha256": digest.hexdigest(), "size": size}
+
+
+@step("files.metadata")
+def metadata(ctx: StepContext) -> dict[str, Any]:
+    """Describe the file: an image's format and size, text's encoding and lines, a PDF's pages."""
+    _simulate(ctx)
+    path = _inbox(_earlier(ctx, "files.receive"))
+    validated = _earlier(ctx, "files.validate")
+    kind, details = validated["type"], dict(validated.get("details") or {})
+    if kind in IMAGES:
+        with filetypes.open_image(path, conf.get().MAX_IMAGE_PIXELS) as image:
+            return {"type": kind, "format": image.format, "width": image.width,
+                    "height": image.height, "mode": image.mode,
+                    "animated": bool(getattr(image, "is_animated", False))}
+    if kind == "pdf":
+        return {"type": kind, "version": details.get("version"), "pages": _pdf_pages(path, ctx)}
+    if kind == "csv":
+        details["rows"] = _csv_rows(path, details["encoding"], details["delimiter"])
+    return {"type": kind, **details}
+
+
+@step("files.transform")
+def transform(ctx: StepContext) -> dict[str, Any]:
+    """Make a thumbnail of at most 256 px of an image, or a gzip copy of a text file."""
+    _simulate(ctx)
+    path = _inbox(_earlier(ctx, "files.receive"))
+    kind = _earlier(ctx, "files.validate")["type"]
+    folder = storage_dir() / "derived" / safe_id(ctx.execution_id)
+    if kind in IMAGES:
+        with filetypes.open_image(path, conf.get().MAX_IMAGE_PIXELS) as image:
+            image.draft(None, (THUMBNAIL_PX, THUMBNAIL_PX))  # JPEG: decode at a fraction of the size
+            thumb = ImageOps.exif_transpose(image)
+            thumb.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            if thumb.mode not in ("1", "L", "LA", "P", "RGB", "RGBA"):
+                thumb = thumb.convert("RGBA" if "A" in thumb.mode else "RGB")
+            encoded = io.BytesIO()
+            thumb.save(encoded, "PNG")
+        target = folder / "thumbnail.png"
+        size = _write_atomic(target, lambda out: out.write(encoded.getvalue()))
+        return {"kind": "thumbnail", "path": str(target), "width": thumb.width,
+                "height": thumb.height, "bytes": size}
+    if kind in TEXTS:
+        target = folder / "compressed.gz"
+        size = _write_atomic(target, lambda out: _gzip(path, out, ctx))
+        return {"kind": "gzip", "path": str(target), "bytes": size}
+    return {"kind": "none", "reason": f"{kind} files are stored as they are"}
+
+
+@step("files.store")
+def store(ctx: StepContext) -> dict[str, Any]:
+    """Store the file once per content under ``objects/ab/cdef...``; storing it again changes nothing."""
+    _simulate(ctx)
+    received = _earlier(ctx, "files.receive")
+    summed = _earlier(ctx, "files.checksum")
+    target = object_path(summed["sha256"])
+    inbox = Path(received["inbox"])
+    created = False
+    if not (target.exists() and target.stat().st_size == summed["size"]):
+        digest = hashlib.sha256()
+
+        def fill(out: BinaryIO) -> None:
+            with open(_inbox(received), "rb") as handle:
+                _copy(handle, out, None, ctx, digest)
+            if digest.hexdigest() != summed["sha256"]:
+                raise PermanentError("the received file changed after its checksum was taken")
+
+        _write_atomic(target, fill)
+        created = True
+    inbox.unlink(missing_ok=True)
+    ctx.log.info("%s %s", "stored" if created else "already stored", target)
+    return {"object": str(target), "sha256": summed["sha256"], "created": created}
+
+
+@step("files.notify")
+def notify(ctx: StepContext) -> dict[str, Any]:
+    """Append one line per file to the outbox, once per idempotency key; POST it to DETFLOW_NOTIFY_URL."""
+    _simulate(ctx)
+    received = _earlier(ctx, "files.receive")
+    validated = _earlier(ctx, "files.validate")
+    stored = _earlier(ctx, "files.store")
+    derived = ctx.outputs.get("files.transform") or {}
+    record = {
+        "execution_id": ctx.execution_id, "file": received.get("original_name"),
+        "type": validated["type"], "size": validated["size"], "sha256": stored["sha256"],
+        "object": stored["object"], "derivative": derived.get("path"),
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    box = outbox()
+    entry = box.append_once(ctx.idempotency_key, record)
+    result: dict[str, Any] = {"outbox": str(box.path), "offset": entry.offset,
+                              "duplicate": not entry.appended, "posted": None}
+    url = conf.get().NOTIFY_URL
+    if url is not None:
+        if entry.posted:
+            result["posted"] = "before"
+        else:
+            result["http_status"] = _post(url, ctx.idempotency_key, record)
+            box.mark_posted(ctx.idempotency_key)
+            result["posted"] = "now"
+    return result
+
+
+def _simulate(ctx: StepContext) -> None:
+    """Fail this step's first attempt when ``input["simulate"]["transient_failure"]`` names it."""
+    simulate = ctx.input.get("simulate") if isinstance(ctx.input, dict) else None
+    if isinstance(simulate, dict) and simulate.get("transient_failure") == ctx.step and ctx.attempt == 1:
+        raise RetryableError("simulated transient failure (input.simulate): the next attempt succeeds")
+
+
+def _earlier(ctx: StepContext, name: str) -> dict[str, Any]:
+    try:
+        output = ctx.outputs[name]
+    except KeyError:
+        raise PermanentError(f"{ctx.step} needs the output of an earlier step named {name!r}") from None
+    if not isinstance(output, dict):
+        raise PermanentError(f"the output of step {name!r} is not what {ctx.step} expects")
+    return output
+
+
+def _inbox(received: dict[str, Any]) -> Path:
+    path = Path(received["inbox"])
+    if not path.is_file():
+        raise PermanentError(f"the received copy {path} is gone (removed after the file was stored, "
+                             "or by hand)")
+    return path
+
+
+@contextlib.contextmanager
+def _open_source(path: Path) -> Iterator[BinaryIO]:
+    """Open a file to receive; refuse, with a reason, what is missing or not a regular file."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115  (closed below)
+    except FileNotFoundError:
+        raise PermanentError(f"there is no file at {path}") from None
+    except IsADirectoryError:
+        raise PermanentError(f"{path} is a directory, not a file") from None
+    except PermissionError:
+        raise PermanentError(f"the worker may not read {path}") from None
+    with handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise PermanentError(f"{path} is not a regular file")
+        yield handle
+
+
+def _copy(
+    source: BinaryIO, out: BinaryIO, limit: int | None, ctx: StepContext, digest: Any = None
+) -> None:
+    """Copy up to ``limit`` bytes in chunks (all of them when ``None``), hashing into ``digest``."""
+    copied = n = 0
+    while limit is None or copied < limit:
+        block = source.read(CHUNK if limit is None else min(CHUNK, limit - copied))
+        if not block:
+            return
+        out.write(block)
+        if digest is not None:
+            digest.update(block)
+        copied += len(block)
+        n += 1
+        if n % HEARTBEAT_EVERY == 0:
+            ctx.heartbeat()
+
+
+def _gzip(path: Path, out: BinaryIO, ctx: StepContext) -> None:
+    # mtime=0 and no name: the same text always gives the same bytes.
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as packed, open(path, "rb") as handle:
+        _copy(handle, packed, None, ctx)  # type: ignore[arg-type]
+
+
+def _write_atomic(target: Path, fill: Callable[[BinaryIO], object]) -> int:
+    """Write ``target`` through a temporary file renamed into place; return its size."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
+    try:
+        with open(temp, "wb") as out:
+            fill(out)
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return size
+
+
+def _pdf_pages(path: Path, ctx: StepContext) -> int | None:
+    """Count ``/Type /Page`` objects, streaming; ``None`` when they are hidden in compressed streams."""
+    pages = 0
+    pending = b""
+    for n, block in enumerate(chunks(path), start=1):
+        window = pending + block
+        # Matches starting in the last 64 bytes may run on into the next chunk: count them then.
+        cut = max(len(window) - 64, 0)
+        pages += sum(1 for m in _PDF_PAGE.finditer(window) if m.start() < cut)
+        pending = window[cut:]
+        if n % HEARTBEAT_EVERY == 0:
+            ctx.heartbeat()
+    pages += sum(1 for _ in _PDF_PAGE.finditer(pending))
+    return pages or None
+
+
+def _csv_rows(path: Path, encoding: str, delimiter: str) -> int | None:
+    """Count the records after the header, streaming; ``None`` if the CSV cannot be read to the end."""
+    try:
+        with open(path, encoding=encoding, newline="") as handle:
+            return max(sum(1 for row in csv.reader(handle, delimiter=delimiter) if row) - 1, 0)
+    except (csv.Error, UnicodeDecodeError):
+        return None
+
+
+def _post(url: str, key: str, record: dict[str, Any]) -> int:
+    """POST the record as JSON with an ``Idempotency-Key`` header; return the HTTP status."""
+    request = urllib.request.Request(
+        url, data=json.dumps(record).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Idempotency-Key": key,
+                 "User-Agent": "detflow-files-notify"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=POST_TIMEOUT_S) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if 400 <= exc.code < 500 and exc.code not in (408, 425, 429):
+            raise PermanentError(f"{url} refused the notification: HTTP {exc.code} {exc.reason}") from None
+        raise RetryableError(f"{url} answered HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise RetryableError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
