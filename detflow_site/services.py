@@ -45,6 +45,15 @@ def store_description() -> str:
     return "MongoDB at " + url.split("@")[-1]
 
 
+def redis_description() -> str:
+    """Describe the Redis in use for start-up banners, without credentials."""
+    url = conf.get().REDIS_URL
+    if url is None:
+        return f"embedded redis-server started by this process ({embedded.redis_server().url})"
+    scheme, _, rest = url.partition("://")
+    return f"Redis at {scheme}://{rest.split('@')[-1]}"
+
+
 def redis_url() -> str:
     """Return the Redis URL, starting the embedded redis-server when none is configured."""
     return conf.get().REDIS_URL or embedded.redis_server().url

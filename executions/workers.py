@@ -13,6 +13,7 @@ class WorkerPool:
     def __init__(self, threads: int = 4, sweeper: bool = True) -> None:
         from executions.actors import broker
 
+        self._middleware = list(broker.middleware)
         self.worker = dramatiq.Worker(
             broker, queues={conf.get().QUEUE}, worker_threads=threads, worker_timeout=100
         )
@@ -29,3 +30,7 @@ class WorkerPool:
         if self.sweeper is not None:
             self.sweeper.stop()
         self.worker.stop(timeout=30_000)
+        # A started Worker hooks a middleware into the broker; drop it, so that another pool in
+        # this process (a test, the demo's --serve) does not find a stopped worker's hook there.
+        broker = self.worker.broker
+        broker.middleware[:] = [m for m in broker.middleware if any(m is b for b in self._middleware)]
