@@ -66,6 +66,10 @@ class RedisServer:
         return self.directory / "redis.sock"
 
     @property
+    def log(self) -> Path:
+        return self.directory / "redis.log"
+
+    @property
     def url(self) -> str:
         return f"unix://{self.socket}"
 
@@ -81,14 +85,14 @@ class RedisServer:
         self.process = subprocess.Popen(
             [executable, "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
              "--dir", str(self.directory), "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+             "--daemonize", "no", "--loglevel", "warning", "--logfile", str(self.log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode() if self.process.stderr else ""
-                raise RuntimeError(f"redis-server exited at start: {err.strip()[:300]}")
+                err = self.log.read_text(errors="replace") if self.log.exists() else ""
+                raise RuntimeError(f"redis-server exited at start: {err.strip()[-300:]}")
             try:
                 if redis.Redis(unix_socket_path=str(self.socket)).ping():
                     return

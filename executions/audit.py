@@ -51,7 +51,7 @@ def verify(doc: Mapping[str, Any]) -> list[Divergence]:
         if seq != expected_seq:
             found.append(Divergence(execution_id, seq, f"expected sequence number {expected_seq}"))
         expected_seq = (seq or expected_seq) + 1
-        event = _engine_event(stored_event)
+        event = engine_event(stored_event)
         problem = _check_decision(state, event)
         if problem:
             found.append(Divergence(execution_id, seq, problem))
@@ -121,7 +121,7 @@ def _check_final(execution_id: str, state: ExecutionState, doc: Mapping[str, Any
     return found
 
 
-def _engine_event(event: Mapping[str, Any]) -> dict[str, Any]:
+def engine_event(event: Mapping[str, Any]) -> dict[str, Any]:
     converted = dict(event)
     converted["at"] = to_ms(event.get("at")) if event.get("at") is not None else None
     for name in TIME_FIELDS:

@@ -1,12 +1,18 @@
-"""Crash injection at the boundaries of a step's life, for the crash-point and chaos tests.
+"""Fault injection for the crash-point tests and chaos runs: no-ops unless a test arms them.
 
-A no-op unless a test arms a point. An armed point raises :class:`SimulatedCrash` there, which
-escapes the worker the way a crash would: the lock and the lease are left behind and the message
-is gone, so only the recovery paths can finish the execution.
+- Crash points: an armed point raises :class:`SimulatedCrash` there, which escapes the worker the
+  way a crash would: the lock and the lease are left behind and the message is gone, so only the
+  recovery paths can finish the execution.
+- Pauses: a paused execution's watchdog neither renews the lease nor interrupts the handler, as if
+  the worker's process had stopped (a long GC pause, SIGSTOP); the lock and the lease run out.
+- Broken builds: ``break_("fence")`` drops the ``version`` condition from every write, so that a
+  test can show the chaos checker catching what the fence prevents.
 """
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass
 
 #: The boundaries of one step's life, in order (DESIGN: "One step's life").
 POINTS = (
@@ -19,37 +25,101 @@ POINTS = (
     "released",  #: the lock was released
     "sent",  #: the next message was sent
 )
+#: Safety mechanisms a test may switch off to prove that the checks notice.
+BREAKABLE = ("fence",)
 
 
 class SimulatedCrash(Exception):
     """Raised at an armed point: the worker 'dies' there."""
 
 
-_armed: dict[str, int] = {}
+@dataclass
+class _Arm:
+    times: int
+    skip: int
+
+
+@dataclass(frozen=True)
+class Fired:
+    """A crash that happened: where, in which execution, when (epoch milliseconds)."""
+
+    point: str
+    execution_id: str | None
+    at_ms: int
+
+
+_armed: dict[tuple[str, str | None], _Arm] = {}
+_paused: set[str] = set()
+_broken: set[str] = set()
+#: Every crash raised since the last :func:`disarm`.
+fired: list[Fired] = []
 _guard = threading.Lock()
 
 
-def arm(point: str, times: int = 1) -> None:
-    """Crash the next ``times`` passes through ``point``."""
+def arm(point: str, times: int = 1, execution_id: str | None = None, skip: int = 0) -> None:
+    """Crash ``times`` passes through ``point`` after letting ``skip`` pass (of one execution's
+    passes when ``execution_id`` is given, of any otherwise)."""
     if point not in POINTS:
         raise ValueError(f"unknown crash point {point!r}; known: {', '.join(POINTS)}")
     with _guard:
-        _armed[point] = _armed.get(point, 0) + times
+        key = (point, execution_id)
+        current = _armed.get(key)
+        _armed[key] = _Arm(times + (current.times if current else 0), skip)
 
 
 def disarm() -> None:
-    """Disarm every point."""
+    """Disarm every point, resume every pause, mend every broken mechanism, forget crashes."""
     with _guard:
         _armed.clear()
+        _paused.clear()
+        _broken.clear()
+        fired.clear()
 
 
-def hit(point: str) -> None:
-    """Pass through ``point``; crash if it is armed."""
+def hit(point: str, execution_id: str | None = None) -> None:
+    """Pass through ``point``; crash if it is armed (for this execution or for any)."""
     if not _armed:
         return
     with _guard:
-        left = _armed.get(point, 0)
-        if left <= 0:
+        for key in ((point, execution_id), (point, None)):
+            arm_ = _armed.get(key)
+            if arm_ is None:
+                continue
+            if arm_.skip > 0:
+                arm_.skip -= 1
+                return
+            arm_.times -= 1
+            if arm_.times <= 0:
+                del _armed[key]
+            fired.append(Fired(point, execution_id, time.time_ns() // 1_000_000))
+            break
+        else:
             return
-        _armed[point] = left - 1
     raise SimulatedCrash(point)
+
+
+def pause(execution_id: str) -> None:
+    """Freeze the watchdog of the execution's running attempt (no renewal, no interrupt)."""
+    with _guard:
+        _paused.add(execution_id)
+
+
+def resume(execution_id: str) -> None:
+    with _guard:
+        _paused.discard(execution_id)
+
+
+def paused(execution_id: str) -> bool:
+    return bool(_paused) and execution_id in _paused
+
+
+def break_(mechanism: str) -> None:
+    """Switch a safety mechanism off (tests of the checkers only)."""
+    if mechanism not in BREAKABLE:
+        raise ValueError(f"unknown mechanism {mechanism!r}; known: {', '.join(BREAKABLE)}")
+    with _guard:
+        _broken.add(mechanism)
+
+
+def broken(mechanism: str) -> bool:
+    return bool(_broken) and mechanism in _broken

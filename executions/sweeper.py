@@ -85,6 +85,8 @@ class Sweeper(threading.Thread):
         super().__init__(name="detflow-sweeper", daemon=True)
         self.interval_s = conf.get().SWEEP_INTERVAL_S if interval_s is None else interval_s
         self.exclusive = exclusive
+        #: What every sweep of this thread did, added up (lost attempts, re-sent messages).
+        self.totals: Counter[str] = Counter()
         self._token = secrets.token_hex(8)
         self._stop_event = threading.Event()
 
@@ -92,7 +94,7 @@ class Sweeper(threading.Thread):
         while not self._stop_event.wait(self.interval_s):
             try:
                 if not self.exclusive or self._lead():
-                    sweep()
+                    self.totals.update(sweep().actions)
             except Exception:  # a sweep that fails (store or Redis down) is tried again next time
                 logger.exception("sweep failed; retrying in %.1fs", self.interval_s)
 

@@ -1,0 +1,92 @@
+"""The chaos workflow's step: it records every run in a ledger, commits one side effect per step
+(deduplicated by the idempotency key, as the README tells users to), and injects the faults
+its input plans for it.
+
+Ledger and effects live in MongoDB (``chaos_ledger``, ``chaos_effects``), so a chaos run can check
+workers in other processes too.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from mongoengine.connection import get_db
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from executions import faults, store
+from workflows.context import StepContext
+from workflows.errors import PermanentError, RetryableError
+from workflows.registry import step
+
+#: Handler name of every chaos step.
+HANDLER = "chaos.step"
+#: Test-only switch: with ``False`` every run commits its side effect, duplicates included.
+DEDUPLICATE = {"enabled": True}
+
+
+def ledger() -> Collection:
+    """Return the ledger: one document per handler run."""
+    collection = get_db()["chaos_ledger"]
+    collection.create_index([("run", 1), ("execution_id", 1)])
+    return collection
+
+
+def effects() -> Collection:
+    """Return the committed side effects: ``_id`` is the idempotency key when deduplicating."""
+    collection = get_db()["chaos_effects"]
+    collection.create_index([("run", 1), ("execution_id", 1)])
+    return collection
+
+
+@step(HANDLER)
+def chaos_step(ctx: StepContext) -> dict[str, Any]:
+    """Record the run, fail or hang as planned, commit the effect once, pause as planned."""
+    plan = ctx.input.get("chaos", {})
+    index = int(ctx.step.rsplit("-", 1)[-1]) - 1
+    mine = {f["kind"]: f for f in plan.get("faults", []) if f.get("step") == index}
+    runs = ledger()
+    runs.insert_one({"run": plan.get("run"), "execution_id": ctx.execution_id, "step": ctx.step,
+                     "attempt": ctx.attempt, "fence": ctx.fencing_token,
+                     "at": store.now_ms()})
+    earlier = runs.count_documents({"execution_id": ctx.execution_id, "step": ctx.step})
+    if "retryable" in mine and earlier <= mine["retryable"].get("count", 1):
+        raise RetryableError(f"planned transient failure (run {earlier})")
+    if "permanent" in mine:
+        raise PermanentError("planned permanent failure")
+    if "hang" in mine and earlier == 1:
+        _sleep(float(plan.get("hang_s", 60)))
+    _commit_effect(ctx, plan.get("run"))
+    if "pause" in mine and earlier == 1:
+        _pause(ctx, index, float(plan.get("pause_s", 120)))
+    return {"step": ctx.step, "attempt": ctx.attempt}
+
+
+def _commit_effect(ctx: StepContext, run: str | None) -> None:
+    key = ctx.idempotency_key if DEDUPLICATE["enabled"] else secrets.token_hex(8)
+    try:
+        effects().insert_one({"_id": key, "run": run, "execution_id": ctx.execution_id,
+                              "step": ctx.step, "attempt": ctx.attempt})
+    except DuplicateKeyError:
+        ctx.log.info("side effect of %s already committed; not repeated", ctx.idempotency_key)
+
+
+def _pause(ctx: StepContext, index: int, limit_s: float) -> None:
+    """Stall like a stopped process until a successor claims the step (or ``limit_s`` passes)."""
+    faults.pause(ctx.execution_id)
+    try:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            doc = store.load(ctx.execution_id)
+            if doc is None or doc["steps"][index].get("attempt", 0) > ctx.attempt:
+                return
+            time.sleep(0.1)
+    finally:
+        faults.resume(ctx.execution_id)
+
+
+def _sleep(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.01)

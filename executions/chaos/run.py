@@ -1,0 +1,218 @@
+"""A chaos run: start N executions with planted faults, run them on this process's worker
+threads while the nemesis strikes, drain, and check.
+
+Crash points, pauses and broken mechanisms act on this process's threads only: run chaos with no
+other worker consuming the queue.
+"""
+from __future__ import annotations
+
+import secrets
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from detflow_site import conf, services
+from executions import faults, operations, store
+from executions.chaos import checker, handlers
+from executions.chaos.nemesis import Nemesis
+from executions.chaos.schedule import HANDLER_KINDS, KINDS, Schedule, plan
+from executions.engine import TERMINAL
+from executions.workers import WorkerPool
+from workflows import definitions
+
+#: The chaos workflow's name.
+WORKFLOW = "chaos"
+#: A step's timeout; a planted hang sleeps three times as long.
+TIMEOUT_S = 2.0
+
+
+@dataclass
+class Options:
+    executions: int = 200
+    steps: int = 5
+    threads: int = 8
+    seed: int = 0
+    faults: tuple[str, ...] = KINDS
+    drain_timeout: float = 180.0
+    #: Test-only: safety mechanisms switched off to show that the checker notices.
+    broken: tuple[str, ...] = ()
+    deduplicate: bool = True
+
+
+@dataclass
+class Report:
+    """What a chaos run did and found."""
+
+    options: Options
+    schedule: Schedule
+    duration_s: float = 0.0
+    injected: Counter[str] = field(default_factory=Counter)
+    recoveries: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[int] = field(default_factory=list)
+    #: The slowest recovery: crash point, execution id, milliseconds.
+    slowest: tuple[str, str, int] | None = None
+    findings: checker.Findings = field(default_factory=checker.Findings)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings.violations
+
+    def latency(self) -> dict[str, Any]:
+        values = sorted(self.latencies_ms)
+        if not values:
+            return {"count": 0, "p50": None, "p95": None, "max": None}
+        p95 = values[min(len(values) - 1, round(0.95 * (len(values) - 1)))]
+        slowest = None if self.slowest is None else (
+            f"{self.slowest[2]} ms after a crash at {self.slowest[0]!r} in {self.slowest[1]}")
+        return {"count": len(values), "p50": round(statistics.median(values)), "p95": p95,
+                "max": values[-1], "slowest": slowest}
+
+    def as_dict(self) -> dict[str, Any]:
+        planned = self.schedule.counts()
+        return {
+            "seed": self.options.seed, "executions": self.options.executions,
+            "steps": self.options.steps, "threads": self.options.threads,
+            "duration_s": round(self.duration_s, 2),
+            "store": services.store_description(), "redis": services.redis_url(),
+            "faults": {k: {"planned": planned.get(k, 0), "injected": self.injected.get(k, 0)}
+                       for k in self.options.faults},
+            "statuses": dict(self.findings.statuses),
+            "recoveries": self.recoveries,
+            "recovery_latency_ms": self.latency(),
+            "violations": [str(v) for v in self.findings.violations],
+            "ok": self.ok,
+        }
+
+    def lines(self) -> list[str]:
+        data = self.as_dict()
+        out = [f"chaos run: seed {data['seed']}, {data['executions']} executions x {data['steps']} "
+               f"steps on {data['threads']} threads, {data['duration_s']}s; store: {data['store']}",
+               "faults (planned / injected):"]
+        out += [f"  {kind:<12} {v['planned']:>5} / {v['injected']}" for kind, v in data["faults"].items()]
+        out.append("final statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(data["statuses"].items())))
+        out.append("recoveries: " + ", ".join(f"{k} {v}" for k, v in data["recoveries"].items()))
+        lat = data["recovery_latency_ms"]
+        out.append(f"recovery latency, crash to next claim (ms): n={lat['count']} p50={lat['p50']} "
+                   f"p95={lat['p95']} max={lat['max']}")
+        if lat.get("slowest"):
+            out.append(f"  slowest: {lat['slowest']}")
+        if self.ok:
+            out.append("violations: none")
+        else:
+            out.append(f"violations: {len(self.findings.violations)}")
+            out += [f"  {v}" for v in self.findings.violations[:50]]
+        return out
+
+
+def run(options: Options, progress: Callable[[str], None] | None = None) -> Report:
+    """Run chaos as ``options`` say and return the checked report."""
+    say = progress or (lambda _line: None)
+    schedule = plan(options.seed, options.executions, options.steps, options.faults)
+    report = Report(options=options, schedule=schedule)
+    settings = conf.get()
+    run_id = f"{options.seed}-{secrets.token_hex(4)}"
+    stored = register(options.steps)
+    faults.disarm()
+    for mechanism in options.broken:
+        faults.break_(mechanism)
+    handlers.DEDUPLICATE["enabled"] = options.deduplicate
+    ids = []
+    pause_s = settings.LEASE_S * 3 + settings.SWEEP_INTERVAL_S + settings.SWEEP_GRACE_S + 10
+    for index in range(options.executions):
+        planted = [{"kind": f.kind, "step": f.step, "count": f.count}
+                   for f in schedule.for_execution(index) if f.kind in HANDLER_KINDS]
+        chaos = {"run": run_id, "faults": planted, "hang_s": TIMEOUT_S * 3, "pause_s": pause_s}
+        doc, _ = operations.start(WORKFLOW, {"chaos": chaos}, version=stored.version, by="chaos")
+        ids.append(doc["_id"])
+        for fault in schedule.for_execution(index):
+            if fault.kind == "crash" and fault.point:
+                faults.arm(fault.point, execution_id=doc["_id"], skip=fault.nth - 1)
+    say(f"started {len(ids)} executions; {len(schedule.faults)} faults planned")
+    started = time.monotonic()
+    pool = WorkerPool(threads=options.threads).start()
+    nemesis = Nemesis(schedule, ids)
+    nemesis.start()
+    try:
+        nemesis.join(timeout=options.drain_timeout)  # every planned fault strikes, even late ones
+        _drain(ids, options.drain_timeout, say)
+    finally:
+        nemesis.stop()
+        pool.stop()
+        report.duration_s = time.monotonic() - started
+        fired = list(faults.fired)
+        faults.disarm()
+        handlers.DEDUPLICATE["enabled"] = True
+    docs = list(store.collection().find({"_id": {"$in": ids}}))
+    runs = list(handlers.ledger().find({"run": run_id}))
+    report.findings = checker.check(docs, runs, handlers.effects().find({"run": run_id}))
+    report.injected = _injected(fired, nemesis, runs, schedule, ids)
+    recoveries = _recoveries(fired, docs)
+    report.latencies_ms = [latency for latency, _ in recoveries]
+    if recoveries:
+        latency, crash = max(recoveries, key=lambda r: r[0])
+        report.slowest = (crash.point, crash.execution_id or "?", latency)
+    totals = pool.sweeper.totals if pool.sweeper else Counter()
+    report.recoveries = {"lost attempts recorded": report.findings.lost_attempts,
+                         "messages re-sent by the sweeper": totals["resent"] + totals["lost"]}
+    return report
+
+
+def register(steps: int) -> Any:
+    """Register (or find) the chaos workflow with ``steps`` steps."""
+    stored, _ = definitions.register({
+        "name": WORKFLOW,
+        "description": "detflow's chaos workflow: every step records its runs and side effect",
+        "steps": [{"name": f"step-{i + 1}", "handler": handlers.HANDLER, "timeout_s": TIMEOUT_S,
+                   "retry": {"max_attempts": 6, "initial_delay_s": 0.2, "multiplier": 2,
+                             "max_delay_s": 2, "jitter": 0.2}}
+                  for i in range(steps)],
+    })
+    return stored
+
+
+def _drain(ids: list[str], timeout_s: float, say: Callable[[str], None]) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = 0.0
+    while time.monotonic() < deadline:
+        done = store.collection().count_documents(
+            {"_id": {"$in": ids}, "status": {"$in": [s.value for s in TERMINAL]},
+             "due_at": {"$exists": False}}
+        )
+        if done == len(ids):
+            return
+        if time.monotonic() - last >= 2:
+            say(f"  {done}/{len(ids)} executions finished")
+            last = time.monotonic()
+        time.sleep(0.1)
+    say(f"drain timed out after {timeout_s:g}s")
+
+
+def _injected(fired: list[faults.Fired], nemesis: Nemesis, runs: list[dict[str, Any]],
+              schedule: Schedule, ids: list[str]) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    counts["crash"] = sum(1 for f in fired if f.execution_id in set(ids))
+    counts.update(i.kind for i in nemesis.injected if not i.detail.startswith("failed"))
+    first_runs = {(r["execution_id"], r["step"]) for r in runs}
+    for fault in schedule.faults:
+        target = None if fault.execution is None else (ids[fault.execution],
+                                                        f"step-{(fault.step or 0) + 1}")
+        if fault.kind in HANDLER_KINDS and target in first_runs:
+            counts[fault.kind] += 1
+    return counts
+
+
+def _recoveries(fired: list[faults.Fired], docs: list[dict[str, Any]]) -> list[tuple[int, faults.Fired]]:
+    """Pair each crash with the time to the next claim in its execution (none: nothing was left)."""
+    claims: dict[str, list[int]] = {}
+    for doc in docs:
+        claims[doc["_id"]] = sorted(store.to_ms(e["at"]) or 0 for e in doc["events"]
+                                    if e["type"] == "step_claimed")
+    latencies = []
+    for crash in fired:
+        later = [at for at in claims.get(crash.execution_id or "", []) if at >= crash.at_ms]
+        if later:
+            latencies.append((later[0] - crash.at_ms, crash))
+    return latencies

@@ -1,0 +1,104 @@
+"""Chaos runs: many faults at once, checked; and the checker catching what a broken build does."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from detflow_site.conf import DetflowSettings
+from executions import store
+from executions.chaos.handlers import effects, ledger
+from executions.chaos.run import Options, run
+from executions.chaos.schedule import KINDS
+
+
+@pytest.fixture
+def default_timing(settings: Any) -> DetflowSettings:
+    """The shipped lease, sweep interval and grace (tests otherwise run with shorter ones)."""
+    defaults = DetflowSettings()
+    settings.DETFLOW = {**settings.DETFLOW, "LEASE_S": defaults.LEASE_S,
+                        "SWEEP_INTERVAL_S": defaults.SWEEP_INTERVAL_S,
+                        "SWEEP_GRACE_S": defaults.SWEEP_GRACE_S}
+    return defaults
+
+
+@pytest.fixture
+def forget_broken_runs(redis_client: Any) -> Iterator[None]:
+    """Remove a broken build's executions after the test: they break invariants on purpose."""
+    yield
+    store.collection().delete_many({"workflow": "chaos"})
+    ledger().delete_many({})
+    effects().delete_many({})
+
+
+@pytest.mark.slow
+def test_chaos__ci_sized_run_keeps_every_invariant_with_the_default_settings(
+    redis_client: Any, default_timing: DetflowSettings
+) -> None:
+    report = run(Options(executions=200, steps=5, threads=8, seed=2026, drain_timeout=150))
+    summary = report.as_dict()
+
+    assert summary["violations"] == []
+    assert sum(summary["statuses"].values()) == 200
+    assert set(summary["statuses"]) <= {"SUCCEEDED", "FAILED"}
+    for kind in KINDS:
+        assert summary["faults"][kind]["injected"] >= 1, f"{kind} was never injected"
+    bound_ms = (default_timing.LEASE_S + default_timing.SWEEP_INTERVAL_S + 2) * 1000
+    latency = summary["recovery_latency_ms"]
+    assert latency["count"] >= 1
+    assert latency["max"] <= bound_ms, f"worst recovery {latency['max']} ms > {bound_ms} ms"
+    assert summary["recoveries"]["lost attempts recorded"] >= 1
+
+
+def test_chaos__checker_reports_violations_when_the_version_fence_is_off(
+    redis_client: Any, forget_broken_runs: None
+) -> None:
+    # A paused runner finishes after its successor claimed the step: only the fence stops its
+    # write, so without the fence every paused execution shows a broken history.
+    report = run(Options(executions=6, steps=2, threads=4, seed=5, faults=("pause",),
+                         broken=("fence",), drain_timeout=60))
+
+    checks = {v.check for v in report.findings.violations}
+    assert not report.ok
+    assert {"contiguous", "verify"} <= checks, checks
+
+
+def test_chaos__checker_reports_double_side_effects_without_deduplication(
+    redis_client: Any, forget_broken_runs: None
+) -> None:
+    report = run(Options(executions=6, steps=2, threads=4, seed=6, faults=("pause",),
+                         deduplicate=False, drain_timeout=60))
+
+    doubled = [v for v in report.findings.violations if v.check == "side effects"]
+    assert doubled, report.findings.violations
+    assert all("committed its side effect 2 times" in v.detail for v in doubled)
+    assert {v.check for v in report.findings.violations} == {"side effects"}
+
+
+def test_chaos_command__prints_a_json_report_and_passes(redis_client: Any) -> None:
+    out = StringIO()
+    call_command("chaos", "--executions", "8", "--steps", "2", "--threads", "4", "--seed", "3",
+                 "--faults", "retryable,duplicate,late,redis_flush", "--json", stdout=out)
+    report = json.loads(out.getvalue())
+    assert report["ok"] is True
+    assert report["violations"] == []
+    assert report["statuses"] == {"SUCCEEDED": 8}
+    assert set(report["faults"]) == {"retryable", "duplicate", "late", "redis_flush"}
+    assert report["faults"]["redis_flush"] == {"planned": 1, "injected": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--faults", "crash,meteor"], "unknown fault kind(s) meteor"),
+        (["--executions", "0"], "--executions must be at least 1"),
+    ],
+)
+def test_chaos_command__rejects_bad_options_in_one_line(args: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        call_command("chaos", *args, stdout=StringIO())
