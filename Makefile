@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint unit integration reliability check clean
+.PHONY: install test lint unit integration reliability chaos check clean
 
 install: $(STAMP)
 
@@ -29,6 +29,9 @@ integration: install
 
 reliability: install
 	$(BIN)/pytest tests/reliability
+
+chaos: install
+	$(BIN)/python manage.py chaos --executions 5000 --steps 5 --threads 16 --drain-timeout 900
 
 check: install
 	$(BIN)/python manage.py check
