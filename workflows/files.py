@@ -309,7 +309,8 @@ def _copy(
 
 def _gzip(path: Path, out: BinaryIO, ctx: StepContext) -> None:
     # mtime=0 and no name: the same text always gives the same bytes.
-    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="") as packed, open(path, "rb") as handle:
+    with (gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0, filename="") as packed,
+          open(path, "rb") as handle):
         _copy(handle, packed, None, ctx)  # type: ignore[arg-type]
 
 

@@ -20,6 +20,12 @@ _OUTSIDE = re.compile(r'["{}\[\],:]')
 _INSIDE = re.compile(r'["\\]')
 _SCALAR = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
 _PAIRS = {"}": "{", "]": "["}
+#: Below the top level: a stretch of whole strings and anything but brackets and quotes.
+_RUN = re.compile(r'(?:[^"{}\[\]]++|"(?:[^"\\]++|\\.)*+")*+', re.DOTALL)
+_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+#: A token (what is not a string, space, ',' or ':') that is not a whole JSON scalar.
+_BAD_TOKEN = re.compile(r'(?<![^\s,:"])(?!(?:' + _SCALAR.pattern + r')(?![^\s,:"]))[^\s,:"]+')
+_TAIL = re.compile(r'[^\s,:"{}\[\]]+\Z')
 
 
 class JsonError(ValueError):
@@ -51,6 +57,8 @@ class JsonScan:
         text = self._carry + text
         start = self._offset - len(self._carry)
         self._carry = ""
+        runs: list[tuple[int, int]] = []
+        stack = self._stack
         i, n = 0, len(text)
         while i < n:
             if self._escape:
@@ -69,17 +77,51 @@ class JsonScan:
                 else:
                     self._end_string()
                 i = match.end()
+            elif len(stack) >= 2:
+                # Below the top level only brackets matter: skip whole strings and scalars in C,
+                # and check the scalars of all the runs at once below.
+                end = _RUN.match(text, i).end()  # type: ignore[union-attr]  (matches "" at least)
+                if end == n:
+                    tail = _TAIL.search(text, i)
+                    cut = tail.start() if tail else n
+                    runs.append((i, cut))
+                    self._carry = text[cut:]  # the last token may go on in the next piece
+                    break
+                runs.append((i, end))
+                char = text[end]
+                if char == '"':  # a string this piece does not finish
+                    self._in_string = True
+                    self._key = None
+                elif char in "{[":
+                    stack.append(char)
+                elif stack[-1] == _PAIRS[char]:
+                    stack.pop()
+                else:
+                    raise JsonError(f"a {char!r} near character {start + end} closes nothing that is open")
+                i = end + 1
             else:
                 match = _OUTSIDE.search(text, i)
                 if match is None:
                     self._carry = text[i:].lstrip()
-                    if len(self._carry) > SCALAR_CHARS:
-                        raise JsonError(f"unexpected text near character {start + i}")
                     break
                 self._scalar(text[i:match.start()], start + i)
                 self._structure(match.group(), start + match.start())
                 i = match.end()
+        if len(self._carry) > SCALAR_CHARS:
+            raise JsonError(f"unexpected text near character {start + n - len(self._carry)}")
+        self._check_runs(text, runs, start)
         self._offset = start + n
+
+    def _check_runs(self, text: str, runs: list[tuple[int, int]], start: int) -> None:
+        """Check every scalar in the runs skipped below the top level (one pass; rescan on error)."""
+        if not runs or not _BAD_TOKEN.search(_STRING.sub('""', " ".join(text[a:b] for a, b in runs))):
+            return
+        for a, b in runs:
+            # Blank the strings out keeping their length, so that the position is exact.
+            bad = _BAD_TOKEN.search(_STRING.sub(lambda m: '"' + " " * (len(m.group()) - 2) + '"', text[a:b]))
+            if bad:
+                raise JsonError(f"{bad.group()[:40]!r} near character {start + a + bad.start()} "
+                                "is not a JSON value")
 
     def close(self) -> None:
         """Say the document ended; raise :class:`JsonError` if it ended too soon."""

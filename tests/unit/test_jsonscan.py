@@ -48,11 +48,14 @@ def test_scan__keeps_the_first_keys_and_counts_all() -> None:
     ('[1, 2]]', "unexpected ']' after the JSON value, near character 6"),
     ('{"a": 1]', "a ']' near character 7 closes nothing that is open"),
     ('{"a": tru}', "'tru' near character 6 is not a JSON value"),
+    ('{"a": [1, {"b": "x\\"y", "c": fals}]}', "'fals' near character 29 is not a JSON value"),
+    ('[[1, 2}]', "a '}' near character 6 closes nothing that is open"),
+    ('[[1, 2], [3, "x]', "the text ends inside a string: the file looks truncated"),
     ('[1] x', "unexpected text after the JSON value, near character 4"),
     ('', "there is no JSON object or array in it"),
 ])
 def test_scan__says_why_text_is_not_json(text: str, reason: str) -> None:
-    for size in (1, 1000):
+    for size in (1, 4, 1000):
         with pytest.raises(JsonError) as caught:
             scan(text, size)
         assert str(caught.value) == reason
