@@ -141,7 +141,7 @@ def test_receive__a_file_over_the_limit_is_cut_there_and_validate_refuses_it(
     out = run({"path": str(source)}, upto="files.receive")["files.receive"]
     assert (out["size"], out["over_limit"]) == (1000, True)
     assert Path(out["inbox"]).stat().st_size == 1000
-    with pytest.raises(PermanentError, match=r"larger than the limit of 1000 bytes \(DETFLOW_MAX_FILE_BYTES\)"):
+    with pytest.raises(PermanentError, match=r"larger than the limit of 1000 bytes \(DETFLOW_MAX_FILE_BYTES"):
         run({"path": str(source)}, upto="files.validate")
 
 
@@ -172,8 +172,9 @@ def _truncated_webp() -> bytes:
     ("cut.gif", samples.halved(samples.spinner_gif()), "the GIF image is truncated: it has no end marker"),
     ("cut.webp", _truncated_webp(), "the WebP image is truncated: it declares"),
     ("cut.pdf", samples.halved(samples.report_pdf()), "the PDF is truncated: it has no end-of-file marker"),
-    ("photo.jpg", samples.holiday_zip(), "the file is a ZIP archive (or an Office document), which is "
-                                         "not allowed: send PNG, JPEG, GIF, WebP, PDF, plain text, CSV or JSON"),
+    ("photo.jpg", samples.holiday_zip(),
+     "the file is a ZIP archive (or an Office document), which is not allowed: "
+     "send PNG, JPEG, GIF, WebP, PDF, plain text, CSV or JSON"),
     ("tool", b"\x7fELF\x02\x01\x01" + bytes(100), "the file is a Linux executable, which is not allowed"),
     ("noise.bin", bytes(range(256)) * 4, "the file is neither an allowed binary type nor UTF-8 text"),
     ("latin1.txt", "caf\xe9 cr\xe8me\n".encode("latin-1"), "nor UTF-8 text (byte 0xe9 at offset 3)"),
@@ -373,7 +374,9 @@ def receiver(settings: Any) -> Iterator[Receiver]:
     thread.join()
 
 
-def test_notify__posts_once_with_the_idempotency_key(storage: Path, tmp_path: Path, receiver: Receiver) -> None:
+def test_notify__posts_once_with_the_idempotency_key(
+    storage: Path, tmp_path: Path, receiver: Receiver
+) -> None:
     source = write(tmp_path / "in", "a.csv", samples.orders_csv(rows=3))
     outputs = run({"path": str(source)})
 
@@ -478,7 +481,9 @@ def test_workflow__the_worker_runs_a_file_through_all_seven_steps(
     assert all(len(s["output_json"]) < 64 * 1024 for s in doc["steps"]), "outputs are facts, not files"
 
 
-def test_workflow__a_transient_failure_is_retried_and_succeeds(worker: Any, storage: Path, tmp_path: Path) -> None:
+def test_workflow__a_transient_failure_is_retried_and_succeeds(
+    worker: Any, storage: Path, tmp_path: Path
+) -> None:
     ensure_file_processing()
     source = write(tmp_path / "in", "n.txt", b"one\ntwo\n")
     data = {"path": str(source), "simulate": {"transient_failure": "files.metadata"}}
@@ -491,7 +496,9 @@ def test_workflow__a_transient_failure_is_retried_and_succeeds(worker: Any, stor
     assert doc["steps"][3]["attempts"][0]["message"].startswith("simulated transient failure")
 
 
-def test_io__handlers_never_read_a_whole_file(storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_io__handlers_never_read_a_whole_file(
+    storage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every read of a file is at most one 1 MiB chunk (images excepted: Pillow decodes them)."""
     from workflows import filetypes
 
