@@ -1,10 +1,11 @@
-# detflow: `make test` creates .venv when it is missing, installs, lints and runs the whole suite.
+# detflow: `make test` creates .venv when it is missing, installs, lints and runs the whole suite;
+# `make demo` does the same set-up, then runs the file-processing demo.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint unit integration reliability chaos check clean
+.PHONY: install test lint unit integration reliability chaos demo check clean
 
 install: $(STAMP)
 
@@ -32,6 +33,9 @@ reliability: install
 
 chaos: install
 	$(BIN)/python manage.py chaos --executions 5000 --steps 5 --threads 16 --drain-timeout 900
+
+demo: install
+	$(BIN)/python manage.py demo
 
 check: install
 	$(BIN)/python manage.py check
