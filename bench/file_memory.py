@@ -94,7 +94,8 @@ def child(path: Path, storage: Path) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs=2, type=float, default=(1, 200), metavar=("SMALL", "LARGE"),
                         help="file sizes in MB (default 1 200)")
     parser.add_argument("--kind", choices=("csv", "text", "json"), default="csv")
@@ -112,7 +113,9 @@ def main() -> int:
             path = Path(tmp) / f"{size_mb:g}MB.{args.kind}"
             write_file(path, int(size_mb * MB), args.kind)
             storage = Path(tmp) / f"storage-{size_mb:g}"
-            env = {k: v for k, v in os.environ.items() if k not in ("DETFLOW_MONGODB_URL", "DETFLOW_REDIS_URL")}
+            # The embedded store and Redis: each child starts its own.
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("DETFLOW_MONGODB_URL", "DETFLOW_REDIS_URL")}
             run = subprocess.run([sys.executable, __file__, "--child", str(path), str(storage)],
                                  capture_output=True, text=True, env=env, cwd=ROOT)
             if run.returncode != 0:
@@ -123,7 +126,8 @@ def main() -> int:
 
     print(f"{'file':>10}  {'status':<9}  {'time':>7}  {'peak RSS':>9}  {'RSS before the run':>18}")
     for r in results:
-        print(f"{r['file_mb']:>7.1f} MB  {r['status']:<9}  {r['seconds']:>6.1f}s  {r['peak_rss_mb']:>6.1f} MB  "
+        print(f"{r['file_mb']:>7.1f} MB  {r['status']:<9}  {r['seconds']:>6.1f}s  "
+              f"{r['peak_rss_mb']:>6.1f} MB  "
               f"{r['rss_before_run_mb']:>15.1f} MB")
     for r in results:
         steps = ", ".join(f"{name.split('.')[-1]} {sec:g}s" for name, sec in r["step_seconds"].items())
@@ -132,7 +136,8 @@ def main() -> int:
     growth = large["peak_rss_mb"] - small["peak_rss_mb"]
     ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
     ok = growth < args.bound and all(r["status"] == "SUCCEEDED" for r in results)
-    print(f"peak RSS grows by {growth:+.1f} MB (x{ratio:.2f}) for a file {large['file_mb'] / small['file_mb']:.0f} "
+    times = large["file_mb"] / small["file_mb"]
+    print(f"peak RSS grows by {growth:+.1f} MB (x{ratio:.2f}) for a file {times:.0f} "
           f"times larger; the bound is {args.bound:g} MB: {'OK' if ok else 'FAILED'}")
     if args.save:
         target = ROOT / "bench" / "results.file_memory.json"

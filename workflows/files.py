@@ -1,47 +1,35 @@
 """The file-processing handlers: receive, validate, checksum, metadata, transform, store, notify.
 
 Each one streams its file in 1 MiB chunks (an image is decoded once, within the pixel limit), and
-returns paths and facts, never file contents. Files live under ``DETFLOW_STORAGE_DIR``:
-
-- ``inbox/<execution id>``: the received copy, under a name detflow makes up (never the client's);
-  removed once the file is stored, kept when the file is refused so that someone can look at it;
-- ``derived/<execution id>/``: the thumbnail or the gzip copy;
-- ``objects/ab/cdef...``: each distinct content once, named by its SHA-256;
-- ``outbox/notifications.jsonl``: one line per processed file.
-
-Every write goes to a temporary file that is renamed into place, so a re-run after a crash finds
-either nothing or a whole file. The handlers find the outputs of earlier steps under the step names
-``files.receive``, ``files.validate``, ..., so a workflow using them names its steps after them.
+returns paths and facts, never file contents; ``workflows.storage`` says where files live and
+writes them whole or not at all. The inbox copy is removed once the file is stored, and kept when
+the file is refused, so that someone can look at it. The handlers find the outputs of earlier
+steps under the step names ``files.receive``, ``files.validate``, ..., so a workflow using them
+names its steps after them.
 """
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import csv
 import datetime as dt
 import gzip
 import hashlib
 import io
 import json
-import os
 import re
-import secrets
-import stat
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from PIL import ImageOps
 
 from detflow_site import conf
-from workflows import filetypes
+from workflows import filetypes, storage
 from workflows.context import StepContext
 from workflows.errors import PermanentError, RetryableError
-from workflows.filetypes import CHUNK, IMAGES, TEXTS, chunks, human
-from workflows.outbox import Outbox
+from workflows.filetypes import IMAGES, TEXTS, chunks, human
 from workflows.registry import step
 
 #: Longest side of a thumbnail, in pixels.
@@ -51,35 +39,7 @@ THUMBNAIL_PX = 256
 HEARTBEAT_EVERY = 64
 #: Seconds a notification POST may take.
 POST_TIMEOUT_S = 10.0
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PDF_PAGE = re.compile(rb"/Type\s{0,8}/Page(?![A-Za-z])")
-
-
-def storage_dir() -> Path:
-    """Return ``DETFLOW_STORAGE_DIR`` as an absolute path (a relative one is under the project)."""
-    from django.conf import settings
-
-    configured = Path(conf.get().STORAGE_DIR).expanduser()
-    return configured if configured.is_absolute() else Path(settings.BASE_DIR) / configured
-
-
-def safe_id(execution_id: str) -> str:
-    """Return a file name for an execution: its id, or a hash of it if the id is not plain."""
-    if _SAFE_ID.match(execution_id):
-        return execution_id
-    return hashlib.sha256(execution_id.encode()).hexdigest()[:32]
-
-
-def object_path(sha256: str) -> Path:
-    """Return where the content with this SHA-256 is stored: ``objects/ab/cdef...``."""
-    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-        raise PermanentError(f"{sha256!r} is not a SHA-256 digest")
-    return storage_dir() / "objects" / sha256[:2] / sha256[2:]
-
-
-def outbox() -> Outbox:
-    """Return the notification outbox."""
-    return Outbox(storage_dir() / "outbox" / "notifications.jsonl")
 
 
 @step("files.receive")
@@ -93,12 +53,12 @@ def receive(ctx: StepContext) -> dict[str, Any]:
     _simulate(ctx)
     data = ctx.input if isinstance(ctx.input, dict) else {}
     limit = conf.get().MAX_FILE_BYTES
-    target = storage_dir() / "inbox" / safe_id(ctx.execution_id)
+    target = storage.storage_dir() / "inbox" / storage.safe_id(ctx.execution_id)
     if isinstance(data.get("path"), str) and data["path"]:
         source = Path(data["path"])
         name = data.get("name") or source.name
-        with _open_source(source) as handle:
-            size = _write_atomic(target, lambda out: _copy(handle, out, limit, ctx))
+        with storage.open_source(source) as handle:
+            size = storage.write_atomic(target, lambda out: storage.copy(handle, out, limit, ctx.heartbeat))
             over = bool(handle.read(1))
     elif isinstance(data.get("content_b64"), str):
         name = data.get("name") or "upload"
@@ -106,7 +66,7 @@ def receive(ctx: StepContext) -> dict[str, Any]:
             content = base64.b64decode(data["content_b64"], validate=True)
         except (binascii.Error, ValueError):
             raise PermanentError("input.content_b64 is not valid base64") from None
-        size = _write_atomic(target, lambda out: _copy(io.BytesIO(content), out, limit, ctx))
+        size = storage.write_atomic(target, lambda out: storage.copy(io.BytesIO(content), out, limit))
         over = len(content) > limit
     else:
         raise PermanentError("the input needs 'path' (a file the worker can read) or "
@@ -172,7 +132,7 @@ def transform(ctx: StepContext) -> dict[str, Any]:
     _simulate(ctx)
     path = _inbox(_earlier(ctx, "files.receive"))
     kind = _earlier(ctx, "files.validate")["type"]
-    folder = storage_dir() / "derived" / safe_id(ctx.execution_id)
+    folder = storage.storage_dir() / "derived" / storage.safe_id(ctx.execution_id)
     if kind in IMAGES:
         with filetypes.open_image(path, conf.get().MAX_IMAGE_PIXELS) as image:
             image.draft(None, (THUMBNAIL_PX, THUMBNAIL_PX))  # JPEG: decode at a fraction of the size
@@ -183,12 +143,12 @@ def transform(ctx: StepContext) -> dict[str, Any]:
             encoded = io.BytesIO()
             thumb.save(encoded, "PNG")
         target = folder / "thumbnail.png"
-        size = _write_atomic(target, lambda out: out.write(encoded.getvalue()))
+        size = storage.write_atomic(target, lambda out: out.write(encoded.getvalue()))
         return {"kind": "thumbnail", "path": str(target), "width": thumb.width,
                 "height": thumb.height, "bytes": size}
     if kind in TEXTS:
         target = folder / "compressed.gz"
-        size = _write_atomic(target, lambda out: _gzip(path, out, ctx))
+        size = storage.write_atomic(target, lambda out: _gzip(path, out, ctx))
         return {"kind": "gzip", "path": str(target), "bytes": size}
     return {"kind": "none", "reason": f"{kind} files are stored as they are"}
 
@@ -199,7 +159,7 @@ def store(ctx: StepContext) -> dict[str, Any]:
     _simulate(ctx)
     received = _earlier(ctx, "files.receive")
     summed = _earlier(ctx, "files.checksum")
-    target = object_path(summed["sha256"])
+    target = storage.object_path(summed["sha256"])
     inbox = Path(received["inbox"])
     created = False
     if not (target.exists() and target.stat().st_size == summed["size"]):
@@ -207,11 +167,11 @@ def store(ctx: StepContext) -> dict[str, Any]:
 
         def fill(out: BinaryIO) -> None:
             with open(_inbox(received), "rb") as handle:
-                _copy(handle, out, None, ctx, digest)
+                storage.copy(handle, out, None, ctx.heartbeat, digest)
             if digest.hexdigest() != summed["sha256"]:
                 raise PermanentError("the received file changed after its checksum was taken")
 
-        _write_atomic(target, fill)
+        storage.write_atomic(target, fill)
         created = True
     inbox.unlink(missing_ok=True)
     ctx.log.info("%s %s", "stored" if created else "already stored", target)
@@ -232,7 +192,7 @@ def notify(ctx: StepContext) -> dict[str, Any]:
         "object": stored["object"], "derivative": derived.get("path"),
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    box = outbox()
+    box = storage.outbox()
     entry = box.append_once(ctx.idempotency_key, record)
     result: dict[str, Any] = {"outbox": str(box.path), "offset": entry.offset,
                               "duplicate": not entry.appended, "posted": None}
@@ -272,62 +232,11 @@ def _inbox(received: dict[str, Any]) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def _open_source(path: Path) -> Iterator[BinaryIO]:
-    """Open a file to receive; refuse, with a reason, what is missing or not a regular file."""
-    try:
-        handle = open(path, "rb")  # noqa: SIM115  (closed below)
-    except FileNotFoundError:
-        raise PermanentError(f"there is no file at {path}") from None
-    except IsADirectoryError:
-        raise PermanentError(f"{path} is a directory, not a file") from None
-    except PermissionError:
-        raise PermanentError(f"the worker may not read {path}") from None
-    with handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise PermanentError(f"{path} is not a regular file")
-        yield handle
-
-
-def _copy(
-    source: BinaryIO, out: BinaryIO, limit: int | None, ctx: StepContext, digest: Any = None
-) -> None:
-    """Copy up to ``limit`` bytes in chunks (all of them when ``None``), hashing into ``digest``."""
-    copied = n = 0
-    while limit is None or copied < limit:
-        block = source.read(CHUNK if limit is None else min(CHUNK, limit - copied))
-        if not block:
-            return
-        out.write(block)
-        if digest is not None:
-            digest.update(block)
-        copied += len(block)
-        n += 1
-        if n % HEARTBEAT_EVERY == 0:
-            ctx.heartbeat()
-
-
 def _gzip(path: Path, out: BinaryIO, ctx: StepContext) -> None:
     # mtime=0 and no name: the same text always gives the same bytes.
     with (gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0, filename="") as packed,
           open(path, "rb") as handle):
-        _copy(handle, packed, None, ctx)  # type: ignore[arg-type]
-
-
-def _write_atomic(target: Path, fill: Callable[[BinaryIO], object]) -> int:
-    """Write ``target`` through a temporary file renamed into place; return its size."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-    try:
-        with open(temp, "wb") as out:
-            fill(out)
-            out.flush()
-            os.fsync(out.fileno())
-            size = out.tell()
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-    return size
+        storage.copy(handle, packed, None, ctx.heartbeat)  # type: ignore[arg-type]
 
 
 def _pdf_pages(path: Path, ctx: StepContext) -> int | None:

@@ -25,6 +25,9 @@ from workflows.jsonscan import JsonError, JsonScan
 CHUNK = 1024 * 1024
 #: Bytes of text looked at to tell CSV from plain text.
 SAMPLE = 64 * 1024
+#: CSV header columns kept in the outputs, and characters kept of each (outputs stay small).
+COLUMNS_KEPT = 200
+COLUMN_CHARS = 200
 
 #: Allowed types: name -> MIME type.
 ALLOWED = {
@@ -289,4 +292,6 @@ def sniff_csv(path: Path, encoding: str) -> dict[str, Any] | None:
     widths = {len(row) for row in rows}
     if len(rows) < 2 or len(widths) != 1 or widths.pop() < 2:
         return None
-    return {"delimiter": dialect.delimiter, "columns": rows[0]}
+    header = rows[0]
+    return {"delimiter": dialect.delimiter, "columns": [c[:COLUMN_CHARS] for c in header[:COLUMNS_KEPT]],
+            "column_count": len(header)}

@@ -80,7 +80,8 @@ class JsonScan:
             elif len(stack) >= 2:
                 # Below the top level only brackets matter: skip whole strings and scalars in C,
                 # and check the scalars of all the runs at once below.
-                end = _RUN.match(text, i).end()  # type: ignore[union-attr]  (matches "" at least)
+                run = _RUN.match(text, i)
+                end = run.end() if run else i  # it always matches, the empty string at least
                 if end == n:
                     tail = _TAIL.search(text, i)
                     cut = tail.start() if tail else n

@@ -253,7 +253,7 @@ def test_checksum__is_the_sha256_streamed_in_chunks_with_heartbeats(
     (samples.report_pdf, {"type": "pdf", "version": "1.4", "pages": 2}),
     (lambda: samples.orders_csv(rows=1500), {
         "type": "csv", "encoding": "ascii", "lines": 1501, "delimiter": ",", "rows": 1500,
-        "columns": ["order_id", "date", "customer", "amount_eur", "status"]}),
+        "columns": ["order_id", "date", "customer", "amount_eur", "status"], "column_count": 5}),
     (samples.notes_txt, {"type": "text", "encoding": "utf-8", "lines": 6}),
     (lambda: b"\xef\xbb\xbfone\ntwo", {"type": "text", "encoding": "utf-8-sig", "lines": 2}),
     (samples.inventory_json, {"type": "json", "encoding": "ascii", "lines": 170, "root": "object",
