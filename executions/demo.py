@@ -67,8 +67,12 @@ def run(
 
     if threads < 1:
         raise DemoError("--threads must be at least 1")
+    mine = _user_files(files) if files is not None else None
     workdir = Path(workdir) if workdir else _new_workdir()
-    planned = _plan(files, workdir)
+    if mine is None:
+        planned = [_inject(sample) for sample in generate(workdir / "samples")]
+    else:
+        planned = [Planned(path) for path in mine]
     overrides = {**django_settings.DETFLOW, **DEMO_SETTINGS, "STORAGE_DIR": str(workdir / "storage")}
     with override_settings(DETFLOW=overrides), _quiet_logs():
         ensure_file_processing()
@@ -96,9 +100,7 @@ def _new_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="demo-", dir=base))
 
 
-def _plan(files: Path | None, workdir: Path) -> list[Planned]:
-    if files is None:
-        return [_inject(sample) for sample in generate(workdir / "samples")]
+def _user_files(files: Path) -> list[Path]:
     folder = Path(files).expanduser()
     if not folder.is_dir():
         raise DemoError(f"--files {files}: not a directory")
@@ -107,7 +109,7 @@ def _plan(files: Path | None, workdir: Path) -> list[Planned]:
         raise DemoError(f"--files {files}: the directory holds no files (hidden ones are skipped)")
     if len(found) > MAX_FILES:
         raise DemoError(f"--files {files}: {len(found)} files; the demo takes at most {MAX_FILES}")
-    return [Planned(path) for path in found]
+    return found
 
 
 def _inject(sample: Sample) -> Planned:
