@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detflow_site import conf, services
-from executions import dispatch, faults, store, transitions
-from executions.engine import Claim, Decision, Finish, RecoverLost, StepStatus, Wait, decide
+from executions import dispatch, faults, signals, store, transitions
+from executions.engine import TERMINAL, Claim, Decision, Finish, RecoverLost, StepStatus, Wait, decide
 from executions.locks import ExecutionLock
 from executions.store import Snapshot, now_ms, to_dt
 from workflows import registry
@@ -92,9 +92,16 @@ def advance(execution_id: str, worker: str | None = None) -> None:
 
 
 def follow_up(snap: Snapshot) -> None:
-    """Send the message that the state after a change calls for (now, later, or none)."""
+    """Send the message that the state after a change calls for (now, later, or none), and
+    announce an execution that the change finished."""
     now = now_ms()
     decision: Decision = decide(snap.state, now)
+    if snap.state.status in TERMINAL and snap.doc.get("status") != snap.state.status.value:
+        for receiver, error in signals.execution_finished.send_robust(
+            sender=Snapshot, execution_id=snap.state.id, status=snap.state.status.value
+        ):
+            if isinstance(error, Exception):
+                logger.error("execution_finished receiver %r failed: %s", receiver, error)
     if isinstance(decision, Claim | RecoverLost | Finish):
         dispatch.send(snap.state.id)
     elif isinstance(decision, Wait) and decision.reason == "retry":

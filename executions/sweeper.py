@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from detflow_site import conf, services
 from executions import dispatch, store, transitions
 from executions.engine import Claim, Finish, RecoverLost, decide
+from executions.runner import follow_up
 from executions.store import Snapshot, now_ms, to_dt
 
 logger = logging.getLogger("detflow.sweeper")
@@ -61,7 +62,7 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
             if after is not None:
                 report.lost.append(snap.state.id)
                 report.actions["lost"] += 1
-                dispatch.send(snap.state.id)
+                follow_up(after)
                 report.resent.append(snap.state.id)
         elif isinstance(decision, Claim | Finish):
             due = store.to_ms(doc.get("due_at")) or now
