@@ -23,6 +23,7 @@ from detflow_site import conf, services
 from executions import dispatch, faults, signals, store, transitions
 from executions.engine import TERMINAL, Claim, Decision, Finish, RecoverLost, StepStatus, Wait, decide
 from executions.locks import ExecutionLock
+from executions.slots import StepSlot
 from executions.store import Snapshot, now_ms, to_dt
 from workflows import registry
 from workflows.context import AttemptLog, StepContext
@@ -38,6 +39,8 @@ logger = logging.getLogger("detflow.worker")
 #: Longest traceback and error message stored per attempt, in characters (the tail is kept).
 TRACEBACK_CHARS = 8000
 MESSAGE_CHARS = 2000
+#: How long a message whose step has no free concurrency slot waits before it tries again.
+SLOT_WAIT_MS = 250
 #: Outcome writes re-read and retry this often when an operator's change moved the version on.
 RECORD_TRIES = 5
 
@@ -73,8 +76,15 @@ def advance(execution_id: str, worker: str | None = None) -> None:
     now = now_ms()
     decision = decide(snap.state, now)
     after: Snapshot | None = None
+    wait_ms = 0
     if isinstance(decision, Claim):
-        after = run_step(snap, decision, worker, lock, lease_ms)
+        slot = step_slot(snap, decision.step, lease_ms)
+        if slot is None or slot.acquire(now):
+            after = run_step(snap, decision, worker, lock, lease_ms, slot)
+            if slot is not None:
+                slot.release()
+        else:
+            wait_ms = SLOT_WAIT_MS
     elif isinstance(decision, RecoverLost):
         after = transitions.record_lost(snap, decision, now)
     elif isinstance(decision, Finish):
@@ -83,6 +93,9 @@ def advance(execution_id: str, worker: str | None = None) -> None:
     faults.hit("released", execution_id)
     if after is not None:
         follow_up(after)
+    elif wait_ms:
+        logger.debug("step %d of %s waits for a concurrency slot", decision.step, execution_id)
+        dispatch.send(execution_id, delay_ms=wait_ms)
     elif isinstance(decision, Wait) and decision.reason == "retry":
         # Early (a clock ahead of ours, or a duplicate): come back when the retry is due.
         dispatch.send(execution_id, delay_ms=decision.until - now)
@@ -104,12 +117,25 @@ def follow_up(snap: Snapshot) -> None:
                 logger.error("execution_finished receiver %r failed: %s", receiver, error)
     if isinstance(decision, Claim | RecoverLost | Finish):
         dispatch.send(snap.state.id)
+    elif wait_ms:
+        logger.debug("step %d of %s waits for a concurrency slot", decision.step, execution_id)
+        dispatch.send(execution_id, delay_ms=wait_ms)
     elif isinstance(decision, Wait) and decision.reason == "retry":
         dispatch.send(snap.state.id, delay_ms=decision.until - now)
 
 
+def step_slot(snap: Snapshot, index: int, lease_ms: int) -> StepSlot | None:
+    """Return a slot to take before running step ``index``, or ``None`` if it has no limit."""
+    limit = snap.doc["definition"]["steps"][index].get("max_concurrency")
+    if not limit:
+        return None
+    step = snap.state.steps[index].name
+    return StepSlot(services.redis_client(), snap.doc["workflow"], step, limit, lease_ms)
+
+
 def run_step(
-    snap: Snapshot, decision: Claim, worker: str, lock: ExecutionLock, lease_ms: int
+    snap: Snapshot, decision: Claim, worker: str, lock: ExecutionLock, lease_ms: int,
+    slot: StepSlot | None = None,
 ) -> Snapshot | None:
     """Claim the step, run its handler, and record the outcome; ``None`` if another writer won."""
     claimed = transitions.claim(snap, decision, worker, now_ms(), lease_ms)
@@ -118,7 +144,7 @@ def run_step(
         return None
     faults.hit("claimed", snap.state.id)
     attempt = Attempt(claimed, decision.step, worker)
-    attempt.run(lock, lease_ms)
+    attempt.run(lock, lease_ms, slot)
     faults.hit("handled", snap.state.id)
     recorded = attempt.record()
     faults.hit("recorded", snap.state.id)
@@ -167,10 +193,10 @@ class Attempt:
             _heartbeat=heartbeat,
         )
 
-    def run(self, lock: ExecutionLock, lease_ms: int) -> None:
+    def run(self, lock: ExecutionLock, lease_ms: int, slot: StepSlot | None = None) -> None:
         """Run the handler under the step's timeout, with the lease renewed while it runs."""
         timeout_s = float(self.spec["timeout_s"])
-        watchdog = Watchdog(self, lock, lease_ms, timeout_s)
+        watchdog = Watchdog(self, lock, lease_ms, timeout_s, slot)
         ctx = self.context(watchdog.beat)
         try:
             handler = registry.get_handler(self.spec["handler"])
@@ -282,10 +308,14 @@ class Watchdog(threading.Thread):
     the lease runs out, and the sweeper records the attempt lost.
     """
 
-    def __init__(self, attempt: Attempt, lock: ExecutionLock, lease_ms: int, timeout_s: float):
+    def __init__(
+        self, attempt: Attempt, lock: ExecutionLock, lease_ms: int, timeout_s: float,
+        slot: StepSlot | None = None,
+    ):
         super().__init__(name=f"detflow-watchdog-{attempt.snap.state.id[:8]}", daemon=True)
         self.attempt = attempt
         self.lock = lock
+        self.slot = slot
         self.lease_ms = lease_ms
         self.deadline = time.monotonic() + timeout_s
         self.target = threading.get_ident()
@@ -315,6 +345,8 @@ class Watchdog(threading.Thread):
     def _renew(self) -> bool:
         try:
             held = self.lock.renew()
+            if self.slot is not None:
+                self.slot.renew(now_ms())
             renewed = transitions.renew_lease(
                 self.attempt.snap.state.id, self.attempt.index, self.attempt.fence,
                 now_ms(), self.lease_ms,

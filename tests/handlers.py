@@ -102,3 +102,19 @@ def chatty(ctx: StepContext) -> None:
         ctx.log.info("line %d of attempt %d", n, ctx.attempt)
     if ctx.input.get("fail"):
         raise ValueError(f"chatty failure on attempt {ctx.attempt}")
+
+
+#: (idempotency key, start, end) of every run of ``test.window``, monotonic seconds.
+WINDOWS: list[tuple[str, float, float]] = []
+
+
+@step("test.window")
+def window(ctx: StepContext) -> dict[str, float]:
+    """Sleep ``input["sleep_s"]`` and record when the run started and ended."""
+    _note(ctx)
+    start = time.monotonic()
+    time.sleep(float(ctx.input.get("sleep_s", 0.05)))
+    end = time.monotonic()
+    with _guard:
+        WINDOWS.append((ctx.idempotency_key, start, end))
+    return {"start": start, "end": end}

@@ -22,6 +22,7 @@ MAX_ATTEMPTS = 100
 MAX_TIMEOUT_S = 24 * 3600.0
 MAX_DELAY_S = 7 * 24 * 3600.0
 MAX_MULTIPLIER = 1000.0
+MAX_CONCURRENCY = 10_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class StepSpec:
     timeout_s: float = 60.0
     #: Exception type names (class name or dotted path) that fail the step without a retry.
     non_retryable: tuple[str, ...] = ()
+    #: Attempts of this step (all executions of the workflow) running at once, at most; ``None``:
+    #: no limit.
+    max_concurrency: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,11 @@ class WorkflowSpec:
     def to_dict(self) -> dict[str, Any]:
         """Return the plain-data form that :func:`parse_workflow` reads back."""
         data = asdict(self)
-        data["steps"] = [dict(s, non_retryable=list(s["non_retryable"])) for s in data["steps"]]
+        data["steps"] = [
+            {k: (list(v) if k == "non_retryable" else v) for k, v in step.items()
+             if not (k == "max_concurrency" and v is None)}
+            for step in data["steps"]
+        ]
         return data
 
     def fingerprint(self) -> str:
@@ -107,7 +115,7 @@ def parse_workflow(
 
 def _step(raw: Any, where: str, known_handlers: Callable[[str, str], object] | None) -> StepSpec:
     raw = _mapping(raw, where)
-    _only(raw, where, {"name", "handler", "retry", "timeout_s", "non_retryable"})
+    _only(raw, where, {"name", "handler", "retry", "timeout_s", "non_retryable", "max_concurrency"})
     name = _name(raw.get("name"), f"{where}.name")
     handler = raw.get("handler")
     if not isinstance(handler, str) or not handler:
@@ -122,12 +130,20 @@ def _step(raw: Any, where: str, known_handlers: Callable[[str, str], object] | N
         isinstance(t, str) and t for t in non_retryable
     ):
         raise DefinitionError(f"{where}.non_retryable", "must be a list of exception type names")
+    limit = raw.get("max_concurrency")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CONCURRENCY
+    ):
+        raise DefinitionError(
+            f"{where}.max_concurrency", f"must be an integer between 1 and {MAX_CONCURRENCY}"
+        )
     return StepSpec(
         name=name,
         handler=handler,
         retry=_retry(raw.get("retry", {}), f"{where}.retry"),
         timeout_s=timeout,
         non_retryable=tuple(non_retryable),
+        max_concurrency=limit,
     )
 
 

@@ -95,6 +95,9 @@ def test_parse_workflow__reads_a_valid_definition_with_defaults():
         ({"steps.1.retry.multiplier": 1e9}, "steps[1].retry.multiplier"),
         ({"steps.1.timeout_s": 10**400}, "steps[1].timeout_s"),
         ({"steps.1.retry.max_delay_s": float("inf")}, "steps[1].retry.max_delay_s"),
+        ({"steps.1.max_concurrency": 0}, "steps[1].max_concurrency"),
+        ({"steps.1.max_concurrency": 2.5}, "steps[1].max_concurrency"),
+        ({"steps.1.max_concurrency": True}, "steps[1].max_concurrency"),
     ],
 )
 def test_parse_workflow__rejects_a_bad_value_naming_its_field(changes, field):
@@ -157,3 +160,11 @@ def test_fingerprint__is_equal_for_equal_content_however_it_is_spelled():
 )
 def test_fingerprint__changes_when_the_content_changes(changes):
     assert parse_workflow(definition(**changes)).fingerprint() != parse_workflow(VALID).fingerprint()
+
+
+def test_to_dict__leaves_out_an_unset_max_concurrency_so_old_fingerprints_hold():
+    spec = parse_workflow(definition())
+    assert all("max_concurrency" not in step for step in spec.to_dict()["steps"])
+    limited = parse_workflow(definition(**{"steps.1.max_concurrency": 3}))
+    assert limited.to_dict()["steps"][1]["max_concurrency"] == 3
+    assert limited.fingerprint() != spec.fingerprint()

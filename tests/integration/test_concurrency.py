@@ -1,0 +1,55 @@
+"""max_concurrency: a step's attempts never overlap beyond their limit, across all worker threads."""
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+import pytest
+
+from executions import operations
+from executions.actors import broker
+from tests.conftest import wait_terminal
+from tests.handlers import WINDOWS
+
+
+@pytest.fixture
+def eight_threads(redis_client: Any) -> Any:
+    before = list(broker.middleware)
+    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=50)
+    worker.start()
+    yield worker
+    worker.stop(timeout=10_000)
+    broker.middleware[:] = [m for m in broker.middleware if any(m is b for b in before)]
+
+
+def _most_at_once(windows: list[tuple[str, float, float]]) -> int:
+    edges = sorted([(start, 1) for _, start, _ in windows] + [(end, -1) for _, _, end in windows],
+                   key=lambda edge: (edge[0], edge[1]))
+    running = most = 0
+    for _, change in edges:
+        running += change
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_max_concurrency__never_lets_more_attempts_overlap_under_8_threads(
+    eight_threads: Any, define: Any, limit: int
+) -> None:
+    WINDOWS.clear()
+    define("limited", [{"handler": "test.echo"},
+                       {"handler": "test.window", "max_concurrency": limit}])
+    ids = [operations.start("limited", {"sleep_s": 0.05})[0]["_id"] for _ in range(12)]
+    docs = wait_terminal(*ids, timeout=60)
+
+    assert {d["status"] for d in docs} == {"SUCCEEDED"}
+    assert len(WINDOWS) == 12
+    assert _most_at_once(WINDOWS) == limit
+
+
+def test_max_concurrency__unlimited_steps_do_overlap(eight_threads: Any, define: Any) -> None:
+    WINDOWS.clear()
+    define("free", [{"handler": "test.window"}])
+    ids = [operations.start("free", {"sleep_s": 0.2})[0]["_id"] for _ in range(8)]
+    wait_terminal(*ids, timeout=60)
+    assert _most_at_once(WINDOWS) > 1
