@@ -117,9 +117,6 @@ def follow_up(snap: Snapshot) -> None:
                 logger.error("execution_finished receiver %r failed: %s", receiver, error)
     if isinstance(decision, Claim | RecoverLost | Finish):
         dispatch.send(snap.state.id)
-    elif wait_ms:
-        logger.debug("step %d of %s waits for a concurrency slot", decision.step, execution_id)
-        dispatch.send(execution_id, delay_ms=wait_ms)
     elif isinstance(decision, Wait) and decision.reason == "retry":
         dispatch.send(snap.state.id, delay_ms=decision.until - now)
 
