@@ -94,7 +94,7 @@ def advance(execution_id: str, worker: str | None = None) -> None:
     if after is not None:
         follow_up(after)
     elif wait_ms:
-        logger.debug("step %d of %s waits for a concurrency slot", decision.step, execution_id)
+        logger.debug("execution %s waits for a concurrency slot", execution_id)
         dispatch.send(execution_id, delay_ms=wait_ms)
     elif isinstance(decision, Wait) and decision.reason == "retry":
         # Early (a clock ahead of ours, or a duplicate): come back when the retry is due.
