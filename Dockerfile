@@ -1,0 +1,21 @@
+# detflow: one image for the API (gunicorn) and the workers (manage.py runworker).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DJANGO_SETTINGS_MODULE=detflow_site.settings
+
+WORKDIR /app
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY . .
+RUN useradd --create-home --uid 10001 detflow \
+    && mkdir -p /app/var \
+    && chown -R detflow:detflow /app/var
+USER detflow
+
+EXPOSE 8000
+CMD ["gunicorn", "detflow_site.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "4"]
