@@ -43,6 +43,8 @@ class ExecutionLock:
         self.poke_key = f"detflow:poke:{execution_id}"
         self.ttl_ms = ttl_ms
         self.token = secrets.token_hex(16)
+        #: Whether this contender left the poke (``False`` when another one already had).
+        self.first_poke = False
 
     def acquire(self) -> bool:
         """Take the lock, or leave a poke for its holder and return ``False``."""
@@ -50,7 +52,9 @@ class ExecutionLock:
             return True
         # Taken: poke the holder, then try once more in case it released in between. If the second
         # try fails too, the holder has not released yet, so its release script will see the poke.
-        self.client.set(self.poke_key, "1", px=max(self.ttl_ms, 60_000))
+        self.first_poke = bool(
+            self.client.set(self.poke_key, "1", nx=True, px=max(self.ttl_ms, 60_000))
+        )
         return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
     def renew(self) -> bool:

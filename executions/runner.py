@@ -58,9 +58,9 @@ def advance(execution_id: str, worker: str | None = None) -> None:
     faults.hit("received", execution_id)
     lock = ExecutionLock(services.redis_client(), execution_id, lease_ms)
     if not lock.acquire():
-        # A live holder sees the poke when it releases. A dead one never will: come back when its
-        # lock runs out rather than wait for the sweeper.
-        left_ms = lock.holder_ttl_ms()
+        # A live holder sees the poke when it releases. A dead one never will: the first to poke
+        # comes back when the lock runs out rather than wait for the sweeper (later ones drop out).
+        left_ms = lock.holder_ttl_ms() if lock.first_poke else 0
         if left_ms > 0:
             dispatch.send(execution_id, delay_ms=left_ms + 50)
         logger.debug("execution %s is held by another worker; poked it", execution_id)
@@ -340,22 +340,26 @@ class Watchdog(threading.Thread):
             self._renew()
 
     def _renew(self) -> bool:
+        """Renew the lease in MongoDB (what counts), then the lock and the slot in Redis."""
+        execution_id = self.attempt.snap.state.id
         try:
-            held = self.lock.renew()
-            if self.slot is not None:
-                self.slot.renew(now_ms())
             renewed = transitions.renew_lease(
-                self.attempt.snap.state.id, self.attempt.index, self.attempt.fence,
-                now_ms(), self.lease_ms,
+                execution_id, self.attempt.index, self.attempt.fence, now_ms(), self.lease_ms
             )
-        except Exception as exc:  # a failed renewal must not kill the attempt; the lease decides
-            logger.warning("lease renewal of %s failed: %s", self.attempt.snap.state.id, exc)
+        except Exception as exc:  # the store is down: try again next beat; the lease decides
+            logger.warning("lease renewal of %s failed: %s", execution_id, exc)
             return not self.lost
         if not renewed:
             self.lost = True
-        elif not held:
-            logger.info("lock of %s expired while its handler ran", self.attempt.snap.state.id)
-        return renewed
+            return False
+        try:
+            if not self.lock.renew():
+                logger.info("lock of %s expired while its handler ran", execution_id)
+            if self.slot is not None:
+                self.slot.renew(now_ms())
+        except Exception as exc:  # Redis down: the lock is for efficiency only, the fence holds
+            logger.warning("lock renewal of %s failed: %s", execution_id, exc)
+        return True
 
     def beat(self) -> None:
         """Renew now, on the handler's request; raise ``LeaseLost`` if a successor owns the step."""

@@ -66,8 +66,7 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
                 report.resent.append(snap.state.id)
         elif isinstance(decision, Claim | Finish):
             due = store.to_ms(doc.get("due_at")) or now
-            if now - due >= grace_ms:
-                dispatch.send(snap.state.id)
+            if now - due >= grace_ms and dispatch.send(snap.state.id):
                 report.resent.append(snap.state.id)
                 report.actions["resent"] += 1
     if report.lost or report.resent:

@@ -1,0 +1,209 @@
+"""Cost per step attempt on the happy path, counted (not timed): the budget is 3 MongoDB commands
+and 6 Redis commands of the engine's own client; the broker's commands are not counted (its
+messages are counted apart, as messages).
+
+MongoDB commands are counted at mongomock's collection methods when the store is embedded, or by a
+``pymongo.monitoring.CommandListener`` on a client reconnected with it when ``DETFLOW_MONGODB_URL``
+is set. Redis commands are counted at ``execute_command`` of the client ``services.redis_client()``
+returns, which the lock and the heartbeat use; the Dramatiq broker has a client of its own.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from executions import dispatch, operations, runner, store
+from tests.handlers import LEDGER
+from tests.reliability.invariants import assert_each_attempt_ran_once, assert_invariants
+
+pytestmark = pytest.mark.usefixtures("audited")
+
+MONGO_PER_ATTEMPT = 3
+REDIS_PER_ATTEMPT = 6
+EXECUTIONS = 5
+STEPS = 4
+#: Collection methods that send one command to MongoDB (the find behind find_one counts once).
+COMMANDS = (
+    "find", "find_one", "insert_one", "insert_many", "update_one", "update_many", "replace_one",
+    "delete_one", "delete_many", "find_one_and_update", "find_one_and_replace",
+    "find_one_and_delete", "bulk_write", "count_documents", "estimated_document_count", "distinct",
+    "aggregate",
+)
+#: Commands a real client sends on its own (handshakes, sessions), not for the engine.
+HOUSEKEEPING = frozenset({"hello", "ismaster", "isMaster", "ping", "endSessions", "saslStart",
+                          "saslContinue", "buildInfo", "getMore"})
+
+
+class Tally:
+    """Commands counted while enabled, from any thread."""
+
+    def __init__(self) -> None:
+        self.names: Counter[str] = Counter()
+        self._guard = threading.Lock()
+
+    def add(self, name: str) -> None:
+        with self._guard:
+            self.names[name] += 1
+
+    def take(self) -> Counter[str]:
+        """Return the commands counted since the last call, and start over."""
+        with self._guard:
+            names, self.names = self.names, Counter()
+        return names
+
+
+def _mongomock_counting(monkeypatch: pytest.MonkeyPatch, tally: Tally) -> None:
+    from mongomock.collection import Collection
+
+    depth = threading.local()
+
+    def counting(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            outer = not getattr(depth, "level", 0)
+            if outer:
+                tally.add(name)
+            depth.level = getattr(depth, "level", 0) + 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                depth.level -= 1
+
+        return call
+
+    for name in COMMANDS:
+        monkeypatch.setattr(Collection, name, counting(name, getattr(Collection, name)))
+
+
+@contextlib.contextmanager
+def _listener_counting(tally: Tally) -> Iterator[None]:
+    import mongoengine
+    from pymongo import monitoring
+
+    from detflow_site import services
+
+    class Listener(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            if event.command_name not in HOUSEKEEPING:
+                tally.add(event.command_name)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    # A listener is only heard by clients created after it: reconnect with it, then back without.
+    real_connect = mongoengine.connect
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mongoengine, "connect",
+                      lambda *a, **kw: real_connect(*a, event_listeners=[Listener()], **kw))
+        services.connect_mongo()
+    try:
+        store.collection()
+        tally.take()
+        yield
+    finally:
+        services.connect_mongo()
+
+
+@pytest.fixture
+def mongo_commands(monkeypatch: pytest.MonkeyPatch) -> Iterator[Tally]:
+    """Count the MongoDB commands sent while the test runs."""
+    from detflow_site import services
+
+    tally = Tally()
+    store.collection()  # indexes are ensured on first use: not part of any step
+    if services.is_embedded_store():
+        _mongomock_counting(monkeypatch, tally)
+        yield tally
+    else:
+        with _listener_counting(tally):
+            yield tally
+
+
+@pytest.fixture
+def redis_commands(redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> Tally:
+    """Count the commands of the engine's own Redis client (locks, pokes, heartbeats)."""
+    from detflow_site import services
+
+    tally = Tally()
+    client = services.redis_client()
+    real_execute = client.execute_command
+
+    def counting(*args: Any, **options: Any) -> Any:
+        tally.add(str(args[0]).upper())
+        return real_execute(*args, **options)
+
+    monkeypatch.setattr(client, "execute_command", counting)
+    return tally
+
+
+@pytest.fixture
+def messages(monkeypatch: pytest.MonkeyPatch) -> Tally:
+    """Count the advance messages sent (through the broker, whose Redis commands are not counted)."""
+    tally = Tally()
+    real_send = dispatch.send
+
+    def counting(execution_id: str, delay_ms: int = 0) -> bool:
+        tally.add("delayed" if delay_ms > 0 else "now")
+        return real_send(execution_id, delay_ms)
+
+    monkeypatch.setattr(dispatch, "send", counting)
+    return tally
+
+
+def test_cost__happy_path_attempt__stays_within_3_mongodb_and_6_redis_commands(
+    broker: Any, define: Any, mongo_commands: Tally, redis_commands: Tally, messages: Tally
+) -> None:
+    define("cheap", [{"handler": "test.echo"}] * STEPS)
+    ids = [operations.start("cheap", {"n": n})[0]["_id"] for n in range(EXECUTIONS)]
+    for tally in (mongo_commands, redis_commands, messages):
+        tally.take()
+
+    per_attempt = []
+    for eid in ids:
+        for _ in range(STEPS):
+            runner.advance(eid)
+            per_attempt.append((mongo_commands.take(), redis_commands.take(), messages.take()))
+    docs = [store.load(eid) for eid in ids]
+
+    assert [d["status"] for d in docs] == ["SUCCEEDED"] * EXECUTIONS
+    assert len(LEDGER) == EXECUTIONS * STEPS
+    attempts = len(per_attempt)
+    mongo = sum((m for m, _, _ in per_attempt), Counter())
+    redis = sum((r for _, r, _ in per_attempt), Counter())
+    sent = sum((s for _, _, s in per_attempt), Counter())
+    costliest = max(per_attempt, key=lambda c: (c[0].total(), c[1].total()))
+    summary = (f"per attempt: {mongo.total() / attempts:.2f} MongoDB commands {dict(mongo)}, "
+               f"{redis.total() / attempts:.2f} Redis commands {dict(redis)}, "
+               f"{sent.total() / attempts:.2f} messages; costliest attempt: {costliest}")
+    assert mongo.total() > 0 and redis.total() > 0, f"nothing was counted: {summary}"
+    assert max(m.total() for m, _, _ in per_attempt) <= MONGO_PER_ATTEMPT, summary
+    assert max(r.total() for _, r, _ in per_attempt) <= REDIS_PER_ATTEMPT, summary
+    # One message per step that has a successor; none after the last step.
+    assert sent == Counter(now=EXECUTIONS * (STEPS - 1)), summary
+    assert_invariants(*docs)
+    assert_each_attempt_ran_once(*docs)
+
+
+def test_cost__counting__sees_every_mongodb_command_once(
+    redis_client: Any, mongo_commands: Tally
+) -> None:
+    """The counter itself: each call is one command, on mongomock (counted at its methods) and on
+    a real MongoDB (counted by the command listener, where find_one is a find)."""
+    from detflow_site import services
+
+    store.collection().find_one({"_id": "nothing"})
+    list(store.collection().find({"_id": "nothing"}))
+    store.collection().update_one({"_id": "nothing"}, {"$set": {"x": 1}})
+
+    expected = (Counter(find_one=1, find=1, update_one=1) if services.is_embedded_store()
+                else Counter(find=2, update=1))
+    assert mongo_commands.take() == expected
