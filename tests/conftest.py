@@ -1,6 +1,7 @@
 """Shared fixtures: a clean store and Redis for every test, a real Dramatiq worker on demand."""
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -51,22 +52,31 @@ def clean(request: pytest.FixtureRequest) -> Iterator[None]:
     faults.disarm()
 
 
+@contextlib.contextmanager
+def running_worker(threads: int) -> Iterator[Any]:
+    """Run a real ``dramatiq.Worker`` with ``threads`` threads on the engine's queue."""
+    import dramatiq
+
+    from executions.actors import broker
+
+    before = list(broker.middleware)
+    running = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=50)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop(timeout=10_000)
+        # Each Worker hooks a middleware into the broker; drop it so workers do not pile up.
+        broker.middleware[:] = [m for m in broker.middleware if any(m is b for b in before)]
+
+
 @pytest.fixture
 def worker(broker: Any, redis_client: Any) -> Iterator[Any]:
     """A real ``dramatiq.Worker`` with 4 threads on the engine's queue."""
-    import dramatiq
-
-    from executions import actors  # noqa: F401  (declares the actor and its queue)
-
     redis_client.flushdb()
     broker.flush_all()
-    before = list(broker.middleware)
-    running = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
-    running.start()
-    yield running
-    running.stop(timeout=10_000)
-    # Each Worker hooks a middleware into the broker; drop it so workers do not pile up.
-    broker.middleware[:] = [m for m in broker.middleware if any(m is b for b in before)]
+    with running_worker(4) as running:
+        yield running
 
 
 @pytest.fixture

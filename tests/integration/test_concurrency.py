@@ -1,25 +1,20 @@
 """max_concurrency: a step's attempts never overlap beyond their limit, across all worker threads."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-import dramatiq
 import pytest
 
 from executions import operations
-from executions.actors import broker
-from tests.conftest import wait_terminal
+from tests.conftest import running_worker, wait_terminal
 from tests.handlers import WINDOWS
 
 
 @pytest.fixture
-def eight_threads(redis_client: Any) -> Any:
-    before = list(broker.middleware)
-    worker = dramatiq.Worker(broker, worker_threads=8, worker_timeout=50)
-    worker.start()
-    yield worker
-    worker.stop(timeout=10_000)
-    broker.middleware[:] = [m for m in broker.middleware if any(m is b for b in before)]
+def eight_threads(redis_client: Any) -> Iterator[Any]:
+    with running_worker(8) as worker:
+        yield worker
 
 
 def _most_at_once(windows: list[tuple[str, float, float]]) -> int:
