@@ -50,9 +50,24 @@ def get(name: str, version: int | None = None) -> WorkflowDefinition:
         name=name, version=version
     ).first()
     if found is None:
-        what = f"workflow {name!r}" + (f" version {version}" if version is not None else "")
-        raise WorkflowNotFound(f"{what} is not registered")
+        if version is not None and (stored := [d.version for d in versions(name)]):
+            raise WorkflowNotFound(
+                f"workflow {name!r} has no version {version}; its versions: "
+                + ", ".join(map(str, sorted(stored))), field="version",
+            )
+        raise WorkflowNotFound(f"workflow {name!r} is not registered; known workflows: "
+                               + (_listing(names()) or "none are registered"))
     return found
+
+
+def names() -> list[str]:
+    """Return the registered workflow names, sorted."""
+    return sorted(WorkflowDefinition.objects.distinct("name"))
+
+
+def _listing(items: list[str], shown: int = 50) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def versions(name: str) -> list[WorkflowDefinition]:

@@ -37,10 +37,17 @@ class UnknownHandler(DefinitionError):
 
 
 class WorkflowNotFound(DetflowError):
-    """No workflow definition has that name (or version)."""
+    """No workflow definition has that name (or version); the message lists what is registered.
+
+    ``field`` is ``"workflow"``, or ``"version"`` when the workflow exists without that version.
+    """
 
     status_code = 404
     default_code = "workflow_not_found"
+
+    def __init__(self, message: str, field: str = "workflow") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class HandlerError(DetflowError):
