@@ -42,12 +42,16 @@ class Execution(me.Document):
     meta = {
         "collection": "executions",
         "strict": False,
+        # The API lists executions by equality on the leading fields and in (created_at, _id)
+        # order: each filter it offers has an index here that serves both (executions.api.filters).
         "indexes": [
             {"fields": ["due_at"], "sparse": True},
-            ["status", "-created_at"],
-            ["workflow", "workflow_version", "-created_at"],
-            {"fields": ["failed_step", "-created_at"], "sparse": True},
-            "-created_at",
+            ["-created_at", "-id"],
+            ["status", "-created_at", "-id"],
+            ["workflow", "-created_at", "-id"],
+            ["workflow", "status", "-created_at", "-id"],
+            ["workflow", "workflow_version", "-created_at", "-id"],
+            {"fields": ["failed_step", "-created_at", "-id"], "sparse": True},
             {
                 "fields": ["workflow", "idempotency_key"],
                 "unique": True,
