@@ -1,5 +1,7 @@
-"""The executions app: registers the chaos workflow's handler in every process."""
+"""The executions app: registers the chaos workflow's handler and counts finished executions."""
 from __future__ import annotations
+
+from typing import Any
 
 from django.apps import AppConfig
 
@@ -8,4 +10,14 @@ class ExecutionsConfig(AppConfig):
     name = "executions"
 
     def ready(self) -> None:
+        from executions import signals
         from executions.chaos import handlers  # noqa: F401  (registers chaos.step)
+
+        signals.execution_finished.connect(count_finished, dispatch_uid="detflow.metrics.finished")
+
+
+def count_finished(sender: Any, execution_id: str, status: str, workflow: str, **_: Any) -> None:
+    """Count an execution that became terminal."""
+    from executions import metrics
+
+    metrics.EXECUTIONS_FINISHED.labels(workflow, status).inc()

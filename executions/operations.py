@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from executions import dispatch, store, transitions
+from executions import dispatch, metrics, store, transitions
 from executions.engine import ExecutionStatus, StepStatus, replay
 from executions.errors import (
     ConcurrentChange,
@@ -59,6 +59,7 @@ def start(
                   "description": stored.description, "steps": stored.steps}
     doc, created = transitions.create(definition, input_json, idempotency_key, now_ms(), by)
     if created:
+        metrics.EXECUTIONS_STARTED.labels(stored.name).inc()
         dispatch.send(doc["_id"])
     return doc, created
 

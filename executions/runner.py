@@ -19,8 +19,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from detflow_site import conf, services
-from executions import dispatch, faults, signals, store, transitions
+from detflow_site import conf, logs, services
+from executions import dispatch, faults, metrics, signals, store, transitions
 from executions.engine import TERMINAL, Claim, Decision, Finish, RecoverLost, StepStatus, Wait, decide
 from executions.locks import ExecutionLock
 from executions.slots import StepSlot
@@ -52,14 +52,20 @@ def worker_id() -> str:
 
 def advance(execution_id: str, worker: str | None = None) -> None:
     """Do what the engine decides for one execution, under its lock."""
-    settings = conf.get()
     worker = worker or worker_id()
+    with logs.bound(execution_id=execution_id, worker=worker, step=None, attempt=None):
+        _advance(execution_id, worker)
+
+
+def _advance(execution_id: str, worker: str) -> None:
+    settings = conf.get()
     lease_ms = round(settings.LEASE_S * 1000)
     faults.hit("received", execution_id)
     lock = ExecutionLock(services.redis_client(), execution_id, lease_ms)
     if not lock.acquire():
         # A live holder sees the poke when it releases. A dead one never will: the first to poke
         # comes back when the lock runs out rather than wait for the sweeper (later ones drop out).
+        metrics.LOCK_CONTENTION.inc()
         left_ms = lock.holder_ttl_ms() if lock.first_poke else 0
         if left_ms > 0:
             dispatch.send(execution_id, delay_ms=left_ms + 50)
@@ -85,8 +91,11 @@ def advance(execution_id: str, worker: str | None = None) -> None:
                 slot.release()
         else:
             wait_ms = SLOT_WAIT_MS
+            metrics.SLOT_WAITS.labels(snap.doc["workflow"], slot.key.rsplit(":", 1)[-1]).inc()
     elif isinstance(decision, RecoverLost):
         after = transitions.record_lost(snap, decision, now)
+        if after is not None:
+            count_lost(snap, decision.step)
     elif isinstance(decision, Finish):
         after = transitions.finish(snap, decision, now)
     poked = lock.release()
@@ -111,7 +120,8 @@ def follow_up(snap: Snapshot) -> None:
     decision: Decision = decide(snap.state, now)
     if snap.state.status in TERMINAL and snap.doc.get("status") != snap.state.status.value:
         for receiver, error in signals.execution_finished.send_robust(
-            sender=Snapshot, execution_id=snap.state.id, status=snap.state.status.value
+            sender=Snapshot, execution_id=snap.state.id, status=snap.state.status.value,
+            workflow=snap.doc["workflow"],
         ):
             if isinstance(error, Exception):
                 logger.error("execution_finished receiver %r failed: %s", receiver, error)
@@ -119,6 +129,11 @@ def follow_up(snap: Snapshot) -> None:
         dispatch.send(snap.state.id)
     elif isinstance(decision, Wait) and decision.reason == "retry":
         dispatch.send(snap.state.id, delay_ms=decision.until - now)
+
+
+def count_lost(snap: Snapshot, index: int) -> None:
+    """Count a lost attempt that was just recorded."""
+    metrics.STEP_ATTEMPTS.labels(snap.doc["workflow"], snap.state.steps[index].name, "lost").inc()
 
 
 def step_slot(snap: Snapshot, index: int, lease_ms: int) -> StepSlot | None:
@@ -140,6 +155,11 @@ def run_step(
         logger.info("claim of %s step %d lost a race; leaving it", snap.state.id, decision.step)
         return None
     faults.hit("claimed", snap.state.id)
+    workflow = snap.doc["workflow"]
+    logs.bind(step=snap.state.steps[decision.step].name, attempt=decision.attempt)
+    due = store.to_ms(snap.doc.get("due_at"))
+    if due is not None:
+        metrics.QUEUE_LAG.labels(workflow).observe(max(now_ms() - due, 0) / 1000)
     attempt = Attempt(claimed, decision.step, worker)
     attempt.run(lock, lease_ms, slot)
     faults.hit("handled", snap.state.id)
@@ -224,6 +244,7 @@ class Attempt:
                     snap, self.index, error_type, message, permanent, record, now
                 )
             if result is not None:
+                self._count(record)
                 return result
             doc = store.load(snap.state.id)
             current = (doc or {}).get("steps", [{}] * (self.index + 1))[self.index]
@@ -241,6 +262,11 @@ class Attempt:
         logger.error("outcome of %s step %d not recorded after %d tries; the lease will recover it",
                      snap.state.id, self.index, RECORD_TRIES)
         return None
+
+    def _count(self, record: dict[str, Any]) -> None:
+        workflow, step = self.snap.doc["workflow"], self.snap.state.steps[self.index].name
+        metrics.STEP_ATTEMPTS.labels(workflow, step, record["outcome"]).inc()
+        metrics.STEP_DURATION.labels(workflow, step).observe(record["duration_ms"] / 1000)
 
     def _failure(self) -> tuple[str, str, bool]:
         if self.timed_out:

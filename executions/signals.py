@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.dispatch import Signal
 
 #: Sent once by the writer whose update made an execution terminal (SUCCEEDED, FAILED, CANCELLED),
-#: after the update: ``execution_id`` and ``status``. Receivers run in the writer's thread and must
-#: be quick (send a message, count a metric); their errors are logged, never raised into the engine.
+#: after the update, with ``execution_id``, ``status`` and ``workflow``. Receivers run in the
+#: writer's thread and must be quick (send a message, count a metric); their errors are logged,
+#: never raised into the engine.
 execution_finished = Signal()

@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from detflow_site import conf, services
-from executions import dispatch, store, transitions
+from executions import dispatch, metrics, store, transitions
 from executions.engine import Claim, Finish, RecoverLost, decide
-from executions.runner import follow_up
+from executions.runner import count_lost, follow_up
 from executions.store import Snapshot, now_ms, to_dt
 
 logger = logging.getLogger("detflow.sweeper")
@@ -62,6 +62,8 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
             if after is not None:
                 report.lost.append(snap.state.id)
                 report.actions["lost"] += 1
+                count_lost(snap, decision.step)
+                metrics.SWEEPER_RECOVERIES.labels("lost").inc()
                 follow_up(after)
                 report.resent.append(snap.state.id)
         elif isinstance(decision, Claim | Finish):
@@ -69,6 +71,7 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
             if now - due >= grace_ms and dispatch.send(snap.state.id):
                 report.resent.append(snap.state.id)
                 report.actions["resent"] += 1
+                metrics.SWEEPER_RECOVERIES.labels("resent").inc()
     if report.lost or report.resent:
         logger.info("sweep: %s", report.summary())
     return report

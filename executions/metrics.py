@@ -1,0 +1,41 @@
+"""Prometheus metrics of the engine, recorded where the work happens and served at ``/metrics``.
+
+In one process (``rundev``, the demo, tests) every metric is in the default registry. Under
+``runworker`` set ``PROMETHEUS_MULTIPROC_DIR`` so that Dramatiq's exposition server (port 9191)
+serves the metrics of every worker process, these included.
+"""
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EXECUTIONS_STARTED = Counter(
+    "detflow_executions_started_total", "Executions stored by a start.", ["workflow"]
+)
+EXECUTIONS_FINISHED = Counter(
+    "detflow_executions_finished_total", "Executions that became terminal.", ["workflow", "status"]
+)
+STEP_ATTEMPTS = Counter(
+    "detflow_step_attempts_total", "Step attempts by outcome (succeeded, failed, timed_out, lost).",
+    ["workflow", "step", "outcome"],
+)
+STEP_DURATION = Histogram(
+    "detflow_step_duration_seconds", "Duration of step attempts that recorded an outcome.",
+    ["workflow", "step"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+QUEUE_LAG = Histogram(
+    "detflow_queue_lag_seconds", "From when a step was due to when a worker claimed it.",
+    ["workflow"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300),
+)
+SWEEPER_RECOVERIES = Counter(
+    "detflow_sweeper_recoveries_total", "What the sweeper did: lost attempts recorded, messages re-sent.",
+    ["kind"],
+)
+LOCK_CONTENTION = Counter(
+    "detflow_lock_contention_total", "Messages that found their execution locked by another worker."
+)
+SLOT_WAITS = Counter(
+    "detflow_slot_waits_total", "Claims put off because the step had no free concurrency slot.",
+    ["workflow", "step"],
+)
