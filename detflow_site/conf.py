@@ -52,6 +52,20 @@ class DetflowSettings:
     MAX_IMAGE_PIXELS: int = 40_000_000
     #: URL that ``files.notify`` posts each processed file to; unset: the outbox file only.
     NOTIFY_URL: str | None = None
+    #: Start requests (``POST executions/``, ``POST files/``) one API user may make: ``N/minute`` etc.
+    API_START_RATE: str = "600/minute"
+    #: Largest JSON request body the API reads, in bytes; a larger one is answered 413.
+    API_MAX_BODY_BYTES: int = 2 * 1024 * 1024
+    #: Deepest nesting of a JSON value (an ``input``, an ``output``) the API accepts.
+    API_MAX_JSON_DEPTH: int = 32
+    #: Write a post-mortem when an execution finishes (FAILED, CANCELLED, or slow); off: on request only.
+    INSIGHTS_AUTO: bool = True
+    #: Model asked for post-mortems when ``OPENAI_API_KEY`` is set.
+    INSIGHTS_MODEL: str = "gpt-4o-mini"
+    #: How long a model call may take, in seconds, before the rules write the post-mortem instead.
+    INSIGHTS_TIMEOUT_S: float = 30.0
+    #: Largest execution data sent to a model, in characters (the instructions come on top).
+    INSIGHTS_PROMPT_CHARS: int = 24_000
 
 
 def _url(*schemes: str) -> Callable[[Any], str | None]:
@@ -114,6 +128,46 @@ def _path(value: Any) -> str:
     return text
 
 
+def _rate(value: Any) -> str:
+    match = re.fullmatch(r"\s*([0-9]+)\s*/\s*(second|minute|hour|day)\s*", str(value))
+    if not match or int(match[1]) < 1:
+        raise ValueError("must be a number of requests per second, minute, hour or day, such as 600/minute")
+    return f"{int(match[1])}/{match[2]}"
+
+
+def _depth(value: Any) -> int:
+    depth = _number(int, 1, inclusive=True)(value)
+    if depth > 256:
+        raise ValueError("must be at most 256")
+    return int(depth)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError("must be true or false (1/0, yes/no, on/off)")
+    return text in ("1", "true", "yes", "on")
+
+
+def _model(value: Any) -> str:
+    text = str(value).strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,199}", text):
+        raise ValueError("must be a model name such as gpt-4o-mini (letters, digits and ._:/@+-)")
+    return text
+
+
+def _between(kind: type, low: float, high: float) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        number = _number(kind, low, inclusive=True)(value)
+        if number > high:
+            raise ValueError(f"must be at most {high:g}")
+        return number
+
+    return parse
+
+
 def _name(value: Any) -> str:
     text = str(value).strip()
     if not text or not text.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -138,6 +192,13 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "MAX_FILE_BYTES": _number(int, 1, inclusive=True),
     "MAX_IMAGE_PIXELS": _number(int, 1, inclusive=True),
     "NOTIFY_URL": _url("http", "https"),
+    "API_START_RATE": _rate,
+    "API_MAX_BODY_BYTES": _number(int, 1, inclusive=True),
+    "API_MAX_JSON_DEPTH": _depth,
+    "INSIGHTS_AUTO": _bool,
+    "INSIGHTS_MODEL": _model,
+    "INSIGHTS_TIMEOUT_S": _between(float, 0.1, 600),
+    "INSIGHTS_PROMPT_CHARS": _between(int, 2000, 1_000_000),
 }
 
 

@@ -10,7 +10,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 #: Raw ``DETFLOW_*`` values; ``detflow_site.conf.get()`` parses them and a system check reports bad ones.
 DETFLOW = from_environ(os.environ)
-_level = parse(DETFLOW)[0].LOG_LEVEL
+_detflow = parse(DETFLOW)[0]
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "detflow-insecure-development-key")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
@@ -25,6 +25,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "workflows.apps.WorkflowsConfig",
     "executions.apps.ExecutionsConfig",
     "insights.apps.InsightsConfig",
@@ -66,6 +69,9 @@ DATABASES = {
     }
 }
 
+# Django reads a JSON body whole before the API's parser sees it: let it read what the API accepts.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(_detflow.API_MAX_BODY_BYTES, 2_621_440)
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -73,10 +79,49 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 
+# Django's cache is django-redis on the engine's Redis (throttles, dashboard aggregates). The URL is
+# resolved on first use, when the embedded redis-server can start; a Redis that is down makes the
+# cache miss instead of failing the request, so a throttle lets requests through rather than 500.
+CACHES = {
+    "default": {
+        "BACKEND": "detflow_site.cache.RedisCache",
+        "LOCATION": "",
+        "KEY_PREFIX": "detflow-cache",
+        "OPTIONS": {"IGNORE_EXCEPTIONS": True, "SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+    }
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["executions.api.permissions.HasRole"],
+    "DEFAULT_PARSER_CLASSES": ["executions.api.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "executions.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "executions.api.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "detflow API",
+    "DESCRIPTION": "Start, follow and operate durable workflow executions.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ExecutionStatusEnum": "executions.engine.ExecutionStatus",
+        "StepStatusEnum": "executions.engine.StepStatus",
+        "HealthStatusEnum": ["ok", "degraded"],
+    },
+}
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"detflow": {"handlers": ["console"], "level": _level}},
+    "loggers": {"detflow": {"handlers": ["console"], "level": _detflow.LOG_LEVEL}},
 }

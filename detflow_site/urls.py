@@ -1,9 +1,10 @@
-"""URL routes: the Django admin for now; the REST API mounts under /api/v1/."""
+"""URL routes: the REST API under /api/v1/ and the Django admin."""
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 urlpatterns = [
+    path("api/v1/", include(("executions.api.urls", "api"))),
     path("admin/", admin.site.urls),
 ]

@@ -70,6 +70,15 @@ def _listing(items: list[str], shown: int = 50) -> str:
     return ", ".join(items[:shown]) + more
 
 
+def latest_versions() -> list[WorkflowDefinition]:
+    """Return the latest version of every workflow, by name."""
+    pipeline = [{"$sort": {"name": 1, "version": -1}},
+                {"$group": {"_id": "$name", "latest": {"$first": "$$ROOT"}}},
+                {"$sort": {"_id": 1}}]
+    rows = WorkflowDefinition._get_collection().aggregate(pipeline)
+    return [WorkflowDefinition._from_son(row["latest"]) for row in rows]
+
+
 def versions(name: str) -> list[WorkflowDefinition]:
     """Return every version of ``name``, newest first."""
     return list(WorkflowDefinition.objects(name=name).order_by("-version"))

@@ -1,0 +1,42 @@
+"""``GET health/``: are MongoDB and Redis reachable, and how fast do they answer."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from detflow_site import services
+from executions import store
+from executions.api.representations import Health
+
+
+def probe(check: Callable[[], Any]) -> dict[str, Any]:
+    """Run ``check``; return whether it worked, how long it took, and the error if it failed."""
+    started = time.perf_counter()
+    try:
+        check()
+    except Exception as exc:  # a health check reports failures, it does not raise them
+        return {"ok": False, "latency_ms": None, "error": f"{type(exc).__name__}: {exc}"}
+    return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), "error": None}
+
+
+class HealthView(APIView):
+    """Open to anyone (load balancers, probes): it says nothing about executions."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(responses={200: Health, 503: Health}, auth=[],
+                   summary="MongoDB and Redis reachable, with latency; 503 when one is not")
+    def get(self, request: Request) -> Response:
+        mongodb = probe(lambda: store.collection().database.command("ping"))
+        redis = probe(lambda: services.redis_client().ping())
+        healthy = mongodb["ok"] and redis["ok"]
+        return Response({"status": "ok" if healthy else "degraded", "mongodb": mongodb, "redis": redis},
+                        status=200 if healthy else 503)

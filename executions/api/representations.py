@@ -1,0 +1,281 @@
+"""Response bodies, read from stored documents (dicts); the OpenAPI schema is generated from these."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from executions.api.fields import JSONText
+from executions.engine import ExecutionStatus, StepStatus
+
+
+def _time(**kwargs: Any) -> serializers.DateTimeField:
+    return serializers.DateTimeField(allow_null=True, **kwargs)
+
+
+# Errors.
+
+
+class Error(serializers.Serializer):
+    """Every 4xx answer (and 503 from health/)."""
+
+    code = serializers.CharField(help_text="Stable, machine-readable.")
+    detail = serializers.CharField(help_text="What is wrong and, where it helps, how to fix it.")
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()),
+                                   help_text="Messages by request field (dotted paths).")
+
+
+# Workflows and handlers.
+
+
+class RetryPolicy(serializers.Serializer):
+    max_attempts = serializers.IntegerField()
+    initial_delay_s = serializers.FloatField()
+    multiplier = serializers.FloatField()
+    max_delay_s = serializers.FloatField()
+    jitter = serializers.FloatField()
+
+
+class StepDefinition(serializers.Serializer):
+    name = serializers.CharField()
+    handler = serializers.CharField()
+    retry = RetryPolicy()
+    timeout_s = serializers.FloatField()
+    non_retryable = serializers.ListField(child=serializers.CharField())
+
+
+class WorkflowVersion(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.IntegerField()
+    description = serializers.CharField(allow_blank=True)
+    steps = StepDefinition(many=True)
+    fingerprint = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class VersionSummary(serializers.Serializer):
+    version = serializers.IntegerField()
+    fingerprint = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class Workflow(serializers.Serializer):
+    name = serializers.CharField()
+    latest = WorkflowVersion()
+    versions = VersionSummary(many=True, help_text="Newest first.")
+
+
+class WorkflowList(serializers.Serializer):
+    results = WorkflowVersion(many=True, help_text="The latest version of each workflow, by name.")
+
+
+class Handler(serializers.Serializer):
+    name = serializers.CharField()
+    origin = serializers.CharField(help_text="The function's dotted path.")
+    summary = serializers.CharField(allow_blank=True)
+
+
+class HandlerList(serializers.Serializer):
+    results = Handler(many=True)
+
+
+# Executions.
+
+
+class StepError(serializers.Serializer):
+    type = serializers.CharField()
+    message = serializers.CharField(allow_blank=True)
+
+
+class LogLine(serializers.Serializer):
+    at = serializers.DateTimeField()
+    level = serializers.CharField()
+    message = serializers.CharField(allow_blank=True)
+
+
+class Attempt(serializers.Serializer):
+    n = serializers.IntegerField()
+    worker = serializers.CharField(allow_null=True)
+    fence = serializers.IntegerField(allow_null=True, help_text="The execution version the claim wrote.")
+    started_at = _time()
+    ended_at = _time()
+    duration_ms = serializers.IntegerField(allow_null=True)
+    outcome = serializers.CharField(help_text="succeeded, failed, timed_out or lost")
+    error_type = serializers.CharField(allow_null=True)
+    message = serializers.CharField(allow_null=True, allow_blank=True)
+    traceback = serializers.CharField(allow_null=True, allow_blank=True)
+    logs = LogLine(many=True, default=list)
+    logs_dropped = serializers.IntegerField(default=0)
+
+
+class CurrentAttempt(serializers.Serializer):
+    n = serializers.IntegerField()
+    worker = serializers.CharField()
+    fence = serializers.IntegerField()
+    started_at = serializers.DateTimeField()
+
+
+class Step(serializers.Serializer):
+    name = serializers.CharField()
+    handler = serializers.CharField()
+    status = serializers.ChoiceField(choices=[s.value for s in StepStatus])
+    attempt = serializers.IntegerField(help_text="Attempts started, over every budget.")
+    budget_base = serializers.IntegerField(help_text="`attempt` when the current budget opened.")
+    started_at = _time()
+    finished_at = _time()
+    next_retry_at = _time()
+    lease_expires_at = _time()
+    heartbeat_at = _time()
+    current = CurrentAttempt(allow_null=True, help_text="The running attempt, if any.")
+    input = JSONText(source="input_json", allow_null=True,
+                     help_text="This step's own input, set by a retry with an edited input.")
+    output = JSONText(source="output_json", allow_null=True)
+    output_bytes = serializers.IntegerField(allow_null=True)
+    error = StepError(allow_null=True)
+    attempts = Attempt(many=True, help_text="The latest attempt records, oldest first.")
+
+
+class ExecutionSummary(serializers.Serializer):
+    id = serializers.CharField(source="_id")
+    workflow = serializers.CharField()
+    workflow_version = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=[s.value for s in ExecutionStatus])
+    idempotency_key = serializers.CharField(allow_null=True)
+    failed_step = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    finished_at = _time()
+
+
+class Execution(ExecutionSummary):
+    version = serializers.IntegerField(help_text="Incremented by every state change.")
+    due_at = _time(help_text="When a worker must next look at it; null when idle.")
+    created_by = serializers.SerializerMethodField()
+    input = JSONText(source="input_json")
+    steps = Step(many=True)
+    event_count = serializers.IntegerField(source="event_seq")
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_created_by(self, doc: dict[str, Any]) -> str | None:
+        events = doc.get("events") or [{}]
+        return events[0].get("by")
+
+
+class ExecutionPage(serializers.Serializer):
+    results = ExecutionSummary(many=True)
+    next = serializers.URLField(allow_null=True, help_text="The next page; null on the last one.")
+
+
+@extend_schema_field({
+    "type": "object",
+    "properties": {"seq": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+                   "type": {"type": "string"}},
+    "required": ["seq", "at", "type"],
+    "additionalProperties": True,
+})
+class EventField(serializers.Field):
+    """One history event: ``seq``, ``at``, ``type`` and the fields of its type."""
+
+    def to_representation(self, event: dict[str, Any]) -> dict[str, Any]:
+        return {k: _iso(v) for k, v in event.items()}
+
+
+class EventPage(serializers.Serializer):
+    results = serializers.ListField(child=EventField())
+    next = serializers.URLField(allow_null=True, help_text="The next page; null on the last one.")
+
+
+class Change(serializers.Serializer):
+    before = serializers.CharField()
+    after = serializers.CharField()
+
+
+class ActionResult(serializers.Serializer):
+    execution_id = serializers.CharField()
+    action = serializers.CharField()
+    dry_run = serializers.BooleanField()
+    changes = serializers.DictField(child=Change(),
+                                    help_text='"execution" and "steps.<name>" status changes.')
+    event = serializers.DictField(help_text="The event recorded (or that would be).")
+    execution = ExecutionSummary(help_text="The execution after the action (unchanged by a dry run).")
+
+
+class NextAction(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["claim", "wait", "recover_lost", "finish", "none"])
+    step = serializers.CharField(allow_null=True)
+    attempt = serializers.IntegerField(allow_null=True)
+    at = _time(help_text="Until when it waits.")
+    reason = serializers.CharField(allow_null=True, help_text="lease or retry for a wait; why for none.")
+
+
+class Lease(serializers.Serializer):
+    step = serializers.CharField()
+    attempt = serializers.IntegerField(allow_null=True)
+    worker = serializers.CharField(allow_null=True)
+    expires_at = _time()
+    expired = serializers.BooleanField()
+    heartbeat_at = _time()
+    since_heartbeat_ms = serializers.IntegerField(allow_null=True)
+
+
+class Lock(serializers.Serializer):
+    held = serializers.BooleanField()
+    ttl_ms = serializers.IntegerField(allow_null=True, help_text="Time left; null when not held.")
+    holder = serializers.CharField(allow_null=True, help_text="The worker of the running attempt.")
+
+
+class Messages(serializers.Serializer):
+    queued = serializers.IntegerField(help_text="Waiting in the queue.")
+    fetched = serializers.IntegerField(help_text="Fetched by a worker, not yet acknowledged.")
+    delayed = serializers.IntegerField(help_text="On the delay queue (a retry).")
+    next_eta = _time()
+    waited_ms = serializers.IntegerField(allow_null=True, help_text="Age of the oldest queued one.")
+    scanned = serializers.IntegerField()
+    complete = serializers.BooleanField(help_text="False when the scan stopped before the end.")
+
+
+class Reachability(serializers.Serializer):
+    reachable = serializers.BooleanField()
+    error = serializers.CharField(allow_null=True)
+
+
+class Repair(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["none", "wait", "sweep", "start_worker", "operator", "redis"])
+    command = serializers.CharField(allow_null=True)
+    detail = serializers.CharField()
+
+
+class Diagnosis(serializers.Serializer):
+    execution_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=[s.value for s in ExecutionStatus])
+    checked_at = serializers.DateTimeField()
+    summary = serializers.CharField()
+    next = NextAction(help_text="What the engine would do now.")
+    due_at = _time()
+    overdue_ms = serializers.IntegerField(allow_null=True)
+    lease = Lease(allow_null=True, help_text="The running attempt's lease.")
+    lock = Lock(allow_null=True, help_text="The execution's Redis lock; null when Redis is unreachable.")
+    messages = Messages(allow_null=True, help_text="Null when Redis is unreachable.")
+    redis = Reachability()
+    stuck = serializers.BooleanField()
+    repair = Repair()
+
+
+class Service(serializers.Serializer):
+    ok = serializers.BooleanField()
+    latency_ms = serializers.FloatField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+
+
+class Health(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ok", "degraded"])
+    mongodb = Service()
+    redis = Service()
+
+
+def _iso(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return serializers.DateTimeField().to_representation(value)
+    return value

@@ -1,0 +1,83 @@
+"""Request bodies: strict (unknown fields and wrong types are refused, naming the field)."""
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from executions.api.fields import Flag, Integer, JSONValue, Text
+
+#: Largest version number a request may name (MongoDB integers are 64-bit; no workflow gets near).
+MAX_VERSION = 2**31 - 1
+
+
+class Strict(serializers.Serializer):
+    """A serializer that refuses fields it does not declare."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields), key=str)
+            if unknown:
+                allowed = ", ".join(self.fields)
+                raise serializers.ValidationError(
+                    {str(name): [serializers.ErrorDetail(f"unknown field; allowed: {allowed}",
+                                                         code="unknown_field")] for name in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+class StartRequest(Strict):
+    """``POST executions/``."""
+
+    workflow = Text(max_length=100, help_text="Name of a registered workflow.")
+    version = Integer(required=False, min_value=1, max_value=MAX_VERSION,
+                      help_text="Version to pin; the latest when absent.")
+    input = JSONValue(required=False, allow_null=True, default=None,
+                      help_text="Any JSON value; handlers read it as ctx.input.")
+
+
+class ActionRequest(Strict):
+    """``POST executions/{id}/cancel/``."""
+
+    reason = Text(max_length=1000, help_text="Why; recorded in the execution's history.")
+    dry_run = Flag(required=False, default=False,
+                   help_text="Return what would change, and change nothing.")
+
+
+class RetryRequest(ActionRequest):
+    """``POST executions/{id}/retry/``."""
+
+    input = JSONValue(required=False, allow_null=True,
+                      help_text="A new input for the failed step alone; the difference is recorded.")
+
+
+class SkipRequest(ActionRequest):
+    """``POST executions/{id}/skip/``."""
+
+    step = Text(required=False, max_length=100, help_text="The failed step (checked when given).")
+    output = JSONValue(required=False, allow_null=True, default=None,
+                       help_text="Stands in for the skipped step's output.")
+
+
+class RetryPolicyBody(Strict):
+    max_attempts = Integer(required=False, min_value=1)
+    initial_delay_s = serializers.FloatField(required=False, min_value=0)
+    multiplier = serializers.FloatField(required=False, min_value=1)
+    max_delay_s = serializers.FloatField(required=False, min_value=0)
+    jitter = serializers.FloatField(required=False, min_value=0, max_value=1)
+
+
+class StepBody(Strict):
+    name = Text(max_length=100)
+    handler = Text(max_length=200, help_text="A registered handler (see GET handlers/).")
+    retry = RetryPolicyBody(required=False)
+    timeout_s = serializers.FloatField(required=False, min_value=0)
+    non_retryable = serializers.ListField(child=Text(), required=False)
+
+
+class DefinitionBody(Strict):
+    """``POST workflows/``: documents the body; ``workflows.definitions`` validates it."""
+
+    name = Text(max_length=100)
+    description = Text(required=False, allow_blank=True, max_length=2000)
+    steps = StepBody(many=True)

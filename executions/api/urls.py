@@ -1,0 +1,44 @@
+"""Routes of the API, mounted at ``/api/v1/``; any other path under it answers a JSON 404."""
+from __future__ import annotations
+
+from django.urls import path, re_path
+from drf_spectacular.utils import extend_schema
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.exceptions import NotFound
+from rest_framework.permissions import AllowAny
+
+from executions.api import health, uploads, views
+
+
+@extend_schema(exclude=True)
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
+@authentication_classes([])
+@permission_classes([AllowAny])
+def not_found(request: object, rest: str = "") -> None:
+    """Answer a path the API does not have."""
+    hint = "" if rest.endswith("/") or not rest else " (its paths end with '/')"
+    raise NotFound(f"the API has no such path{hint}; see /api/v1/docs/")
+
+
+urlpatterns = [
+    path("workflows/", views.WorkflowListView.as_view(), name="workflows"),
+    path("workflows/<str:name>/", views.WorkflowDetailView.as_view(), name="workflow"),
+    path("workflows/<str:name>/versions/<int:version>/", views.WorkflowVersionView.as_view(),
+         name="workflow-version"),
+    path("handlers/", views.HandlerListView.as_view(), name="handlers"),
+    path("executions/", views.ExecutionListView.as_view(), name="executions"),
+    path("executions/<str:execution_id>/", views.ExecutionDetailView.as_view(), name="execution"),
+    path("executions/<str:execution_id>/events/", views.ExecutionEventsView.as_view(),
+         name="execution-events"),
+    path("executions/<str:execution_id>/diagnosis/", views.DiagnosisView.as_view(),
+         name="execution-diagnosis"),
+    path("executions/<str:execution_id>/cancel/", views.CancelView.as_view(), name="execution-cancel"),
+    path("executions/<str:execution_id>/retry/", views.RetryView.as_view(), name="execution-retry"),
+    path("executions/<str:execution_id>/skip/", views.SkipView.as_view(), name="execution-skip"),
+    path("files/", uploads.UploadView.as_view(), name="files"),
+    path("health/", health.HealthView.as_view(), name="health"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    re_path(r"^(?P<rest>.*)$", not_found),
+]

@@ -1,0 +1,263 @@
+"""Workflows, handlers, executions and operator actions."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
+from rest_framework.views import APIView
+
+from executions import diagnosis, operations, store
+from executions.api import filters, representations
+from executions.api.errors import FieldError, IdempotencyConflict
+from executions.api.serializers import (
+    MAX_VERSION,
+    ActionRequest,
+    DefinitionBody,
+    RetryRequest,
+    SkipRequest,
+    StartRequest,
+)
+from executions.api.throttles import StartThrottle
+from executions.engine import ExecutionStatus
+from executions.errors import ExecutionNotFound
+from workflows import definitions, registry
+from workflows.builtin import FILE_PROCESSING
+from workflows.errors import WorkflowNotFound
+from workflows.spec import NAME_RE
+
+#: Events per page unless ``limit`` says otherwise, and the most it may say.
+EVENTS_PAGE = 100
+MAX_EVENTS_PAGE = 1000
+#: An ``Idempotency-Key``: 1 to 200 visible ASCII characters (spaces inside allowed).
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,198}[\x21-\x7e])?")
+
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key", {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_RE.pattern}$"},
+    OpenApiParameter.HEADER, required=False,
+    description="Makes a retried request safe: the same key (per workflow) and body answer 200 with the "
+                "execution the first request created; the same key with another body answers 409.",
+)
+NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+
+
+# Workflows and handlers.
+
+
+class WorkflowListView(APIView):
+    @extend_schema(responses=representations.WorkflowList, operation_id="workflows_list",
+                   summary="The latest version of each workflow")
+    def get(self, request: Request) -> Response:
+        latest = definitions.latest_versions()
+        return Response({"results": representations.WorkflowVersion(latest, many=True).data})
+
+    @extend_schema(request=DefinitionBody,
+                   responses={201: representations.WorkflowVersion, 200: representations.WorkflowVersion},
+                   summary="Register a definition (the same definition again returns its version)")
+    def post(self, request: Request) -> Response:
+        stored, created = definitions.register(request.data)
+        return Response(representations.WorkflowVersion(stored).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class WorkflowDetailView(APIView):
+    @extend_schema(responses=representations.Workflow,
+                   summary="A workflow: its latest version and all versions")
+    def get(self, request: Request, name: str) -> Response:
+        stored = definitions.versions(name) if NAME_RE.match(name) else []
+        if not stored:
+            definitions.get(name)  # raises WorkflowNotFound, listing the known workflows
+        return Response(representations.Workflow({
+            "name": name,
+            "latest": stored[0],
+            "versions": [{"version": d.version, "fingerprint": d.fingerprint, "created_at": d.created_at}
+                         for d in stored],
+        }).data)
+
+
+class WorkflowVersionView(APIView):
+    @extend_schema(responses=representations.WorkflowVersion, summary="One version of a workflow")
+    def get(self, request: Request, name: str, version: int) -> Response:
+        if not NAME_RE.match(name) or not 1 <= version <= MAX_VERSION:
+            raise WorkflowNotFound(f"workflow {name!r} has no version {version}")
+        return Response(representations.WorkflowVersion(definitions.get(name, version)).data)
+
+
+class HandlerListView(APIView):
+    @extend_schema(responses=representations.HandlerList, summary="The handlers a definition may name")
+    def get(self, request: Request) -> Response:
+        return Response({"results": [registry.describe(name) for name in registry.known_handlers()]})
+
+
+# Executions.
+
+
+class ExecutionListView(APIView):
+    def get_throttles(self) -> list[Any]:
+        return [StartThrottle()] if self.request.method == "POST" else []
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, enum=[s.value for s in ExecutionStatus]),
+            OpenApiParameter("workflow", NAME),
+            OpenApiParameter("version", int, description="Needs workflow."),
+            OpenApiParameter("created_after", OpenApiTypes.DATETIME, description="Inclusive."),
+            OpenApiParameter("created_before", OpenApiTypes.DATETIME, description="Exclusive."),
+            OpenApiParameter("failed_step", NAME),
+            OpenApiParameter("ordering", str, enum=list(filters.ORDERINGS)),
+            OpenApiParameter("cursor", str, description="From a `next` link."),
+            OpenApiParameter("page_size", int, description=f"1 to {filters.MAX_PAGE_SIZE}."),
+        ],
+        responses=representations.ExecutionPage, operation_id="executions_list",
+        summary="Executions, filtered, newest first unless ordered otherwise",
+    )
+    def get(self, request: Request) -> Response:
+        query = filters.parse(request.query_params)
+        projection = dict.fromkeys(filters.SUMMARY_FIELDS, 1)
+        rows = list(store.collection().find(query.find(), projection).sort(query.sort())
+                    .limit(query.page_size + 1))
+        more = len(rows) > query.page_size
+        rows = rows[: query.page_size]
+        next_url = None
+        if more:
+            next_url = replace_query_param(request.build_absolute_uri(), "cursor",
+                                           filters.encode_cursor(rows[-1]))
+        return Response({"results": representations.ExecutionSummary(rows, many=True).data,
+                         "next": next_url})
+
+    @extend_schema(
+        request=StartRequest, parameters=[IDEMPOTENCY_KEY],
+        responses={201: representations.Execution, 200: representations.Execution},
+        summary="Start an execution (stored first, then dispatched: works while Redis is down)",
+    )
+    def post(self, request: Request) -> Response:
+        body = StartRequest(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        workflow, given = data["workflow"], data["input"]
+        if workflow == FILE_PROCESSING and isinstance(given, dict) and "path" in given:
+            raise FieldError("input.path", "file-processing reads `path` from the server's disk; upload "
+                                           "the file with POST files/ or send it as content_b64", "forbidden")
+        doc, created = start(request, workflow, given, data.get("version"))
+        if not created and not (_same_json(doc["input_json"], given) and
+                                data.get("version") in (None, doc["workflow_version"])):
+            raise IdempotencyConflict(
+                f"Idempotency-Key {doc.get('idempotency_key')!r} was used for execution {doc['_id']} "
+                "with another version or input; use a new key for a new request")
+        return Response(representations.Execution(doc).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+def start(
+    request: Request, workflow: str, given: Any, version: int | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Start ``workflow`` for the requesting user, with the request's ``Idempotency-Key``."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise FieldError("Idempotency-Key", "must be 1 to 200 visible ASCII characters", "invalid")
+    try:
+        return operations.start(workflow, given, version=version, idempotency_key=key,
+                                by=request.user.get_username())
+    except WorkflowNotFound as exc:
+        raise FieldError(exc.field, str(exc), "unknown_workflow") from None
+
+
+def _same_json(stored: str, given: Any) -> bool:
+    def canonical(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    return canonical(json.loads(stored)) == canonical(given)
+
+
+class ExecutionDetailView(APIView):
+    @extend_schema(responses=representations.Execution, summary="An execution: its steps and attempts")
+    def get(self, request: Request, execution_id: str) -> Response:
+        doc = store.load(execution_id)
+        if doc is None:
+            raise ExecutionNotFound(f"execution {execution_id} does not exist")
+        return Response(representations.Execution(doc).data)
+
+
+class ExecutionEventsView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("after", int, description="Events after this `seq` (default 0)."),
+                    OpenApiParameter("limit", int, description=f"1 to {MAX_EVENTS_PAGE}.")],
+        responses=representations.EventPage, summary="An execution's history, oldest first",
+    )
+    def get(self, request: Request, execution_id: str) -> Response:
+        query = request.query_params
+        unknown = sorted(set(query) - {"after", "limit"})
+        if unknown:
+            raise FieldError(unknown[0], "unknown parameter; allowed: after, limit", "unknown_field")
+        after = filters.integer(query, "after", 0, 2**62) if "after" in query else 0
+        limit = filters.integer(query, "limit", 1, MAX_EVENTS_PAGE) if "limit" in query else EVENTS_PAGE
+        doc = store.collection().find_one({"_id": execution_id}, {"events": 1})
+        if doc is None:
+            raise ExecutionNotFound(f"execution {execution_id} does not exist")
+        events = [e for e in doc["events"] if e["seq"] > after][: limit + 1]
+        next_url = None
+        if len(events) > limit:
+            events = events[:limit]
+            next_url = replace_query_param(request.build_absolute_uri(), "after", events[-1]["seq"])
+        return Response(representations.EventPage({"results": events, "next": next_url}).data)
+
+
+class DiagnosisView(APIView):
+    @extend_schema(responses=representations.Diagnosis,
+                   summary="Why an execution is where it is, and the safe repair when it is stuck")
+    def get(self, request: Request, execution_id: str) -> Response:
+        return Response(representations.Diagnosis(diagnosis.diagnose(execution_id).as_dict()).data)
+
+
+# Operator actions.
+
+
+class ActionView(APIView):
+    """``POST executions/{id}/<action>/``: the body names a reason; ``dry_run`` changes nothing."""
+
+    def act(self, request: Request, execution_id: str, body: type[ActionRequest], action: str) -> Response:
+        checked = body(data=request.data)
+        checked.is_valid(raise_exception=True)
+        data = dict(checked.validated_data)
+        by = request.user.get_username()
+        if action == "cancel":
+            result = operations.cancel(execution_id, by, data["reason"], dry_run=data["dry_run"])
+        elif action == "retry":
+            edited = {"input": data["input"]} if "input" in data else {}
+            result = operations.retry(execution_id, by, data["reason"], dry_run=data["dry_run"], **edited)
+        else:
+            result = operations.skip(execution_id, by, data["reason"], output=data["output"],
+                                     step=data.get("step"), dry_run=data["dry_run"])
+        doc = store.collection().find_one({"_id": execution_id}, dict.fromkeys(filters.SUMMARY_FIELDS, 1))
+        return Response(representations.ActionResult({
+            "execution_id": result.execution_id, "action": result.action, "dry_run": result.dry_run,
+            "changes": {k: {"before": old, "after": new} for k, (old, new) in result.changes.items()},
+            "event": result.event, "execution": doc,
+        }).data)
+
+
+class CancelView(ActionView):
+    @extend_schema(request=ActionRequest, responses=representations.ActionResult,
+                   summary="Cancel: no further step starts (a running attempt may finish)")
+    def post(self, request: Request, execution_id: str) -> Response:
+        return self.act(request, execution_id, ActionRequest, "cancel")
+
+
+class RetryView(ActionView):
+    @extend_schema(request=RetryRequest, responses=representations.ActionResult,
+                   summary="Retry a FAILED execution from its failed step, with a new attempt budget")
+    def post(self, request: Request, execution_id: str) -> Response:
+        return self.act(request, execution_id, RetryRequest, "retry")
+
+
+class SkipView(ActionView):
+    @extend_schema(request=SkipRequest, responses=representations.ActionResult,
+                   summary="Skip the failed step, with an output standing in for its result")
+    def post(self, request: Request, execution_id: str) -> Response:
+        return self.act(request, execution_id, SkipRequest, "skip")
