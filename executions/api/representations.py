@@ -44,6 +44,7 @@ class StepDefinition(serializers.Serializer):
     retry = RetryPolicy()
     timeout_s = serializers.FloatField()
     non_retryable = serializers.ListField(child=serializers.CharField())
+    max_concurrency = serializers.IntegerField(allow_null=True, help_text="null: no limit.")
 
 
 class WorkflowVersion(serializers.Serializer):

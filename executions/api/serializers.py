@@ -6,6 +6,7 @@ from typing import Any
 from rest_framework import serializers
 
 from executions.api.fields import Flag, Integer, JSONValue, Text
+from workflows.spec import MAX_CONCURRENCY
 
 #: Largest version number a request may name (MongoDB integers are 64-bit; no workflow gets near).
 MAX_VERSION = 2**31 - 1
@@ -73,6 +74,8 @@ class StepBody(Strict):
     retry = RetryPolicyBody(required=False)
     timeout_s = serializers.FloatField(required=False, min_value=0)
     non_retryable = serializers.ListField(child=Text(), required=False)
+    max_concurrency = Integer(required=False, allow_null=True, min_value=1, max_value=MAX_CONCURRENCY,
+                              help_text="Attempts of this step running at once, across every worker.")
 
 
 class DefinitionBody(Strict):

@@ -12,7 +12,7 @@ DEFINITION = {
     "steps": [{"name": "charge", "handler": "test.echo", "timeout_s": 30,
                "retry": {"max_attempts": 5, "initial_delay_s": 1, "multiplier": 2, "max_delay_s": 60,
                          "jitter": 0.1}},
-              {"name": "notify", "handler": "test.echo"}],
+              {"name": "notify", "handler": "test.echo", "max_concurrency": 2}],
 }
 
 
@@ -25,8 +25,10 @@ def test_workflows__register_twice_gives_one_version_and_a_change_the_next(opera
     assert (first.status_code, again.status_code, changed.status_code) == (201, 200, 201)
     assert (first.json()["version"], again.json()["version"], changed.json()["version"]) == (1, 1, 2)
     assert first.json()["fingerprint"] == again.json()["fingerprint"] != changed.json()["fingerprint"]
+    assert first.json()["steps"][1]["max_concurrency"] == 2
     assert first.json()["steps"][0] == {
         "name": "charge", "handler": "test.echo", "timeout_s": 30.0, "non_retryable": [],
+        "max_concurrency": None,
         "retry": {"max_attempts": 5, "initial_delay_s": 1.0, "multiplier": 2.0, "max_delay_s": 60.0,
                   "jitter": 0.1},
     }
