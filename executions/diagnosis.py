@@ -7,6 +7,7 @@ stuck and the safe repair (which is always either waiting, the sweeper, a worker
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -212,20 +213,20 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
         beat = lease.get("since_heartbeat_ms")
         found.summary = (f"step {lease.get('step')!r} attempt {lease.get('attempt')} is running on "
                          f"{lease.get('worker')}; last heartbeat {beat} ms ago; its lease runs until "
-                         f"{found.next.get('at')}")
+                         f"{_iso(found.next.get('at'))}")
         if found.lock and not found.lock["held"]:
             found.summary += ("; its Redis lock is gone (Redis restarted?), the lease in MongoDB "
                               "still fences any other runner")
         found.repair = wait
     elif isinstance(decision, Wait):
-        found.summary = f"step {found.next.get('step')!r} waits for its retry at {found.next.get('at')}"
+        found.summary = f"step {found.next.get('step')!r} waits for its retry at {_iso(found.next.get('at'))}"
         if not messages.delayed:
             found.summary += "; no delayed message is waiting, the sweeper sends one when it is due"
         found.repair = wait
     elif isinstance(decision, RecoverLost):
         found.stuck = True
         found.summary = (f"the lease of step {lease.get('step')!r} attempt {lease.get('attempt')} on "
-                         f"{lease.get('worker')} expired at {lease.get('expires_at')} (last heartbeat "
+                         f"{lease.get('worker')} expired at {_iso(lease.get('expires_at'))} (last heartbeat "
                          f"{lease.get('since_heartbeat_ms')} ms ago): its worker died or stalled; the "
                          "attempt is to be recorded lost and retried or failed per the step's policy")
         found.repair = sweep
@@ -247,3 +248,7 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
     else:
         found.summary = "due now; its message is on its way (the sweeper re-sends it after the grace period)"
         found.repair = wait
+
+
+def _iso(value: dt.datetime | None) -> str:
+    return "unknown" if value is None else value.isoformat(timespec="milliseconds") + "Z"

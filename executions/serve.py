@@ -35,8 +35,8 @@ def check_port(port: int) -> int:
 def banner(port: int, threads: int) -> list[str]:
     """Say what this process runs and on which services."""
     lines = [
-        f"detflow on http://127.0.0.1:{port}/ (admin: /admin/), {threads} worker thread(s) and "
-        "the recovery sweeper in this process",
+        f"detflow on http://127.0.0.1:{port}/ (API: /api/v1/, admin: /admin/), {threads} worker "
+        "thread(s) and the recovery sweeper in this process",
         f"  store: {services.store_description()}",
         f"  redis: {services.redis_description()}",
     ]

@@ -48,6 +48,7 @@ def test_rundev__serves_the_admin_says_what_it_runs_on_and_stops_cleanly_on_ctrl
             assert child.poll() is None, child.communicate()[0]
             assert time.monotonic() < deadline, "rundev did not serve the admin within 60 s"
             time.sleep(0.2)
+        serves_api = answers(f"http://127.0.0.1:{port}/api/v1/health/")
         child.send_signal(signal.SIGINT)
         output, _ = child.communicate(timeout=30)
     finally:
@@ -56,7 +57,9 @@ def test_rundev__serves_the_admin_says_what_it_runs_on_and_stops_cleanly_on_ctrl
             child.communicate()
 
     assert child.returncode == 0, output
-    assert f"detflow on http://127.0.0.1:{port}/ (admin: /admin/), 2 worker thread(s)" in output
+    assert serves_api, "rundev does not serve GET /api/v1/health/"
+    assert f"detflow on http://127.0.0.1:{port}/ (API: /api/v1/, admin: /admin/), 2 worker thread(s)" \
+        in output
     assert "store: embedded mongomock" in output
     assert "redis: embedded redis-server started by this process" in output
     assert "state lives in this process's memory" in output
