@@ -126,6 +126,7 @@ def test_errors__a_body_that_is_not_json_is_415(operator: Any) -> None:
 def test_errors__unknown_paths_and_methods_answer_json(operator: Any) -> None:
     assert_error(operator.get(API + "nothing/here/"), 404, "not_found")
     assert_error(operator.get(API + "executions"), 404, "not_found")
+    assert_error(operator.get(API + "workflows/a%0Ab/versions/-1/"), 404, "not_found")
     assert_error(operator.delete(API + "executions/"), 405, "method_not_allowed")
     assert_error(operator.get(API + "executions/", HTTP_ACCEPT="text/html"), 406, "not_acceptable")
 

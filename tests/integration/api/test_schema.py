@@ -34,7 +34,7 @@ def test_schema__is_openapi_3_and_the_docs_page_needs_no_cdn(client: Any) -> Non
     page = client.get(API + "docs/")
 
     assert schema.status_code == 200 and schema.json()["openapi"].startswith("3.")
-    assert sorted(schema.json()["paths"]) == sorted(
+    assert set(schema.json()["paths"]) >= set(
         API + p for p in ["workflows/", "workflows/{name}/", "workflows/{name}/versions/{version}/",
                           "handlers/", "executions/", "executions/{execution_id}/",
                           "executions/{execution_id}/events/", "executions/{execution_id}/diagnosis/",
@@ -78,4 +78,4 @@ def test_schema__generated_requests_get_no_5xx_and_conforming_answers(
     print(f"{by_operation.total()} cases in {time.monotonic() - started:.1f}s; by status: "
           f"{sorted(by_status.items())}; by operation: {sorted(by_operation.items())}")
     assert by_operation.total() >= 500
-    assert len(by_operation) == 15
+    assert len(by_operation) == len(list(schema.get_all_operations()))
