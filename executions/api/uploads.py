@@ -55,7 +55,7 @@ class UploadView(APIView):
                  "sha256": digest}
         ensure_file_processing()
         try:
-            doc, created = start(request, FILE_PROCESSING, given)
+            doc, created = start(request, FILE_PROCESSING, given, server_path=True)
         except Exception:
             path.unlink(missing_ok=True)
             raise

@@ -28,7 +28,6 @@ from executions.api.throttles import StartThrottle
 from executions.engine import ExecutionStatus
 from executions.errors import ExecutionNotFound
 from workflows import definitions, registry
-from workflows.builtin import FILE_PROCESSING
 from workflows.errors import WorkflowNotFound
 from workflows.spec import NAME_RE
 
@@ -45,6 +44,8 @@ IDEMPOTENCY_KEY = OpenApiParameter(
                 "execution the first request created; the same key with another body answers 409.",
 )
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+#: The handler that reads ``input.path`` from the server's disk.
+RECEIVE = "files.receive"
 
 
 # Workflows and handlers.
@@ -140,11 +141,8 @@ class ExecutionListView(APIView):
         body = StartRequest(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        workflow, given = data["workflow"], data["input"]
-        if workflow == FILE_PROCESSING and isinstance(given, dict) and "path" in given:
-            raise FieldError("input.path", "file-processing reads `path` from the server's disk; upload "
-                                           "the file with POST files/ or send it as content_b64", "forbidden")
-        doc, created = start(request, workflow, given, data.get("version"))
+        given = data["input"]
+        doc, created = start(request, data["workflow"], given, data.get("version"))
         if not created and not (_same_json(doc["input_json"], given) and
                                 data.get("version") in (None, doc["workflow_version"])):
             raise IdempotencyConflict(
@@ -155,13 +153,22 @@ class ExecutionListView(APIView):
 
 
 def start(
-    request: Request, workflow: str, given: Any, version: int | None = None
+    request: Request, workflow: str, given: Any, version: int | None = None, *, server_path: bool = False
 ) -> tuple[dict[str, Any], bool]:
-    """Start ``workflow`` for the requesting user, with the request's ``Idempotency-Key``."""
+    """Start ``workflow`` for the requesting user, with the request's ``Idempotency-Key``.
+
+    ``files.receive`` copies the file at ``input.path`` from the server's disk: only the upload
+    view (``server_path``), which chose that path itself, may pass one to a workflow using it.
+    """
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise FieldError("Idempotency-Key", "must be 1 to 200 visible ASCII characters", "invalid")
     try:
+        if not server_path and isinstance(given, dict) and "path" in given:
+            steps = definitions.get(workflow, version).steps
+            if any(step["handler"] == RECEIVE for step in steps):
+                raise FieldError("input.path", f"{RECEIVE} would read this path on the server; upload "
+                                 "the file with POST files/, or send it as content_b64", "forbidden")
         return operations.start(workflow, given, version=version, idempotency_key=key,
                                 by=request.user.get_username())
     except WorkflowNotFound as exc:

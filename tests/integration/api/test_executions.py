@@ -61,12 +61,29 @@ def test_start__unknown_workflow_names_the_known_ones(operator: Any, define: Any
     assert store.collection().count_documents({}) == 0
 
 
-def test_start__file_processing_with_a_server_path_is_refused(operator: Any) -> None:
-    response = operator.post(API + "executions/", {"workflow": "file-processing",
-                                                   "input": {"path": "/etc/passwd"}}, format="json")
+@pytest.mark.parametrize("workflow", ["file-processing", "own-receiver"])
+def test_start__a_server_path_for_files_receive_is_refused(
+    operator: Any, define: Any, workflow: str
+) -> None:
+    from workflows.builtin import ensure_file_processing
+
+    ensure_file_processing()
+    define("own-receiver", [{"name": "files.receive", "handler": "files.receive"}])
+
+    response = operator.post(API + "executions/", {"workflow": workflow, "input": {"path": "/etc/passwd"}},
+                             format="json")
 
     assert_error(response, 400, "forbidden", "input.path")
     assert store.collection().count_documents({}) == 0
+
+
+def test_start__a_path_is_plain_data_for_other_handlers(operator: Any, define: Any) -> None:
+    define("pay", [{"handler": "test.echo"}])
+
+    response = operator.post(API + "executions/", {"workflow": "pay", "input": {"path": "/a/b"}},
+                             format="json")
+
+    assert response.status_code == 201
 
 
 def test_detail__shows_steps_attempts_outputs_and_errors(viewer: Any, define: Any) -> None:
