@@ -237,6 +237,11 @@ class ActionView(APIView):
             result = operations.cancel(execution_id, by, data["reason"], dry_run=data["dry_run"])
         elif action == "retry":
             edited = {"input": data["input"]} if "input" in data else {}
+            if isinstance(edited.get("input"), dict) and "path" in edited["input"]:
+                failed = (store.load(execution_id) or {}).get("steps", [])
+                if any(s["status"] == "FAILED" and s["handler"] == RECEIVE for s in failed):
+                    raise FieldError("input.path", f"{RECEIVE} would read this path on the server; "
+                                     "send the file as content_b64", "forbidden")
             result = operations.retry(execution_id, by, data["reason"], dry_run=data["dry_run"], **edited)
         else:
             result = operations.skip(execution_id, by, data["reason"], output=data["output"],

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from executions import store
+from executions import operations, runner, store
 from tests.integration.api.conftest import assert_error, failed_execution, pending_execution
 from tests.integration.support import events_of, fingerprint, the_event
 
@@ -116,3 +116,19 @@ def test_actions__unknown_execution_is_404(operator: Any) -> None:
     for action in ("cancel", "retry", "skip"):
         response = operator.post(API + f"executions/nope/{action}/", {"reason": "r"}, format="json")
         assert_error(response, 404, "execution_not_found")
+
+
+def test_retry__an_edited_input_may_not_point_files_receive_at_a_server_path(
+    operator: Any, define: Any
+) -> None:
+    define("receiver", [{"name": "files.receive", "handler": "files.receive",
+                         "retry": {"max_attempts": 1}}])
+    doc, _ = operations.start("receiver", {"name": "x", "content_b64": "not base64!"})
+    runner.advance(doc["_id"], worker="test")
+    before = fingerprint(store.load(doc["_id"]))
+
+    response = operator.post(API + f"executions/{doc['_id']}/retry/",
+                             {"reason": "r", "input": {"path": "/etc/passwd"}}, format="json")
+
+    assert_error(response, 400, "forbidden", "input.path")
+    assert fingerprint(store.load(doc["_id"])) == before
