@@ -44,6 +44,8 @@ class DetflowSettings:
     ATTEMPTS_KEPT: int = 10
     #: Level of the ``detflow`` loggers.
     LOG_LEVEL: str = "INFO"
+    #: ``plain`` lines, or ``json``: one JSON object per line with the execution's ids.
+    LOG_FORMAT: str = "plain"
     #: Where the file-processing workflow keeps its files; a relative path is under the project.
     STORAGE_DIR: str = "var/storage"
     #: Largest file the file-processing workflow accepts, in bytes.
@@ -85,6 +87,16 @@ def _modules(value: Any) -> tuple[str, ...]:
     if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
         raise ValueError("must be a comma-separated list of module names")
     return tuple(item.strip() for item in items if item.strip())
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return text
+
+    return parse
 
 
 def _level(value: Any) -> str:
@@ -188,6 +200,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "LOG_LINES_CAP": _number(int, 0, inclusive=True),
     "ATTEMPTS_KEPT": _number(int, 1, inclusive=True),
     "LOG_LEVEL": _level,
+    "LOG_FORMAT": _choice("plain", "json"),
     "STORAGE_DIR": _path,
     "MAX_FILE_BYTES": _number(int, 1, inclusive=True),
     "MAX_IMAGE_PIXELS": _number(int, 1, inclusive=True),

@@ -121,7 +121,16 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"detflow": {"handlers": ["console"], "level": _detflow.LOG_LEVEL}},
+    "filters": {"ids": {"()": "detflow_site.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"()": "detflow_site.logs.PlainFormatter",
+                  "format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "detflow_site.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": _detflow.LOG_FORMAT,
+                             "filters": ["ids"]}},
+    "loggers": {
+        "detflow": {"handlers": ["console"], "level": _detflow.LOG_LEVEL, "propagate": False},
+        "dramatiq": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
 }

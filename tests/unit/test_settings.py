@@ -59,6 +59,7 @@ def test_parse__accepts_redis_urls(url):
         ("HANDLER_MODULES", 5, "must be a comma-separated list of module names"),
         ("HANDLER_MODULES", ["ok", 3], "must be a comma-separated list of module names"),
         ("LOG_LEVEL", "LOUD", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+        ("LOG_FORMAT", "xml", "must be one of plain, json"),
     ],
 )
 def test_parse__reports_a_bad_value_naming_the_variable_and_keeps_the_default(name, value, reason):
