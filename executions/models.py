@@ -51,6 +51,8 @@ class Execution(me.Document):
             ["workflow", "-created_at", "-id"],
             ["workflow", "status", "-created_at", "-id"],
             ["workflow", "workflow_version", "-created_at", "-id"],
+            # A step baseline reads the newest SUCCEEDED executions of one workflow version.
+            ["workflow", "workflow_version", "status", "-created_at", "-id"],
             {"fields": ["failed_step", "-created_at", "-id"], "sparse": True},
             {
                 "fields": ["workflow", "idempotency_key"],

@@ -1,0 +1,20 @@
+"""Errors of insights (part of the hierarchy rooted in ``workflows.errors``)."""
+from __future__ import annotations
+
+from workflows.errors import DetflowError
+
+
+class NotFinished(DetflowError):
+    """The execution has not finished: a post-mortem is written once it is terminal."""
+
+    status_code = 409
+    default_code = "not_finished"
+
+
+class WriterFailed(DetflowError):
+    """A model could not write a post-mortem (no answer, an error, a timeout, an invalid answer);
+    the message says why in one line, and the rules write it instead."""
+
+
+class InvalidAnswer(WriterFailed):
+    """A model's answer is not a post-mortem of the required shape."""

@@ -1,0 +1,338 @@
+"""The two writers of a post-mortem: rules over the fact sheet, and a model behind the ``openai`` client.
+
+Both return an answer of the shape ``insights.postmortem.SCHEMA`` describes; the service validates
+it. The model writer raises :class:`WriterFailed` (one line, no secrets) for every way a call can go
+wrong, and the service then asks the rules.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter
+from typing import Any
+
+from detflow_site import conf
+from insights import redact
+from insights.errors import InvalidAnswer, WriterFailed
+from insights.facts import FactSheet, Failure, Step, retry_pattern, seconds
+from insights.postmortem import SCHEMA
+from insights.prompt import Prompt
+
+#: Error types (the last part of the name) that usually mean bad input or a bug, not an outage.
+INPUT_OR_BUG = frozenset({"KeyError", "ValueError", "TypeError", "AttributeError", "IndexError",
+                          "AssertionError", "ZeroDivisionError", "UnicodeDecodeError", "JSONDecodeError",
+                          "ValidationError", "OutputTooLarge", "OutputNotSerializable"})
+#: Error types that usually mean a dependency did not answer.
+OUTAGE = frozenset({"ConnectionError", "TimeoutError", "ConnectTimeout", "ReadTimeout",
+                    "ConnectionRefusedError", "ConnectionResetError", "ServiceUnavailable",
+                    "Unavailable", "HTTPError", "OperationalError"})
+
+
+class RulesWriter:
+    """Writes a post-mortem from the facts alone: the same facts always give the same text."""
+
+    source = "rules"
+
+    def write(self, sheet: FactSheet) -> dict[str, Any]:
+        if sheet.status == "FAILED" and sheet.failure is not None:
+            return _failed(sheet, sheet.failure, sheet.steps[sheet.failure.index])
+        if sheet.status == "CANCELLED" and sheet.cancellation is not None:
+            return _cancelled(sheet)
+        return _succeeded(sheet)
+
+
+def _failed(sheet: FactSheet, f: Failure, step: Step) -> dict[str, Any]:
+    budget = step.budget
+    types = Counter(a.error_type for a in budget if a.error_type)
+    error = f"{f.error_type}: {_quote(f.message)}"
+    short = f"{_short(f.error_type)}: {_quote(f.message)}"
+    tried = f"{f.attempts_used} of {f.max_attempts} attempt(s)"
+    if f.kind == "permanent":
+        summary = (f"FAILED at step {f.step!r}: {short} on attempt {budget[-1].n} is permanent, so "
+                   "the step was not retried.")
+        cause = (f"The handler {step.handler} raised {error}. A permanent error (PermanentError, "
+                 "or a type listed in the step's non_retryable) fails the step at once; the retry "
+                 "policy does not apply.")
+        confidence = "high"
+        actions = [
+            ("retry_with_edited_input", f"If the input is at fault, retry {f.step!r} with a "
+                                        "corrected input."),
+            ("skip", f"If the result of {f.step!r} can be supplied by hand, skip it with that output."),
+            ("code_change", f"If {step.handler} should accept this input, change it, then retry."),
+        ]
+    elif f.kind == "timeout":
+        timed_out = sum(1 for a in budget if a.outcome == "timed_out")
+        summary = (f"FAILED at step {f.step!r}: {timed_out} of {f.attempts_used} attempt(s) ran past "
+                   f"timeout_s={step.timeout_s:g} (StepTimeout); no attempts were left.")
+        cause = (f"Attempts of {f.step!r} ran longer than the step's timeout_s={step.timeout_s:g} and "
+                 f"were interrupted. {step.handler} is slower than the limit allows for this input, "
+                 "or it waits on something that does not answer.")
+        if step.baseline and step.baseline.samples:
+            cause += (f" In successful runs of this version the step takes {seconds(step.baseline.median_ms)}"
+                      f" (median; p95 {seconds(step.baseline.p95_ms)}).")
+        confidence = "medium"
+        actions = [
+            ("code_change", f"Raise timeout_s of {f.step!r} (now {step.timeout_s:g} s) or make "
+                            f"{step.handler} faster; call ctx.heartbeat() in long work."),
+            ("retry", "If what it waited on was slow only for a while, retry the step."),
+        ]
+    elif f.kind == "lost":
+        lost = [a for a in budget if a.outcome == "lost"]
+        workers = sorted({a.worker for a in lost if a.worker})
+        summary = (f"FAILED at step {f.step!r}: {len(lost)} of {f.attempts_used} attempt(s) were lost "
+                   "because the worker running them stopped before recording an outcome.")
+        cause = ("The worker process running the step stopped (crashed, was killed, or stalled past "
+                 "its lease) before it recorded an outcome; each attempt was recorded lost (AttemptLost) "
+                 f"when its lease ran out, and lost attempts count against max_attempts={f.max_attempts}."
+                 + (f" Worker(s): {', '.join(workers)}." if workers else ""))
+        confidence = "medium"
+        actions = [
+            ("retry", "The step itself did not fail: retrying runs it again with a new budget."),
+            ("code_change", f"Find why workers stopped while running {step.handler} (memory limits, "
+                            "kills, deployments without a graceful stop, code blocked in C)."),
+        ]
+    else:
+        same = len(types) == 1
+        summary = f"FAILED at step {f.step!r} after {tried} failed; the last error: {short}."
+        if same:
+            cause = (f"Every attempt of {f.step!r} failed with the same error type, {f.error_type}, so "
+                     f"the cause outlasted the retries (the last: {_quote(f.message)})")
+            waited = sum(a.waited_ms or 0 for a in budget)
+            cause += f" ({seconds(waited)} of waiting between attempts)." if waited else "."
+        else:
+            cause = ("The attempts failed in different ways ("
+                     + ", ".join(f"{n}x {t}" for t, n in types.most_common()) + f"); the last: {error}.")
+        confidence = "medium" if same else "low"
+        actions = [
+            ("retry", "Retry once the cause of the error is fixed; a retry opens a new attempt budget."),
+            ("code_change", f"If it is a bug in {step.handler}, fix it; if the outage was longer than "
+                            f"the retries, raise max_attempts (now {f.max_attempts}) or the delays."),
+        ]
+        if _short(f.error_type) in INPUT_OR_BUG:
+            actions.insert(1, ("retry_with_edited_input",
+                               "If the input is at fault, retry with a corrected input."))
+    hint = _hint(f.error_type)
+    if hint:
+        cause += f" {hint}"
+    if len(step.attempts) > 1:
+        cause += f" Attempts: {retry_pattern(step)}."
+    later = (f"Steps after {f.step!r} did not run: {', '.join(f.not_run)}." if f.not_run
+             else f"{f.step!r} is the last step.")
+    done = sum(1 for s in sheet.steps[: f.index] if s.status in ("SUCCEEDED", "SKIPPED"))
+    impact = (f"{later} The outputs of the {done} step(s) before it are stored; a retry or a skip "
+              f"resumes at {f.step!r} without running them again.")
+    evidence = [(f.seq, f"attempt {budget[-1].n} of {f.step!r} ended {budget[-1].outcome} "
+                        f"({f.error_type}) and the step failed for good")]
+    for attempt in reversed(budget[:-1]):
+        if attempt.end_seq is not None:
+            evidence.append((attempt.end_seq, f"attempt {attempt.n} of {f.step!r} ended "
+                                              f"{attempt.outcome} ({attempt.error_type}); {attempt.then}"))
+    evidence += _operator_evidence(sheet)
+    if sheet.terminal_seq is not None:
+        evidence.append((sheet.terminal_seq, "the execution FAILED"))
+    return _answer(summary, cause, evidence, impact, actions, confidence)
+
+
+def _cancelled(sheet: FactSheet) -> dict[str, Any]:
+    c = sheet.cancellation
+    assert c is not None
+    who = c.by or "an operator"
+    why = f" ({_quote(c.reason)})" if c.reason else ""
+    ran = [s.name for s in sheet.steps if any(a.outcome == "succeeded" for a in s.attempts)]
+    when = (f"while {', '.join(c.running)} ran" if c.running
+            else f"after {', '.join(ran)} had run" if ran else "before any step ran")
+    summary = f"CANCELLED by {who}{why} {when}."
+    cause = f"{who} cancelled the execution{why}. A cancel is a decision, not a failure."
+    for name, outcome, _ in c.ended_after:
+        cause += f" The running attempt of {name!r} ended {outcome} after the cancel."
+    if sheet.running:
+        cause += f" {', '.join(sheet.running)} had no outcome yet when this was written."
+    failed = [(s, a) for s in sheet.steps for a in s.attempts if a.outcome in ("failed", "timed_out", "lost")]
+    if failed:
+        cause += " Before the cancel: " + "; ".join(
+            f"{s.name} #{a.n} {a.outcome} ({a.error_type})" for s, a in failed[-3:]) + "."
+    impact = (f"Steps never run: {', '.join(c.not_run)}. " if c.not_run else "") + (
+        "Steps that finished keep their outputs; a cancelled execution cannot be resumed.")
+    evidence = [(c.seq, f"{who} cancelled the execution{why}")]
+    for step in sheet.steps:
+        if step.name in c.running and step.attempts and step.attempts[-1].claim_seq is not None:
+            evidence.append((step.attempts[-1].claim_seq, f"attempt {step.attempts[-1].n} of "
+                                                          f"{step.name!r} had started before the cancel"))
+    evidence += [(seq, f"{name!r} ended {outcome} after the cancel") for name, outcome, seq in c.ended_after]
+    evidence += [(a.end_seq, f"{s.name!r} attempt {a.n} ended {a.outcome} ({a.error_type})")
+                 for s, a in failed[-3:] if a.end_seq is not None]
+    actions = [("other", "If the work is still needed, start a new execution: a cancelled one "
+                         "cannot be retried.")]
+    return _answer(summary, cause, evidence, impact, actions, "high")
+
+
+def _succeeded(sheet: FactSheet) -> dict[str, Any]:
+    took = seconds(sheet.duration_ms)
+    slow = [s for s in sheet.steps if s.slow and s.baseline and s.elapsed_ms is not None]
+    troubled = [(s, a) for s in sheet.steps for a in s.attempts if a.outcome != "succeeded"]
+    evidence = []
+    if not slow:
+        summary = f"SUCCEEDED in {took}; no step was far above its baseline."
+        cause = "Nothing failed for good."
+        if troubled:
+            cause += " Recovered on the way: " + "; ".join(
+                f"{s.name}: {retry_pattern(s)}" for s in {s.name: s for s, _ in troubled}.values()) + "."
+        evidence = [(a.end_seq, f"{s.name!r} attempt {a.n} ended {a.outcome} ({a.error_type}); "
+                                "a later attempt succeeded")
+                    for s, a in troubled[:6] if a.end_seq is not None]
+        if sheet.terminal_seq is not None:
+            evidence.append((sheet.terminal_seq, "the execution SUCCEEDED"))
+        return _answer(summary, cause, evidence + _operator_evidence(sheet), "None: every step succeeded.",
+                       [], "high")
+    step = max(slow, key=lambda s: (s.elapsed_ms or 0) / max(s.baseline.median_ms if s.baseline else 1, 1))
+    b = step.baseline
+    assert b is not None and step.elapsed_ms is not None
+    ratio = step.elapsed_ms / max(b.median_ms, 1)
+    summary = (f"SUCCEEDED in {took}, but step {step.name!r} took {seconds(step.elapsed_ms)}: "
+               f"{ratio:.1f}x its median of {seconds(b.median_ms)} (p95 {seconds(b.p95_ms)}) over "
+               f"{b.samples} recent successful run(s) of version {sheet.workflow_version}.")
+    waited = sum(a.waited_ms or 0 for a in step.attempts)
+    lost = [a for a in step.attempts if a.outcome == "lost"]
+    handler = next((a.handler_ms for a in reversed(step.attempts) if a.outcome == "succeeded"), None)
+    if waited and waited * 2 >= step.elapsed_ms - b.median_ms:
+        cause = (f"Most of the extra time was spent between attempts: {retry_pattern(step)}.")
+        confidence = "medium"
+    elif lost:
+        cause = (f"{len(lost)} attempt(s) were lost (their worker stopped) and were recovered only "
+                 f"when the lease ran out: {retry_pattern(step)}.")
+        confidence = "medium"
+    else:
+        cause = (f"The handler {step.handler} itself ran long"
+                 + (f" ({seconds(handler)} in the attempt that succeeded)" if handler is not None else "")
+                 + "; the facts do not show why. Its logs and what it waits on are the place to look.")
+        confidence = "low"
+    others = [s.name for s in slow if s is not step]
+    if others:
+        cause += f" Also above their baselines: {', '.join(others)}."
+    impact = (f"The execution finished about {seconds(step.elapsed_ms - b.median_ms)} later than "
+              "usual; no output is missing.")
+    if step.first_seq is not None:
+        evidence.append((step.first_seq, f"{step.name!r} was first claimed here"))
+    if step.last_seq is not None:
+        evidence.append((step.last_seq, f"{step.name!r} succeeded here, {seconds(step.elapsed_ms)} later"))
+    evidence += [(a.end_seq, f"attempt {a.n} of {step.name!r} ended {a.outcome}")
+                 for a in step.attempts if a.outcome != "succeeded" and a.end_seq is not None]
+    actions = [("code_change", f"Look into {step.handler}: what it waited on in this run, and whether "
+                               "its input was larger than usual.")]
+    return _answer(summary, cause, evidence + _operator_evidence(sheet), impact, actions, confidence)
+
+
+def _operator_evidence(sheet: FactSheet) -> list[tuple[int, str]]:
+    return [(a.seq, f"{a.by or 'an operator'} {'retried' if a.action == 'retry' else 'skipped'} "
+                    f"{a.step!r}" + (f" ({_quote(a.reason)})" if a.reason else ""))
+            for a in sheet.operator]
+
+
+def _answer(summary: str, cause: str, evidence: list[tuple[int, str]], impact: str,
+            actions: list[tuple[str, str]], confidence: str) -> dict[str, Any]:
+    return {"summary": summary, "root_cause": cause,
+            "evidence": [{"event_seq": seq, "shows": shows} for seq, shows in evidence],
+            "impact": impact,
+            "suggested_actions": [{"action": a, "detail": d} for a, d in actions],
+            "confidence": confidence}
+
+
+def _hint(error_type: str) -> str:
+    name = _short(error_type)
+    if name == "OutputTooLarge":
+        return "The handler returned more than DETFLOW_OUTPUT_CAP_BYTES of JSON."
+    if name == "OutputNotSerializable":
+        return "The handler returned a value that JSON cannot encode."
+    if name in INPUT_OR_BUG:
+        return f"A {name} usually comes from the input or a bug in the handler, not from an outage."
+    if name in OUTAGE:
+        return f"A {name} usually means a dependency did not answer."
+    return ""
+
+
+def _short(error_type: str) -> str:
+    return error_type.rsplit(".", 1)[-1]
+
+
+def _quote(text: str | None, limit: int = 200) -> str:
+    text = " ".join((text or "").split())
+    return repr(text if len(text) <= limit else text[: limit - 1] + "\u2026")
+
+
+class LLMWriter:
+    """Asks an OpenAI-compatible endpoint for a post-mortem in structured output."""
+
+    def __init__(self, model: str, timeout_s: float, api_key: str, base_url: str | None = None) -> None:
+        self.model = model
+        self.timeout_s = timeout_s
+        self._api_key = api_key
+        self.base_url = base_url
+        self.source = f"llm:{model}"
+
+    @classmethod
+    def configured(cls) -> LLMWriter | None:
+        """Return the writer ``OPENAI_API_KEY`` (and ``OPENAI_BASE_URL``) configure, or ``None``."""
+        key = os.environ.get("OPENAI_API_KEY", "").strip()
+        if not key:
+            return None
+        settings = conf.get()
+        return cls(settings.INSIGHTS_MODEL, settings.INSIGHTS_TIMEOUT_S, key,
+                   os.environ.get("OPENAI_BASE_URL", "").strip() or None)
+
+    def write(self, prompt: Prompt) -> Any:
+        """Return the model's answer, parsed from JSON; raise :class:`WriterFailed` on any failure."""
+        import openai
+
+        client = openai.OpenAI(api_key=self._api_key, base_url=self.base_url,
+                               timeout=self.timeout_s, max_retries=0)
+        schema = {"type": "json_schema",
+                  "json_schema": {"name": "postmortem", "strict": True, "schema": SCHEMA}}
+        try:
+            with client:
+                try:
+                    response = self._ask(client, prompt, schema)
+                except openai.BadRequestError as exc:
+                    if not re.search(r"response_format|json_schema", str(exc), re.IGNORECASE):
+                        raise
+                    # An endpoint without JSON-schema output: ask for a JSON object; the schema is
+                    # in the instructions, and the answer is validated all the same.
+                    response = self._ask(client, prompt, {"type": "json_object"})
+        except openai.APITimeoutError:
+            raise WriterFailed(f"no answer within DETFLOW_INSIGHTS_TIMEOUT_S={self.timeout_s:g} s")
+        except openai.APIStatusError as exc:
+            raise WriterFailed(f"the endpoint answered HTTP {exc.status_code}: {_reason(exc)}")
+        except openai.APIConnectionError as exc:
+            raise WriterFailed(f"cannot reach the endpoint: {_reason(exc)}")
+        except openai.OpenAIError as exc:
+            raise WriterFailed(f"the call failed: {_reason(exc)}")
+        return _parse(response)
+
+    def _ask(self, client: Any, prompt: Prompt, response_format: dict[str, Any]) -> Any:
+        return client.chat.completions.create(model=self.model, messages=prompt.messages(),
+                                              response_format=response_format)
+
+
+def _parse(response: Any) -> Any:
+    try:
+        message = response.choices[0].message
+    except (AttributeError, IndexError, TypeError):
+        raise InvalidAnswer("the answer has no message")
+    if getattr(message, "refusal", None):
+        raise InvalidAnswer(f"the model refused: {_reason(message.refusal)}")
+    content = message.content
+    if not isinstance(content, str) or not content.strip():
+        raise InvalidAnswer("the answer is empty")
+    text = content.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
+    try:
+        return json.loads(fenced[1] if fenced else text)
+    except json.JSONDecodeError as exc:
+        raise InvalidAnswer(f"the answer is not JSON ({exc.msg} at character {exc.pos})")
+    except RecursionError:
+        raise InvalidAnswer("the answer is nested too deeply")
+
+
+def _reason(value: Any) -> str:
+    text = " ".join(str(getattr(value, "message", None) or value).split())
+    return redact.text(text)[:200]

@@ -1,0 +1,213 @@
+"""The fact sheet, on hand-built histories: computed from events, each fact citing events that exist."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from insights.baseline import summarize
+from insights.facts import Baseline, FactSheet, compute
+from insights.postmortem import validate
+from insights.writers import RulesWriter
+
+T0 = dt.datetime(2026, 1, 1)
+
+
+def at(ms: int) -> dt.datetime:
+    return T0 + dt.timedelta(milliseconds=ms)
+
+
+def history(*items: tuple[int, str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return events numbered 1, 2, 3, ... from ``(ms, type, fields)``; ``next_retry_at`` in ms."""
+    events = [{"seq": 1, "at": at(0), "type": "created"}]
+    for ms, kind, fields in items:
+        event = {"seq": len(events) + 1, "at": at(ms), "type": kind, **fields}
+        if "next_retry_at" in event:
+            event["next_retry_at"] = at(event["next_retry_at"])
+        events.append(event)
+    return events
+
+
+def execution(status: str, steps: list[str], events: list[dict[str, Any]], max_attempts: int = 3,
+              timeout_s: float = 60, **extra: Any) -> dict[str, Any]:
+    names = ["a", "b", "c"][: len(steps)]
+    return {
+        "_id": "e1", "workflow": "w", "workflow_version": 1, "status": status, "version": 9,
+        "input_json": '{"n":1}', "events": events,
+        "definition": {"steps": [{"name": n, "handler": f"h.{n}", "timeout_s": timeout_s,
+                                  "retry": {"max_attempts": max_attempts}} for n in names]},
+        "steps": [{"name": n, "status": s, "attempts": []} for n, s in zip(names, steps, strict=True)],
+        **extra,
+    }
+
+
+def claimed(step: int, attempt: int, worker: str = "w1") -> dict[str, Any]:
+    return {"step_index": step, "step": "abc"[step], "attempt": attempt, "worker": worker}
+
+
+def failed_(step: int, attempt: int, outcome: str, error: str = "ValueError", permanent: bool = False,
+            **more: Any) -> dict[str, Any]:
+    return {"step_index": step, "step": "abc"[step], "attempt": attempt, "error_type": error,
+            "message": f"{error} on {attempt}", "permanent": permanent, "outcome": outcome, **more}
+
+
+def succeeded(step: int, attempt: int) -> dict[str, Any]:
+    return {"step_index": step, "step": "abc"[step], "attempt": attempt, "duration_ms": 5}
+
+
+EXHAUSTED = execution("FAILED", ["SUCCEEDED", "FAILED", "PENDING"], history(
+    (10, "step_claimed", claimed(0, 1)), (20, "step_succeeded", succeeded(0, 1)),
+    (30, "step_claimed", claimed(1, 1)),
+    (40, "attempt_failed", failed_(1, 1, "retry", next_retry_at=240)),
+    (250, "step_claimed", claimed(1, 2)),
+    (260, "attempt_lost", {"step_index": 1, "step": "b", "attempt": 2, "worker": "w2",
+                           "outcome": "retry", "next_retry_at": 660}),
+    (700, "step_claimed", claimed(1, 3)),
+    (800, "attempt_failed", failed_(1, 3, "failed", error="StepTimeout")),
+    (800, "execution_failed", {}),
+))
+
+
+def test_facts__the_retry_pattern_has_each_outcome_delay_and_wait() -> None:
+    sheet = compute(EXHAUSTED)
+
+    b = sheet.steps[1]
+    assert [(a.n, a.outcome, a.then) for a in b.attempts] == [
+        (1, "failed", "retry"), (2, "lost", "retry"), (3, "timed_out", "failed")]
+    assert [a.retry_delay_ms for a in b.attempts] == [200, 400, None]
+    assert [a.waited_ms for a in b.attempts] == [210, 440, None]
+    assert b.elapsed_ms == 770 and (b.first_seq, b.last_seq) == (4, 9)
+    assert sheet.failure is not None
+    assert (sheet.failure.kind, sheet.failure.seq, sheet.failure.attempts_used) == ("timeout", 9, 3)
+    assert sheet.failure.outcomes == {"failed": 1, "lost": 1, "timed_out": 1}
+    assert sheet.failure.not_run == ("c",)
+    assert sheet.duration_ms == 800 and sheet.terminal_seq == 10 and sheet.slowest == "b"
+    pattern = next(f for f in sheet.facts if f.kind == "retry_pattern" and f.step == "b")
+    assert pattern.text == ("step 'b': 3 attempt(s) (max_attempts=3): #1 ValueError: 'ValueError on 1', "
+                            "retry after 200 ms; #2 lost (its worker stopped), retry after 400 ms; "
+                            "#3 StepTimeout: 'StepTimeout on 3', failed for good; 650 ms spent waiting "
+                            "between attempts")
+    assert pattern.seqs == (5, 7, 9)
+
+
+@pytest.mark.parametrize(("last", "kind"), [
+    (failed_(0, 1, "failed", error="workflows.errors.PermanentError", permanent=True), "permanent"),
+    (failed_(0, 1, "failed"), "retries_exhausted"),
+    (failed_(0, 1, "failed", error="StepTimeout"), "timeout"),
+    ({"step_index": 0, "step": "a", "attempt": 1, "worker": "w", "outcome": "failed"}, "lost"),
+])
+def test_facts__the_failure_kind_comes_from_the_last_attempt(last: dict[str, Any], kind: str) -> None:
+    kind_of_event = "attempt_lost" if "error_type" not in last else "attempt_failed"
+    doc = execution("FAILED", ["FAILED"], history(
+        (0, "step_claimed", claimed(0, 1)), (5, kind_of_event, last), (5, "execution_failed", {})),
+        max_attempts=1)
+
+    sheet = compute(doc)
+
+    assert sheet.failure is not None and sheet.failure.kind == kind
+    answer = validate(RulesWriter().write(sheet), sheet.event_seqs, sheet.status)
+    assert answer.evidence[0].event_seq == 3
+    assert "'a'" in answer.summary
+
+
+def test_facts__an_operator_retry_opens_a_new_budget_and_is_a_fact() -> None:
+    doc = execution("FAILED", ["FAILED"], history(
+        (0, "step_claimed", claimed(0, 1)), (5, "attempt_failed", failed_(0, 1, "failed")),
+        (5, "execution_failed", {}),
+        (900, "retried", {"step_index": 0, "step": "a", "by": "alice", "reason": "fixed the feed"}),
+        (910, "step_claimed", claimed(0, 2)),
+        (920, "attempt_failed", failed_(0, 2, "failed", error="KeyError")),
+        (920, "execution_failed", {}),
+    ), max_attempts=1)
+
+    sheet = compute(doc)
+
+    assert sheet.steps[0].budget_base == 1 and [a.n for a in sheet.steps[0].budget] == [2]
+    assert sheet.failure is not None and sheet.failure.attempts_used == 1
+    assert sheet.failure.error_type == "KeyError" and sheet.terminal_seq == 8
+    [action] = [f for f in sheet.facts if f.kind == "operator_action"]
+    assert (action.text, action.seqs) == ("alice retried step 'a' ('fixed the feed')", (5,))
+    text = RulesWriter().write(sheet)
+    assert {"event_seq": 5, "shows": "alice retried 'a' ('fixed the feed')"} in text["evidence"]
+
+
+def test_facts__a_cancel_names_the_running_step_and_what_ended_after_it() -> None:
+    doc = execution("CANCELLED", ["SUCCEEDED", "CANCELLED"], history(
+        (0, "step_claimed", claimed(0, 1)), (50, "cancelled", {"by": "bob", "reason": "dup"}),
+        (80, "step_succeeded", succeeded(0, 1)),
+    ))
+
+    sheet = compute(doc)
+
+    assert sheet.cancellation is not None
+    assert sheet.cancellation.running == ("a",) and sheet.cancellation.not_run == ("b",)
+    assert sheet.cancellation.ended_after == (("a", "succeeded", 4),)
+    assert sheet.terminal_seq == 3 and sheet.duration_ms == 50
+    [fact] = [f for f in sheet.facts if f.kind == "cancelled"]
+    assert fact.seqs == (3, 4)
+
+
+def test_facts__a_running_attempt_is_said_to_have_no_outcome_yet() -> None:
+    doc = execution("CANCELLED", ["RUNNING"], history(
+        (0, "step_claimed", claimed(0, 1)), (50, "cancelled", {"by": "bob", "reason": "dup"})))
+
+    sheet = compute(doc)
+
+    assert sheet.running == ("a",)
+    assert any(f.kind == "still_running" and f.seqs == (2,) for f in sheet.facts)
+
+
+def _timed(elapsed_ms: int) -> dict[str, Any]:
+    return execution("SUCCEEDED", ["SUCCEEDED"], history(
+        (0, "step_claimed", claimed(0, 1)), (elapsed_ms, "step_succeeded", succeeded(0, 1)),
+        (elapsed_ms, "execution_succeeded", {})))
+
+
+@pytest.mark.parametrize(("elapsed", "baseline", "slow"), [
+    (2000, Baseline(median_ms=100, p95_ms=300, samples=20), True),
+    (2000, Baseline(median_ms=100, p95_ms=300, samples=4), False),  # too few runs
+    (2000, Baseline(median_ms=100, p95_ms=2500, samples=20), False),  # within the p95
+    (2000, Baseline(median_ms=700, p95_ms=900, samples=20), False),  # under 3x the median
+    (400, Baseline(median_ms=10, p95_ms=20, samples=20), False),  # less than 500 ms above it
+])
+def test_facts__a_step_is_slow_far_above_its_median_and_p95_over_enough_runs(
+    elapsed: int, baseline: Baseline, slow: bool
+) -> None:
+    sheet = compute(_timed(elapsed), {"a": baseline})
+
+    assert sheet.steps[0].slow is slow
+    assert sheet.notable is slow
+    assert (sheet.slow_steps == ("a",)) is slow
+
+
+def test_facts__every_fact_cites_events_that_exist() -> None:
+    docs = [EXHAUSTED, _timed(2000)]
+    for doc in docs:
+        sheet: FactSheet = compute(doc, {"a": Baseline(100, 300, 20), "b": Baseline(100, 300, 20)})
+        assert sheet.facts
+        for fact in sheet.facts:
+            assert fact.seqs and set(fact.seqs) <= sheet.event_seqs, fact
+
+
+def test_facts__a_history_without_claims_still_gives_a_sheet() -> None:
+    doc = execution("FAILED", ["FAILED"], history(
+        (5, "attempt_failed", failed_(0, 1, "failed")), (5, "execution_failed", {})))
+
+    sheet = compute(doc)
+
+    assert sheet.steps[0].elapsed_ms is None and sheet.failure is not None
+    validate(RulesWriter().write(sheet), sheet.event_seqs, sheet.status)
+
+
+def test_facts__as_dict_is_json_data_without_logs() -> None:
+    data = compute(EXHAUSTED).as_dict()
+
+    assert data["failure"]["kind"] == "timeout" and "logs" not in data and "input_json" not in data
+    assert data["steps"][1]["attempts"][1]["outcome"] == "lost"
+
+
+def test_baseline__median_and_nearest_rank_p95() -> None:
+    assert summarize([5, 1, 3]) == Baseline(median_ms=3, p95_ms=5, samples=3)
+    assert summarize(list(range(1, 101))) == Baseline(median_ms=50, p95_ms=95, samples=100)
+    assert summarize([7]) == Baseline(7, 7, 1)
