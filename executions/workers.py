@@ -2,34 +2,52 @@
 from __future__ import annotations
 
 import dramatiq
+from django.utils.module_loading import autodiscover_modules
 
 from detflow_site import conf
 from executions.sweeper import Sweeper
 
 
+def declared_queues() -> set[str]:
+    """Import every installed app's ``actors`` module; return the queues their actors declared."""
+    from executions.actors import broker
+
+    autodiscover_modules("actors")
+    return {actor.queue_name for actor in broker.actors.values()}
+
+
 class WorkerPool:
-    """A real ``dramatiq.Worker`` on the engine's queue plus a recovery sweeper, in this process."""
+    """A real ``dramatiq.Worker`` on the engine's queue plus a recovery sweeper, in this process.
+
+    The queues of other apps' actors (``insights`` post-mortems) get a worker of one thread of
+    their own, so that their work never holds up a step.
+    """
 
     def __init__(self, threads: int = 4, sweeper: bool = True) -> None:
         from executions.actors import broker
 
         self._middleware = list(broker.middleware)
-        self.worker = dramatiq.Worker(
-            broker, queues={conf.get().QUEUE}, worker_threads=threads, worker_timeout=100
-        )
+        engine = conf.get().QUEUE
+        others = declared_queues() - {engine}
+        self.workers = [dramatiq.Worker(broker, queues={engine}, worker_threads=threads, worker_timeout=100)]
+        if others:
+            self.workers.append(dramatiq.Worker(broker, queues=others, worker_threads=1, worker_timeout=100))
+        self.worker = self.workers[0]
         self.sweeper = Sweeper() if sweeper else None
 
     def start(self) -> WorkerPool:
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
         if self.sweeper is not None:
             self.sweeper.start()
         return self
 
     def stop(self) -> None:
-        """Stop the sweeper, then the worker (running attempts finish first)."""
+        """Stop the sweeper, then the workers (running attempts finish first)."""
         if self.sweeper is not None:
             self.sweeper.stop()
-        self.worker.stop(timeout=30_000)
+        for worker in self.workers:
+            worker.stop(timeout=30_000)
         # A started Worker hooks a middleware into the broker; drop it, so that another pool in
         # this process (a test, the demo's --serve) does not find a stopped worker's hook there.
         broker = self.worker.broker

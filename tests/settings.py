@@ -15,6 +15,10 @@ DETFLOW = {
     "LEASE_S": "2",
     "SWEEP_INTERVAL_S": "0.2",
     "SWEEP_GRACE_S": "1",
+    # Post-mortems on request only: the engine's suites count commands and time recoveries, and an
+    # insights actor working beside them would disturb both. tests/integration/insights/ switches
+    # it on where it tests it.
+    "INSIGHTS_AUTO": "false",
     **from_environ(os.environ),
 }
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from detflow_site import conf, services
+from executions.workers import declared_queues
 
 
 class Command(BaseCommand):
@@ -17,7 +18,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--processes", type=int, default=2, help="worker processes (default 2)")
         parser.add_argument("--threads", type=int, default=8, help="threads per process (default 8)")
-        parser.add_argument("--queues", nargs="+", help="queues to consume (default: DETFLOW_QUEUE)")
+        parser.add_argument("--queues", nargs="+",
+                            help="queues to consume (default: all: DETFLOW_QUEUE for the engine, "
+                                 "DETFLOW_QUEUE-insights for post-mortems)")
         parser.add_argument("--no-sweeper", action="store_true", help="do not run the sweeper here")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -45,7 +48,7 @@ def worker_command(processes: int, threads: int, queues: list[str] | None) -> li
     return [
         sys.executable, "-m", "dramatiq", "executions.worker_boot",
         "--processes", str(processes), "--threads", str(threads),
-        "--queues", *(queues or [settings.QUEUE]),
+        "--queues", *(queues or sorted(declared_queues())),
     ]
 
 

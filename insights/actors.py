@@ -1,0 +1,36 @@
+"""The Dramatiq actor that writes the post-mortem of a finished execution, on a queue of its own.
+
+Its own queue (``<DETFLOW_QUEUE>-insights``) keeps a slow model call from holding up a step: the
+in-process pool gives it a thread of its own, and ``runworker --queues`` can give it processes of
+its own. Dramatiq may retry it (a store that is down), unlike the engine's actor: writing a
+post-mortem twice only replaces it.
+"""
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+
+from detflow_site import conf
+from executions.broker import broker
+from insights import service
+
+logger = logging.getLogger("detflow.insights")
+
+#: Name of the actor and its queue; messages carry the execution id (and how often it waited).
+POSTMORTEM = "detflow.postmortem"
+QUEUE = f"{conf.get().QUEUE}-insights"
+#: Times a cancelled execution with a running attempt is looked at again before it is written up as
+#: it stands (the attempt ends, or its lease runs out and the sweeper records it lost).
+SETTLE_TRIES = 10
+
+
+@dramatiq.actor(actor_name=POSTMORTEM, queue_name=QUEUE, max_retries=3, min_backoff=1000,
+                max_backoff=60_000, broker=broker)
+def write_postmortem(execution_id: str, waited: int = 0) -> None:
+    """Write the post-mortem of an execution that just finished, if it needs one."""
+    done = service.on_finished(execution_id, settle=waited < SETTLE_TRIES)
+    if done == "settling":
+        delay_ms = max(round(conf.get().LEASE_S * 1000), 500)
+        write_postmortem.send_with_options(args=(execution_id, waited + 1), delay=delay_ms)
+    logger.debug("post-mortem of %s: %s", execution_id, done)
