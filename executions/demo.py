@@ -57,11 +57,14 @@ class Planned:
 def run(
     out: TextIO, files: Path | None = None, workdir: Path | None = None, threads: int = 4,
     as_json: bool = False, timeout_s: float = 120.0, then: Callable[[], None] | None = None,
+    explain: Callable[[str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the demo and print its progress and summary (or only the JSON summary); return the summary.
 
     ``files`` processes the files of that directory instead of the generated sample set (without
-    injected faults). ``then`` runs after the summary with the workers still running.
+    injected faults). ``then`` runs after the summary with the workers still running. ``explain``
+    returns the post-mortem of a failed execution by id (the command passes the insights app's:
+    executions cannot import it); each failed execution's row carries it as ``postmortem``.
     """
     from executions.workers import WorkerPool
 
@@ -82,7 +85,7 @@ def run(
         pool = WorkerPool(threads=threads).start()
         try:
             docs = _watch(planned, view, timeout_s)
-            summary = summarize(planned, docs, workdir)
+            summary = summarize(planned, docs, workdir, explain)
             if as_json:
                 out.write(json.dumps(summary, indent=2) + "\n")
             else:
@@ -169,7 +172,10 @@ def _watch(planned: list[Planned], view: Progress, timeout_s: float) -> list[dic
         time.sleep(0.1)
 
 
-def summarize(planned: list[Planned], docs: list[dict[str, Any]], workdir: Path) -> dict[str, Any]:
+def summarize(
+    planned: list[Planned], docs: list[dict[str, Any]], workdir: Path,
+    explain: Callable[[str], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Return the machine-readable summary of finished executions, with the demo's checks."""
     executions = []
     for item, doc in zip(planned, docs, strict=True):
@@ -192,6 +198,8 @@ def summarize(planned: list[Planned], docs: list[dict[str, Any]], workdir: Path)
                           "crash_after": item.crash_after}
                          if item.simulate or item.crash_after else None),
         })
+        if explain is not None and doc["status"] == "FAILED":
+            executions[-1]["postmortem"] = explain(doc["_id"])
     outbox = workdir / "storage" / "outbox" / "notifications.jsonl"
     return {
         "executions": executions,

@@ -151,9 +151,24 @@ def summary_lines(summary: dict[str, Any], out: TextIO | None = None) -> list[st
             [out_["inbox"] + "  (kept for inspection)"] if "inbox" in out_ else [])
         lines.append(f"  {row['file']:<{width}}  " + "  ".join(_short(Path(w), base) for w in where))
     lines.append(f"  notifications: {_short(Path(summary['outbox']), base)}")
+    explained = [r for r in rows if r.get("postmortem")]
+    if explained:
+        lines += ["", "post-mortems of the failed executions:"]
+        for row in explained:
+            lines += postmortem_lines(row["file"], row["postmortem"])
     if summary.get("checks"):
         lines += ["", "checks:"]
         lines += [f"  {mark['ok'] if c['ok'] else mark['bad']} {c['check']}" for c in summary["checks"]]
+    return lines
+
+
+def postmortem_lines(name: str, postmortem: dict[str, Any]) -> list[str]:
+    """Return a post-mortem as indented lines: summary, root cause, evidence, suggested actions."""
+    lines = [f"  {name} (written by {postmortem['source']}): {postmortem['summary']}",
+             f"    root cause: {postmortem['root_cause']}"]
+    lines += [f"    event {e['event_seq']}: {e['shows']}" for e in postmortem["evidence"]]
+    lines += [f"    suggested: {a['action'].replace('_', ' ')}: {a['detail']}"
+              for a in postmortem["suggested_actions"]]
     return lines
 
 

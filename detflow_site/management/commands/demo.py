@@ -1,4 +1,9 @@
-"""``manage.py demo``: real files through the file-processing workflow, in this process."""
+"""``manage.py demo``: real files through the file-processing workflow, in this process, and the
+post-mortem of each execution that failed.
+
+The command lives in the project package because it joins two apps: ``executions`` runs the demo,
+``insights`` explains its failures, and ``executions`` may not import ``insights``.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +12,14 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from executions import demo
+from insights import service
 from workflows.errors import DetflowError
 
 
 class Command(BaseCommand):
     help = ("Generate sample files (or take yours), process each through the file-processing workflow "
             "with worker threads in this process, inject a transient failure and a worker crash, "
-            "and print a summary.")
+            "and print a summary with the post-mortem of each failed execution.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--files", type=Path, help="process the files of this directory instead "
@@ -27,6 +33,9 @@ class Command(BaseCommand):
                             help="where samples and outputs go (default: a new var/demo-* directory)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        def explain(execution_id: str) -> dict[str, Any]:
+            return service.compact(service.postmortem(execution_id))
+
         then = None
         if options["serve"]:
             from executions.serve import check_port, serve
@@ -39,7 +48,7 @@ class Command(BaseCommand):
         try:
             summary = demo.run(
                 self.stdout, files=options["files"], workdir=options["workdir"],
-                threads=options["threads"], as_json=options["json"], then=then,
+                threads=options["threads"], as_json=options["json"], then=then, explain=explain,
             )
         except DetflowError as exc:
             raise CommandError(str(exc)) from None
