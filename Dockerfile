@@ -12,7 +12,8 @@ COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY . .
-RUN useradd --create-home --uid 10001 detflow \
+RUN python manage.py collectstatic --noinput --verbosity 0 \
+    && useradd --create-home --uid 10001 detflow \
     && mkdir -p /app/var \
     && chown -R detflow:detflow /app/var
 USER detflow

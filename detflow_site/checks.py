@@ -15,3 +15,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         Error(problem, hint="Fix or unset the environment variable.", id="detflow.E001")
         for problem in conf.problems()
     ]
+
+
+@register("detflow", deploy=True)
+def check_production(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Refuse the development secret key when DEBUG is off."""
+    from django.conf import settings
+
+    if not settings.DEBUG and settings.SECRET_KEY == getattr(settings, "DEVELOPMENT_SECRET_KEY", None):
+        return [Error("DEBUG is off but DJANGO_SECRET_KEY is the development key",
+                      hint="Set DJANGO_SECRET_KEY to a long random value.", id="detflow.E002")]
+    return []

@@ -12,9 +12,23 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DETFLOW = from_environ(os.environ)
 _detflow = parse(DETFLOW)[0]
 
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "detflow-insecure-development-key")
+#: The development key; a system check refuses it when DEBUG is off.
+DEVELOPMENT_SECRET_KEY = "detflow-insecure-development-key"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", DEVELOPMENT_SECRET_KEY)
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
+
+# Production (DEBUG off): HTTPS only, secure cookies, HSTS; TLS may end at a proxy that sets
+# X-Forwarded-Proto. DJANGO_SECURE_SSL_REDIRECT=0 serves plain HTTP (a local compose try-out).
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = os.environ.get("DJANGO_SECURE_SSL_REDIRECT", "1") == "1"
+    SESSION_COOKIE_SECURE = SECURE_SSL_REDIRECT
+    CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT
+    SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", "31536000"))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 INSTALLED_APPS = [
     "detflow_site.apps.DetflowSiteConfig",
@@ -35,6 +49,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -78,6 +93,8 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
+#: ``collectstatic`` gathers the admin's and the API docs' files here; WhiteNoise serves them.
+STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT", str(BASE_DIR / "var" / "static"))
 
 # Django's cache is django-redis on the engine's Redis (throttles, dashboard aggregates). The URL is
 # resolved on first use, when the embedded redis-server can start; a Redis that is down makes the
