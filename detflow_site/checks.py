@@ -22,7 +22,7 @@ def check_production(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """Refuse the development secret key when DEBUG is off."""
     from django.conf import settings
 
-    if not settings.DEBUG and settings.SECRET_KEY == getattr(settings, "DEVELOPMENT_SECRET_KEY", None):
+    if not settings.DEBUG and getattr(settings, "DEVELOPMENT_SECRET_KEY", None) == settings.SECRET_KEY:
         return [Error("DEBUG is off but DJANGO_SECRET_KEY is the development key",
                       hint="Set DJANGO_SECRET_KEY to a long random value.", id="detflow.E002")]
     return []
