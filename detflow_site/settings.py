@@ -49,7 +49,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -93,8 +92,11 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-#: ``collectstatic`` gathers the admin's and the API docs' files here; WhiteNoise serves them.
+#: ``collectstatic`` gathers the admin's and the API docs' files here; with DEBUG off WhiteNoise
+#: serves them (with DEBUG on, runserver does).
 STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT", str(BASE_DIR / "var" / "static"))
+if not DEBUG:
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 # Django's cache is django-redis on the engine's Redis (throttles, dashboard aggregates). The URL is
 # resolved on first use, when the embedded redis-server can start; a Redis that is down makes the

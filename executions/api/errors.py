@@ -2,12 +2,15 @@
 
 Every 4xx answer has the same body: ``{"code": <stable code>, "detail": <text>, "fields":
 {<field>: [<message>, ...]}}``. ``DetflowError`` subclasses carry their status and code; DRF's
-exceptions carry theirs; Django's 404 and 403 are mapped here. Anything else is a bug and stays a 500.
+exceptions carry theirs; Django's 404 and 403 are mapped here; an unreachable MongoDB or Redis is a
+503 with ``Retry-After``. Anything else is a bug and stays a 500.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import pymongo.errors
+import redis.exceptions
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404
 from rest_framework import exceptions, status
@@ -69,6 +72,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         code, detail, fields, status_code = "too_large", str(exc), {}, 413
     elif isinstance(exc, SuspiciousOperation):
         code, detail, fields, status_code = "bad_request", str(exc), {}, 400
+    elif isinstance(exc, pymongo.errors.ConnectionFailure):
+        code, fields, status_code = "store_unavailable", {}, 503
+        detail = "MongoDB cannot be reached right now; nothing was changed. Try again shortly."
+        headers["Retry-After"] = "5"
+    elif isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        code, fields, status_code = "redis_unavailable", {}, 503
+        detail = "Redis cannot be reached right now. Try again shortly."
+        headers["Retry-After"] = "5"
     else:
         return None
     return Response({"code": code, "detail": detail, "fields": fields}, status=status_code,
