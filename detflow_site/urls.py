@@ -1,9 +1,10 @@
-"""URL routes: the REST API under /api/v1/ and the Django admin."""
+"""URL routes: the REST API under /api/v1/, the Django admin, and the probes and metrics."""
 from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
 
+from executions.api import health
 from insights.api import InsightView
 
 urlpatterns = [
@@ -11,4 +12,7 @@ urlpatterns = [
     path("api/v1/executions/<str:execution_id>/insight/", InsightView.as_view(), name="execution-insight"),
     path("api/v1/", include(("executions.api.urls", "api"))),
     path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", health.metrics, name="metrics"),
 ]

@@ -1,11 +1,15 @@
-"""``GET health/``: are MongoDB and Redis reachable, and how fast do they answer."""
+"""``GET health/``: are MongoDB and Redis reachable, and how fast do they answer; and the probes
+outside the API: ``/healthz`` (alive), ``/readyz`` (services answer) and ``/metrics`` (Prometheus)."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -40,3 +44,26 @@ class HealthView(APIView):
         healthy = mongodb["ok"] and redis["ok"]
         return Response({"status": "ok" if healthy else "degraded", "mongodb": mongodb, "redis": redis},
                         status=200 if healthy else 503)
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers (no service is asked)."""
+    return JsonResponse({"status": "ok"})
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Readiness: MongoDB and Redis answer; 503 (with what failed) when either does not."""
+    mongodb = probe(lambda: store.collection().database.command("ping"))
+    redis = probe(lambda: services.redis_client().ping())
+    ready = mongodb["ok"] and redis["ok"]
+    return JsonResponse({"status": "ready" if ready else "not ready", "mongodb": mongodb,
+                         "redis": redis}, status=200 if ready else 503)
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics of this process (of every worker process in multiprocess mode)."""
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

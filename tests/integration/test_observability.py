@@ -79,3 +79,19 @@ def test_json_logs__every_engine_line_parses_and_carries_the_ids(
         assert {"time", "level", "logger", "message"} <= set(entry)
     step_lines = [e for e in ours if e["step"] is not None]
     assert all(isinstance(e["attempt"], int) for e in step_lines)
+
+
+def test_probes__healthz_readyz_and_metrics_answer(client: Any, redis_client: Any,
+                                                    worker: Any, define: Any) -> None:
+    define("probed", [{"handler": "test.echo"}])
+    wait_terminal(operations.start("probed", {})[0]["_id"])
+
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["mongodb"]["ok"] and ready.json()["redis"]["ok"]
+    exposed = client.get("/metrics")
+    assert exposed.status_code == 200
+    text = exposed.content.decode()
+    assert 'detflow_executions_finished_total{status="SUCCEEDED",workflow="probed"}' in text
+    assert "detflow_step_duration_seconds_bucket" in text

@@ -38,3 +38,12 @@ def test_api__answers_503_when_mongodb_is_unreachable(
     assert response.json()["code"] == "store_unavailable"
     assert "MongoDB cannot be reached" in response.json()["detail"]
     assert response["Retry-After"] == "5"
+
+
+def test_readyz__is_503_naming_mongodb_when_it_is_unreachable(store_down: APIClient) -> None:
+    response = store_down.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "not ready"
+    assert body["mongodb"]["ok"] is False and "ServerSelectionTimeoutError" in body["mongodb"]["error"]
+    assert body["redis"]["ok"] is True
