@@ -15,7 +15,7 @@ from typing import Any
 from dramatiq.common import dq_name
 
 from detflow_site import conf, services
-from executions import store
+from executions import slots, store
 from executions.engine import (
     Claim,
     Decision,
@@ -75,6 +75,8 @@ class Diagnosis:
     lock: dict[str, Any] | None = None
     messages: dict[str, Any] | None = None
     redis: dict[str, Any] = field(default_factory=dict)
+    #: For a step with ``max_concurrency`` that is next to run: its limit and the slots held now.
+    concurrency: dict[str, Any] | None = None
     stuck: bool = False
     repair: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +100,7 @@ def diagnose(execution_id: str, now: int | None = None) -> Diagnosis:
     try:
         client = services.redis_client()
         found.lock = _lock(client, execution_id, found.lease)
+        found.concurrency = _concurrency(client, doc, decision, now)
         messages = _messages(client, execution_id, now)
         found.messages = asdict(messages)
         found.redis = {"reachable": True, "error": None}
@@ -125,6 +128,16 @@ def _next(doc: dict[str, Any], decision: Decision) -> dict[str, Any]:
                 "reason": decision.status.value}
     assert isinstance(decision, Idle)
     return {"action": "none", "step": None, "attempt": None, "at": None, "reason": decision.reason}
+
+
+def _concurrency(client: Any, doc: dict[str, Any], decision: Decision, now: int) -> dict[str, Any] | None:
+    if not isinstance(decision, Claim):
+        return None
+    limit = doc["definition"]["steps"][decision.step].get("max_concurrency")
+    if not limit:
+        return None
+    held = slots.holders(client, doc["workflow"], doc["steps"][decision.step]["name"], now)
+    return {"limit": limit, "held": held, "waiting_for_slot": held >= limit}
 
 
 def _lease(doc: dict[str, Any], now: int) -> dict[str, Any] | None:

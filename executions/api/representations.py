@@ -248,6 +248,12 @@ class Repair(serializers.Serializer):
     detail = serializers.CharField()
 
 
+class Concurrency(serializers.Serializer):
+    limit = serializers.IntegerField()
+    held = serializers.IntegerField(help_text="Live attempts of the step holding a slot now.")
+    waiting_for_slot = serializers.BooleanField()
+
+
 class Diagnosis(serializers.Serializer):
     execution_id = serializers.CharField()
     status = serializers.ChoiceField(choices=[s.value for s in ExecutionStatus])
@@ -260,6 +266,7 @@ class Diagnosis(serializers.Serializer):
     lock = Lock(allow_null=True, help_text="The execution's Redis lock; null when Redis is unreachable.")
     messages = Messages(allow_null=True, help_text="Null when Redis is unreachable.")
     redis = Reachability()
+    concurrency = Concurrency(allow_null=True, help_text="Null unless the next step has max_concurrency.")
     stuck = serializers.BooleanField()
     repair = Repair()
 

@@ -48,3 +48,20 @@ def test_max_concurrency__unlimited_steps_do_overlap(eight_threads: Any, define:
     ids = [operations.start("free", {"sleep_s": 0.2})[0]["_id"] for _ in range(8)]
     wait_terminal(*ids, timeout=60)
     assert _most_at_once(WINDOWS) > 1
+
+
+def test_diagnosis__shows_a_step_waiting_for_a_concurrency_slot(redis_client: Any, define: Any) -> None:
+    from executions import slots
+    from executions.diagnosis import diagnose
+    from executions.store import now_ms
+
+    define("gated", [{"handler": "test.echo", "max_concurrency": 1}])
+    execution_id = operations.start("gated", {})[0]["_id"]
+    holder = slots.StepSlot(redis_client, "gated", "s1", limit=1, ttl_ms=60_000)
+    assert holder.acquire(now_ms())
+
+    found = diagnose(execution_id).as_dict()
+    assert found["next"]["action"] == "claim"
+    assert found["concurrency"] == {"limit": 1, "held": 1, "waiting_for_slot": True}
+    holder.release()
+    assert diagnose(execution_id).as_dict()["concurrency"]["waiting_for_slot"] is False
