@@ -203,3 +203,20 @@ def test_auto__a_failed_execution_gets_its_post_mortem_from_the_actor_and_a_usua
     version = wait_for(rewritten, what="the post-mortem of the second failure")
     retried = the_event(store.load(bad) or {}, "retried")["seq"]
     assert retried in cited(version)
+
+
+def test_auto__a_cancel_with_a_running_attempt_is_written_up_once_the_attempt_ended(
+    worker: Any, define: Any, settings: Any
+) -> None:
+    settings.DETFLOW = {**settings.DETFLOW, "INSIGHTS_AUTO": "true"}
+    define("slow", [{"handler": "test.sleep", "timeout_s": 10}, {"handler": "test.echo"}])
+    doc, _ = operations.start("slow", {"sleep_s": 0.8})
+    wait_for(lambda: (store.load(doc["_id"]) or {})["steps"][0]["status"] == "RUNNING", what="a claim")
+    operations.cancel(doc["_id"], by="alice", reason="not needed")
+
+    record = wait_for(lambda: service.find(doc["_id"]), timeout=20, what="the post-mortem")
+
+    [final] = wait_terminal(doc["_id"])
+    assert record["execution_version"] == final["version"]
+    assert "The running attempt of 's1' ended succeeded after the cancel." in record["root_cause"]
+    assert record["facts"]["running"] == []
