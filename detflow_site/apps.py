@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.contrib.admin.apps import AdminConfig as DjangoAdminConfig
 
 
 class DetflowSiteConfig(AppConfig):
@@ -15,3 +16,10 @@ class DetflowSiteConfig(AppConfig):
         # wrong instead of a connection error hiding it.
         if not conf.problems():
             services.connect_mongo()
+
+
+class AdminConfig(DjangoAdminConfig):
+    """Django's admin with detflow's site, which also serves mongoengine documents
+    (``detflow_site.docadmin``)."""
+
+    default_site = "detflow_site.docadmin.DocumentAdminSite"

@@ -32,7 +32,7 @@ if not DEBUG:
 
 INSTALLED_APPS = [
     "detflow_site.apps.DetflowSiteConfig",
-    "django.contrib.admin",
+    "detflow_site.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
