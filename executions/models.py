@@ -54,6 +54,11 @@ class Execution(me.Document):
             # A step baseline reads the newest SUCCEEDED executions of one workflow version.
             ["workflow", "workflow_version", "status", "-created_at", "-id"],
             {"fields": ["failed_step", "-created_at", "-id"], "sparse": True},
+            # The admin's list: failures of one workflow at one step, and search by idempotency key.
+            {"fields": ["workflow", "failed_step", "-created_at", "-id"],
+             "partialFilterExpression": {"failed_step": {"$type": "string"}}},
+            {"fields": ["idempotency_key", "-created_at", "-id"],
+             "partialFilterExpression": {"idempotency_key": {"$type": "string"}}},
             {
                 "fields": ["workflow", "idempotency_key"],
                 "unique": True,

@@ -32,7 +32,8 @@ def roles_of(user: Any) -> frozenset[str]:
 
 
 def grant(username: str, role: str, new_token: bool = False) -> str:
-    """Give ``username`` (created without a password if missing) exactly ``role``; return its API token.
+    """Give ``username`` (created without a password if missing) exactly ``role``, and the admin
+    console with it; return its API token.
 
     The token is kept unless ``new_token``, which replaces it (the old one stops working).
     """
@@ -54,7 +55,9 @@ def grant(username: str, role: str, new_token: bool = False) -> str:
     user, created = users.objects.get_or_create(username=username)
     if created:
         user.set_unusable_password()
-        user.save()
+    # A role also opens the admin console (Django's admin lets staff users in).
+    user.is_staff = True
+    user.save()
     user.groups.remove(*Group.objects.filter(name__in=ROLES).exclude(name=role))
     user.groups.add(Group.objects.get(name=role))
     if new_token:

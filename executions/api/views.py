@@ -237,11 +237,8 @@ class ActionView(APIView):
             result = operations.cancel(execution_id, by, data["reason"], dry_run=data["dry_run"])
         elif action == "retry":
             edited = {"input": data["input"]} if "input" in data else {}
-            if isinstance(edited.get("input"), dict) and "path" in edited["input"]:
-                failed = (store.load(execution_id) or {}).get("steps", [])
-                if any(s["status"] == "FAILED" and s["handler"] == RECEIVE for s in failed):
-                    raise FieldError("input.path", f"{RECEIVE} would read this path on the server; "
-                                     "send the file as content_b64", "forbidden")
+            if edited:
+                refuse_server_path(execution_id, edited["input"])
             result = operations.retry(execution_id, by, data["reason"], dry_run=data["dry_run"], **edited)
         else:
             result = operations.skip(execution_id, by, data["reason"], output=data["output"],
@@ -252,6 +249,15 @@ class ActionView(APIView):
             "changes": {k: {"before": old, "after": new} for k, (old, new) in result.changes.items()},
             "event": result.event, "execution": doc,
         }).data)
+
+
+def refuse_server_path(execution_id: str, edited: Any) -> None:
+    """Refuse a retry's edited input that points ``files.receive`` at a path on the server."""
+    if isinstance(edited, dict) and "path" in edited:
+        failed = (store.load(execution_id) or {}).get("steps", [])
+        if any(s["status"] == "FAILED" and s["handler"] == RECEIVE for s in failed):
+            raise FieldError("input.path", f"{RECEIVE} would read this path on the server; "
+                             "send the file as content_b64", "forbidden")
 
 
 class CancelView(ActionView):

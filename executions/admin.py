@@ -1,0 +1,297 @@
+"""The admin console of executions and workflows, on detflow's document admin glue.
+
+Viewers and operators (``executions.roles``) read every page; operators also cancel, retry and
+skip, each with a reason, a dry-run preview and a confirmation. The actions are the API's own
+services (``executions.operations``), so they record the same events.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.loader import render_to_string
+from django.urls import URLPattern, URLResolver, path
+from django.utils.safestring import SafeString
+
+from detflow_site import docadmin
+from executions import diagnosis, operations, store
+from executions.api.views import refuse_server_path
+from executions.console import aggregates, listing, timeline
+from executions.engine import ExecutionStatus, StepStatus
+from executions.errors import InvalidArgument
+from executions.roles import OPERATORS, VIEWERS, roles_of
+from executions.store import now_ms, to_dt, to_ms
+from workflows import definitions
+from workflows.errors import DetflowError, WorkflowNotFound
+
+#: The operator actions, what each asks for, and the statuses it applies to.
+ACTIONS = {
+    "cancel": {"label": "Cancel", "statuses": ("PENDING", "RUNNING")},
+    "retry": {"label": "Retry", "statuses": ("FAILED",)},
+    "skip": {"label": "Skip the failed step", "statuses": ("FAILED",)},
+}
+
+
+class RoleAdmin(docadmin.DocumentAdmin):
+    """Pages for the ``viewers`` and ``operators`` roles."""
+
+    def has_view_permission(self, request: HttpRequest) -> bool:
+        return bool(roles_of(request.user) & {VIEWERS, OPERATORS})
+
+    def has_action_permission(self, request: HttpRequest) -> bool:
+        return OPERATORS in roles_of(request.user)
+
+
+@docadmin.register
+class ExecutionAdmin(RoleAdmin):
+    app_label = "executions"
+    name = "execution"
+    verbose_name_plural = "Executions"
+
+    def get_urls(self) -> list[URLPattern | URLResolver]:
+        return [
+            path("", self.view(self.list_view), name=self.route("list")),
+            path("<str:execution_id>/", self.view(self.detail_view), name=self.route("detail")),
+            path("<str:execution_id>/<str:action>/", self.view(self.action_view, action=True),
+                 name=self.route("action")),
+        ]
+
+    def dashboard_panel(self, request: HttpRequest) -> SafeString:
+        data = aggregates.dashboard()
+        since = data["since"].isoformat(timespec="seconds") + "Z"
+        return render_to_string("admin/executions/dashboard.html", {
+            "data": data, "list_url": self.url("list"), "since": since,
+            "statuses": [(s, n) for s, n in data["by_status"].items()],
+        }, request=request)
+
+    def list_view(self, request: HttpRequest) -> HttpResponse:
+        params = {k: v for k, v in request.GET.items() if v != ""}
+
+        def query_string(**changes: Any) -> str:
+            found = request.GET.copy()
+            for key, value in changes.items():
+                found.pop(key, None)
+                if value is not None:
+                    found[key] = value
+            return found.urlencode()
+
+        error = None
+        try:
+            page = listing.page(params, query_string)
+        except InvalidArgument as exc:
+            page, error = listing.Page([]), str(exc)
+        now = now_ms()
+        rows = [{**row, "duration_ms": _duration(row, now)} for row in page.rows]
+        workflow = params.get("workflow")
+        return self.render(request, "admin/executions/execution_list.html", {
+            "title": "Executions", "rows": rows, "page": page, "error": error, "params": params,
+            "next_url": f"?{page.next_query}" if page.next_query else None,
+            "first_url": f"?{query_string(cursor=None)}" if "cursor" in params else None,
+            "filters": _filters(params, query_string, workflow),
+            "ordering": params.get("ordering", "-created_at"),
+            "sort_url": "?" + query_string(cursor=None, ordering="created_at"
+                                           if params.get("ordering", "-created_at") == "-created_at"
+                                           else "-created_at"),
+        })
+
+    def detail_view(self, request: HttpRequest, execution_id: str) -> HttpResponse:
+        doc = store.load(execution_id)
+        if doc is None:
+            raise Http404(f"execution {execution_id} does not exist")
+        now = now_ms()
+        found = diagnosis.diagnose(execution_id, now)
+        return self.render(request, "admin/executions/execution_detail.html", {
+            "title": f"Execution {execution_id}", "doc": doc, "input": _pretty(doc["input_json"]),
+            "duration_ms": _duration(doc, now), "created_by": (doc["events"] or [{}])[0].get("by"),
+            "steps": [_step(step, spec, now) for step, spec in zip(doc["steps"], doc["definition"]["steps"],
+                                                                   strict=True)],
+            "events": [_event(e) for e in doc["events"]], "timeline": timeline.svg(doc, now),
+            "diagnosis": found, "panels": self.panels(request, doc),
+            "actions": [(name, a["label"]) for name, a in ACTIONS.items() if doc["status"] in a["statuses"]],
+            "workflow_url": _workflow_url(self, doc["workflow"]),
+        })
+
+    def action_view(self, request: HttpRequest, execution_id: str, action: str) -> HttpResponse:
+        if action not in ACTIONS:
+            raise Http404(f"no action {action!r}")
+        doc = store.load(execution_id)
+        if doc is None:
+            raise Http404(f"execution {execution_id} does not exist")
+        form = {"reason": "", "input": "", "output": "null"}
+        context: dict[str, Any] = {"title": f"{ACTIONS[action]['label']}: execution {execution_id}",
+                                   "doc": doc, "action": action, "label": ACTIONS[action]["label"],
+                                   "detail_url": self.url("detail", execution_id),
+                                   "current_input": _pretty(_failed_input(doc))}
+        if request.method == "POST":
+            form = {k: request.POST.get(k, "") for k in form}
+            confirm = request.POST.get("stage") == "confirm"
+            try:
+                result = _perform(action, execution_id, request.user.get_username(), form,
+                                  dry_run=not confirm)
+            except DetflowError as exc:
+                context.update(form=form, error=str(exc))
+                return self.render(request, "admin/executions/action.html", context, status=400)
+            if confirm:
+                event = ", ".join(f"{k}={v}" for k, v in result.event.items() if k != "input_diff_json")
+                messages.success(request, f"{ACTIONS[action]['label']} done; recorded: {event}")
+                return HttpResponseRedirect(self.url("detail", execution_id))
+            context.update(form=form, preview=result, changes=sorted(result.changes.items()))
+            return self.render(request, "admin/executions/action.html", context)
+        context["form"] = form
+        return self.render(request, "admin/executions/action.html", context)
+
+
+def _perform(action: str, execution_id: str, by: str, form: dict[str, str], dry_run: bool) -> Any:
+    reason = form["reason"].strip()
+    if action == "cancel":
+        return operations.cancel(execution_id, by, reason, dry_run=dry_run)
+    if action == "retry":
+        edited = {}
+        if form["input"].strip():
+            edited["input"] = _json_field(form["input"], "input")
+            refuse_server_path(execution_id, edited["input"])
+        return operations.retry(execution_id, by, reason, dry_run=dry_run, **edited)
+    return operations.skip(execution_id, by, reason, output=_json_field(form["output"] or "null", "output"),
+                           dry_run=dry_run)
+
+
+def _json_field(text: str, name: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(name, f"is not JSON: {exc}") from None
+
+
+def _failed_input(doc: dict[str, Any]) -> str:
+    failed: dict[str, Any] = next((s for s in doc["steps"] if s["status"] == StepStatus.FAILED), {})
+    return str(failed.get("input_json") or doc["input_json"])
+
+
+def _pretty(text: str | None) -> str:
+    if text is None:
+        return ""
+    return json.dumps(json.loads(text), indent=2, ensure_ascii=False, sort_keys=True)
+
+
+def _duration(doc: dict[str, Any], now: int) -> int:
+    end = to_ms(doc.get("finished_at")) or now
+    return end - (to_ms(doc["created_at"]) or end)
+
+
+def _step(step: dict[str, Any], spec: dict[str, Any], now: int) -> dict[str, Any]:
+    attempts = [{**a, "duration_ms": a.get("duration_ms") if a.get("duration_ms") is not None
+                 else _span(a.get("started_at"), a.get("ended_at"))} for a in step.get("attempts") or []]
+    current = step.get("current")
+    if current:
+        attempts.append({**current, "outcome": "running", "duration_ms": _span(current.get("started_at"),
+                                                                                 to_dt(now))})
+    return {**step, "spec": spec, "attempts": attempts, "output": _pretty(step.get("output_json")),
+            "own_input": _pretty(step.get("input_json"))}
+
+
+def _span(start: dt.datetime | None, end: dt.datetime | None) -> int | None:
+    if start is None or end is None:
+        return None
+    return (to_ms(end) or 0) - (to_ms(start) or 0)
+
+
+#: Event fields shown in their own columns rather than among the details.
+_EVENT_COLUMNS = ("seq", "at", "type", "step", "step_index", "attempt")
+
+
+def _event(event: dict[str, Any]) -> dict[str, Any]:
+    details = []
+    for key, value in event.items():
+        if key in _EVENT_COLUMNS:
+            continue
+        if isinstance(value, dt.datetime):
+            value = value.isoformat(timespec="milliseconds") + "Z"
+        elif key.endswith("_json") and isinstance(value, str):
+            value = value if value != "[]" else None
+        if value is not None:
+            details.append((key, value))
+    return {**event, "details": details}
+
+
+def _filters(params: dict[str, str], query_string: Any, workflow: str | None) -> list[dict[str, Any]]:
+    """Return the sidebar: each filter's choices as links (each keeps the list on an index)."""
+
+    def choices(key: str, values: list[tuple[str, str]], **also: Any) -> list[dict[str, Any]]:
+        clear = {key: None, "cursor": None, **also}
+        return ([{"label": "All", "url": "?" + query_string(**clear), "selected": key not in params}]
+                + [{"label": label, "url": "?" + query_string(**{**clear, key: value}),
+                    "selected": params.get(key) == value} for value, label in values])
+
+    names = [d.name for d in definitions.latest_versions()]
+    found = [
+        {"title": "status", "choices": choices("status", [(s.value, s.value) for s in ExecutionStatus],
+                                               failed_step=None)},
+        {"title": "workflow", "choices": choices("workflow", [(n, n) for n in names], version=None,
+                                                 failed_step=None)},
+    ]
+    if workflow:
+        stored = definitions.versions(workflow)
+        found.append({"title": "version", "choices": choices(
+            "version", [(str(d.version), f"v{d.version}") for d in stored], failed_step=None)})
+        steps = sorted({s["name"] for d in stored for s in d.steps})
+        found.append({"title": "failed step", "choices": choices(
+            "failed_step", [(s, s) for s in steps], status=None, version=None)})
+    now = to_dt(now_ms())
+    assert now is not None
+    windows = [("last hour", dt.timedelta(hours=1)), ("last 24 hours", dt.timedelta(days=1)),
+               ("last 7 days", dt.timedelta(days=7))]
+    started = choices("created_after", [((now - delta).isoformat(timespec="seconds") + "Z", label)
+                                        for label, delta in windows], created_before=None)
+    for choice in started[1:]:
+        choice["selected"] = False  # the windows move with the clock: none stays selected
+    found.append({"title": "started", "choices": started})
+    return found
+
+
+def _workflow_url(admin: docadmin.DocumentAdmin, name: str) -> str:
+    return admin.site.document("workflows.workflow").url("detail", name)
+
+
+@docadmin.register
+class WorkflowAdmin(RoleAdmin):
+    """Definitions and their versions, with the statistics of each version's executions."""
+
+    app_label = "workflows"
+    name = "workflow"
+    verbose_name_plural = "Workflows"
+
+    def get_urls(self) -> list[URLPattern | URLResolver]:
+        return [
+            path("", self.view(self.list_view), name=self.route("list")),
+            path("<str:name>/", self.view(self.detail_view), name=self.route("detail")),
+        ]
+
+    def list_view(self, request: HttpRequest) -> HttpResponse:
+        return self.render(request, "admin/executions/workflow_list.html", {
+            "title": "Workflows", "workflows": definitions.latest_versions(),
+            "executions_url": self.site.document("executions.execution").url("list"),
+        })
+
+    def detail_view(self, request: HttpRequest, name: str) -> HttpResponse:
+        try:
+            stored = definitions.versions(name)[: aggregates.VERSIONS_SHOWN]
+        except WorkflowNotFound:
+            stored = []
+        if not stored:
+            raise Http404(f"workflow {name} is not registered")
+        stats = {s["version"]: s for s in aggregates.version_stats(name)}
+        executions = self.site.document("executions.execution")
+        versions = []
+        for d in stored:
+            steps = [{**s, "worst_case_s": aggregates.worst_case_s(s)} for s in d.steps]
+            query = urlencode({"workflow": name, "version": d.version})
+            versions.append({"stored": d, "steps": steps, "stats": stats.get(d.version),
+                             "worst_case_s": sum(s["worst_case_s"] for s in steps),
+                             "executions_url": executions.url("list", query=query)})
+        return self.render(request, "admin/executions/workflow_detail.html", {
+            "title": f"Workflow {name}", "name": name, "versions": versions,
+        })

@@ -1,0 +1,1 @@
+"""The admin console of executions and workflows: queries, aggregates and pictures."""

@@ -1,0 +1,91 @@
+"""The timeline of an execution as an SVG drawn on the server.
+
+One row per step, one bar per recorded attempt from its start to its end (the running one to now),
+coloured by outcome; a dashed line from a failed attempt to the next one is the retry wait (to
+``next_retry_at`` while the step waits). Every text in it is escaped.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+from executions.store import to_ms
+
+WIDTH = 900
+LABEL_W = 170
+ROW_H = 26
+BAR_H = 14
+TOP = 22
+#: Bar colour by attempt outcome.
+COLOURS = {"succeeded": "#2e7d32", "failed": "#c62828", "timed_out": "#ef6c00", "lost": "#757575",
+           "running": "#1565c0"}
+
+
+def svg(doc: dict[str, Any], now: int) -> SafeString:
+    """Return the timeline of stored execution ``doc`` at ``now`` (milliseconds)."""
+    start = to_ms(doc["created_at"]) or 0
+    end = to_ms(doc.get("finished_at")) or now
+    rows = [_bars(step, now) for step in doc["steps"]]
+    for bars, waits in rows:
+        end = max([end] + [bar["end"] for bar in bars] + [until for _, until in waits])
+    span = max(end - start, 1)
+    scale = (WIDTH - LABEL_W - 10) / span
+
+    def x(ms: int) -> float:
+        return round(LABEL_W + (ms - start) * scale, 1)
+
+    height = TOP + ROW_H * len(rows) + 6
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="detflow-timeline" width="{WIDTH}" '
+           f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
+           f'aria-label="timeline of execution {escape(doc["_id"])}">',
+           f'<text x="{LABEL_W}" y="14" font-size="11" fill="#666">0 s</text>',
+           f'<text x="{WIDTH - 10}" y="14" font-size="11" fill="#666" text-anchor="end">'
+           f'{span / 1000:.3f} s</text>']
+    for index, (step, (bars, waits)) in enumerate(zip(doc["steps"], rows, strict=True)):
+        y = TOP + index * ROW_H
+        mid = y + ROW_H / 2
+        label = f'{step["name"]} ({step["status"].lower()})'
+        out.append(f'<text x="4" y="{mid + 4}" font-size="12" class="step-label">{escape(label)}</text>')
+        out.append(f'<line x1="{LABEL_W}" y1="{mid}" x2="{WIDTH - 10}" y2="{mid}" stroke="#eee"/>')
+        for wait_start, wait_end in waits:
+            out.append(f'<line class="wait" x1="{x(wait_start)}" y1="{mid}" x2="{x(wait_end)}" y2="{mid}" '
+                       f'stroke="#999" stroke-width="2" stroke-dasharray="4 3">'
+                       f'<title>retry wait {(wait_end - wait_start) / 1000:.3f} s</title></line>')
+        for bar in bars:
+            left, right = x(bar["start"]), x(bar["end"])
+            title = (f'{step["name"]} attempt {bar["n"]}: {bar["outcome"]}, '
+                     f'{(bar["end"] - bar["start"]) / 1000:.3f} s on {bar["worker"]}')
+            if bar["error"]:
+                title += f' - {bar["error"]}'
+            out.append(f'<rect class="attempt {escape(bar["outcome"])}" x="{left}" y="{mid - BAR_H / 2}" '
+                       f'width="{max(right - left, 2)}" height="{BAR_H}" rx="2" '
+                       f'fill="{COLOURS.get(bar["outcome"], "#555")}"><title>{escape(title)}</title></rect>')
+    out.append("</svg>")
+    return mark_safe("".join(out))  # every text in it is escaped above
+
+
+def _bars(step: dict[str, Any], now: int) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+    bars = []
+    for record in step.get("attempts") or []:
+        started = to_ms(record.get("started_at"))
+        if started is None:
+            continue
+        ended = to_ms(record.get("ended_at")) or started
+        error = f'{record.get("error_type")}: {record.get("message")}' if record.get("error_type") else ""
+        bars.append({"n": record.get("n"), "start": started, "end": ended,
+                     "outcome": str(record.get("outcome") or "unknown"),
+                     "worker": record.get("worker"), "error": error[:200]})
+    current = step.get("current")
+    if current and current.get("started_at") is not None:
+        started = to_ms(current["started_at"]) or now
+        bars.append({"n": current.get("n"), "start": started, "end": max(now, started),
+                     "outcome": "running", "worker": current.get("worker"), "error": ""})
+    waits = [(a["end"], b["start"]) for a, b in itertools.pairwise(bars)
+             if a["outcome"] != "succeeded" and b["start"] > a["end"]]
+    retry_at = to_ms(step.get("next_retry_at"))
+    if step.get("status") == "RETRY_WAIT" and bars and retry_at is not None:
+        waits.append((bars[-1]["end"], max(retry_at, bars[-1]["end"])))
+    return bars, waits

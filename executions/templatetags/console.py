@@ -1,0 +1,67 @@
+"""Template filters of the admin console: times in UTC, durations, status badges."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django import template
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+register = template.Library()
+
+#: Badge colour by execution, step or attempt status.
+BADGES = {"PENDING": "#6d6d6d", "RUNNING": "#1565c0", "RETRY_WAIT": "#ef6c00", "SUCCEEDED": "#2e7d32",
+          "FAILED": "#c62828", "SKIPPED": "#8e24aa", "CANCELLED": "#455a64"}
+
+
+@register.filter
+def utc(value: Any) -> str:
+    """Show a stored (naive UTC) time as ISO 8601 with ``Z``, to the millisecond."""
+    if not isinstance(value, dt.datetime):
+        return "" if value is None else str(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value.isoformat(sep=" ", timespec="milliseconds") + "Z"
+
+
+@register.filter
+def ms(value: Any) -> str:
+    """Show milliseconds as a duration: ``850 ms``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min``."""
+    if value is None or value == "":
+        return ""
+    value = int(value)
+    if value < 1000:
+        return f"{value} ms"
+    if value < 60_000:
+        return f"{value / 1000:.1f} s"
+    minutes, seconds = divmod(value // 1000, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+@register.filter
+def percent(value: Any) -> str:
+    return "" if value is None else f"{value * 100:.1f} %"
+
+
+@register.filter
+def badge(status: Any) -> SafeString:
+    """Show a status as a coloured badge."""
+    colour = BADGES.get(str(status).upper(), "#555")
+    return format_html('<span class="detflow-badge status-{}" style="background:{}">{}</span>',
+                       str(status).lower(), colour, status)
+
+
+@register.filter
+def capped(count: int, cap: int) -> str:
+    """Show a count that stopped at ``cap`` as ``cap+``."""
+    return f"{cap}+" if count >= cap else str(count)
+
+
+@register.filter
+def get_id(document: dict[str, Any]) -> Any:
+    """Return a stored document's ``_id`` (templates cannot name attributes starting with ``_``)."""
+    return document.get("_id")
