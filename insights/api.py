@@ -5,26 +5,31 @@ permission (viewers read, operators write) and error handler apply as to every o
 """
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from executions.api.permissions import HasRole
+from executions.api.representations import Error
 from insights import service
 from insights.postmortem import ACTIONS, CONFIDENCE
 from insights.representation import represent
 
+#: Why a GET may answer 409.
+NOT_FINISHED = ("The execution never finished (it is PENDING or RUNNING) and so has no post-mortem yet: "
+                "`not_finished`.")
+
 
 class Evidence(serializers.Serializer):
     event_seq = serializers.IntegerField(help_text="The event's seq in the execution's history.")
-    shows = serializers.CharField(help_text="What the event shows (plain text).")
+    shows = serializers.CharField(allow_blank=True, help_text="What the event shows (plain text).")
 
 
 class SuggestedAction(serializers.Serializer):
     action = serializers.ChoiceField(choices=ACTIONS)
-    detail = serializers.CharField(help_text="Plain text.")
+    detail = serializers.CharField(allow_blank=True, help_text="Plain text.")
     how = serializers.CharField(allow_null=True, help_text="The API call that takes the action.")
 
 
@@ -60,7 +65,8 @@ class Insight(serializers.Serializer):
 class InsightView(APIView):
     permission_classes = [HasRole]
 
-    @extend_schema(responses=Insight, operation_id="executions_insight_retrieve",
+    @extend_schema(responses={200: Insight, 409: OpenApiResponse(Error, description=NOT_FINISHED)},
+                   operation_id="executions_insight_retrieve",
                    summary="The post-mortem of a finished execution (written first if there is none)")
     def get(self, request: Request, execution_id: str) -> Response:
         record, current = service.shown(execution_id)

@@ -188,3 +188,15 @@ def test_demo__prints_and_reports_the_post_mortem_of_each_failed_execution(
         assert {a["action"] for a in postmortem_["suggested_actions"]} == {
             "retry_with_edited_input", "skip", "code_change"}
     assert all("postmortem" not in row for row in summary["executions"] if row["status"] != "FAILED")
+
+
+def test_api__a_get_before_the_execution_finished_is_a_documented_409(
+    define: Any, client: Callable[[str | None], APIClient]
+) -> None:
+    from executions.roles import VIEWERS
+
+    response = client(VIEWERS).get(API.format(_pending(define)))
+    schema = client(None).get("/api/v1/schema/", HTTP_ACCEPT="application/json").json()
+
+    assert response.status_code == 409 and response.json()["code"] == "not_finished"
+    assert "409" in schema["paths"]["/api/v1/executions/{execution_id}/insight/"]["get"]["responses"]
