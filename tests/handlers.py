@@ -118,3 +118,11 @@ def window(ctx: StepContext) -> dict[str, float]:
     with _guard:
         WINDOWS.append((ctx.idempotency_key, start, end))
     return {"start": start, "end": end}
+
+
+@step("test.fail_with")
+def fail_with(ctx: StepContext) -> None:
+    """Log ``input["message"]``, then fail for good with it as the error message."""
+    _note(ctx)
+    ctx.log.warning("about to fail: %s", ctx.input.get("message"))
+    raise PermanentError(str(ctx.input.get("message")))
