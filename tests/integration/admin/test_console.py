@@ -185,7 +185,7 @@ def test_skip_and_cancel__record_their_events(console_as: Callable[..., Client],
     operator.post(EXECUTIONS + f"{failed}/skip/", {"stage": "confirm", "reason": "not needed",
                                                    "output": '{"skipped": true}'})
     skipped = store.load(failed)
-    assert [e for e in skipped["events"] if e["type"] == "skipped"][0]["reason"] == "not needed"
+    assert next(e for e in skipped["events"] if e["type"] == "skipped")["reason"] == "not needed"
     assert skipped["steps"][0]["output_json"] == '{"skipped":true}'
     define("ok", [{"handler": "test.echo"}])
     pending, _ = operations.start("ok", {})
