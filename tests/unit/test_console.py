@@ -1,0 +1,76 @@
+"""The admin console's pure parts: the SVG timeline, worst cases and percentiles."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import pytest
+
+from executions.console.aggregates import percentile, worst_case_s
+from executions.console.timeline import svg
+from executions.store import to_ms
+
+T0 = dt.datetime(2025, 1, 1)
+
+
+def at(ms: int) -> dt.datetime:
+    return T0 + dt.timedelta(milliseconds=ms)
+
+
+def now(ms: int) -> int:
+    return to_ms(at(ms)) or 0
+
+
+def attempt(n: int, start: int, end: int, outcome: str, **extra: Any) -> dict[str, Any]:
+    return {"n": n, "worker": "w1", "started_at": at(start), "ended_at": at(end), "outcome": outcome, **extra}
+
+
+def execution(*steps: dict[str, Any], finished: int | None = None) -> dict[str, Any]:
+    return {"_id": "e1", "created_at": T0, "finished_at": None if finished is None else at(finished),
+            "steps": list(steps)}
+
+
+def test_timeline__draws_a_row_per_step_a_bar_per_attempt_and_the_retry_waits() -> None:
+    picture = svg(execution(
+        {"name": "a", "status": "SUCCEEDED", "attempts": [
+            attempt(1, 0, 100, "failed", error_type="E", message="no"), attempt(2, 300, 400, "succeeded")]},
+        {"name": "b", "status": "RUNNING", "attempts": [],
+         "current": {"n": 1, "worker": "w2", "started_at": at(450)}},
+        {"name": "c", "status": "PENDING", "attempts": []},
+    ), now=now(1000))
+    assert picture.count('class="step-label"') == 3
+    assert re.findall(r'class="attempt (\w+)"', picture) == ["failed", "succeeded", "running"]
+    assert picture.count('class="wait"') == 1
+    assert "1.000 s" in picture
+
+
+def test_timeline__shows_the_wait_until_a_scheduled_retry() -> None:
+    picture = svg(execution({"name": "a", "status": "RETRY_WAIT", "next_retry_at": at(2000),
+                             "attempts": [attempt(1, 0, 100, "failed")]}), now=now(500))
+    assert picture.count('class="wait"') == 1
+    assert "2.000 s" in picture  # the axis reaches the retry
+
+
+def test_timeline__escapes_every_text() -> None:
+    hostile = "<script>alert(1)</script>"
+    failed = attempt(1, 0, 10, "failed", error_type="E", message=hostile, worker=hostile)
+    stored = execution({"name": "a", "status": "FAILED", "attempts": [failed]}, finished=10)
+    picture = svg(stored, now=now(20))
+    assert "<script>" not in picture and "&lt;script&gt;" in picture
+
+
+@pytest.mark.parametrize(("retry", "timeout_s", "expected"), [
+    ({"max_attempts": 1, "initial_delay_s": 1, "multiplier": 2, "max_delay_s": 60, "jitter": 0.1}, 10, 10.0),
+    ({"max_attempts": 3, "initial_delay_s": 1, "multiplier": 2, "max_delay_s": 60, "jitter": 0.1}, 10, 33.0),
+    ({"max_attempts": 4, "initial_delay_s": 5, "multiplier": 10, "max_delay_s": 20, "jitter": 0.5}, 1, 49.0),
+])
+def test_worst_case__is_every_attempt_to_its_timeout_plus_the_longest_delays(
+    retry: dict[str, Any], timeout_s: float, expected: float,
+) -> None:
+    assert worst_case_s({"name": "s", "retry": retry, "timeout_s": timeout_s}) == pytest.approx(expected)
+
+
+def test_percentile__takes_the_nearest_rank() -> None:
+    values = list(range(1, 101))
+    assert (percentile(values, 0.5), percentile(values, 0.95), percentile([7], 0.95)) == (50, 95, 7)
