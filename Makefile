@@ -4,8 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install test lint unit integration reliability chaos demo check clean
+.PHONY: install test lint unit integration reliability chaos demo bench check clean
 
 install: $(STAMP)
 
@@ -36,6 +37,15 @@ chaos: install
 
 demo: install
 	$(BIN)/python manage.py demo
+
+# detflow against a raw Dramatiq chain and a Celery chain: bench/results.json, bench/results.png and
+# the goals table (about 7 minutes; BENCH_ARGS="--quick" for a smoke run). Not part of `make test`.
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 check: install
 	$(BIN)/python manage.py check

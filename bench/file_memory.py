@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1000 * 1000
@@ -93,6 +94,31 @@ def child(path: Path, storage: Path) -> dict[str, object]:
                              for s in current["steps"] if s.get("attempts")}}
 
 
+def measure(sizes: tuple[float, float], kind: str = "csv", bound: float = 64) -> dict[str, Any] | None:
+    """Run the workflow on a file of each size in a fresh child process; ``None`` if a child failed."""
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="detflow-bench-") as tmp:
+        for size_mb in sizes:
+            path = Path(tmp) / f"{size_mb:g}MB.{kind}"
+            write_file(path, int(size_mb * MB), kind)
+            storage = Path(tmp) / f"storage-{size_mb:g}"
+            # The embedded store and Redis: each child starts its own.
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("DETFLOW_MONGODB_URL", "DETFLOW_REDIS_URL")}
+            run = subprocess.run([sys.executable, __file__, "--child", str(path), str(storage)],
+                                 capture_output=True, text=True, env=env, cwd=ROOT)
+            if run.returncode != 0:
+                print(run.stderr, file=sys.stderr)
+                return None
+            outcome = json.loads(run.stdout.strip().splitlines()[-1])
+            results.append({"file_mb": round(path.stat().st_size / MB, 1), "kind": kind, **outcome})
+
+    small, large = results
+    growth = large["peak_rss_mb"] - small["peak_rss_mb"]
+    ok = growth < bound and all(r["status"] == "SUCCEEDED" for r in results)
+    return {"results": results, "growth_mb": round(growth, 1), "bound_mb": bound, "ok": ok}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,23 +133,10 @@ def main() -> int:
         print(json.dumps(child(Path(args.child[0]), Path(args.child[1]))))
         return 0
 
-    results = []
-    with tempfile.TemporaryDirectory(prefix="detflow-bench-") as tmp:
-        for size_mb in args.sizes:
-            path = Path(tmp) / f"{size_mb:g}MB.{args.kind}"
-            write_file(path, int(size_mb * MB), args.kind)
-            storage = Path(tmp) / f"storage-{size_mb:g}"
-            # The embedded store and Redis: each child starts its own.
-            env = {k: v for k, v in os.environ.items()
-                   if k not in ("DETFLOW_MONGODB_URL", "DETFLOW_REDIS_URL")}
-            run = subprocess.run([sys.executable, __file__, "--child", str(path), str(storage)],
-                                 capture_output=True, text=True, env=env, cwd=ROOT)
-            if run.returncode != 0:
-                print(run.stderr, file=sys.stderr)
-                return 1
-            outcome = json.loads(run.stdout.strip().splitlines()[-1])
-            results.append({"file_mb": round(path.stat().st_size / MB, 1), "kind": args.kind, **outcome})
-
+    report = measure(tuple(args.sizes), args.kind, args.bound)
+    if report is None:
+        return 1
+    results: list[dict[str, Any]] = report["results"]
     print(f"{'file':>10}  {'status':<9}  {'time':>7}  {'peak RSS':>9}  {'RSS before the run':>18}")
     for r in results:
         print(f"{r['file_mb']:>7.1f} MB  {r['status']:<9}  {r['seconds']:>6.1f}s  "
@@ -133,15 +146,14 @@ def main() -> int:
         steps = ", ".join(f"{name.split('.')[-1]} {sec:g}s" for name, sec in r["step_seconds"].items())
         print(f"  {r['file_mb']:g} MB steps: {steps}")
     small, large = results
-    growth = large["peak_rss_mb"] - small["peak_rss_mb"]
+    growth, ok = report["growth_mb"], report["ok"]
     ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
-    ok = growth < args.bound and all(r["status"] == "SUCCEEDED" for r in results)
     times = large["file_mb"] / small["file_mb"]
     print(f"peak RSS grows by {growth:+.1f} MB (x{ratio:.2f}) for a file {times:.0f} "
           f"times larger; the bound is {args.bound:g} MB: {'OK' if ok else 'FAILED'}")
     if args.save:
         target = ROOT / "bench" / "results.file_memory.json"
-        target.write_text(json.dumps({"results": results, "growth_mb": round(growth, 1), "ok": ok}, indent=2))
+        target.write_text(json.dumps(report, indent=2))
         print(f"saved {target.relative_to(ROOT)}")
     return 0 if ok else 1
 

@@ -1,0 +1,1 @@
+"""`make bench`: detflow against a raw Dramatiq chain and a Celery chain, measured side by side."""

@@ -1,0 +1,192 @@
+"""Cost per step attempt, counted and timed, and how it grows with the workflow and its history.
+
+Each execution is driven by calling ``runner.advance`` in this thread, exactly what a worker does
+for one message (lock, load, decide, claim, handler, outcome, release, send), one attempt per
+call and one execution at a time (the store then holds only the execution being driven, so the
+embedded store's scan of every document does not blur the picture). The messages the engine sends
+go to the real broker and are dropped afterwards. Every call is timed and split into the time spent
+in the store, in the engine's own Redis commands, in sending messages, and the rest (the engine's
+Python, the handler, the watchdog thread).
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+
+from bench import handlers, meters, stats
+
+#: Steps driven per configuration and repetition (executions = this // steps, at least 1).
+STEP_BUDGET = 200
+
+
+@dataclass(frozen=True)
+class Config:
+    """A workflow shape: ``steps`` measured no-op steps after ``flaky`` steps failing ``fail`` times."""
+
+    label: str
+    steps: int
+    flaky: int = 0
+    fail: int = 0
+    executions: int = 0
+
+    def count(self) -> int:
+        return self.executions or max(STEP_BUDGET // self.steps, 1)
+
+
+@dataclass
+class Drive:
+    """What one configuration's attempts cost in one repetition."""
+
+    config: Config
+    attempts: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    store_s: float = 0.0
+    redis_s: float = 0.0
+    send_s: float = 0.0
+    mongo: Counter[str] = field(default_factory=Counter)
+    mongo_bytes: int = 0
+    redis: Counter[str] = field(default_factory=Counter)
+    messages: Counter[str] = field(default_factory=Counter)
+    max_mongo: int = 0
+    max_redis: int = 0
+    start_mongo: Counter[str] = field(default_factory=Counter)
+    start_bytes: int = 0
+    doc_bytes_before: list[int] = field(default_factory=list)
+    doc_bytes_after: list[int] = field(default_factory=list)
+    events_before: list[int] = field(default_factory=list)
+
+    def per_attempt(self, total: float) -> float:
+        return total / self.attempts if self.attempts else float("nan")
+
+
+def _doc(execution_id: str) -> dict[str, Any]:
+    from executions import store
+
+    doc = store.load(execution_id)
+    assert doc is not None
+    return doc
+
+
+def drive(config: Config, meter: tuple[meters.StoreMeter, meters.RedisMeter, meters.MessageMeter]
+          ) -> Drive:
+    """Run the configuration's executions one by one; count and time their measured attempts."""
+    from detflow_site import services
+    from executions import operations, runner, store
+
+    store_meter = meter[0]
+    name = handlers.noop_workflow(config.steps, config.flaky)
+    result = Drive(config)
+    run = secrets.token_hex(6)
+    for _ in range(config.count()):
+        for m in meter:
+            m.tally.take()
+        execution_id = operations.start(name, {"run": run, "fail": config.fail})[0]["_id"]
+        start = store_meter.tally.take()
+        result.start_mongo += start.commands
+        result.start_bytes += start.bytes
+        for _ in range(config.flaky * (config.fail + 1)):  # the history: not measured
+            runner.advance(execution_id)
+        doc = _doc(execution_id)
+        if config.flaky:
+            flaky = doc["steps"][config.flaky - 1]
+            assert flaky["status"] == "SUCCEEDED" and flaky["attempt"] == config.fail + 1, flaky
+        result.doc_bytes_before.append(len(bson.encode(doc)))
+        result.events_before.append(len(doc["events"]))
+        for m in meter:
+            m.tally.take()
+        for _ in range(config.steps):
+            wall, cpu = time.perf_counter(), time.thread_time()
+            runner.advance(execution_id)
+            result.wall_s += time.perf_counter() - wall
+            result.cpu_s += time.thread_time() - cpu
+            mongo, redis, sent = (m.tally.take() for m in meter)
+            result.attempts += 1
+            result.store_s += mongo.seconds
+            result.redis_s += redis.seconds
+            result.send_s += sent.seconds
+            result.mongo += mongo.commands
+            result.mongo_bytes += mongo.bytes
+            result.redis += redis.commands
+            result.messages += sent.commands
+            result.max_mongo = max(result.max_mongo, mongo.total)
+            result.max_redis = max(result.max_redis, redis.total)
+        doc = _doc(execution_id)
+        if doc["status"] != "SUCCEEDED":
+            raise RuntimeError(f"{config.label}: execution {execution_id} is {doc['status']}")
+        result.doc_bytes_after.append(len(bson.encode(doc)))
+        store.collection().delete_many({})
+        services.redis_client().flushdb()
+        for m in meter:
+            m.tally.take()
+    return result
+
+
+def measure(
+    configs: Sequence[Config], repetitions: int, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """Drive every configuration once per repetition, interleaved; summarize each."""
+    from bench.throughput import reset
+
+    reset()
+    drives: dict[str, list[Drive]] = {c.label: [] for c in configs}
+    with meters.all_meters() as meter:
+        for rep in range(repetitions):
+            line = []
+            for config in configs:
+                d = drive(config, meter)
+                drives[config.label].append(d)
+                line.append(f"{config.label} {d.per_attempt(d.wall_s) * 1000:.2f}")
+            progress(f"cost rep {rep + 1}/{repetitions}, ms per step attempt: " + ", ".join(line))
+    return {label: summarize(ds) for label, ds in drives.items()}
+
+
+def summarize(ds: list[Drive]) -> dict[str, Any]:
+    config = ds[0].config
+    attempts = sum(d.attempts for d in ds)
+
+    def per(values: Counter[str]) -> dict[str, float]:
+        return {k: round(v / attempts, 3) for k, v in values.most_common()}
+
+    def ms(get: Callable[[Drive], float]) -> float | None:
+        return stats.rounded(stats.median([d.per_attempt(get(d)) * 1000 for d in ds]), 3)
+
+    mongo = sum((d.mongo for d in ds), Counter())
+    redis = sum((d.redis for d in ds), Counter())
+    messages = sum((d.messages for d in ds), Counter())
+    executions = sum(len(d.doc_bytes_after) for d in ds)
+    before = sum(sum(d.doc_bytes_before) for d in ds) / executions
+    after = sum(sum(d.doc_bytes_after) for d in ds) / executions
+    return {
+        "steps": config.steps, "flaky_steps": config.flaky, "retries_before": config.fail * config.flaky,
+        "events_before": round(sum(sum(d.events_before) for d in ds) / executions),
+        "executions_per_repetition": config.count(), "attempts_measured": attempts,
+        "wall_ms_per_attempt": ms(lambda d: d.wall_s),
+        "wall_ms_per_attempt_runs": [stats.rounded(d.per_attempt(d.wall_s) * 1000) for d in ds],
+        "cpu_ms_per_attempt": ms(lambda d: d.cpu_s),
+        "store_ms_per_attempt": ms(lambda d: d.store_s),
+        "engine_redis_ms_per_attempt": ms(lambda d: d.redis_s),
+        "send_ms_per_attempt": ms(lambda d: d.send_s),
+        "other_ms_per_attempt": ms(lambda d: d.wall_s - d.store_s - d.redis_s - d.send_s),
+        "mongodb_commands_per_attempt": round(mongo.total() / attempts, 3),
+        "mongodb_commands_max_per_attempt": max(d.max_mongo for d in ds),
+        "mongodb_commands": per(mongo),
+        "mongodb_bytes_written_per_attempt": round(sum(d.mongo_bytes for d in ds) / attempts),
+        "redis_commands_per_attempt": round(redis.total() / attempts, 3),
+        "redis_commands_max_per_attempt": max(d.max_redis for d in ds),
+        "redis_commands": per(redis),
+        "messages_per_attempt": round(messages.total() / attempts, 3),
+        "messages": per(messages),
+        "start": {"mongodb_commands": {k: round(v / executions, 2) for k, v in
+                                       sum((d.start_mongo for d in ds), Counter()).items()},
+                  "mongodb_bytes_written": round(sum(d.start_bytes for d in ds) / executions)},
+        "document_bytes_before": round(before),
+        "document_bytes_after": round(after),
+        "document_bytes_per_attempt": round((after - before) / config.steps),
+    }

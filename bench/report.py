@@ -1,0 +1,313 @@
+"""The goals, the table that marks each, the machine it ran on, and the plot."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import stats
+from bench.environment import ROOT
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One line of the issue's table: what is measured, its bound, and how to read it."""
+
+    key: str
+    text: str
+    bound: str
+    holds: Callable[[float], bool]
+    unit: str = ""
+
+
+GOALS = (
+    Goal("dramatiq_ratio", "detflow / raw Dramatiq steps per second", ">= 0.7", lambda v: v >= 0.7),
+    Goal("celery_ratio", "detflow / Celery chain steps per second", ">= 1.5", lambda v: v >= 1.5),
+    Goal("mongo_per_attempt", "MongoDB commands per step attempt (happy path)", "<= 3", lambda v: v <= 3),
+    Goal("redis_per_attempt", "Redis commands per step attempt, broker excluded", "<= 6", lambda v: v <= 6),
+    Goal("steps_100_vs_10", "per-step cost, 100-step vs 10-step workflow", "<= 1.5", lambda v: v <= 1.5),
+    Goal("rss_growth", "worker RSS from 1,000 to 10,000 executions, store excluded",
+         "flat (< 10% growth)", lambda v: v < 0.10, "%"),
+    Goal("file_peak", "peak RSS, 200 MB file vs 1 MB file", "< +64 MB", lambda v: v < 64, " MB"),
+)
+
+
+def machine() -> dict[str, Any]:
+    """Describe the machine and the code the bench ran on."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal"))
+        memory = f"{mem_kb / 1024 / 1024:.1f} GiB"
+    except (OSError, StopIteration):
+        memory = "unknown"
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {
+        "cpu": cpu or platform.processor() or "unknown", "cores": os.cpu_count(), "memory": memory,
+        "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    from detflow_site import services
+
+    found = {name: metadata.version(name) for name in
+             ("dramatiq", "celery", "kombu", "redis", "pymongo", "mongomock", "mongoengine")}
+    found["redis-server"] = services.redis_client().info("server").get("redis_version", "?")
+    return found
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return one row per goal: the measured value (``None`` when not measured) and whether it holds."""
+    measured: dict[str, tuple[float | None, str]] = {}
+    tp = results.get("throughput")
+    if tp:
+        main = tp["by_threads"][str(tp["main_threads"])]
+        measured["dramatiq_ratio"] = (main["ratios"].get("detflow/dramatiq"),
+                                      f"{main['detflow']['steps_per_s']:,.0f} vs "
+                                      f"{main['dramatiq']['steps_per_s']:,.0f} steps/s")
+        measured["celery_ratio"] = (main["ratios"].get("detflow/celery"),
+                                    f"{main['detflow']['steps_per_s']:,.0f} vs "
+                                    f"{main['celery']['steps_per_s']:,.0f} steps/s")
+    cost = results.get("cost")
+    if cost:
+        happy = cost["configs"]["10 steps"]
+        measured["mongo_per_attempt"] = (
+            happy["mongodb_commands_max_per_attempt"],
+            f"max per attempt; mean {happy['mongodb_commands_per_attempt']:g}")
+        measured["redis_per_attempt"] = (
+            happy["redis_commands_max_per_attempt"],
+            f"max per attempt; mean {happy['redis_commands_per_attempt']:g}")
+        growth = cost["growth"]["100 steps / 10 steps"]
+        measured["steps_100_vs_10"] = (
+            growth["wall"], f"time per attempt; store excluded x{growth['outside_store']:.2f}")
+    memory = results.get("memory")
+    if memory and memory.get("growth") is not None:
+        (first, rss_first), *_, (last, rss_last) = memory["rss_mb_at"].items()
+        measured["rss_growth"] = (memory["growth"], f"{rss_first} MB after {int(first):,} -> "
+                                                    f"{rss_last} MB after {int(last):,}")
+    files = results.get("file_memory")
+    if files:
+        small, large = files["results"]
+        measured["file_peak"] = (files["growth_mb"], f"{small['peak_rss_mb']} -> {large['peak_rss_mb']} MB")
+    rows = []
+    for goal in GOALS:
+        value, note = measured.get(goal.key, (None, "not measured"))
+        holds = None if value is None or (isinstance(value, float) and math.isnan(value)) \
+            else goal.holds(value)
+        rows.append({"goal": goal.text, "bound": goal.bound, "measured": value, "note": note,
+                     "holds": holds, "unit": goal.unit})
+    return rows
+
+
+def shown(row: dict[str, Any]) -> str:
+    value = row["measured"]
+    if value is None:
+        return "-"
+    if row["unit"] == "%":
+        return f"{value * 100:+.1f}%"
+    if row["unit"] == " MB":
+        return f"{value:+.1f} MB"
+    return f"{value:g}" if isinstance(value, int) else f"{value:.2f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Return the goals table as Markdown (what the README's Performance section shows)."""
+    lines = ["| goal | bound | measured | holds | |", "|---|---|---|---|---|"]
+    for row in rows:
+        mark = {True: "yes", False: "**no**", None: "-"}[row["holds"]]
+        lines.append(f"| {row['goal']} | {row['bound']} | {shown(row)} | {mark} | {row['note']} |")
+    return "\n".join(lines)
+
+
+def details(results: dict[str, Any]) -> str:
+    """Return the measured numbers behind the goals, as plain text."""
+    out = []
+    tp = results.get("throughput")
+    if tp:
+        out.append(f"throughput, steps/s ({tp['executions']} chains x {tp['steps']} no-op steps, "
+                   f"median of {tp['repetitions']}):")
+        out.append(f"  {'threads':>7}  {'detflow':>8}  {'dramatiq':>8}  {'celery':>8}  "
+                   f"{'d/dramatiq':>10}  {'d/celery':>8}  {'CPU ms/step d/dq/c':>22}")
+        names = ("detflow", "dramatiq", "celery")
+        for count, entry in tp["by_threads"].items():
+            cpu = "/".join(f"{entry[n]['cpu_ms_per_step']:.2f}" for n in names)
+            rates = "  ".join(f"{entry[n]['steps_per_s']:>8,.0f}" for n in names)
+            ratios = entry["ratios"]
+            out.append(f"  {count:>7}  {rates}  {ratios['detflow/dramatiq']:>10.2f}  "
+                       f"{ratios['detflow/celery']:>8.2f}  {cpu:>22}")
+        main = tp["by_threads"][str(tp["main_threads"])]
+        out.append(f"  Redis server commands per step at {tp['main_threads']} threads, every client and "
+                   "the commands inside scripts: "
+                   + ", ".join(f"{n} {main[n]['redis_commands_per_step']:.1f}" for n in names))
+    lat = results.get("latency")
+    if lat:
+        out.append(f"latency at low load, ms (one chain at a time, {lat['threads']} threads, "
+                   f"{lat['steps']}-step chains):")
+        rows = dict(lat["contenders"])
+        if "detflow_outcome_to_claim" in lat:
+            rows["detflow outcome->claim"] = lat["detflow_outcome_to_claim"]
+        for name, r in rows.items():
+            out.append(f"  {name:<23} p50 {r['p50_ms']:>7.2f}  p95 {r['p95_ms']:>7.2f}  "
+                       f"p99 {r['p99_ms']:>7.2f}  ({r['samples']} samples)")
+    cost = results.get("cost")
+    if cost:
+        out.append("cost per step attempt (one execution driven at a time; ms split: store / engine "
+                   "Redis / send / rest):")
+        for label, c in cost["configs"].items():
+            out.append(
+                f"  {label:<22} {c['wall_ms_per_attempt']:>7.2f} ms = {c['store_ms_per_attempt']:.2f} / "
+                f"{c['engine_redis_ms_per_attempt']:.2f} / {c['send_ms_per_attempt']:.2f} / "
+                f"{c['other_ms_per_attempt']:.2f};  MongoDB {c['mongodb_commands_per_attempt']:g} cmd "
+                f"{c['mongodb_bytes_written_per_attempt']:,} B written, "
+                f"Redis {c['redis_commands_per_attempt']:g}, messages {c['messages_per_attempt']:g}; "
+                f"document {c['document_bytes_after']:,} B")
+        for label, g in cost["growth"].items():
+            out.append(f"  growth {label}: x{g['wall']:.2f} per attempt (outside the store "
+                       f"x{g['outside_store']:.2f}, bytes written x{g['bytes_written']:.2f})")
+    mem = results.get("memory")
+    if mem:
+        out.append("memory: worker RSS after " + ", ".join(
+            f"{int(n):,}: {v:.1f} MB" for n, v in mem["rss_mb_at"].items())
+            + f"; the store, reported apart: {mem['store']['python_bytes_per_execution']:,} B per "
+              f"execution as Python objects ({mem['store']['bson_bytes_per_execution']:,} B BSON), "
+              f"{list(mem['store']['mb_if_kept'].values())[-1]} MB had all "
+              f"{mem['executions']:,} been kept")
+    files = results.get("file_memory")
+    if files:
+        out.append("file workflow, peak RSS: " + ", ".join(
+            f"{r['file_mb']:g} MB {r['kind']}: {r['peak_rss_mb']} MB ({r['seconds']} s)"
+            for r in files["results"]))
+    return "\n".join(out)
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Draw the four views (throughput, latency, cost per step, memory) into one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    colors = {"detflow": "tab:blue", "dramatiq": "tab:orange", "celery": "tab:green"}
+    store = results.get("store", "")
+    fig.suptitle(f"detflow bench on {results['machine']['cores']} cores, {store}", fontsize=11)
+
+    ax = axes[0][0]
+    tp = results.get("throughput")
+    if tp:
+        threads = [int(t) for t in tp["by_threads"]]
+        for name, color in colors.items():
+            ax.plot(threads, [tp["by_threads"][str(t)][name]["steps_per_s"] for t in threads],
+                    marker="o", color=color, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(threads, [str(t) for t in threads])
+        ax.set_xlabel("worker threads")
+        ax.set_ylabel("steps per second (median)")
+        ax.set_title(f"Throughput: {tp['executions']} chains x {tp['steps']} no-op steps")
+        ax.legend()
+        ax.grid(alpha=0.3)
+
+    ax = axes[0][1]
+    lat = results.get("latency")
+    if lat:
+        rows = dict(lat["contenders"])
+        if "detflow_outcome_to_claim" in lat:
+            rows["detflow\noutcome->claim"] = lat["detflow_outcome_to_claim"]
+        names = list(rows)
+        width = 0.25
+        for k, q in enumerate(("p50", "p95", "p99")):
+            ax.bar([i + (k - 1) * width for i in range(len(names))],
+                   [rows[n][f"{q}_ms"] for n in names], width, label=q)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel("ms, step end to next step start")
+        ax.set_title("Latency at low load (one chain in flight)")
+        ax.legend()
+        ax.grid(alpha=0.3, axis="y")
+
+    ax = axes[1][0]
+    cost = results.get("cost")
+    if cost:
+        labels = list(cost["configs"])
+        parts = (("store_ms_per_attempt", "store (MongoDB)"), ("engine_redis_ms_per_attempt", "engine Redis"),
+                 ("send_ms_per_attempt", "message send"), ("other_ms_per_attempt", "engine Python, handler"))
+        bottom = [0.0] * len(labels)
+        for key, text in parts:
+            values = [max(cost["configs"][label][key] or 0, 0) for label in labels]
+            ax.bar(range(len(labels)), values, bottom=bottom, label=text)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        ax.set_xticks(range(len(labels)), [label.replace(", ", ",\n") for label in labels], fontsize=8)
+        ax.set_ylabel("ms per step attempt")
+        ax.set_title("detflow cost per step attempt, by workflow length and history")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+
+    ax = axes[1][1]
+    mem = results.get("memory")
+    if mem:
+        xs = [row["executions"] for row in mem["series"]]
+        ax.plot(xs, [row["rss_mb"] for row in mem["series"]], color="tab:blue",
+                label="worker RSS (store deleted after each batch)")
+        each = (mem["store"]["python_bytes_per_execution"] or 0) / 1e6
+        ax.plot(xs, [x * each for x in xs], color="tab:gray", linestyle="--",
+                label="embedded store, had it been kept")
+        files = results.get("file_memory")
+        if files:
+            small, large = files["results"]
+            ax.axhline(large["peak_rss_mb"], color="tab:red", linestyle=":",
+                       label=f"file workflow, peak RSS of its own process: {large['file_mb']:g} MB "
+                             f"file {large['peak_rss_mb']} MB, {small['file_mb']:g} MB file "
+                             f"{small['peak_rss_mb']} MB")
+        ax.set_xlabel("executions run")
+        ax.set_ylabel("MB")
+        ax.set_title("Memory")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def growth_ratios(configs: dict[str, Any], a: str, b: str) -> dict[str, float | None]:
+    """Ratios of configuration ``a``'s per-attempt cost to ``b``'s (time paired per repetition)."""
+    ca, cb = configs[a], configs[b]
+
+    def outside(c: dict[str, Any]) -> float:
+        return c["wall_ms_per_attempt"] - c["store_ms_per_attempt"]
+
+    return {
+        "wall": stats.rounded(stats.paired_ratio(ca["wall_ms_per_attempt_runs"],
+                                                 cb["wall_ms_per_attempt_runs"])),
+        "outside_store": stats.rounded(outside(ca) / outside(cb)),
+        "store": stats.rounded(ca["store_ms_per_attempt"] / cb["store_ms_per_attempt"]),
+        "bytes_written": stats.rounded(ca["mongodb_bytes_written_per_attempt"]
+                                       / cb["mongodb_bytes_written_per_attempt"]),
+        "document_bytes": stats.rounded(ca["document_bytes_after"] / cb["document_bytes_after"]),
+    }

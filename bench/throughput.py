@@ -1,0 +1,138 @@
+"""Throughput: E chains of S no-op steps on T worker threads, each contender in turn (A B C A B C ...).
+
+A run starts the contender's workers, then times from the first launch to the last chain's end
+(launching is inside the window for everyone), then stops the workers: only one contender's
+workers run at a time. Between runs the Redis database and the stored executions are emptied.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import handlers, meters, stats
+from bench.contenders import Contender
+
+#: Longest a run may take before the bench gives up on it, in seconds.
+RUN_TIMEOUT_S = 300.0
+
+
+@dataclass
+class Run:
+    """One timed run of one contender."""
+
+    contender: str
+    threads: int
+    executions: int
+    steps: int
+    seconds: float
+    #: CPU seconds of this whole process (every thread) during the run; Redis's own is not included.
+    cpu_seconds: float
+    #: Commands the Redis server ran during the run, every client (broker included).
+    redis_commands: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.executions * self.steps / self.seconds
+
+
+def reset() -> None:
+    """Empty the Redis database and the stored executions (between runs, workers stopped)."""
+    from detflow_site import services
+    from executions import store
+
+    services.redis_client().flushdb()
+    store.collection().delete_many({})
+    handlers.MARKS.clear()
+
+
+def timed(contender: Contender, threads: int, executions: int, steps: int) -> Run:
+    """Run ``executions`` chains of ``steps`` steps on ``threads`` threads; return the timing."""
+    from detflow_site import services
+
+    reset()
+    contender.start(threads)
+    try:
+        client = services.redis_client()
+        before = meters.server_commands(client)
+        run = secrets.token_hex(6)
+        handlers.FINISH.arm(run, executions)
+        cpu, started = time.process_time(), time.perf_counter()
+        contender.launch(run, executions, steps)
+        if not handlers.FINISH.wait(RUN_TIMEOUT_S):
+            raise RuntimeError(f"{contender.name}: {handlers.FINISH.done} of {executions} chains "
+                               f"finished within {RUN_TIMEOUT_S:g}s")
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        commands = meters.server_commands(client)
+        commands.subtract(before)
+    finally:
+        contender.stop()
+    _check(contender, executions)
+    return Run(contender.name, threads, executions, steps, seconds, cpu, +commands)
+
+
+def _check(contender: Contender, executions: int) -> None:
+    if contender.name != "detflow":
+        return
+    from executions import store
+
+    done = store.collection().count_documents({"status": "SUCCEEDED"})
+    if done != executions:
+        raise RuntimeError(f"detflow: {done} of {executions} executions SUCCEEDED")
+
+
+def scaling(
+    contenders: Sequence[Contender], threads: Sequence[int], executions: int, steps: int,
+    repetitions: int, progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Steps per second of every contender at every thread count, interleaved; with ratios."""
+    runs: list[Run] = []
+    for rep in range(repetitions):
+        for count in threads:
+            line = []
+            for contender in contenders:
+                result = timed(contender, count, executions, steps)
+                runs.append(result)
+                line.append(f"{contender.name} {result.steps_per_s:,.0f}")
+            progress(f"throughput rep {rep + 1}/{repetitions}, {count} thread(s): "
+                     + ", ".join(line) + " steps/s")
+    return summarize(runs, [c.name for c in contenders], threads, executions, steps, repetitions)
+
+
+def summarize(
+    runs: list[Run], names: Sequence[str], threads: Sequence[int], executions: int, steps: int,
+    repetitions: int,
+) -> dict[str, Any]:
+    by_threads: dict[str, Any] = {}
+    for count in threads:
+        mine = {name: [r for r in runs if r.threads == count and r.contender == name] for name in names}
+        entry: dict[str, Any] = {}
+        for name, rs in mine.items():
+            steps_total = executions * steps
+            redis_total: Counter[str] = sum((r.redis_commands for r in rs), Counter())
+            entry[name] = {
+                "steps_per_s": stats.rounded(stats.median([r.steps_per_s for r in rs]), 1),
+                "steps_per_s_runs": [round(r.steps_per_s, 1) for r in rs],
+                "cpu_ms_per_step": stats.rounded(
+                    stats.median([r.cpu_seconds / steps_total * 1000 for r in rs])),
+                "redis_commands_per_step": stats.rounded(
+                    redis_total.total() / (steps_total * len(rs)), 2),
+                "redis_commands": {k: round(v / (steps_total * len(rs)), 2)
+                                   for k, v in redis_total.most_common()},
+            }
+        ratios = {}
+        first = names[0]
+        for other in names[1:]:
+            ratios[f"{first}/{other}"] = stats.rounded(stats.paired_ratio(
+                [r.steps_per_s for r in mine[first]], [r.steps_per_s for r in mine[other]]))
+        entry["ratios"] = ratios
+        by_threads[str(count)] = entry
+    return {"executions": executions, "steps": steps, "repetitions": repetitions,
+            "threads": list(threads), "by_threads": by_threads,
+            "method": "steps/s = E*S / (first launch .. last chain done), median of the repetitions; "
+                      "ratios: median of the per-repetition ratios (contenders run back to back); "
+                      "CPU: this process's CPU time (all threads) per step; Redis commands: "
+                      "INFO commandstats of the server, every client, per step"}
