@@ -1,6 +1,8 @@
 """Worker threads and the sweeper inside one process (tests and the single-process mode)."""
 from __future__ import annotations
 
+import logging
+
 import dramatiq
 from django.utils.module_loading import autodiscover_modules
 
@@ -14,6 +16,12 @@ def declared_queues() -> set[str]:
 
     autodiscover_modules("actors")
     return {actor.queue_name for actor in broker.actors.values()}
+
+
+def _second_hook(record: logging.LogRecord) -> bool:
+    """Drop Dramatiq's warning that a middleware type was added twice: each Worker adds its own
+    hook, and a pool of two Workers means two."""
+    return "of the same type twice" not in record.getMessage()
 
 
 class WorkerPool:
@@ -31,6 +39,7 @@ class WorkerPool:
         others = declared_queues() - {engine}
         self.workers = [dramatiq.Worker(broker, queues={engine}, worker_threads=threads, worker_timeout=100)]
         if others:
+            logging.getLogger(f"dramatiq.broker.{type(broker).__name__}").addFilter(_second_hook)
             self.workers.append(dramatiq.Worker(broker, queues=others, worker_threads=1, worker_timeout=100))
         self.worker = self.workers[0]
         self.sweeper = Sweeper() if sweeper else None
