@@ -35,7 +35,7 @@ class Contender(Protocol):
 
     def start(self, threads: int) -> None: ...
 
-    def launch(self, run: str, executions: int, steps: int) -> None: ...
+    def launch(self, run: str, executions: int, steps: int, sleep_s: float = 0.0) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -67,12 +67,12 @@ class Detflow:
 
         self.worker, self._middleware = _start_worker(self.broker, conf.get().QUEUE, threads)
 
-    def launch(self, run: str, executions: int, steps: int) -> None:
+    def launch(self, run: str, executions: int, steps: int, sleep_s: float = 0.0) -> None:
         from executions import operations
 
         name = self.workflow(steps)
         for _ in range(executions):
-            operations.start(name, {"run": run})
+            operations.start(name, {"run": run, "sleep": sleep_s} if sleep_s else {"run": run})
 
     def stop(self) -> None:
         assert self.worker is not None
@@ -94,10 +94,10 @@ class RawDramatiq:
 
         @dramatiq.actor(actor_name="bench.raw_step", queue_name=RAW_QUEUE, max_retries=0,
                         broker=broker)
-        def raw_step(run: str, chain: str, index: int, steps: int) -> None:
-            handlers.body(run, chain, index)
+        def raw_step(run: str, chain: str, index: int, steps: int, sleep_s: float = 0.0) -> None:
+            handlers.body(run, chain, index, sleep_s)
             if index + 1 < steps:
-                raw_step.send(run, chain, index + 1, steps)
+                raw_step.send(run, chain, index + 1, steps, sleep_s)
             else:
                 handlers.FINISH.one(run)
 
@@ -106,9 +106,9 @@ class RawDramatiq:
     def start(self, threads: int) -> None:
         self.worker, self._middleware = _start_worker(self.broker, RAW_QUEUE, threads)
 
-    def launch(self, run: str, executions: int, steps: int) -> None:
+    def launch(self, run: str, executions: int, steps: int, sleep_s: float = 0.0) -> None:
         for _ in range(executions):
-            self.actor.send(run, secrets.token_hex(8), 0, steps)
+            self.actor.send(run, secrets.token_hex(8), 0, steps, sleep_s)
 
     def stop(self) -> None:
         assert self.worker is not None
@@ -153,8 +153,8 @@ class CeleryChain:
                         broker_connection_retry_on_startup=True, worker_redirect_stdouts=False)
 
         @app.task(name="bench.celery_step")
-        def celery_step(run: str, chain: str, index: int, steps: int) -> None:
-            handlers.body(run, chain, index)
+        def celery_step(run: str, chain: str, index: int, steps: int, sleep_s: float = 0.0) -> None:
+            handlers.body(run, chain, index, sleep_s)
             if index + 1 == steps:
                 handlers.FINISH.one(run)
 
@@ -170,12 +170,12 @@ class CeleryChain:
                                      shutdown_timeout=30)
         self._context.__enter__()
 
-    def launch(self, run: str, executions: int, steps: int) -> None:
+    def launch(self, run: str, executions: int, steps: int, sleep_s: float = 0.0) -> None:
         from celery import chain
 
         for _ in range(executions):
             chain_id = secrets.token_hex(8)
-            chain(*(self.task.si(run, chain_id, i, steps) for i in range(steps))).apply_async()
+            chain(*(self.task.si(run, chain_id, i, steps, sleep_s) for i in range(steps))).apply_async()
 
     def stop(self) -> None:
         assert self._context is not None

@@ -1,7 +1,8 @@
 """The bench's step handlers and workflows: a no-op step, and a step that fails a given number of times.
 
 Every contender's step body is the same: note when it started and ended (for the latency), and do
-nothing else. The notes are appended to a list, which is safe across threads in CPython.
+nothing else (or sleep, for the latency after a step that takes a while). The notes are appended to
+a list, which is safe across threads in CPython.
 """
 from __future__ import annotations
 
@@ -46,16 +47,18 @@ class Finish:
 FINISH = Finish()
 
 
-def body(run: str, chain: str, index: int) -> None:
-    """The work of one step in every contender: note the time, nothing else."""
+def body(run: str, chain: str, index: int, sleep_s: float = 0.0) -> None:
+    """The work of one step in every contender: note the time (and sleep ``sleep_s``), nothing else."""
     started = time.perf_counter()
+    if sleep_s:
+        time.sleep(sleep_s)
     MARKS.append((run, chain, index, started, time.perf_counter()))
 
 
 @registry.step("bench.noop")
 def noop(ctx: StepContext) -> None:
-    """Do nothing (the bench's step)."""
-    body(ctx.input["run"], ctx.execution_id, int(ctx.step[1:]))
+    """Do nothing, or sleep ``input["sleep"]`` seconds (the bench's step)."""
+    body(ctx.input["run"], ctx.execution_id, int(ctx.step[1:]), float(ctx.input.get("sleep", 0)))
 
 
 @registry.step("bench.flaky")

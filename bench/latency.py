@@ -5,6 +5,10 @@ returning and step i+1's body starting (what a user's handler sees). For detflow
 definition is measured too: from the moment step i's outcome write returned (SUCCEEDED is stored)
 to the moment step i+1's claim write returned (RUNNING is stored), by wrapping
 ``transitions.record_success`` and ``transitions.claim`` in this process.
+
+No-op steps flatter a Dramatiq worker: its consumer polls Redis with a backoff that grows while
+nothing arrives, up to the worker's idle timeout (``worker_timeout``), so the gap after a step
+that took a while is measured too.
 """
 from __future__ import annotations
 
@@ -15,8 +19,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from bench import handlers, stats
-from bench.contenders import Contender
+from bench.contenders import DRAMATIQ_WORKER_TIMEOUT_MS, Contender
 from bench.throughput import RUN_TIMEOUT_S, reset
+
+#: Steps that take a while: how long each sleeps, how many chains of how many steps.
+BUSY_STEP_S = 0.25
+BUSY_CHAINS = 2
+BUSY_STEPS = 4
 
 
 @contextlib.contextmanager
@@ -60,13 +69,13 @@ def gaps(marks: list[tuple[str, int, float, float]]) -> list[float]:
     return found
 
 
-def one_by_one(contender: Contender, threads: int, chains: int, steps: int) -> list[str]:
+def one_by_one(contender: Contender, chains: int, steps: int, sleep_s: float = 0.0) -> list[str]:
     """Run ``chains`` chains one after the other; return their run ids."""
     runs = []
     for _ in range(chains):
         run = secrets.token_hex(6)
         handlers.FINISH.arm(run, 1)
-        contender.launch(run, 1, steps)
+        contender.launch(run, 1, steps, sleep_s)
         if not handlers.FINISH.wait(RUN_TIMEOUT_S):
             raise RuntimeError(f"{contender.name}: a chain did not finish within {RUN_TIMEOUT_S:g}s")
         runs.append(run)
@@ -75,10 +84,11 @@ def one_by_one(contender: Contender, threads: int, chains: int, steps: int) -> l
 
 def measure(
     contenders: Sequence[Contender], threads: int, chains: int, steps: int, repetitions: int,
-    progress: Callable[[str], None],
+    progress: Callable[[str], None], busy_s: float = BUSY_STEP_S, busy_chains: int = BUSY_CHAINS,
 ) -> dict[str, Any]:
     """Step-to-step latency percentiles of each contender, interleaved repetitions."""
     samples: dict[str, list[list[float]]] = {c.name: [] for c in contenders}
+    busy: dict[str, list[list[float]]] = {c.name: [] for c in contenders}
     writes: list[list[float]] = []
     for rep in range(repetitions):
         line = []
@@ -88,11 +98,13 @@ def measure(
             try:
                 time.sleep(0.2)  # let the consumers reach their idle polling, as at low load
                 with write_marks() as (outcomes, claims):
-                    runs = one_by_one(contender, threads, chains, steps)
+                    runs = one_by_one(contender, chains, steps)
+                slow = one_by_one(contender, busy_chains, BUSY_STEPS, busy_s) if busy_chains else []
             finally:
                 contender.stop()
             found = [g for run in runs for g in gaps(handlers.marks_of(run))]
             samples[contender.name].append(found)
+            busy[contender.name].append([g for run in slow for g in gaps(handlers.marks_of(run))])
             if contender.name == "detflow":
                 writes.append([(claims[(eid, i + 1)] - t) * 1000 for (eid, i), t in outcomes.items()
                                if (eid, i + 1) in claims])
@@ -111,6 +123,14 @@ def measure(
         result["contenders"][name] = _summary(reps)
     if writes:
         result["detflow_outcome_to_claim"] = _summary(writes)
+    if busy_chains:
+        result["after_busy_step"] = {
+            "step_s": busy_s, "chains_per_repetition": busy_chains, "steps": BUSY_STEPS,
+            "method": "the same, with steps that sleep step_s: an idle Dramatiq consumer backs off "
+                      "up to the worker's idle timeout while a step runs",
+            "worker_timeout_ms": DRAMATIQ_WORKER_TIMEOUT_MS,
+            "contenders": {name: _summary(reps) for name, reps in busy.items()},
+        }
     return result
 
 

@@ -172,6 +172,13 @@ def details(results: dict[str, Any]) -> str:
         for name, r in rows.items():
             out.append(f"  {name:<23} p50 {r['p50_ms']:>7.2f}  p95 {r['p95_ms']:>7.2f}  "
                        f"p99 {r['p99_ms']:>7.2f}  ({r['samples']} samples)")
+        busy = lat.get("after_busy_step")
+        if busy:
+            out.append(f"  after a step of {busy['step_s'] * 1000:g} ms (Dramatiq worker_timeout "
+                       f"{busy['worker_timeout_ms']} ms):")
+            for name, r in busy["contenders"].items():
+                out.append(f"  {name:<23} p50 {r['p50_ms']:>7.2f}  p95 {r['p95_ms']:>7.2f}  "
+                           f"p99 {r['p99_ms']:>7.2f}  ({r['samples']} samples)")
     cost = results.get("cost")
     if cost:
         out.append("cost per step attempt (one execution driven at a time; ms split: store / engine "
