@@ -43,7 +43,8 @@ def _serialized(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def serialize_mongomock() -> None:
-    """Make every mongomock collection operation atomic with respect to the others (idempotent)."""
+    """Make every mongomock collection operation atomic with respect to the others, and a query by
+    ``_id`` a dictionary lookup (idempotent)."""
     from mongomock.collection import Collection, Cursor
 
     targets: list[tuple[type, str]] = [(Collection, name) for name in _COLLECTION_METHODS]
@@ -52,6 +53,28 @@ def serialize_mongomock() -> None:
         method = getattr(owner, name, None)
         if method is not None and not getattr(method, "__detflow_serialized__", False):
             setattr(owner, name, _serialized(method))
+    if not getattr(Collection._iter_documents, "__detflow_by_id__", False):
+        Collection._iter_documents = _by_id(Collection._iter_documents)  # type: ignore[method-assign]
+
+
+def _by_id(scan: Callable[..., Any]) -> Callable[..., Any]:
+    """mongomock answers every query by scanning the whole collection; the engine's queries name
+    one ``_id``, so look that document up instead (the rest of the filter still applies)."""
+    from mongomock.filtering import filter_applies
+
+    @functools.wraps(scan)
+    def iter_documents(self: Any, filter: Any) -> Any:
+        key = filter.get("_id") if isinstance(filter, dict) else None
+        if isinstance(key, str | int | bytes) or type(key).__name__ == "ObjectId":
+            try:
+                document = self._store[key]
+            except KeyError:
+                return iter(())
+            return iter([document] if filter_applies(filter, document) else [])
+        return scan(self, filter)
+
+    iter_documents.__detflow_by_id__ = True  # type: ignore[attr-defined]
+    return iter_documents
 
 
 @dataclass

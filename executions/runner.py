@@ -28,6 +28,7 @@ from executions.store import Snapshot, now_ms, to_dt
 from workflows import registry
 from workflows.context import AttemptLog, StepContext
 from workflows.errors import (
+    ExecutionOutputsTooLarge,
     LeaseLost,
     OutputNotSerializable,
     OutputTooLarge,
@@ -39,6 +40,8 @@ logger = logging.getLogger("detflow.worker")
 #: Longest traceback and error message stored per attempt, in characters (the tail is kept).
 TRACEBACK_CHARS = 8000
 MESSAGE_CHARS = 2000
+#: All step outputs of one execution together, in bytes of JSON, at most.
+EXECUTION_OUTPUT_BYTES = 8 * 1024 * 1024
 #: How long a message whose step has no free concurrency slot waits before it tries again.
 SLOT_WAIT_MS = 250
 #: Outcome writes re-read and retry this often when an operator's change moved the version on.
@@ -225,6 +228,12 @@ class Attempt:
             if time.monotonic() > watchdog.deadline:
                 raise TimeoutInterrupt()
             self.output_json = _encode_output(result)
+            others = sum(s.get("output_bytes", 0) for i, s in enumerate(self.snap.doc["steps"])
+                         if i != self.index)
+            total = others + len(self.output_json.encode())
+            if total > EXECUTION_OUTPUT_BYTES:
+                self.output_json = None
+                raise ExecutionOutputsTooLarge(total, EXECUTION_OUTPUT_BYTES)
         except TimeoutInterrupt:
             self.timed_out = True
         except Exception as exc:  # the handler's failure, whatever it is, is the attempt's outcome

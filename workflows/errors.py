@@ -71,6 +71,17 @@ class OutputTooLarge(PermanentError):
         self.cap = cap
 
 
+class ExecutionOutputsTooLarge(PermanentError):
+    """The outputs of one execution's steps would together pass the per-execution cap."""
+
+    def __init__(self, total: int, cap: int) -> None:
+        super().__init__(f"the execution's step outputs would total {total} bytes of JSON; the cap "
+                         f"for one execution is {cap} bytes (its document must stay far below "
+                         "MongoDB's 16 MB limit)")
+        self.total = total
+        self.cap = cap
+
+
 class OutputNotSerializable(PermanentError):
     """A handler returned something that is not JSON-serialisable."""
 

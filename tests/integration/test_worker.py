@@ -206,6 +206,25 @@ def test_worker__output_over_cap_fails_with_output_too_large(
     assert verify(too_big) == []
 
 
+def test_worker__outputs_of_one_execution_are_capped_together(
+    worker: Any, define: Any, monkeypatch: Any
+) -> None:
+    from executions import runner
+
+    monkeypatch.setattr(runner, "EXECUTION_OUTPUT_BYTES", 250)
+    define("fat", [{"handler": "test.big"}, {"handler": "test.big"}, {"handler": "test.big"}])
+
+    started, _ = operations.start("fat", {"size": 98})
+    [doc] = wait_terminal(started["_id"])
+
+    assert [s["status"] for s in doc["steps"]] == ["SUCCEEDED", "SUCCEEDED", "FAILED"]
+    error = doc["steps"][2]["error"]
+    assert error["type"] == "workflows.errors.ExecutionOutputsTooLarge"
+    assert "would total 300 bytes" in error["message"] and "is 250 bytes" in error["message"]
+    assert doc["steps"][2]["attempt"] == 1
+    assert verify(doc) == []
+
+
 def test_worker__non_json_output_fails_with_output_not_serializable(worker: Any, define: Any) -> None:
     define("setty", [{"handler": "test.unserializable"}])
 
