@@ -12,7 +12,7 @@ from prometheus_client import REGISTRY
 
 from detflow_site.logs import ContextFilter, JsonFormatter
 from executions import operations
-from tests.conftest import wait_terminal
+from tests.conftest import wait_for, wait_terminal
 
 
 def sample(name: str, **labels: str) -> float:
@@ -35,16 +35,23 @@ def test_metrics__move_as_executions_run(worker: Any, define: Any) -> None:
     ids = [operations.start("metered", {"succeed_on": 2})[0]["_id"] for _ in range(3)]
     wait_terminal(*ids)
 
-    assert sample("detflow_executions_started_total", workflow="metered") == before["started"] + 3
-    assert sample("detflow_executions_finished_total", workflow="metered",
-                  status="SUCCEEDED") == before["finished"] + 3
-    assert sample("detflow_step_attempts_total", workflow="metered", step="s2",
-                  outcome="failed") == before["failed"] + 3
-    assert sample("detflow_step_attempts_total", workflow="metered", step="s2",
-                  outcome="succeeded") == before["succeeded"] + 3
-    assert sample("detflow_step_duration_seconds_count", workflow="metered",
-                  step="s1") == before["durations"] + 3
-    assert sample("detflow_queue_lag_seconds_count", workflow="metered") == before["lag"] + 9
+    def moved() -> dict[str, float]:
+        return {
+            "started": sample("detflow_executions_started_total", workflow="metered"),
+            "finished": sample("detflow_executions_finished_total", workflow="metered",
+                               status="SUCCEEDED"),
+            "failed": sample("detflow_step_attempts_total", workflow="metered", step="s2",
+                             outcome="failed"),
+            "succeeded": sample("detflow_step_attempts_total", workflow="metered", step="s2",
+                                outcome="succeeded"),
+            "durations": sample("detflow_step_duration_seconds_count", workflow="metered",
+                                step="s1"),
+            "lag": sample("detflow_queue_lag_seconds_count", workflow="metered"),
+        }
+
+    expected = {name: value + (9 if name == "lag" else 3) for name, value in before.items()}
+    # The counters move just after each write: wait for the last ones rather than race them.
+    wait_for(lambda: moved() == expected, timeout=10, what=f"metrics {expected}")
 
 
 @pytest.fixture
