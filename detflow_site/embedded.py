@@ -55,6 +55,37 @@ def serialize_mongomock() -> None:
             setattr(owner, name, _serialized(method))
     if not getattr(Collection._iter_documents, "__detflow_by_id__", False):
         Collection._iter_documents = _by_id(Collection._iter_documents)  # type: ignore[method-assign]
+    if not getattr(Collection._ensure_uniques, "__detflow_partial__", False):
+        Collection._ensure_uniques = _partial_aware(Collection._ensure_uniques)  # type: ignore[method-assign]
+
+
+def _partial_aware(ensure: Callable[..., Any]) -> Callable[..., Any]:
+    """mongomock's unique-index check, less one scan: it scans the collection for every unique
+    index after every write, even an index whose partial filter leaves the written document out
+    (an execution started without an idempotency key), which cannot collide."""
+    from mongomock import DuplicateKeyError, helpers
+    from mongomock.filtering import filter_applies
+
+    @functools.wraps(ensure)
+    def ensure_uniques(self: Any, new_data: Any) -> None:
+        for index in self._store.indexes.values():
+            partial = index.get("partialFilterExpression")
+            if not index.get("unique") or (partial is not None and not filter_applies(partial, new_data)):
+                continue
+            keys = {}
+            for key, _ in index["key"]:
+                try:
+                    keys[key] = helpers.get_value_by_dot(new_data, key)
+                except KeyError:
+                    keys[key] = None
+            if index.get("sparse") and set(keys.values()) == {None}:
+                continue
+            query = keys if partial is None else {"$and": [partial, keys]}
+            if len(list(self._iter_documents(query))) > 1:
+                raise DuplicateKeyError("E11000 Duplicate Key Error", 11000)
+
+    ensure_uniques.__detflow_partial__ = True  # type: ignore[attr-defined]
+    return ensure_uniques
 
 
 def _by_id(scan: Callable[..., Any]) -> Callable[..., Any]:

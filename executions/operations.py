@@ -133,7 +133,7 @@ def _act(
     if not by:
         raise InvalidArgument("by", "the acting user is required")
     for _ in range(TRIES):
-        doc = store.load(execution_id)
+        doc = store.load_working(execution_id)
         if doc is None:
             raise ExecutionNotFound(f"execution {execution_id} does not exist")
         snap = Snapshot.of(doc)

@@ -75,7 +75,7 @@ def _advance(execution_id: str, worker: str) -> None:
         logger.debug("execution %s is held by another worker; poked it", execution_id)
         return
     faults.hit("locked", execution_id)
-    doc = store.load(execution_id)
+    doc = store.load_working(execution_id)
     if doc is None:
         lock.release()
         logger.warning("execution %s does not exist; message dropped", execution_id)
@@ -255,7 +255,7 @@ class Attempt:
             if result is not None:
                 self._count(record)
                 return result
-            doc = store.load(snap.state.id)
+            doc = store.load_working(snap.state.id)
             current = (doc or {}).get("steps", [{}] * (self.index + 1))[self.index]
             if (
                 doc is None

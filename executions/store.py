@@ -45,9 +45,20 @@ def collection() -> Collection:
     return Execution._get_collection()
 
 
+#: What a worker, the sweeper and an operator action read: everything but the history and the
+#: attempt records, which no decision needs (the event count is ``event_seq``) and which make up
+#: most of a long execution's document.
+WORKING_FIELDS = {"events": 0, "steps.attempts": 0}
+
+
 def load(execution_id: str) -> dict[str, Any] | None:
     """Return the stored document of an execution, or ``None``."""
     return collection().find_one({"_id": execution_id})
+
+
+def load_working(execution_id: str) -> dict[str, Any] | None:
+    """Return an execution without its history and attempt records (see ``WORKING_FIELDS``)."""
+    return collection().find_one({"_id": execution_id}, WORKING_FIELDS)
 
 
 def initial_state(execution_id: str, definition_steps: list[dict[str, Any]]) -> ExecutionState:

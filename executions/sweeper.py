@@ -49,7 +49,7 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
     report = SweepReport()
     cursor = (
         store.collection()
-        .find({"due_at": {"$lte": to_dt(now)}})
+        .find({"due_at": {"$lte": to_dt(now)}}, store.WORKING_FIELDS)
         .sort("due_at", 1)
         .limit(BATCH)
     )

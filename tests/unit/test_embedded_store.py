@@ -57,3 +57,17 @@ def test_conditional_updates__one_winner_among_threads(collection: Collection) -
         thread.join()
     assert len(wins) == 1
     assert collection.find_one({"_id": "e0"})["version"] == 1
+
+
+def test_unique_partial_index__still_refuses_a_duplicate_key_and_allows_documents_without_one() -> None:
+    from pymongo.errors import DuplicateKeyError
+
+    embedded.serialize_mongomock()
+    docs = mongomock.MongoClient().db.keyed
+    docs.create_index([("workflow", 1), ("key", 1)], unique=True,
+                      partialFilterExpression={"key": {"$type": "string"}})
+    docs.insert_many([{"workflow": "w"}, {"workflow": "w"}, {"workflow": "w", "key": "k"}])
+    with pytest.raises(DuplicateKeyError):
+        docs.insert_one({"workflow": "w", "key": "k"})
+    docs.insert_one({"workflow": "v", "key": "k"})
+    assert docs.count_documents({}) == 4

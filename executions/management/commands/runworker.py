@@ -1,6 +1,7 @@
 """``manage.py runworker``: Dramatiq worker processes for the engine, plus the recovery sweeper."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -61,7 +62,11 @@ def run(command: list[str], sweeper: bool, out: Any) -> None:
     from executions.sweeper import Sweeper
 
     out(f"detflow workers on {services.store_description()}: {' '.join(command[2:])}")
-    child = subprocess.Popen(command)
+    # Dramatiq's consumers poll Redis and back off up to the worker timeout when idle (1 s by
+    # default): a step finishing after a quiet spell would wait that long for its successor.
+    environ = {**os.environ}
+    environ.setdefault("dramatiq_worker_timeout", "100")
+    child = subprocess.Popen(command, env=environ)
     thread = Sweeper(exclusive=True) if sweeper else None
     if thread is not None:
         thread.start()
