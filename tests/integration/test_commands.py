@@ -112,3 +112,20 @@ def test_recover__resends_due_work_with_no_message(redis_client: Any, define: An
     call_command("recover", "--grace", "0", stdout=out)
     assert "1 message(s) re-sent" in out.getvalue()
     assert f"message sent: {execution_id}" in out.getvalue()
+
+
+def test_worker_boot__sets_up_django_metrics_and_every_actor(tmp_path: Path) -> None:
+    script = ("import executions.worker_boot\n"
+              "from executions.broker import broker\n"
+              "print(sorted(type(m).__name__ for m in broker.middleware))\n"
+              "print(sorted(broker.actors))\n")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DETFLOW_")}
+    environ.update(DETFLOW_MONGODB_URL="mongodb://127.0.0.1:9", DETFLOW_REDIS_URL="redis://127.0.0.1:9",
+                   dramatiq_prom_db=str(tmp_path), DJANGO_SQLITE_PATH=":memory:")
+    environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environ,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    middleware, actors = result.stdout.splitlines()
+    assert "'Prometheus'" in middleware and "'ConsumerSupervisor'" in middleware
+    assert "'detflow.advance'" in actors
