@@ -97,6 +97,37 @@ def define() -> Callable[..., Any]:
     return register
 
 
+@contextlib.contextmanager
+def mongo_commands_heard(on_started: Callable[[Any], None]) -> Iterator[None]:
+    """Reconnect the store with a pymongo command listener that calls ``on_started`` with each
+    command's start event, and reconnect without it afterwards (real MongoDB; a listener is only
+    heard by clients created after it)."""
+    import mongoengine
+    from pymongo import monitoring
+
+    from detflow_site import services
+
+    class Listener(monitoring.CommandListener):
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            on_started(event)
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    real_connect = mongoengine.connect
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(mongoengine, "connect",
+                      lambda *a, **kw: real_connect(*a, event_listeners=[Listener()], **kw))
+        services.connect_mongo()
+    try:
+        yield
+    finally:
+        services.connect_mongo()
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

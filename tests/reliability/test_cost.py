@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from executions import dispatch, operations, runner, store
+from tests.conftest import mongo_commands_heard
 from tests.handlers import LEDGER
 from tests.reliability.invariants import assert_each_attempt_ran_once, assert_invariants
 
@@ -83,34 +84,14 @@ def _mongomock_counting(monkeypatch: pytest.MonkeyPatch, tally: Tally) -> None:
 
 @contextlib.contextmanager
 def _listener_counting(tally: Tally) -> Iterator[None]:
-    import mongoengine
-    from pymongo import monitoring
+    def started(event: Any) -> None:
+        if event.command_name not in HOUSEKEEPING:
+            tally.add(event.command_name)
 
-    from detflow_site import services
-
-    class Listener(monitoring.CommandListener):
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            if event.command_name not in HOUSEKEEPING:
-                tally.add(event.command_name)
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    # A listener is only heard by clients created after it: reconnect with it, then back without.
-    real_connect = mongoengine.connect
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mongoengine, "connect",
-                      lambda *a, **kw: real_connect(*a, event_listeners=[Listener()], **kw))
-        services.connect_mongo()
-    try:
+    with mongo_commands_heard(started):
         store.collection()
         tally.take()
         yield
-    finally:
-        services.connect_mongo()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from tests.conftest import mongo_commands_heard
 from tests.integration.admin.conftest import failed_execution
 
 EXECUTIONS = "/admin/executions/execution/"
@@ -183,44 +184,25 @@ def _mongomock_capture(monkeypatch: pytest.MonkeyPatch, captured: Captured) -> N
 
 @contextlib.contextmanager
 def _listener_capture(captured: Captured) -> Iterator[None]:
-    import mongoengine
-    from pymongo import monitoring
+    def started(event: Any) -> None:
+        command, name = event.command, event.command_name
+        if name == "find":
+            captured.add(Query(command["find"], name, dict(command.get("filter") or {}),
+                               _sort(command.get("sort"))))
+        elif name == "aggregate":
+            pipeline = list(command["pipeline"])
+            query = _pipeline(command["aggregate"], name, pipeline)
+            if any("$group" in s for s in pipeline) and any("$limit" in s for s in pipeline):
+                query.command = "count"
+            elif any("$group" in s and s["$group"].get("n") == {"$sum": 1} for s in pipeline):
+                query.command, query.limited = "count", False
+            captured.add(query)
+        elif name in ("count", "distinct"):
+            captured.add(Query(command[name], name, dict(command.get("query") or {}),
+                               limited=bool(command.get("limit"))))
 
-    from detflow_site import services
-
-    class Listener(monitoring.CommandListener):
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            command, name = event.command, event.command_name
-            if name == "find":
-                captured.add(Query(command["find"], name, dict(command.get("filter") or {}),
-                                   _sort(command.get("sort"))))
-            elif name == "aggregate":
-                pipeline = list(command["pipeline"])
-                query = _pipeline(command["aggregate"], name, pipeline)
-                if any("$group" in s for s in pipeline) and any("$limit" in s for s in pipeline):
-                    query.command = "count"
-                elif any("$group" in s and s["$group"].get("n") == {"$sum": 1} for s in pipeline):
-                    query.command, query.limited = "count", False
-                captured.add(query)
-            elif name in ("count", "distinct"):
-                captured.add(Query(command[name], name, dict(command.get("query") or {}),
-                                   limited=bool(command.get("limit"))))
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    real_connect = mongoengine.connect
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mongoengine, "connect",
-                      lambda *a, **kw: real_connect(*a, event_listeners=[Listener()], **kw))
-        services.connect_mongo()
-    try:
+    with mongo_commands_heard(started):
         yield
-    finally:
-        services.connect_mongo()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import pytest
 from executions import faults, operations, runner, store, sweeper
 from executions.store import now_ms
 from insights.prompt import CLOSE, OPEN
+from tests.conftest import mongo_commands_heard
 from tests.handlers import LEDGER
 from workflows.context import StepContext
 from workflows.errors import PermanentError
@@ -227,36 +228,17 @@ class Writes:
 
 @contextlib.contextmanager
 def listening(seen: Writes) -> Iterator[None]:
-    import mongoengine
-    from pymongo import monitoring
-
-    from detflow_site import services
     from insights import service
 
-    class Listener(monitoring.CommandListener):
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            if event.command_name in WRITE_COMMANDS:
-                seen.add(str(event.command.get(event.command_name)), event.command_name)
+    def started(event: Any) -> None:
+        if event.command_name in WRITE_COMMANDS:
+            seen.add(str(event.command.get(event.command_name)), event.command_name)
 
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    # A listener is only heard by clients created after it: reconnect with it, then back without.
-    real_connect = mongoengine.connect
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(mongoengine, "connect",
-                      lambda *a, **kw: real_connect(*a, event_listeners=[Listener()], **kw))
-        services.connect_mongo()
-    try:
+    with mongo_commands_heard(started):
         store.collection()
         service.collection()
         seen.clear()
         yield
-    finally:
-        services.connect_mongo()
 
 
 def snapshot() -> list[dict[str, Any]]:
