@@ -18,7 +18,7 @@ from dramatiq.common import dq_name
 from detflow_site import conf
 from executions import operations, runner, store, transitions
 from executions.locks import ExecutionLock
-from tests.conftest import wait_terminal
+from tests.conftest import running_worker, wait_terminal
 from tests.handlers import LEDGER
 from tests.reliability.invariants import assert_each_attempt_ran_once, assert_invariants
 
@@ -49,19 +49,10 @@ def refusals(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.fixture
 def worker8(broker: Any, redis_client: Any) -> Iterator[Any]:
     """A real ``dramatiq.Worker`` with 8 threads on the engine's queue."""
-    import dramatiq
-
-    from executions import actors  # noqa: F401  (declares the actor and its queue)
-
     redis_client.flushdb()
     broker.flush_all()
-    before = list(broker.middleware)
-    running = dramatiq.Worker(broker, worker_threads=THREADS, worker_timeout=50)
-    running.start()
-    yield running
-    running.stop(timeout=10_000)
-    # Each Worker hooks a middleware into the broker; drop it, as the shared ``worker`` fixture does.
-    broker.middleware[:] = [m for m in broker.middleware if any(m is b for b in before)]
+    with running_worker(THREADS) as running:
+        yield running
 
 
 def expected_ledger(ids: list[str]) -> dict[tuple[str, int], int]:
@@ -131,7 +122,7 @@ def test_duplicates__with_the_lock_failing__the_version_fence_runs_each_attempt_
     monkeypatch.setattr(ExecutionLock, "acquire", lambda lock: True)
     together = threading.Barrier(THREADS, timeout=10)
     loads = itertools.count()
-    real_load = store.load
+    real_load = store.load_working
 
     def load_together(execution_id: str) -> Any:
         doc = real_load(execution_id)
@@ -148,7 +139,7 @@ def test_duplicates__with_the_lock_failing__the_version_fence_runs_each_attempt_
             lost_races.append(snap.state.id)
         return after
 
-    monkeypatch.setattr(store, "load", load_together)
+    monkeypatch.setattr(store, "load_working", load_together)
     monkeypatch.setattr(transitions, "claim", claim)
     define("dup", STEPS)
     ids = [operations.start("dup", {"sleep_s": 0.05})[0]["_id"] for _ in range(EXECUTIONS)]
