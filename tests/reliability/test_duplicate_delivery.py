@@ -149,7 +149,9 @@ def test_duplicates__with_the_lock_failing__the_version_fence_runs_each_attempt_
     docs = wait_terminal(*ids, timeout=5)
 
     assert [d["status"] for d in docs] == ["SUCCEEDED"] * EXECUTIONS
-    assert len(lost_races) == THREADS - EXECUTIONS
+    # The first THREADS loads are held until all have read the same versions: of those claims, one
+    # per execution wins. Later deliveries may race again (the lock never holds them back here).
+    assert len(lost_races) >= THREADS - EXECUTIONS
     assert dict(LEDGER) == expected_ledger(ids)
     assert_invariants(*docs)
     assert_each_attempt_ran_once(*docs)
