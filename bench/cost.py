@@ -1,19 +1,23 @@
 """Cost per step attempt, counted and timed, and how it grows with the workflow and its history.
 
 Each execution is driven by calling ``runner.advance`` in this thread, exactly what a worker does
-for one message (lock, load, decide, claim, handler, outcome, release, send), one attempt per
-call and one execution at a time (the store then holds only the execution being driven, so the
-embedded store's scan of every document does not blur the picture). The messages the engine sends
-go to the real broker and are dropped afterwards. Every call is timed and split into the time spent
-in the store, in the engine's own Redis commands, in sending messages, and the rest (the engine's
-Python, the handler, the watchdog thread).
+for one message (lock, load, decide, claim, handler, outcome, and on to the next step while the
+message's run lasts, release, send), until it has finished, one execution at a time (the store
+then holds only the execution being driven, so the embedded store's scan of every document does
+not blur the picture). A configuration runs either with the default ``DETFLOW_INLINE_STEPS`` (steps
+back to back under one message) or with ``1`` (a message per step, the costliest way). The
+messages the engine sends go to the real broker and are dropped afterwards. Every call is timed
+and split into the time spent in the store, in the engine's own Redis commands, in sending
+messages, and the rest (the engine's Python, the handler, the watchdog thread); the per-attempt
+figures are a call's totals divided by the step attempts it ran.
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,8 @@ class Config:
     flaky: int = 0
     fail: int = 0
     executions: int = 0
+    #: ``DETFLOW_INLINE_STEPS`` while the measured steps run; ``None``: the default.
+    inline: int | None = None
 
     def count(self) -> int:
         return self.executions or max(STEP_BUDGET // self.steps, 1)
@@ -54,8 +60,9 @@ class Drive:
     mongo_bytes: int = 0
     redis: Counter[str] = field(default_factory=Counter)
     messages: Counter[str] = field(default_factory=Counter)
-    max_mongo: int = 0
-    max_redis: int = 0
+    max_mongo: float = 0.0
+    max_redis: float = 0.0
+    calls: int = 0
     start_mongo: Counter[str] = field(default_factory=Counter)
     start_bytes: int = 0
     doc_bytes_before: list[int] = field(default_factory=list)
@@ -64,6 +71,32 @@ class Drive:
 
     def per_attempt(self, total: float) -> float:
         return total / self.attempts if self.attempts else float("nan")
+
+
+@contextlib.contextmanager
+def inline_steps(value: int | None) -> Iterator[None]:
+    """Run the block with ``DETFLOW_INLINE_STEPS=value`` (``None``: as configured)."""
+    from django.conf import settings
+
+    if value is None:
+        yield
+        return
+    saved = getattr(settings, "DETFLOW", {})
+    settings.DETFLOW = {**saved, "INLINE_STEPS": value}
+    try:
+        yield
+    finally:
+        settings.DETFLOW = saved
+
+
+def _succeeded(execution_id: str) -> tuple[int, bool]:
+    """Return how many steps have succeeded, and whether the execution has finished."""
+    from executions import store
+
+    doc = store.load_working(execution_id)
+    assert doc is not None
+    done = sum(1 for s in doc["steps"] if s["status"] == "SUCCEEDED")
+    return done, doc["status"] in ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
 def _doc(execution_id: str) -> dict[str, Any]:
@@ -91,8 +124,9 @@ def drive(config: Config, meter: tuple[meters.StoreMeter, meters.RedisMeter, met
         start = store_meter.tally.take()
         result.start_mongo += start.commands
         result.start_bytes += start.bytes
-        for _ in range(config.flaky * (config.fail + 1)):  # the history: not measured
-            runner.advance(execution_id)
+        with inline_steps(1):  # the history, an attempt a call: not measured
+            for _ in range(config.flaky * (config.fail + 1)):
+                runner.advance(execution_id)
         doc = _doc(execution_id)
         if config.flaky:
             flaky = doc["steps"][config.flaky - 1]
@@ -101,22 +135,34 @@ def drive(config: Config, meter: tuple[meters.StoreMeter, meters.RedisMeter, met
         result.events_before.append(len(doc["events"]))
         for m in meter:
             m.tally.take()
-        for _ in range(config.steps):
-            wall, cpu = time.perf_counter(), time.thread_time()
-            runner.advance(execution_id)
-            result.wall_s += time.perf_counter() - wall
-            result.cpu_s += time.thread_time() - cpu
-            mongo, redis, sent = (m.tally.take() for m in meter)
-            result.attempts += 1
-            result.store_s += mongo.seconds
-            result.redis_s += redis.seconds
-            result.send_s += sent.seconds
-            result.mongo += mongo.commands
-            result.mongo_bytes += mongo.bytes
-            result.redis += redis.commands
-            result.messages += sent.commands
-            result.max_mongo = max(result.max_mongo, mongo.total)
-            result.max_redis = max(result.max_redis, redis.total)
+        settled, finished = config.flaky, False
+        with inline_steps(config.inline):
+            for _ in range(config.steps + 1):
+                wall, cpu = time.perf_counter(), time.thread_time()
+                runner.advance(execution_id)
+                result.wall_s += time.perf_counter() - wall
+                result.cpu_s += time.thread_time() - cpu
+                mongo, redis, sent = (m.tally.take() for m in meter)
+                done, finished = _succeeded(execution_id)
+                for m in meter:  # the check above is not part of the cost
+                    m.tally.take()
+                ran, settled = done - settled, done
+                result.calls += 1
+                result.attempts += ran
+                result.store_s += mongo.seconds
+                result.redis_s += redis.seconds
+                result.send_s += sent.seconds
+                result.mongo += mongo.commands
+                result.mongo_bytes += mongo.bytes
+                result.redis += redis.commands
+                result.messages += sent.commands
+                if ran:
+                    result.max_mongo = max(result.max_mongo, mongo.total / ran)
+                    result.max_redis = max(result.max_redis, redis.total / ran)
+                if finished:
+                    break
+        if not finished:
+            raise RuntimeError(f"{config.label}: execution {execution_id} did not finish")
         doc = _doc(execution_id)
         if doc["status"] != "SUCCEEDED":
             raise RuntimeError(f"{config.label}: execution {execution_id} is {doc['status']}")
@@ -166,7 +212,9 @@ def summarize(ds: list[Drive]) -> dict[str, Any]:
     return {
         "steps": config.steps, "flaky_steps": config.flaky, "retries_before": config.fail * config.flaky,
         "events_before": round(sum(sum(d.events_before) for d in ds) / executions),
+        "inline_steps": config.inline or "default",
         "executions_per_repetition": config.count(), "attempts_measured": attempts,
+        "advance_calls_per_execution": round(sum(d.calls for d in ds) / executions, 2),
         "wall_ms_per_attempt": ms(lambda d: d.wall_s),
         "wall_ms_per_attempt_runs": [stats.rounded(d.per_attempt(d.wall_s) * 1000) for d in ds],
         "cpu_ms_per_attempt": ms(lambda d: d.cpu_s),
@@ -175,11 +223,11 @@ def summarize(ds: list[Drive]) -> dict[str, Any]:
         "send_ms_per_attempt": ms(lambda d: d.send_s),
         "other_ms_per_attempt": ms(lambda d: d.wall_s - d.store_s - d.redis_s - d.send_s),
         "mongodb_commands_per_attempt": round(mongo.total() / attempts, 3),
-        "mongodb_commands_max_per_attempt": max(d.max_mongo for d in ds),
+        "mongodb_commands_max_per_attempt": round(max(d.max_mongo for d in ds), 2),
         "mongodb_commands": per(mongo),
         "mongodb_bytes_written_per_attempt": round(sum(d.mongo_bytes for d in ds) / attempts),
         "redis_commands_per_attempt": round(redis.total() / attempts, 3),
-        "redis_commands_max_per_attempt": max(d.max_redis for d in ds),
+        "redis_commands_max_per_attempt": round(max(d.max_redis for d in ds), 2),
         "redis_commands": per(redis),
         "messages_per_attempt": round(messages.total() / attempts, 3),
         "messages": per(messages),

@@ -93,13 +93,17 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                                     f"{main['celery']['steps_per_s']:,.0f} steps/s")
     cost = results.get("cost")
     if cost:
+        # The costliest way to run (a message per step) against the bound; the default's mean beside.
+        worst = cost["configs"].get("10 steps, a message each", cost["configs"]["10 steps"])
         happy = cost["configs"]["10 steps"]
         measured["mongo_per_attempt"] = (
-            happy["mongodb_commands_max_per_attempt"],
-            f"max per attempt; mean {happy['mongodb_commands_per_attempt']:g}")
+            worst["mongodb_commands_max_per_attempt"],
+            f"max per attempt, a message per step; back to back (default) mean "
+            f"{happy['mongodb_commands_per_attempt']:g}")
         measured["redis_per_attempt"] = (
-            happy["redis_commands_max_per_attempt"],
-            f"max per attempt; mean {happy['redis_commands_per_attempt']:g}")
+            worst["redis_commands_max_per_attempt"],
+            f"max per attempt, a message per step; back to back (default) mean "
+            f"{happy['redis_commands_per_attempt']:g}")
         growth = cost["growth"]["100 steps / 10 steps"]
         measured["steps_100_vs_10"] = (
             growth["wall"], f"time per attempt; store excluded x{growth['outside_store']:.2f}")
@@ -185,12 +189,12 @@ def details(results: dict[str, Any]) -> str:
                    "Redis / send / rest):")
         for label, c in cost["configs"].items():
             out.append(
-                f"  {label:<22} {c['wall_ms_per_attempt']:>7.2f} ms = {c['store_ms_per_attempt']:.2f} / "
+                f"  {label:<24} {c['wall_ms_per_attempt']:>7.2f} ms = {c['store_ms_per_attempt']:.2f} / "
                 f"{c['engine_redis_ms_per_attempt']:.2f} / {c['send_ms_per_attempt']:.2f} / "
                 f"{c['other_ms_per_attempt']:.2f};  MongoDB {c['mongodb_commands_per_attempt']:g} cmd "
                 f"{c['mongodb_bytes_written_per_attempt']:,} B written, "
                 f"Redis {c['redis_commands_per_attempt']:g}, messages {c['messages_per_attempt']:g}; "
-                f"document {c['document_bytes_after']:,} B")
+                f"{c['advance_calls_per_execution']:g} calls; document {c['document_bytes_after']:,} B")
         for label, g in cost["growth"].items():
             out.append(f"  growth {label}: x{g['wall']:.2f} per attempt (outside the store "
                        f"x{g['outside_store']:.2f}, bytes written x{g['bytes_written']:.2f})")

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     if "cost" in args.only:
         configs = [
             cost.Config("1 step", 1), cost.Config("10 steps", 10), cost.Config("100 steps", 100),
+            cost.Config("10 steps, a message each", 10, inline=1),
             cost.Config("10 steps, 0 retries", 10, flaky=1, fail=0, executions=3),
             cost.Config("10 steps, 25 retries", 10, flaky=1, fail=25, executions=3),
             cost.Config("10 steps, 99 retries", 10, flaky=1, fail=99, executions=3),

@@ -32,6 +32,8 @@ class DetflowSettings:
     OUTPUT_CAP_BYTES: int = 256 * 1024
     #: How long a claim (and the Redis lock) lives without a heartbeat, in seconds.
     LEASE_S: float = 30.0
+    #: Steps one message may run back to back, under one lock, before it hands on to a new message.
+    INLINE_STEPS: int = 16
     #: How often the recovery sweeper runs, in seconds.
     SWEEP_INTERVAL_S: float = 5.0
     #: How long due work may wait for its message before the sweeper sends another, in seconds.
@@ -194,6 +196,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "HANDLER_MODULES": _modules,
     "OUTPUT_CAP_BYTES": _number(int, 1, inclusive=True),
     "LEASE_S": _number(float, 0.1, inclusive=True),
+    "INLINE_STEPS": _between(int, 1, 1000),
     "SWEEP_INTERVAL_S": _number(float, 0),
     "SWEEP_GRACE_S": _number(float, 0, inclusive=True),
     "QUEUE": _queue,

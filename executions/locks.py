@@ -11,6 +11,7 @@ A message that arrives while another worker holds the execution is therefore nev
 from __future__ import annotations
 
 import secrets
+import time
 
 import redis
 
@@ -45,21 +46,37 @@ class ExecutionLock:
         self.token = secrets.token_hex(16)
         #: Whether this contender left the poke (``False`` when another one already had).
         self.first_poke = False
+        #: When the lock was last set or renewed (``time.monotonic()``).
+        self.renewed_at = 0.0
 
     def acquire(self) -> bool:
         """Take the lock, or leave a poke for its holder and return ``False``."""
         if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            self.renewed_at = time.monotonic()
             return True
         # Taken: poke the holder, then try once more in case it released in between. If the second
         # try fails too, the holder has not released yet, so its release script will see the poke.
         self.first_poke = bool(
             self.client.set(self.poke_key, "1", nx=True, px=max(self.ttl_ms, 60_000))
         )
-        return bool(self.client.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            self.renewed_at = time.monotonic()
+            return True
+        return False
 
     def renew(self) -> bool:
         """Extend the expiry to ``ttl_ms`` from now; ``False`` when the lock is no longer ours."""
-        return bool(self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
+        started = time.monotonic()
+        if self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
+            self.renewed_at = started
+            return True
+        return False
+
+    def fresh(self) -> bool:
+        """Whether at least two thirds of the lock's time are left since it was set or renewed:
+        enough to start another step under it (a step's heartbeat renews it only once it runs for
+        a third of the time)."""
+        return time.monotonic() - self.renewed_at < self.ttl_ms / 3000
 
     def release(self) -> bool:
         """Release the lock if it is still ours; return whether another message poked meanwhile."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from detflow_site import conf, logs, services
 from executions import dispatch, faults, metrics, signals, store, transitions
-from executions.engine import TERMINAL, Claim, Decision, Finish, RecoverLost, StepStatus, Wait, decide
+from executions.engine import Claim, Decision, Finish, RecoverLost, StepStatus, Wait, decide
 from executions.locks import ExecutionLock
 from executions.slots import StepSlot
 from executions.store import Snapshot, now_ms, to_dt
@@ -80,31 +80,49 @@ def _advance(execution_id: str, worker: str) -> None:
         lock.release()
         logger.warning("execution %s does not exist; message dropped", execution_id)
         return
-    snap = Snapshot.of(doc)
-    faults.hit("loaded", execution_id)
-    now = now_ms()
-    decision = decide(snap.state, now)
+    snap: Snapshot | None = Snapshot.of(doc)
     after: Snapshot | None = None
-    wait_ms = 0
-    if isinstance(decision, Claim):
-        slot = step_slot(snap, decision.step, lease_ms)
-        if slot is None or slot.acquire(now):
-            after = run_step(snap, decision, worker, lock, lease_ms, slot)
-            if slot is not None:
-                slot.release()
+    finished = False
+    decision: Decision | None = None
+    wait_ms = now = claims = 0
+    # Run what the engine decides, then go on from the snapshot each write returns while the next
+    # decision is another step (or the end) and this message's budget lasts: one message, one lock
+    # and one read carry a run of steps instead of one each.
+    while snap is not None:
+        faults.hit("loaded", execution_id)
+        now = now_ms()
+        decision = decide(snap.state, now)
+        if isinstance(decision, Claim):
+            if after is not None and (claims >= settings.INLINE_STEPS or not lock.fresh()):
+                break
+            slot = step_slot(snap, decision.step, lease_ms)
+            if slot is not None and not slot.acquire(now):
+                if after is None:
+                    wait_ms = SLOT_WAIT_MS
+                    metrics.SLOT_WAITS.labels(snap.doc["workflow"], slot.key.rsplit(":", 1)[-1]).inc()
+                break
+            try:
+                result = run_step(snap, decision, worker, lock, lease_ms, slot)
+            finally:
+                if slot is not None:
+                    slot.release()
+            claims += 1
+        elif isinstance(decision, RecoverLost):
+            result = transitions.record_lost(snap, decision, now)
+            if result is not None:
+                count_lost(snap, decision.step)
+        elif isinstance(decision, Finish):
+            result = transitions.finish(snap, decision, now)
         else:
-            wait_ms = SLOT_WAIT_MS
-            metrics.SLOT_WAITS.labels(snap.doc["workflow"], slot.key.rsplit(":", 1)[-1]).inc()
-    elif isinstance(decision, RecoverLost):
-        after = transitions.record_lost(snap, decision, now)
-        if after is not None:
-            count_lost(snap, decision.step)
-    elif isinstance(decision, Finish):
-        after = transitions.finish(snap, decision, now)
+            break
+        if result is not None:
+            after = result
+            finished = finished or result.finished
+        snap = result
     poked = lock.release()
     faults.hit("released", execution_id)
     if after is not None:
-        follow_up(after)
+        follow_up(after, finished)
     elif wait_ms:
         logger.debug("execution %s waits for a concurrency slot", execution_id)
         dispatch.send(execution_id, delay_ms=wait_ms)
@@ -116,12 +134,12 @@ def _advance(execution_id: str, worker: str) -> None:
     faults.hit("sent", execution_id)
 
 
-def follow_up(snap: Snapshot) -> None:
+def follow_up(snap: Snapshot, finished: bool | None = None) -> None:
     """Send the message that the state after a change calls for (now, later, or none), and
-    announce an execution that the change finished."""
+    announce the execution's end when the change (or, with ``finished``, a run of them) ended it."""
     now = now_ms()
     decision: Decision = decide(snap.state, now)
-    if snap.state.status in TERMINAL and snap.doc.get("status") != snap.state.status.value:
+    if snap.finished if finished is None else finished:
         for receiver, error in signals.execution_finished.send_robust(
             sender=Snapshot, execution_id=snap.state.id, status=snap.state.status.value,
             workflow=snap.doc["workflow"],

@@ -96,12 +96,19 @@ def to_state(doc: dict[str, Any]) -> ExecutionState:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A stored execution as one writer last saw it: the state and the version to match on."""
+    """A stored execution as one writer last saw it: the state and the version to match on.
+
+    A snapshot returned by a write carries the document as that write left it (its working fields:
+    the events and attempt records it pushed are not carried), so the next step can be decided
+    and run from it without reading the store again.
+    """
 
     doc: dict[str, Any]
     state: ExecutionState
     version: int
     event_seq: int
+    #: Whether the write that produced this snapshot ended the execution (it was not terminal before).
+    finished: bool = False
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> Snapshot:

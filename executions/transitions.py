@@ -17,6 +17,7 @@ from pymongo.errors import DuplicateKeyError
 from detflow_site import conf
 from executions import faults, store
 from executions.engine import (
+    TERMINAL,
     CancelStep,
     Claim,
     ExecutionStatus,
@@ -138,8 +139,41 @@ def commit(
     result = store.collection().update_one(query, update)
     if result.modified_count != 1:
         return None
-    return Snapshot(doc=snap.doc, state=new_state, version=snap.version + 1,
-                    event_seq=snap.event_seq + len(events))
+    version, event_seq = snap.version + 1, snap.event_seq + len(events)
+    doc = applied(snap.doc, {**update_set, "version": version, "event_seq": event_seq},
+                  update_unset)
+    return Snapshot(doc=doc, state=new_state, version=version, event_seq=event_seq,
+                    finished=new_state.status in TERMINAL and snap.state.status not in TERMINAL)
+
+
+def applied(doc: dict[str, Any], sets: Mapping[str, Any], unsets: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``doc`` with a ``$set`` and an ``$unset`` of dotted paths applied.
+
+    Only the containers on a changed path are copied (the top level, the ``steps`` list, the one
+    step changed), so the cost is the number of steps, not the document's size; ``doc`` is not
+    changed. Paths name list elements by index, as every write here does (no positional ``$``).
+    """
+    new = dict(doc)
+    copied: set[str] = set()
+    changes = [(path, value, False) for path, value in sets.items()]
+    changes += [(path, None, True) for path in unsets]
+    for path, value, unset in changes:
+        parts = path.split(".")
+        target: Any = new
+        for depth, part in enumerate(parts[:-1]):
+            key: Any = int(part) if isinstance(target, list) else part
+            child = target[key]
+            prefix = ".".join(parts[: depth + 1])
+            if prefix not in copied:
+                child = list(child) if isinstance(child, list) else dict(child)
+                target[key] = child
+                copied.add(prefix)
+            target = child
+        if unset:
+            target.pop(parts[-1], None)
+        else:
+            target[parts[-1]] = value
+    return new
 
 
 def claim(snap: Snapshot, decision: Claim, worker: str, now: int, lease_ms: int) -> Snapshot | None:

@@ -47,7 +47,8 @@ def drive(execution_id: str, timeout: float = 10.0) -> dict[str, Any]:
 @pytest.fixture
 def histories(redis_client: Any, define: Any, settings: Any) -> dict[str, str]:
     """Executions whose histories hold every kind of event; ``{kind: execution id}``."""
-    settings.DETFLOW = {**settings.DETFLOW, "LEASE_S": "0.2"}
+    # One step per advance, so that the cancel below falls between two steps.
+    settings.DETFLOW = {**settings.DETFLOW, "LEASE_S": "0.2", "INLINE_STEPS": "1"}
     define("retrying", [{"handler": "test.echo"},
                         {"handler": "test.flaky", "retry": {"max_attempts": 3, **FAST}}])
     define("failing", [{"handler": "test.permanent"}, {"handler": "test.echo"}])

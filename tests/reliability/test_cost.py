@@ -1,6 +1,7 @@
 """Cost per step attempt on the happy path, counted (not timed): the budget is 3 MongoDB commands
-and 6 Redis commands of the engine's own client; the broker's commands are not counted (its
-messages are counted apart, as messages).
+and 6 Redis commands of the engine's own client when every step is a message of its own; steps run
+back to back under one message share the read and the lock. The broker's commands are not counted
+(its messages are counted apart, as messages).
 
 MongoDB commands are counted at mongomock's collection methods when the store is embedded, or by a
 ``pymongo.monitoring.CommandListener`` on a client reconnected with it when ``DETFLOW_MONGODB_URL``
@@ -141,8 +142,11 @@ def messages(monkeypatch: pytest.MonkeyPatch) -> Tally:
 
 
 def test_cost__happy_path_attempt__stays_within_3_mongodb_and_6_redis_commands(
-    broker: Any, define: Any, mongo_commands: Tally, redis_commands: Tally, messages: Tally
+    broker: Any, define: Any, mongo_commands: Tally, redis_commands: Tally, messages: Tally,
+    settings: Any,
 ) -> None:
+    """The costliest way to run: every step a message of its own (``INLINE_STEPS=1``)."""
+    settings.DETFLOW = {**settings.DETFLOW, "INLINE_STEPS": "1"}
     define("cheap", [{"handler": "test.echo"}] * STEPS)
     ids = [operations.start("cheap", {"n": n})[0]["_id"] for n in range(EXECUTIONS)]
     for tally in (mongo_commands, redis_commands, messages):
@@ -170,6 +174,32 @@ def test_cost__happy_path_attempt__stays_within_3_mongodb_and_6_redis_commands(
     assert max(r.total() for _, r, _ in per_attempt) <= REDIS_PER_ATTEMPT, summary
     # One message per step that has a successor; none after the last step.
     assert sent == Counter(now=EXECUTIONS * (STEPS - 1)), summary
+    assert_invariants(*docs)
+    assert_each_attempt_ran_once(*docs)
+
+
+def test_cost__steps_run_back_to_back__share_one_read_one_lock_and_no_message(
+    broker: Any, define: Any, mongo_commands: Tally, redis_commands: Tally, messages: Tally,
+) -> None:
+    """The default: one message runs the steps that follow each other at once under one lock, from
+    the snapshot each write returns: one read, then a claim and an outcome per step."""
+    define("cheap", [{"handler": "test.echo"}] * STEPS)
+    ids = [operations.start("cheap", {"n": n})[0]["_id"] for n in range(EXECUTIONS)]
+    for tally in (mongo_commands, redis_commands, messages):
+        tally.take()
+
+    per_message = []
+    for eid in ids:
+        runner.advance(eid)
+        per_message.append((mongo_commands.take(), redis_commands.take(), messages.take()))
+    docs = [store.load(eid) for eid in ids]
+
+    assert [d["status"] for d in docs] == ["SUCCEEDED"] * EXECUTIONS
+    assert len(LEDGER) == EXECUTIONS * STEPS
+    for mongo, redis, sent in per_message:
+        assert mongo == Counter(find_one=1, update_one=2 * STEPS)
+        assert redis == Counter(SET=1, EVAL=1)
+        assert sent == Counter()
     assert_invariants(*docs)
     assert_each_attempt_ran_once(*docs)
 

@@ -1,12 +1,13 @@
 """A worker crash at each boundary of a step's life is recovered by the sweeper, not by Dramatiq.
 
 Each test runs a 3-step workflow on the real worker and crashes it once at one boundary, in the life
-of step s1 or s2. The crash point is armed in the test before the start, or by the handler of the
-step before (for a boundary up to the claim) or of the step itself (after it), so that the crash
-falls exactly where the test says. The sweeper then finishes the execution: after the claim by
-recording the attempt lost once its lease runs out, otherwise by re-sending the due work whose
-message died with the worker. Dramatiq would hand the dead message back only after minutes, far
-beyond these tests' timeouts.
+of step s1 or s2, both with every step a message of its own and with steps run back to back under
+one message (the default), whose boundaries differ. The crash point is armed in the test before
+the start, or by the handler of the step before (for a boundary up to the claim) or of the step
+itself (after it), so that the crash falls exactly where the test says. The sweeper then finishes
+the execution: after the claim by recording the attempt lost once its lease runs out, otherwise by
+re-sending the due work whose message died with the worker. Dramatiq would hand the dead message
+back only after minutes, far beyond these tests' timeouts.
 """
 from __future__ import annotations
 
@@ -51,11 +52,26 @@ def test_crash_points__the_recovery_table_covers_every_boundary() -> None:
     assert tuple(RECOVERY) == faults.POINTS
 
 
-@pytest.mark.parametrize("step", ["s1", "s2"])
-@pytest.mark.parametrize("point", faults.POINTS)
+#: Steps run back to back (the default): the lock is released and the next message sent once, after
+#: the run, so a crash there leaves nothing to recover; s2's life starts at "loaded" (from the
+#: snapshot the outcome write of s1 returned), with no message received and no lock taken.
+RECOVERY_INLINE = {**RECOVERY, "released": None, "sent": None}
+CASES = [
+    *[pytest.param("message", point, step, id=f"message-{point}-{step}")
+      for point in faults.POINTS for step in ("s1", "s2")],
+    *[pytest.param("inline", point, step, id=f"inline-{point}-{step}")
+      for point in faults.POINTS for step in ("s1", "s2")
+      if not (step == "s2" and point in ("received", "locked"))],
+]
+
+
+@pytest.mark.parametrize(("mode", "point", "step"), CASES)
 def test_crash_at__each_boundary__is_recovered_by_the_sweeper(
-    point: str, step: str, worker: Any, sweeper: Any, crashes: list[str], define: Any
+    mode: str, point: str, step: str, worker: Any, sweeper: Any, crashes: list[str], define: Any,
+    settings: Any,
 ) -> None:
+    if mode == "message":  # every step a message of its own
+        settings.DETFLOW = {**settings.DETFLOW, "INLINE_STEPS": "1"}
     execution_id = start_crashing(define, point, step)
 
     [doc] = wait_terminal(execution_id, timeout=20)
@@ -63,7 +79,7 @@ def test_crash_at__each_boundary__is_recovered_by_the_sweeper(
     assert crashes == [point]
     assert doc["status"] == "SUCCEEDED"
     assert [s["status"] for s in doc["steps"]] == ["SUCCEEDED"] * 3
-    recovery = RECOVERY[point]
+    recovery = (RECOVERY if mode == "message" else RECOVERY_INLINE)[point]
     crashed = ["s1", "s2", "s3"].index(step)
     if recovery == "lost":
         # The claim survived the crash: its lease ran out, the sweeper recorded the attempt lost,

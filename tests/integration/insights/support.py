@@ -79,11 +79,12 @@ def lost(define: Callable[..., Any], name: str = "crashes") -> dict[str, Any]:
     """Return the document of an execution whose last attempt was lost: attempt 1 fails and is
     retried, the worker running attempt 2 "dies" after the handler ran, and a sweep after the lease
     ran out records it lost, which uses up the budget (2)."""
-    define(name, [{"handler": "test.flaky", "retry": {"max_attempts": 2, "initial_delay_s": 0}},
+    define(name, [{"handler": "test.flaky", "retry": {"max_attempts": 2, "initial_delay_s": 0.05}},
                   {"handler": "test.echo"}])
     doc, _ = operations.start(name, {"succeed_on": 5})
     faults.arm("handled", execution_id=doc["_id"], skip=1)
     runner.advance(doc["_id"], worker="test-worker")
+    time.sleep(0.1)  # the retry is due (a retry due at once would run in the same advance)
     with pytest.raises(faults.SimulatedCrash):
         runner.advance(doc["_id"], worker="doomed-worker")
     report = sweeper.sweep(grace_s=0, now=now_ms() + 60_000)
