@@ -63,6 +63,8 @@ def serialize_mongomock() -> None:
         mongomock.collection.copy = _PickleCopy()  # type: ignore[assignment]
     if not getattr(Collection._ensure_uniques, "__detflow_partial__", False):
         Collection._ensure_uniques = _partial_aware(Collection._ensure_uniques)  # type: ignore[method-assign]
+    if not getattr(Collection._update, "__detflow_paths__", False):
+        Collection._update = _path_copying(Collection._update)  # type: ignore[method-assign]
 
 
 class _PickleCopy:
@@ -110,6 +112,180 @@ def _partial_aware(ensure: Callable[..., Any]) -> Callable[..., Any]:
 
     ensure_uniques.__detflow_partial__ = True  # type: ignore[attr-defined]
     return ensure_uniques
+
+
+class _Unsupported(Exception):
+    """An update the path-copying write leaves to mongomock's own."""
+
+
+_MISSING: Any = object()
+
+
+def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
+    """mongomock's update, without its copy of the whole document.
+
+    mongomock deep-copies the matched document before it changes it in place (to tell whether it
+    changed, and to roll back), so every write costs the document's size: on a long execution, most
+    of a step. The engine's writes are all of one kind: ``update_one`` matched on ``_id``, with
+    ``$set``, ``$unset``, ``$inc`` and ``$push`` (``$each``, ``$slice``) on dotted paths. Those are
+    done here by building the new document from the old one, copying only the containers on the
+    changed paths, and storing it in the old one's place (the old one is never changed, and
+    mongomock hands out copies only, so nothing else holds it). Anything else, and anything
+    unusual in these (a path through a missing list element or a non-container, overlapping
+    paths, an empty operator, an upsert), goes to mongomock's own update unchanged.
+    """
+    from mongomock import helpers
+    from mongomock.filtering import filter_applies
+
+    @functools.wraps(update)
+    def _update(self: Any, spec: Any, document: Any, upsert: bool = False, *args: Any,
+                **kwargs: Any) -> Any:
+        key = spec.get("_id") if isinstance(spec, dict) else None
+        if (upsert or args or kwargs.get("multi") or not isinstance(key, str)
+                or not isinstance(document, dict) or any(kwargs.get(name) for name in _OPTIONS)):
+            return update(self, spec, document, upsert, *args, **kwargs)
+        try:
+            old = self._store[key]
+        except KeyError:
+            old = None
+        spec = helpers.patch_datetime_awareness_in_document(spec)
+        if old is None or not filter_applies(spec, old):
+            return _result(self, 0, 0)
+        try:
+            new, changed = _apply(old, helpers.patch_datetime_awareness_in_document(document))
+        except _Unsupported:
+            return update(self, spec, document, upsert, *args, **kwargs)
+        if not changed:
+            return _result(self, 1, 0)
+        self._store[key] = new
+        try:
+            self._ensure_uniques(new)
+        except Exception:
+            self._store[key] = old
+            raise
+        return _result(self, 1, 1)
+
+    _update.__detflow_paths__ = True  # type: ignore[attr-defined]
+    return _update
+
+
+#: Keyword options of mongomock's ``_update`` that the path-copying write does not handle.
+_OPTIONS = ("hint", "session", "collation", "let", "array_filters", "manipulate", "check_keys")
+
+
+def _result(collection: Any, matched: int, modified: int) -> dict[str, Any]:
+    return {"connectionId": collection.database.client._id, "err": None, "n": matched,
+            "nModified": modified, "ok": 1, "upserted": None, "updatedExisting": bool(matched)}
+
+
+def _apply(doc: dict[str, Any], update: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Return the document ``update`` makes of ``doc`` (which is left as it is), and whether it
+    differs; raise ``_Unsupported`` for what is left to mongomock."""
+    if not update or set(update) - {"$set", "$unset", "$inc", "$push"}:
+        raise _Unsupported
+    paths: list[str] = []
+    for fields in update.values():
+        if not isinstance(fields, dict) or not fields:
+            raise _Unsupported
+        paths += fields
+    for path in paths:
+        if not path or "$" in path or path == "_id" or path.startswith("_id."):
+            raise _Unsupported
+    named = set(paths)
+    if len(named) < len(paths) or any(
+        path[:at] in named for path in paths for at, char in enumerate(path) if char == "."
+    ):
+        raise _Unsupported  # overlapping paths: a real server refuses them
+    root = dict(doc)
+    copied: dict[str, Any] = {"": root}
+    changed = False
+    for op, fields in update.items():
+        for path, value in fields.items():
+            parent, name = _parent(root, copied, path, create=op != "$unset")
+            if parent is None:  # $unset through a missing field: nothing to do
+                continue
+            current = parent.get(name, _MISSING)
+            if op == "$set":
+                new = _copied(value)
+            elif op == "$unset":
+                if current is _MISSING:
+                    continue
+                del parent[name]
+                changed = True
+                continue
+            elif op == "$inc":
+                if not _number(value) or not (current is _MISSING or _number(current)):
+                    raise _Unsupported
+                new = value if current is _MISSING else current + value
+            else:
+                new = _pushed(current, value)
+            if current is _MISSING or current != new:  # mongomock's test: 1 == 1.0
+                changed = True
+            parent[name] = new
+    return root, changed
+
+
+def _parent(root: dict[str, Any], copied: dict[str, Any], path: str, create: bool
+            ) -> tuple[dict[str, Any] | None, str]:
+    """Return the (copied) container that holds the last part of ``path``, and that part."""
+    parts = path.split(".")
+    target: Any = root
+    for depth, part in enumerate(parts[:-1]):
+        prefix = ".".join(parts[: depth + 1])
+        if prefix in copied:
+            target = copied[prefix]
+            continue
+        if isinstance(target, list):
+            if not part.isdigit() or int(part) >= len(target):
+                raise _Unsupported
+            child = target[int(part)]
+            if not isinstance(child, dict | list):
+                raise _Unsupported
+            child = list(child) if isinstance(child, list) else dict(child)
+            target[int(part)] = child
+        else:
+            child = target.get(part, _MISSING)
+            if child is _MISSING:
+                if not create:
+                    return None, parts[-1]
+                child = {}
+            elif not isinstance(child, dict | list):
+                raise _Unsupported
+            else:
+                child = list(child) if isinstance(child, list) else dict(child)
+            target[part] = child
+        copied[prefix] = target = child
+    if not isinstance(target, dict):
+        raise _Unsupported  # a list element by index: $unset and $set there differ on a server
+    return target, parts[-1]
+
+
+def _pushed(current: Any, value: Any) -> list[Any]:
+    if current is not _MISSING and not isinstance(current, list):
+        raise _Unsupported
+    items: list[Any] = [] if current is _MISSING else list(current)
+    if isinstance(value, dict) and any(k.startswith("$") for k in value):
+        if set(value) - {"$each", "$slice"} or not isinstance(value["$each"], list):
+            raise _Unsupported
+        items += _copied(value["$each"])
+        limit = value.get("$slice")
+        if limit is not None:
+            if not isinstance(limit, int) or isinstance(limit, bool):
+                raise _Unsupported
+            items = items[limit:] if limit < 0 else items[:limit]
+        return items
+    items.append(_copied(value))
+    return items
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _copied(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return _PickleCopy().deepcopy(value)
 
 
 def _by_id(scan: Callable[..., Any]) -> Callable[..., Any]:

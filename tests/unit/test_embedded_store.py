@@ -1,7 +1,13 @@
-"""The embedded store's two adjustments to mongomock: lookups by _id, and serialized operations."""
+"""The embedded store's adjustments to mongomock: lookups by _id, serialized operations, and writes
+that copy only the changed paths."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import datetime as dt
+import random
 import threading
+from unittest import mock
 
 import mongomock
 import pytest
@@ -71,3 +77,82 @@ def test_unique_partial_index__still_refuses_a_duplicate_key_and_allows_document
         docs.insert_one({"workflow": "w", "key": "k"})
     docs.insert_one({"workflow": "v", "key": "k"})
     assert docs.count_documents({}) == 4
+
+
+def _execution(n: int) -> dict:
+    return {"_id": f"x{n}", "version": 1, "status": "PENDING", "events": [{"seq": 1}],
+            "steps": [{"name": f"s{i}", "status": "PENDING", "attempts": []} for i in range(4)]}
+
+
+def _random_update(rng: random.Random) -> tuple[dict, dict]:
+    """An update like the engine's (or, now and then, one the path-copying write leaves alone)."""
+    i = rng.randrange(5)  # 4 is past the last step
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=rng.randrange(100))
+    choices: list[tuple[str, str, object]] = [
+        ("$set", f"steps.{i}.status", rng.choice(["RUNNING", "SUCCEEDED"])),
+        ("$set", f"steps.{i}.current", {"n": rng.randrange(3), "at": at}),
+        ("$set", "due_at", at), ("$set", "status", "RUNNING"), ("$set", "a.b.c", [1, {"d": 2}]),
+        ("$set", "version", rng.choice([1, 1.0, 2])), ("$set", f"steps.{i}", {"name": "r"}),
+        ("$set", "status.deeper", 1), ("$set", "steps.x.status", 1),
+        ("$unset", f"steps.{i}.current", ""), ("$unset", "due_at", ""), ("$unset", "no.such", ""),
+        ("$unset", f"steps.{i}", ""),
+        ("$inc", "version", 1), ("$inc", "event_seq", rng.choice([1, 2, 0])), ("$inc", "status", 1),
+        ("$push", "events", {"$each": [{"seq": rng.randrange(9)}]}),
+        ("$push", f"steps.{i}.attempts", {"$each": [{"n": rng.randrange(9)}], "$slice": -2}),
+        ("$push", "tags", "t"), ("$push", "status", "t"),
+        ("$push", "events", {"$each": [{"seq": 0}], "$position": 0}),
+    ]
+    update: dict = {}
+    for op, path, value in rng.sample(choices, rng.randint(1, 4)):
+        update.setdefault(op, {})[path] = value
+    spec: dict = {"_id": f"x{rng.randrange(3)}"}
+    if rng.random() < 0.3:
+        spec["version"] = rng.randrange(1, 4)
+    return spec, update
+
+
+def test_path_copying_update__leaves_what_mongomock_leaves_and_counts_the_same() -> None:
+    """The embedded store's own write of the engine's updates, against mongomock's, on 2,000
+    random updates of execution-like documents: the same documents, counts and errors."""
+    embedded.serialize_mongomock()
+    ours = mongomock.MongoClient().db.ours
+    theirs = mongomock.MongoClient().db.theirs
+    for docs in (ours, theirs):
+        docs.insert_many([_execution(n) for n in range(2)])
+    mongomocks = Collection._update.__wrapped__
+    rng = random.Random(7)
+    fast = 0
+    for _ in range(2000):
+        spec, update = _random_update(rng)
+        outcome = []
+        for docs, patched in ((ours, False), (theirs, True)):
+            with contextlib.ExitStack() as stack:
+                if patched:
+                    stack.enter_context(mock.patch.object(Collection, "_update", mongomocks))
+                try:
+                    result = docs.update_one(copy.deepcopy(spec), copy.deepcopy(update))
+                    outcome.append((result.matched_count, result.modified_count))
+                except Exception as exc:  # the same refusal on both sides
+                    outcome.append(type(exc).__name__)
+        assert outcome[0] == outcome[1], (spec, update)
+        assert list(ours.find({}, sort=[("_id", 1)])) == list(theirs.find({}, sort=[("_id", 1)])), (
+            spec, update)
+        fast += isinstance(outcome[0], tuple) and outcome[0][1] == 1
+    assert fast > 500  # most updates changed a document, so the comparison had something to see
+
+
+def test_path_copying_update__never_changes_the_document_a_reader_was_given() -> None:
+    embedded.serialize_mongomock()
+    docs = mongomock.MongoClient().db.readers
+    docs.insert_one(_execution(0))
+    stored = docs._store["x0"]
+    before = copy.deepcopy(stored)
+
+    docs.update_one({"_id": "x0", "version": 1},
+                    {"$set": {"steps.1.status": "RUNNING"}, "$inc": {"version": 1},
+                     "$push": {"events": {"$each": [{"seq": 2}]}, "steps.1.attempts": {"$each": [{"n": 1}]}}})
+
+    assert stored == before
+    after = docs.find_one({"_id": "x0"})
+    assert after["steps"][1] == {"name": "s1", "status": "RUNNING", "attempts": [{"n": 1}]}
+    assert after["version"] == 2 and after["events"] == [{"seq": 1}, {"seq": 2}]
