@@ -25,6 +25,7 @@ from executions.engine import Claim, Decision, Finish, RecoverLost, StepStatus, 
 from executions.locks import ExecutionLock
 from executions.slots import StepSlot
 from executions.store import Snapshot, now_ms, to_dt
+from executions.ticker import TICKER, Entry
 from workflows import registry
 from workflows.context import AttemptLog, StepContext
 from workflows.errors import (
@@ -351,46 +352,56 @@ class TimeoutInterrupt(BaseException):
     ``except Exception`` does not swallow it)."""
 
 
-class Watchdog(threading.Thread):
+class Watchdog:
     """Renews the lease and the lock while a handler runs; interrupts it at its deadline.
 
-    An interrupt cannot stop C code or a blocking system call; the watchdog then stops renewing,
-    the lease runs out, and the sweeper records the attempt lost.
+    Its ticks run in the process's one ticker thread (``executions.ticker``), every third of the
+    lease. An interrupt cannot stop C code or a blocking system call; the watchdog then stops
+    renewing, the lease runs out, and the sweeper records the attempt lost.
     """
 
     def __init__(
         self, attempt: Attempt, lock: ExecutionLock, lease_ms: int, timeout_s: float,
         slot: StepSlot | None = None,
     ):
-        super().__init__(name=f"detflow-watchdog-{attempt.snap.state.id[:8]}", daemon=True)
         self.attempt = attempt
         self.lock = lock
         self.slot = slot
         self.lease_ms = lease_ms
+        self.interval = max(lease_ms / 3000, 0.05)
         self.deadline = time.monotonic() + timeout_s
         self.target = threading.get_ident()
         self.lost = False
-        self._done = threading.Event()
+        self._done = False
+        self._entry: Entry | None = None
         self._guard = threading.Lock()
 
-    def run(self) -> None:
-        interval = max(self.lease_ms / 3000, 0.05)
-        execution_id = self.attempt.snap.state.id
-        while True:
-            paused = faults.paused(execution_id)
-            remaining = max(self.deadline - time.monotonic(), 0)
-            if self._done.wait(interval if paused else min(interval, remaining)):
-                return
-            if paused:
-                continue
-            if time.monotonic() >= self.deadline:
-                with self._guard:
-                    if not self._done.is_set():
-                        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                            ctypes.c_ulong(self.target), ctypes.py_object(TimeoutInterrupt)
-                        )
-                return
-            self._renew()
+    def start(self) -> None:
+        """Start watching (from the handler's thread, which an interrupt is raised in)."""
+        self._next(time.monotonic())
+
+    def _next(self, now: float, paused: bool = False) -> None:
+        at = now + self.interval if paused else min(now + self.interval, self.deadline)
+        with self._guard:
+            if not self._done:
+                self._entry = TICKER.schedule(at, self._tick)
+
+    def _tick(self) -> None:
+        if self._done:
+            return
+        now = time.monotonic()
+        if faults.paused(self.attempt.snap.state.id):
+            self._next(now, paused=True)
+            return
+        if now >= self.deadline:
+            with self._guard:
+                if not self._done:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(self.target), ctypes.py_object(TimeoutInterrupt)
+                    )
+            return
+        self._renew()
+        self._next(time.monotonic())
 
     def _renew(self) -> bool:
         """Renew the lease in MongoDB (what counts), then the lock and the slot in Redis."""
@@ -422,7 +433,8 @@ class Watchdog(threading.Thread):
     def finish(self) -> None:
         """Stop renewing: the handler returned or raised."""
         with self._guard:
-            self._done.set()
+            self._done = True
+            TICKER.cancel(self._entry)
 
 
 def _encode_output(result: Any) -> str:
