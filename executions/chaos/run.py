@@ -75,6 +75,7 @@ class Report:
         return {
             "seed": self.options.seed, "executions": self.options.executions,
             "steps": self.options.steps, "threads": self.options.threads,
+            "spare_threads_for_pauses": self.schedule.counts().get("pause", 0),
             "duration_s": round(self.duration_s, 2),
             "store": services.store_description(), "redis": services.redis_url(),
             "faults": {k: {"planned": planned.get(k, 0), "injected": self.injected.get(k, 0)}
@@ -89,7 +90,8 @@ class Report:
     def lines(self) -> list[str]:
         data = self.as_dict()
         out = [f"chaos run: seed {data['seed']}, {data['executions']} executions x {data['steps']} "
-               f"steps on {data['threads']} threads, {data['duration_s']}s; store: {data['store']}",
+               f"steps on {data['threads']} threads (+{data['spare_threads_for_pauses']} for pauses), "
+               f"{data['duration_s']}s; store: {data['store']}",
                "faults (planned / injected):"]
         out += [f"  {kind:<12} {v['planned']:>5} / {v['injected']}" for kind, v in data["faults"].items()]
         out.append("final statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(data["statuses"].items())))
@@ -132,7 +134,12 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
                 faults.arm(fault.point, execution_id=doc["_id"], skip=fault.nth - 1)
     say(f"started {len(ids)} executions; {len(schedule.faults)} faults planned")
     started = time.monotonic()
-    pool = WorkerPool(threads=options.threads).start()
+    # A paused runner stands for a stopped process, whose threads stop with it while the other
+    # processes carry on; here every runner is a thread of one pool, so each planned pause gets a
+    # spare thread. Without them, as many pauses at once as threads stall the pool until the
+    # pauses give up (steps run back to back reach many pauses at once).
+    pauses = schedule.counts().get("pause", 0)
+    pool = WorkerPool(threads=options.threads + pauses).start()
     nemesis = Nemesis(schedule, ids)
     nemesis.start()
     try:
