@@ -65,6 +65,8 @@ def serialize_mongomock() -> None:
         Collection._ensure_uniques = _partial_aware(Collection._ensure_uniques)  # type: ignore[method-assign]
     if not getattr(Collection._update, "__detflow_paths__", False):
         Collection._update = _path_copying(Collection._update)  # type: ignore[method-assign]
+    if not getattr(Collection._copy_only_fields, "__detflow_pickled__", False):
+        Collection._copy_only_fields = _pickled_reads(Collection._copy_only_fields)  # type: ignore[method-assign]
 
 
 class _PickleCopy:
@@ -286,6 +288,53 @@ def _copied(value: Any) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return _PickleCopy().deepcopy(value)
+
+
+def _pickled_reads(project: Callable[..., Any]) -> Callable[..., Any]:
+    """mongomock's copy of a document it returns, in C: a whole document, or one less the fields an
+    exclusion projection names (the engine's working read leaves out the history and the attempt
+    records), is picked out by reference and then copied by a pickle round trip, instead of
+    mongomock's copy of every value in Python. Other projections go to mongomock unchanged."""
+    import mongomock.collection as module
+
+    @functools.wraps(project)
+    def copy_only_fields(self: Any, doc: Any, fields: Any, container: Any) -> Any:
+        if container is dict and isinstance(doc, dict):
+            if not fields:
+                return _PickleCopy().deepcopy(doc)
+            if isinstance(fields, dict) and "_id" not in fields and all(
+                value in (0, False) and isinstance(value, int | bool) and "$" not in key
+                for key, value in fields.items()
+            ):
+                try:
+                    kept = _excluding(doc, module._combine_projection_spec(fields))
+                except _Unsupported:
+                    pass
+                else:
+                    return _PickleCopy().deepcopy(kept)
+        return project(self, doc, fields, container)
+
+    copy_only_fields.__detflow_pickled__ = True  # type: ignore[attr-defined]
+    return copy_only_fields
+
+
+def _excluding(doc: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """Return ``doc`` less the fields ``spec`` (mongomock's combined projection) excludes, sharing
+    the values it keeps."""
+    kept: dict[str, Any] = {}
+    for key, value in doc.items():
+        sub = spec.get(key, _MISSING)
+        if sub is _MISSING:
+            kept[key] = value
+        elif not isinstance(sub, dict):
+            continue  # excluded
+        elif isinstance(value, dict):
+            kept[key] = _excluding(value, sub)
+        elif isinstance(value, list) and all(isinstance(item, dict) for item in value):
+            kept[key] = [_excluding(item, sub) for item in value]
+        else:
+            raise _Unsupported  # mongomock's own rules for the odd cases
+    return kept
 
 
 def _by_id(scan: Callable[..., Any]) -> Callable[..., Any]:

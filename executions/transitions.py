@@ -104,7 +104,7 @@ def commit(
     if new_state.status is not snap.state.status:
         update_set["status"] = new_state.status.value
     for index, (old, new) in enumerate(zip(snap.state.steps, new_state.steps, strict=True)):
-        if old == new:
+        if old is new or old == new:  # evolve keeps the steps it does not change
             continue
         prefix = f"steps.{index}."
         update_set[prefix + "status"] = new.status.value

@@ -156,3 +156,37 @@ def test_path_copying_update__never_changes_the_document_a_reader_was_given() ->
     after = docs.find_one({"_id": "x0"})
     assert after["steps"][1] == {"name": "s1", "status": "RUNNING", "attempts": [{"n": 1}]}
     assert after["version"] == 2 and after["events"] == [{"seq": 1}, {"seq": 2}]
+
+
+@pytest.mark.parametrize(
+    "projection",
+    [None, {}, {"events": 0, "steps.attempts": 0}, {"events": 0}, {"steps": 0, "missing.deep": 0},
+     {"status": 1}, {"_id": 0, "events": 0}, {"steps.attempts": 0, "a.b": 0}, {"odd.x": 0},
+     {"events": False}],
+)
+def test_pickled_reads__return_what_mongomock_returns(projection: dict | None) -> None:
+    """The embedded store's copy of a returned document, against mongomock's own."""
+    embedded.serialize_mongomock()
+    docs = mongomock.MongoClient().db.reads
+    doc = _execution(0)
+    doc.update(a={"b": [1, {"c": dt.datetime(2026, 1, 1)}], "d": 2}, odd=[1, "two"],
+               due_at=dt.datetime(2026, 1, 2, 3, 4, 5, 6000))
+    doc["steps"][1]["attempts"] = [{"n": 1, "logs": ["x"]}]
+    docs.insert_one(doc)
+    mongomocks = Collection._copy_only_fields.__wrapped__
+
+    def read() -> object:
+        try:
+            return docs.find_one({"_id": "x0"}, projection)
+        except Exception as exc:  # mongomock's own refusal (a path into a list of non-documents)
+            return type(exc)
+
+    ours = read()
+    with mock.patch.object(Collection, "_copy_only_fields", mongomocks):
+        theirs = read()
+
+    assert ours == theirs
+    if not isinstance(ours, dict):
+        return
+    ours.setdefault("steps", [{}])[0]["status"] = "CHANGED"  # a copy: the stored one stays
+    assert docs.find_one({"_id": "x0"})["steps"][0]["status"] == "PENDING"
