@@ -1,8 +1,11 @@
-"""The three contenders, each able to start workers, launch chains and stop, on the same Redis.
+"""The contenders, each able to start workers, launch chains and stop, on the same Redis.
 
 - ``detflow``: a ``dramatiq.Worker`` on the engine's queue, as ``WorkerPool`` and ``runworker`` run
   it (no sweeper, and no worker for other apps' queues), running executions of a no-op workflow;
   an execution counts as done when its writer sends ``execution_finished``.
+- ``detflow-msg``: the same with ``DETFLOW_INLINE_STEPS=1``, a message per step (detflow before it
+  ran the steps that follow at once back to back): what the durability costs when every step goes
+  through the broker as in the other two.
 - ``dramatiq``: a raw chain on the engine's broker, on a queue of its own: each actor sends the next
   message, nothing is stored, no lock is taken.
 - ``celery``: a Celery 5 chain (Redis broker and Redis result backend), run by an in-process worker
@@ -78,6 +81,25 @@ class Detflow:
         assert self.worker is not None
         _stop_worker(self.worker, self._middleware)
         self.worker = None
+
+
+class DetflowPerMessage(Detflow):
+    """detflow with a message per step (``DETFLOW_INLINE_STEPS=1``) while its worker runs."""
+
+    name = "detflow-msg"
+
+    def start(self, threads: int) -> None:
+        from bench.cost import inline_steps
+
+        self._inline = inline_steps(1)
+        self._inline.__enter__()
+        super().start(threads)
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            self._inline.__exit__(None, None, None)
 
 
 class RawDramatiq:

@@ -85,12 +85,13 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     tp = results.get("throughput")
     if tp:
         main = tp["by_threads"][str(tp["main_threads"])]
-        measured["dramatiq_ratio"] = (main["ratios"].get("detflow/dramatiq"),
-                                      f"{main['detflow']['steps_per_s']:,.0f} vs "
-                                      f"{main['dramatiq']['steps_per_s']:,.0f} steps/s")
-        measured["celery_ratio"] = (main["ratios"].get("detflow/celery"),
-                                    f"{main['detflow']['steps_per_s']:,.0f} vs "
-                                    f"{main['celery']['steps_per_s']:,.0f} steps/s")
+        for key, other in (("dramatiq_ratio", "dramatiq"), ("celery_ratio", "celery")):
+            note = (f"{main['detflow']['steps_per_s']:,.0f} vs "
+                    f"{main[other]['steps_per_s']:,.0f} steps/s")
+            per_message = main["ratios"].get(f"detflow-msg/{other}")
+            if per_message is not None:
+                note += f"; a message per step: {per_message:.2f}"
+            measured[key] = (main["ratios"].get(f"detflow/{other}"), note)
     cost = results.get("cost")
     if cost:
         # The costliest way to run (a message per step) against the bound; the default's mean beside.
@@ -153,15 +154,18 @@ def details(results: dict[str, Any]) -> str:
     if tp:
         out.append(f"throughput, steps/s ({tp['executions']} chains x {tp['steps']} no-op steps, "
                    f"median of {tp['repetitions']}):")
-        out.append(f"  {'threads':>7}  {'detflow':>8}  {'dramatiq':>8}  {'celery':>8}  "
-                   f"{'d/dramatiq':>10}  {'d/celery':>8}  {'CPU ms/step d/dq/c':>22}")
-        names = ("detflow", "dramatiq", "celery")
+        names = [n for n in ("detflow", "detflow-msg", "dramatiq", "celery")
+                 if n in next(iter(tp["by_threads"].values()))]
+        pairs = [r for r in ("detflow/dramatiq", "detflow/celery", "detflow-msg/dramatiq",
+                             "detflow-msg/celery") if r in next(iter(tp["by_threads"].values()))["ratios"]]
+        out.append(f"  {'threads':>7}  " + "  ".join(f"{n:>11}" for n in names) + "  "
+                   + "  ".join(f"{r:>20}" for r in pairs) + f"  {'CPU ms/step':>24}")
         for count, entry in tp["by_threads"].items():
             cpu = "/".join(f"{entry[n]['cpu_ms_per_step']:.2f}" for n in names)
-            rates = "  ".join(f"{entry[n]['steps_per_s']:>8,.0f}" for n in names)
-            ratios = entry["ratios"]
-            out.append(f"  {count:>7}  {rates}  {ratios['detflow/dramatiq']:>10.2f}  "
-                       f"{ratios['detflow/celery']:>8.2f}  {cpu:>22}")
+            rates = "  ".join(f"{entry[n]['steps_per_s']:>11,.0f}" for n in names)
+            ratios = "  ".join(f"{entry['ratios'][r]:>20.2f}" for r in pairs)
+            out.append(f"  {count:>7}  {rates}  {ratios}  {cpu:>24}")
+        out.append("  (CPU ms/step in the order of the columns)")
         main = tp["by_threads"][str(tp["main_threads"])]
         out.append(f"  Redis server commands per step at {tp['main_threads']} threads, every client and "
                    "the commands inside scripts: "
@@ -226,7 +230,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
-    colors = {"detflow": "tab:blue", "dramatiq": "tab:orange", "celery": "tab:green"}
+    colors = {"detflow": "tab:blue", "detflow-msg": "tab:purple", "dramatiq": "tab:orange",
+              "celery": "tab:green"}
     store = results.get("store", "")
     fig.suptitle(f"detflow bench on {results['machine']['cores']} cores, {store}", fontsize=11)
 
@@ -235,6 +240,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     if tp:
         threads = [int(t) for t in tp["by_threads"]]
         for name, color in colors.items():
+            if name not in tp["by_threads"][str(threads[0])]:
+                continue
             ax.plot(threads, [tp["by_threads"][str(t)][name]["steps_per_s"] for t in threads],
                     marker="o", color=color, label=name)
         ax.set_xscale("log", base=2)

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     where = {"store": results["store"], "redis": results["redis"]}
     print(f"detflow bench: {results['machine']['cores']} cores, {results['machine']['cpu']}", flush=True)
     print(f"  store: {results['store']}\n  redis: {results['redis']}", flush=True)
-    every = [contenders.Detflow(), contenders.RawDramatiq(), contenders.CeleryChain()]
+    every = [contenders.Detflow(), contenders.DetflowPerMessage(), contenders.RawDramatiq(),
+             contenders.CeleryChain()]
 
     if "throughput" in args.only:
         results["throughput"] = {**where, "main_threads": args.main_threads, **throughput.scaling(

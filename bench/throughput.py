@@ -75,7 +75,7 @@ def timed(contender: Contender, threads: int, executions: int, steps: int) -> Ru
 
 
 def _check(contender: Contender, executions: int) -> None:
-    if contender.name != "detflow":
+    if not contender.name.startswith("detflow"):
         return
     from executions import store
 
@@ -124,10 +124,10 @@ def summarize(
                                    for k, v in redis_total.most_common()},
             }
         ratios = {}
-        first = names[0]
-        for other in names[1:]:
-            ratios[f"{first}/{other}"] = stats.rounded(stats.paired_ratio(
-                [r.steps_per_s for r in mine[first]], [r.steps_per_s for r in mine[other]]))
+        for ours in (n for n in names if n.startswith("detflow")):
+            for other in (n for n in names if not n.startswith("detflow")):
+                ratios[f"{ours}/{other}"] = stats.rounded(stats.paired_ratio(
+                    [r.steps_per_s for r in mine[ours]], [r.steps_per_s for r in mine[other]]))
         entry["ratios"] = ratios
         by_threads[str(count)] = entry
     return {"executions": executions, "steps": steps, "repetitions": repetitions,
