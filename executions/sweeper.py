@@ -3,10 +3,14 @@
 It does not wait for Dramatiq to hand back an unacked message (which can take ten minutes and
 more after a ``kill -9``). Each sweep reads the executions whose ``due_at`` has passed and
 - records a RUNNING attempt whose lease ran out as lost, then retries or fails it per its policy;
-- sends a message for due work that no message has picked up within the grace period.
+- sends a message for due work that no message has picked up within the grace period, unless a
+  message for it is plainly waiting in the engine's queue (a backlog, not a loss): re-sending
+  those would only add duplicates behind them. A message fetched by a worker is not counted as
+  waiting, since that worker may have died with it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
@@ -25,6 +29,9 @@ logger = logging.getLogger("detflow.sweeper")
 LEADER_KEY = "detflow:sweeper"
 #: Executions read per sweep at most (oldest due first); the next sweep takes the rest.
 BATCH = 500
+#: Longest queue whose waiting messages a sweep reads; a longer one is not read (every due
+#: execution past its grace is re-sent, as if nothing were waiting).
+QUEUE_READ_LIMIT = 50_000
 
 
 @dataclass
@@ -36,9 +43,15 @@ class SweepReport:
     resent: list[str] = field(default_factory=list)
     actions: Counter[str] = field(default_factory=Counter)
 
+    #: Due executions past their grace whose message waits in the queue (not re-sent).
+    waiting: list[str] = field(default_factory=list)
+
     def summary(self) -> str:
-        return (f"examined {self.examined} due execution(s): {len(self.lost)} lost attempt(s) "
+        text = (f"examined {self.examined} due execution(s): {len(self.lost)} lost attempt(s) "
                 f"recorded, {len(self.resent)} message(s) re-sent")
+        if self.waiting:
+            text += f", {len(self.waiting)} left to the message waiting in the queue"
+        return text
 
 
 def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
@@ -53,6 +66,8 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
         .sort("due_at", 1)
         .limit(BATCH)
     )
+    queued: set[str] | None = None
+    read = False
     for doc in cursor:
         report.examined += 1
         snap = Snapshot.of(doc)
@@ -68,13 +83,46 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
                 report.resent.append(snap.state.id)
         elif isinstance(decision, Claim | Finish):
             due = store.to_ms(doc.get("due_at")) or now
-            if now - due >= grace_ms and dispatch.send(snap.state.id):
+            if now - due < grace_ms:
+                continue
+            if not read:
+                queued, read = waiting_in_queue(), True
+            if queued is not None and snap.state.id in queued:
+                report.waiting.append(snap.state.id)
+            elif dispatch.send(snap.state.id):
                 report.resent.append(snap.state.id)
                 report.actions["resent"] += 1
                 metrics.SWEEPER_RECOVERIES.labels("resent").inc()
     if report.lost or report.resent:
         logger.info("sweep: %s", report.summary())
     return report
+
+
+def waiting_in_queue() -> set[str] | None:
+    """Return the executions that have a message waiting in the engine's queue, not yet fetched
+    by any worker; ``None`` when the queue cannot be read (Redis down, or longer than
+    ``QUEUE_READ_LIMIT``)."""
+    from executions.broker import broker  # built from settings: imported when first needed
+
+    key = f"{broker.namespace}:{conf.get().QUEUE}"
+    client = services.redis_client()
+    try:
+        ids = client.lrange(key, 0, QUEUE_READ_LIMIT)
+        if len(ids) > QUEUE_READ_LIMIT:
+            return None
+        found: set[str] = set()
+        for start in range(0, len(ids), 1000):
+            for body in client.hmget(f"{key}.msgs", ids[start:start + 1000]):
+                try:
+                    args = json.loads(body).get("args") if body else None
+                except ValueError:  # not one of ours
+                    continue
+                if args and isinstance(args[0], str):
+                    found.add(args[0])
+    except Exception as exc:  # Redis down: re-send as if nothing were waiting (sends may fail too)
+        logger.warning("could not read the queue (%s); re-sending all due work", exc)
+        return None
+    return found
 
 
 class Sweeper(threading.Thread):
