@@ -94,7 +94,9 @@ def _advance(execution_id: str, worker: str) -> None:
         now = now_ms()
         decision = decide(snap.state, now)
         if isinstance(decision, Claim):
-            if after is not None and (claims >= settings.INLINE_STEPS or not lock.fresh()):
+            if after is not None and (
+                claims >= settings.INLINE_STEPS or not lock.fresh() or _worker_stopping()
+            ):
                 break
             slot = step_slot(snap, decision.step, lease_ms)
             if slot is not None and not slot.acquire(now):
@@ -133,6 +135,13 @@ def _advance(execution_id: str, worker: str) -> None:
     elif poked:
         dispatch.send(execution_id)
     faults.hit("sent", execution_id)
+
+
+def _worker_stopping() -> bool:
+    """Whether the Dramatiq worker running this thread is shutting down (SIGTERM): a run then
+    hands the next step on to a new message instead of claiming it here. Dramatiq's worker
+    threads clear ``running`` when their worker stops; any other thread never stops a run."""
+    return getattr(threading.current_thread(), "running", True) is False
 
 
 def follow_up(snap: Snapshot, finished: bool | None = None) -> None:

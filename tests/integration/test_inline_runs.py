@@ -10,7 +10,7 @@ import pytest
 
 from executions import dispatch, operations, runner, store, transitions
 from executions.store import Snapshot
-from tests.conftest import wait_terminal
+from tests.conftest import running_worker, wait_for, wait_terminal
 from tests.handlers import LEDGER
 from workflows.context import StepContext
 from workflows.registry import step
@@ -155,3 +155,27 @@ def test_inline__a_run_ends_before_its_lock_has_used_a_third_of_its_time(
     # The start's message, then a hand-on after every run of at most three steps (with the
     # default budget and no lock bound, one message would have carried all six: no hand-on).
     assert sent[execution_id] >= 3
+
+
+def test_inline__a_stopping_worker_claims_no_further_step(broker: Any, redis_client: Any,
+                                                         define: Any) -> None:
+    """SIGTERM (``Worker.stop``) lets the running attempt finish, then the run hands the next step
+    on to a new message instead of claiming it: another worker carries on."""
+    define("stopped", [{"handler": "test.sleep"}] * 4)
+    redis_client.flushdb()
+    broker.flush_all()
+    with running_worker(1) as first:
+        execution_id = operations.start("stopped", {"sleep_s": 0.3})[0]["_id"]
+
+        def running_s2() -> bool:
+            doc = store.load_working(execution_id)
+            return doc is not None and doc["steps"][1]["status"] == "RUNNING"
+        wait_for(running_s2, timeout=10, what="step s2 to run")
+        first.stop(timeout=10_000)
+
+        doc = store.load_working(execution_id)
+        assert doc is not None
+        assert [s["status"] for s in doc["steps"]] == ["SUCCEEDED", "SUCCEEDED", "PENDING", "PENDING"]
+    with running_worker(1):
+        [doc] = wait_terminal(execution_id)
+    assert doc["status"] == "SUCCEEDED"
