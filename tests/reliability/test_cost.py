@@ -141,23 +141,30 @@ def messages(monkeypatch: pytest.MonkeyPatch) -> Tally:
     return tally
 
 
+def drive(define: Any, tallies: tuple[Tally, Tally, Tally], calls: int
+          ) -> tuple[list[tuple[Counter[str], ...]], list[Any]]:
+    """Start ``EXECUTIONS`` executions of ``STEPS`` echo steps, advance each ``calls`` times; return
+    what each call counted (MongoDB, Redis, messages) and the documents after."""
+    define("cheap", [{"handler": "test.echo"}] * STEPS)
+    ids = [operations.start("cheap", {"n": n})[0]["_id"] for n in range(EXECUTIONS)]
+    for tally in tallies:
+        tally.take()
+    per_call = []
+    for eid in ids:
+        for _ in range(calls):
+            runner.advance(eid)
+            per_call.append(tuple(tally.take() for tally in tallies))
+    return per_call, [store.load(eid) for eid in ids]
+
+
 def test_cost__happy_path_attempt__stays_within_3_mongodb_and_6_redis_commands(
     broker: Any, define: Any, mongo_commands: Tally, redis_commands: Tally, messages: Tally,
     settings: Any,
 ) -> None:
     """The costliest way to run: every step a message of its own (``INLINE_STEPS=1``)."""
     settings.DETFLOW = {**settings.DETFLOW, "INLINE_STEPS": "1"}
-    define("cheap", [{"handler": "test.echo"}] * STEPS)
-    ids = [operations.start("cheap", {"n": n})[0]["_id"] for n in range(EXECUTIONS)]
-    for tally in (mongo_commands, redis_commands, messages):
-        tally.take()
 
-    per_attempt = []
-    for eid in ids:
-        for _ in range(STEPS):
-            runner.advance(eid)
-            per_attempt.append((mongo_commands.take(), redis_commands.take(), messages.take()))
-    docs = [store.load(eid) for eid in ids]
+    per_attempt, docs = drive(define, (mongo_commands, redis_commands, messages), calls=STEPS)
 
     assert [d["status"] for d in docs] == ["SUCCEEDED"] * EXECUTIONS
     assert len(LEDGER) == EXECUTIONS * STEPS
@@ -183,16 +190,7 @@ def test_cost__steps_run_back_to_back__share_one_read_one_lock_and_no_message(
 ) -> None:
     """The default: one message runs the steps that follow each other at once under one lock, from
     the snapshot each write returns: one read, then a claim and an outcome per step."""
-    define("cheap", [{"handler": "test.echo"}] * STEPS)
-    ids = [operations.start("cheap", {"n": n})[0]["_id"] for n in range(EXECUTIONS)]
-    for tally in (mongo_commands, redis_commands, messages):
-        tally.take()
-
-    per_message = []
-    for eid in ids:
-        runner.advance(eid)
-        per_message.append((mongo_commands.take(), redis_commands.take(), messages.take()))
-    docs = [store.load(eid) for eid in ids]
+    per_message, docs = drive(define, (mongo_commands, redis_commands, messages), calls=1)
 
     assert [d["status"] for d in docs] == ["SUCCEEDED"] * EXECUTIONS
     assert len(LEDGER) == EXECUTIONS * STEPS
