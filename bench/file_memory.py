@@ -76,7 +76,7 @@ def child(path: Path, storage: Path) -> dict[str, object]:
     pool = WorkerPool(threads=2).start()
     started = time.monotonic()
     try:
-        doc, _ = operations.start(FILE_PROCESSING, {"path": str(path), "name": path.name})
+        doc, _ = operations.start(FILE_PROCESSING, {"path": f"uploads/{path.name}", "name": path.name})
         while True:
             current = store.load(doc["_id"])
             assert current is not None
@@ -99,9 +99,11 @@ def measure(sizes: tuple[float, float], kind: str = "csv", bound: float = 64) ->
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="detflow-bench-") as tmp:
         for size_mb in sizes:
-            path = Path(tmp) / f"{size_mb:g}MB.{kind}"
-            write_file(path, int(size_mb * MB), kind)
             storage = Path(tmp) / f"storage-{size_mb:g}"
+            # Handed in as POST files/ does: under the storage directory's uploads/.
+            path = storage / "uploads" / f"{size_mb:g}MB.{kind}"
+            path.parent.mkdir(parents=True)
+            write_file(path, int(size_mb * MB), kind)
             # The embedded store and Redis: each child starts its own.
             env = {k: v for k, v in os.environ.items()
                    if k not in ("DETFLOW_MONGODB_URL", "DETFLOW_REDIS_URL")}

@@ -24,6 +24,7 @@ from detflow_site import conf, services
 from executions import faults, operations, store
 from executions.demo_view import Progress, summary_lines
 from executions.samples import Sample, generate
+from workflows import storage
 from workflows.builtin import FILE_PROCESSING, FILE_PROCESSING_DEFINITION, ensure_file_processing
 from workflows.errors import DetflowError
 from workflows.outbox import Outbox
@@ -128,7 +129,7 @@ def _start(planned: list[Planned]) -> None:
     """Store every execution first, then arm the crash: no worker runs yet, so none can slip by."""
     names = [s["name"] for s in FILE_PROCESSING_DEFINITION["steps"]]
     for item in planned:
-        data: dict[str, Any] = {"path": str(item.path), "name": item.path.name}
+        data: dict[str, Any] = {"path": _hand_in(item.path), "name": item.path.name}
         if item.simulate:
             data["simulate"] = item.simulate
         doc, _ = operations.start(FILE_PROCESSING, data, by="demo")
@@ -268,21 +269,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _hand_in(path: Path) -> str:
+    """Copy a file under the storage directory's ``uploads/``, as ``POST files/`` does; return its name."""
+    with open(path, "rb") as source:
+        return storage.keep_upload(lambda out: storage.copy(source, out))
+
+
 def _outputs(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Where a file's results are: the stored object, the derivative, the notification."""
+    """Where a file's results are: the stored object, the derivative, the notification.
+
+    The handlers' outputs name files relative to the storage directory; the demo, on the machine
+    that holds it, shows where they are.
+    """
+    root = storage.storage_dir()
     result: dict[str, Any] = {}
     if "files.store" in outputs:
-        result["object"] = outputs["files.store"]["object"]
+        result["object"] = str(root / outputs["files.store"]["object"])
         result["sha256"] = outputs["files.store"]["sha256"]
     elif "files.receive" in outputs:
-        result["inbox"] = outputs["files.receive"]["inbox"]
+        result["inbox"] = str(root / outputs["files.receive"]["inbox"])
     if "files.validate" in outputs:
         result["type"] = outputs["files.validate"]["type"]
     derived = outputs.get("files.transform") or {}
     if derived.get("path"):
-        result["derivative"] = derived["path"]
+        result["derivative"] = str(root / derived["path"])
     if "files.notify" in outputs:
-        result["notification"] = {"outbox": outputs["files.notify"]["outbox"],
+        result["notification"] = {"outbox": str(root / outputs["files.notify"]["outbox"]),
                                   "offset": outputs["files.notify"]["offset"]}
     return result
 

@@ -37,6 +37,8 @@ THUMBNAIL_PX = 256
 #: Chunks between two heartbeats in long loops (the watchdog renews the lease anyway; a heartbeat
 #: also stops an attempt whose step a successor owns).
 HEARTBEAT_EVERY = 64
+#: The storage directory's folder that ``input.path`` names uploads in.
+UPLOADS = "uploads"
 #: Seconds a notification POST may take.
 POST_TIMEOUT_S = 10.0
 _PDF_PAGE = re.compile(rb"/Type\s{0,8}/Page(?![A-Za-z])")
@@ -46,17 +48,17 @@ _PDF_PAGE = re.compile(rb"/Type\s{0,8}/Page(?![A-Za-z])")
 def receive(ctx: StepContext) -> dict[str, Any]:
     """Copy the upload into the inbox under a generated name; record its size and original name.
 
-    The input names the upload by ``path`` (a file the worker can read; a trusted caller must
-    choose it, never a client) or carries it as ``content_b64``; ``name`` is the client's name for
-    it, recorded as data only.
+    The input hands the file in by ``path``, the name of a file under the storage directory's
+    ``uploads/`` folder (``POST files/`` puts it there; any other path is refused), or carries it
+    as ``content_b64``; ``name`` is the client's name for it, recorded as data only.
     """
     _simulate(ctx)
     data = ctx.input if isinstance(ctx.input, dict) else {}
     limit = conf.get().MAX_FILE_BYTES
-    target = storage.storage_dir() / "inbox" / storage.safe_id(ctx.execution_id)
-    if isinstance(data.get("path"), str) and data["path"]:
-        source = Path(data["path"])
-        name = data.get("name") or source.name
+    target = storage.inbox_path(ctx.execution_id)
+    if "path" in data:
+        source = storage.resolve(data["path"], "input.path", under=UPLOADS)
+        name = data.get("name") or "upload"
         with storage.open_source(source) as handle:
             size = storage.write_atomic(target, lambda out: storage.copy(handle, out, limit, ctx.heartbeat))
             over = bool(handle.read(1))
@@ -69,11 +71,12 @@ def receive(ctx: StepContext) -> dict[str, Any]:
         size = storage.write_atomic(target, lambda out: storage.copy(io.BytesIO(content), out, limit))
         over = len(content) > limit
     else:
-        raise PermanentError("the input needs 'path' (a file the worker can read) or "
-                             "'content_b64' (the file's bytes in base64)")
+        raise PermanentError("the input needs 'path' (an upload under the storage directory's uploads/) "
+                             "or 'content_b64' (the file's bytes in base64)")
     # A file over the limit is kept only up to it; files.validate refuses it.
     ctx.log.info("received %d bytes%s", size, " (over the limit: cut there)" if over else "")
-    return {"inbox": str(target), "size": size, "over_limit": over, "original_name": str(name)[:255]}
+    return {"inbox": storage.relative(target), "size": size, "over_limit": over,
+            "original_name": str(name)[:255]}
 
 
 @step("files.validate")
@@ -85,7 +88,7 @@ def validate(ctx: StepContext) -> dict[str, Any]:
     if received.get("over_limit"):
         raise PermanentError(f"the file is larger than the limit of {human(settings.MAX_FILE_BYTES)} "
                              "(DETFLOW_MAX_FILE_BYTES)")
-    path = _inbox(received)
+    path = _inbox(ctx, received)
     found = filetypes.detect(path, settings.MAX_FILE_BYTES, settings.MAX_IMAGE_PIXELS,
                              received.get("original_name", ""))
     ctx.log.info("%s, %s", found.kind, human(found.size))
@@ -96,7 +99,7 @@ def validate(ctx: StepContext) -> dict[str, Any]:
 def checksum(ctx: StepContext) -> dict[str, Any]:
     """Compute the SHA-256 of the received file in 1 MiB chunks."""
     _simulate(ctx)
-    path = _inbox(_earlier(ctx, "files.receive"))
+    path = _inbox(ctx, _earlier(ctx, "files.receive"))
     digest = hashlib.sha256()
     size = 0
     for n, block in enumerate(chunks(path), start=1):
@@ -111,7 +114,7 @@ def checksum(ctx: StepContext) -> dict[str, Any]:
 def metadata(ctx: StepContext) -> dict[str, Any]:
     """Describe the file: an image's format and size, text's encoding and lines, a PDF's pages."""
     _simulate(ctx)
-    path = _inbox(_earlier(ctx, "files.receive"))
+    path = _inbox(ctx, _earlier(ctx, "files.receive"))
     validated = _earlier(ctx, "files.validate")
     kind, details = validated["type"], dict(validated.get("details") or {})
     if kind in IMAGES:
@@ -130,9 +133,9 @@ def metadata(ctx: StepContext) -> dict[str, Any]:
 def transform(ctx: StepContext) -> dict[str, Any]:
     """Make a thumbnail of at most 256 px of an image, or a gzip copy of a text file."""
     _simulate(ctx)
-    path = _inbox(_earlier(ctx, "files.receive"))
+    path = _inbox(ctx, _earlier(ctx, "files.receive"))
     kind = _earlier(ctx, "files.validate")["type"]
-    folder = storage.storage_dir() / "derived" / storage.safe_id(ctx.execution_id)
+    folder = storage.derived_dir(ctx.execution_id)
     if kind in IMAGES:
         with filetypes.open_image(path, conf.get().MAX_IMAGE_PIXELS) as image:
             image.draft(None, (THUMBNAIL_PX, THUMBNAIL_PX))  # JPEG: decode at a fraction of the size
@@ -144,38 +147,76 @@ def transform(ctx: StepContext) -> dict[str, Any]:
             thumb.save(encoded, "PNG")
         target = folder / "thumbnail.png"
         size = storage.write_atomic(target, lambda out: out.write(encoded.getvalue()))
-        return {"kind": "thumbnail", "path": str(target), "width": thumb.width,
+        return {"kind": "thumbnail", "path": storage.relative(target), "width": thumb.width,
                 "height": thumb.height, "bytes": size}
     if kind in TEXTS:
         target = folder / "compressed.gz"
         size = storage.write_atomic(target, lambda out: _gzip(path, out, ctx))
-        return {"kind": "gzip", "path": str(target), "bytes": size}
+        return {"kind": "gzip", "path": storage.relative(target), "bytes": size}
     return {"kind": "none", "reason": f"{kind} files are stored as they are"}
 
 
 @step("files.store")
 def store(ctx: StepContext) -> dict[str, Any]:
-    """Store the file once per content under ``objects/ab/cdef...``; storing it again changes nothing."""
+    """Store the file once per content under ``objects/ab/cdef...``; storing it again changes nothing.
+
+    The received copy is hashed every time, whatever ``files.checksum`` recorded: an object is
+    stored (or found already stored) only under the digest of what was received, so an output that
+    names another digest re-points nothing. Once stored, the digest is recorded under
+    ``stored/<execution id>`` before the received copy is removed, so that a re-run (its worker
+    crashed before the outcome was recorded) knows what this execution stored.
+    """
     _simulate(ctx)
     received = _earlier(ctx, "files.receive")
     summed = _earlier(ctx, "files.checksum")
-    target = storage.object_path(summed["sha256"])
-    inbox = Path(received["inbox"])
-    created = False
-    if not (target.exists() and target.stat().st_size == summed["size"]):
-        digest = hashlib.sha256()
+    target = storage.object_path(summed.get("sha256"))
+    marker = storage.stored_marker(ctx.execution_id)
+    shown = storage.relative(target)
+    if _stored_before(marker, summed["sha256"], target):
+        ctx.log.info("already stored %s by an earlier run of this step", shown)
+        return {"object": shown, "sha256": summed["sha256"], "created": False}
+    inbox = _inbox(ctx, received)
+    digest = hashlib.sha256()
 
+    def verify() -> None:
+        if digest.hexdigest() != summed["sha256"]:
+            raise PermanentError("the received file's SHA-256 is not the one files.checksum recorded: "
+                                 "the file changed after its checksum was taken, or the checksum "
+                                 "was not taken from it")
+
+    created = False
+    if target.exists() and target.stat().st_size == inbox.stat().st_size:
+        with storage.open_source(inbox) as handle:
+            storage.copy(handle, _Discard(), None, ctx.heartbeat, digest)
+        verify()
+    else:
         def fill(out: BinaryIO) -> None:
-            with open(_inbox(received), "rb") as handle:
+            with storage.open_source(inbox) as handle:
                 storage.copy(handle, out, None, ctx.heartbeat, digest)
-            if digest.hexdigest() != summed["sha256"]:
-                raise PermanentError("the received file changed after its checksum was taken")
+            verify()
 
         storage.write_atomic(target, fill)
         created = True
+    storage.write_atomic(marker, lambda out: out.write(summed["sha256"].encode()))
     inbox.unlink(missing_ok=True)
-    ctx.log.info("%s %s", "stored" if created else "already stored", target)
-    return {"object": str(target), "sha256": summed["sha256"], "created": created}
+    ctx.log.info("%s %s", "stored" if created else "already stored", shown)
+    return {"object": shown, "sha256": summed["sha256"], "created": created}
+
+
+def _stored_before(marker: Path, sha256: str, target: Path) -> bool:
+    """Tell whether an earlier run of this execution's files.store stored this digest."""
+    try:
+        recorded = marker.read_text(encoding="ascii")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return False
+    return recorded == sha256 and target.is_file()
+
+
+class _Discard:
+    """A sink for :func:`storage.copy` when only the digest is wanted."""
+
+    def write(self, block: bytes) -> int:
+        return len(block)
 
 
 @step("files.notify")
@@ -188,13 +229,14 @@ def notify(ctx: StepContext) -> dict[str, Any]:
     derived = ctx.outputs.get("files.transform") or {}
     record = {
         "execution_id": ctx.execution_id, "file": received.get("original_name"),
-        "type": validated["type"], "size": validated["size"], "sha256": stored["sha256"],
-        "object": stored["object"], "derivative": derived.get("path"),
+        "type": validated["type"], "size": validated["size"], "sha256": stored.get("sha256"),
+        "object": storage.relative(storage.object_path(stored.get("sha256"))),
+        "derivative": _derivative(ctx, derived),
         "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     box = storage.outbox()
     entry = box.append_once(ctx.idempotency_key, record)
-    result: dict[str, Any] = {"outbox": str(box.path), "offset": entry.offset,
+    result: dict[str, Any] = {"outbox": storage.relative(box.path), "offset": entry.offset,
                               "duplicate": not entry.appended, "posted": None}
     url = conf.get().NOTIFY_URL
     if url is not None:
@@ -224,12 +266,31 @@ def _earlier(ctx: StepContext, name: str) -> dict[str, Any]:
     return output
 
 
-def _inbox(received: dict[str, Any]) -> Path:
-    path = Path(received["inbox"])
-    if not path.is_file():
-        raise PermanentError(f"the received copy {path} is gone (removed after the file was stored, "
-                             "or by hand)")
+def _inbox(ctx: StepContext, received: dict[str, Any]) -> Path:
+    """Return this execution's received copy: derived from its id, never taken from an output.
+
+    The name the output of ``files.receive`` carries is checked against it, so that an output an
+    operator wrote (a skip) or edited cannot point a step at another file.
+    """
+    path = storage.inbox_path(ctx.execution_id)
+    named = storage.resolve(received.get("inbox"), "the output of files.receive (inbox)", under="inbox")
+    if named != path:
+        raise PermanentError("the output of files.receive names another execution's inbox; a step "
+                             f"reads only this execution's received copy, {storage.relative(path)}")
+    if path.is_symlink() or not path.is_file():
+        raise PermanentError(f"the received copy {storage.relative(path)} is gone (removed after the "
+                             "file was stored, or by hand) or is not a regular file")
     return path
+
+
+def _derivative(ctx: StepContext, derived: dict[str, Any]) -> str | None:
+    """Return the name of this execution's derivative that the output of files.transform names."""
+    if not derived.get("path"):
+        return None
+    path = storage.resolve(derived["path"], "the output of files.transform (path)", under="derived")
+    if path.parent != storage.derived_dir(ctx.execution_id):
+        raise PermanentError("the output of files.transform names another execution's derivative")
+    return storage.relative(path)
 
 
 def _gzip(path: Path, out: BinaryIO, ctx: StepContext) -> None:

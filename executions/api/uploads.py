@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-from pathlib import Path
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
@@ -50,8 +48,9 @@ class UploadView(APIView):
         upload = body.validated_data["file"]
         if upload.size > limit:
             raise too_large(upload.size, limit)
-        path, digest = keep(upload)
-        given = {"path": str(path), "name": (upload.name or "upload")[:255], "size": upload.size,
+        name, digest = keep(upload)
+        path = storage.storage_dir() / name
+        given = {"path": name, "name": (upload.name or "upload")[:255], "size": upload.size,
                  "sha256": digest}
         ensure_file_processing()
         try:
@@ -70,18 +69,16 @@ class UploadView(APIView):
                         status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
-def keep(upload: Any) -> tuple[Path, str]:
-    """Copy the upload under ``uploads/`` in the storage directory; return its path and SHA-256."""
+def keep(upload: Any) -> tuple[str, str]:
+    """Copy the upload under ``uploads/`` in the storage directory; return its name and SHA-256."""
     digest = hashlib.sha256()
-    target = storage.storage_dir() / "uploads" / secrets.token_hex(16)
 
     def fill(out: Any) -> None:
         for chunk in upload.chunks():
             digest.update(chunk)
             out.write(chunk)
 
-    storage.write_atomic(target, fill)
-    return target, digest.hexdigest()
+    return storage.keep_upload(fill), digest.hexdigest()
 
 
 def too_large(size: int, limit: int) -> PayloadTooLarge:

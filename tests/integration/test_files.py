@@ -84,13 +84,13 @@ def png_bomb(width: int, height: int) -> bytes:
 
 
 def test_receive__copies_into_the_inbox_under_a_generated_name(storage: Path, tmp_path: Path) -> None:
-    source = write(tmp_path / "in", "photo.png", samples.sunset_png())
+    source = write(storage / "uploads", "photo.png", samples.sunset_png())
 
     out = run({"path": str(source), "name": "photo.png"}, upto="files.receive")["files.receive"]
 
-    assert out == {"inbox": str(storage / "inbox" / EID), "size": source.stat().st_size,
+    assert out == {"inbox": f"inbox/{EID}", "size": source.stat().st_size,
                    "over_limit": False, "original_name": "photo.png"}
-    assert sha256(Path(out["inbox"])) == sha256(source)
+    assert sha256(storage / out["inbox"]) == sha256(source)
     assert source.exists()
 
 
@@ -105,7 +105,7 @@ def test_receive__a_client_name_like_dotdot_is_recorded_never_used_as_a_path(
 
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert written == [f"storage/inbox/{EID}"]
-    assert Path(out["inbox"]).read_bytes() == content
+    assert (storage / out["inbox"]).read_bytes() == content
     assert out["original_name"] == (name or "upload")
 
 
@@ -114,13 +114,15 @@ def test_receive__an_execution_id_that_is_not_plain_is_hashed_into_the_name(stor
 
     out = run(data, upto="files.receive", execution_id="../../evil")["files.receive"]
 
-    assert Path(out["inbox"]).parent == storage / "inbox"
-    assert ".." not in Path(out["inbox"]).name
+    assert (storage / out["inbox"]).parent == storage / "inbox"
+    assert ".." not in (storage / out["inbox"]).name
 
 
 @pytest.mark.parametrize(("data", "reason"), [
-    ({"path": "/no/such/file"}, "there is no file at /no/such/file"),
-    ({"path": "/"}, "is a directory, not a file"),
+    ({"path": "uploads/none"}, "there is no file uploads/none in the storage directory"),
+    ({"path": "uploads/"}, "input.path names a file outside the storage directory's uploads/ folder"),
+    ({"path": "/no/such/file"}, "input.path names a file outside the storage directory's uploads/"),
+    ({"path": ""}, "input.path must name a file in the storage directory's uploads/ folder"),
     ({"content_b64": "%%%"}, "input.content_b64 is not valid base64"),
     ({"name": "x"}, "the input needs 'path'"),
     ("just text", "the input needs 'path'"),
@@ -136,11 +138,11 @@ def test_receive__a_file_over_the_limit_is_cut_there_and_validate_refuses_it(
     storage: Path, settings: Any, tmp_path: Path
 ) -> None:
     settings.DETFLOW = {**settings.DETFLOW, "MAX_FILE_BYTES": 1000}
-    source = write(tmp_path / "in", "big.txt", b"a" * 5000)
+    source = write(storage / "uploads", "big.txt", b"a" * 5000)
 
     out = run({"path": str(source)}, upto="files.receive")["files.receive"]
     assert (out["size"], out["over_limit"]) == (1000, True)
-    assert Path(out["inbox"]).stat().st_size == 1000
+    assert (storage / out["inbox"]).stat().st_size == 1000
     with pytest.raises(PermanentError, match=r"larger than the limit of 1000 bytes \(DETFLOW_MAX_FILE_BYTES"):
         run({"path": str(source)}, upto="files.validate")
 
@@ -153,7 +155,7 @@ def test_receive__a_file_over_the_limit_is_cut_there_and_validate_refuses_it(
 def test_validate__detects_each_allowed_type_from_the_content_not_the_name(
     storage: Path, tmp_path: Path, make: Any, kind: str
 ) -> None:
-    source = write(tmp_path / "in", "misleading.exe", make())
+    source = write(storage / "uploads", "misleading.exe", make())
 
     out = run({"path": str(source)}, upto="files.validate")["files.validate"]
 
@@ -188,7 +190,7 @@ def _truncated_webp() -> bytes:
 def test_validate__refuses_broken_and_disallowed_files_with_a_reason(
     storage: Path, tmp_path: Path, name: str, content: bytes, reason: str
 ) -> None:
-    source = write(tmp_path / "in", name, content)
+    source = write(storage / "uploads", name, content)
     received = run({"path": str(source), "name": name}, upto="files.receive")
 
     with pytest.raises(PermanentError) as caught:
@@ -207,7 +209,7 @@ def test_validate__refuses_broken_and_disallowed_files_with_a_reason(
 def test_validate__refuses_a_decompression_bomb(
     storage: Path, tmp_path: Path, width: int, height: int, reason: str
 ) -> None:
-    source = write(tmp_path / "in", "bomb.png", png_bomb(width, height))
+    source = write(storage / "uploads", "bomb.png", png_bomb(width, height))
     assert source.stat().st_size < 1024 * 1024
 
     with pytest.raises(PermanentError) as caught:
@@ -219,7 +221,7 @@ def test_validate__refuses_a_decompression_bomb(
 
 def test_validate__the_pixel_limit_is_a_setting(storage: Path, settings: Any, tmp_path: Path) -> None:
     settings.DETFLOW = {**settings.DETFLOW, "MAX_IMAGE_PIXELS": 10_000}
-    source = write(tmp_path / "in", "sunset.png", samples.sunset_png())
+    source = write(storage / "uploads", "sunset.png", samples.sunset_png())
 
     with pytest.raises(PermanentError, match="640 x 400 = 256,000 pixels, more than the limit of 10,000"):
         run({"path": str(source)}, upto="files.validate")
@@ -231,7 +233,7 @@ def test_checksum__is_the_sha256_streamed_in_chunks_with_heartbeats(
     from workflows import files
 
     monkeypatch.setattr(files, "HEARTBEAT_EVERY", 1)
-    source = write(tmp_path / "in", "data.txt", b"0123456789abcdef\n" * 200_000)  # 3.4 MB
+    source = write(storage / "uploads", "data.txt", b"0123456789abcdef\n" * 200_000)  # 3.4 MB
     received = run({"path": str(source)}, upto="files.receive")
     beats: list[int] = []
     ctx = context("files.checksum", {}, received)
@@ -264,7 +266,7 @@ def test_checksum__is_the_sha256_streamed_in_chunks_with_heartbeats(
 def test_metadata__describes_images_text_csv_json_and_pdf(
     storage: Path, tmp_path: Path, make: Any, expected: dict[str, Any]
 ) -> None:
-    source = write(tmp_path / "in", "file", make())
+    source = write(storage / "uploads", "file", make())
 
     assert run({"path": str(source)}, upto="files.metadata")["files.metadata"] == expected
 
@@ -272,28 +274,28 @@ def test_metadata__describes_images_text_csv_json_and_pdf(
 def test_transform__makes_a_thumbnail_of_at_most_256px_keeping_the_aspect(
     storage: Path, tmp_path: Path
 ) -> None:
-    source = write(tmp_path / "in", "wide.jpg", samples.mandelbrot_jpeg(width=2000, height=1000))
+    source = write(storage / "uploads", "wide.jpg", samples.mandelbrot_jpeg(width=2000, height=1000))
 
     out = run({"path": str(source)}, upto="files.transform")["files.transform"]
 
     assert out["kind"] == "thumbnail"
-    assert Path(out["path"]) == storage / "derived" / EID / "thumbnail.png"
-    with Image.open(out["path"]) as thumb:
+    assert (storage / out["path"]) == storage / "derived" / EID / "thumbnail.png"
+    with Image.open(storage / out["path"]) as thumb:
         assert (thumb.format, thumb.size) == ("PNG", (256, 128))
-    assert (out["width"], out["height"], out["bytes"]) == (256, 128, Path(out["path"]).stat().st_size)
+    assert (out["width"], out["height"], out["bytes"]) == (256, 128, (storage / out["path"]).stat().st_size)
 
 
 def test_transform__compresses_text_to_a_gzip_copy_and_leaves_pdf_alone(
     storage: Path, tmp_path: Path
 ) -> None:
-    text = write(tmp_path / "in", "orders.csv", samples.orders_csv())
-    pdf = write(tmp_path / "in", "report.pdf", samples.report_pdf())
+    text = write(storage / "uploads", "orders.csv", samples.orders_csv())
+    pdf = write(storage / "uploads", "report.pdf", samples.report_pdf())
 
     packed = run({"path": str(text)}, upto="files.transform")["files.transform"]
     untouched = run({"path": str(pdf)}, upto="files.transform", execution_id="f" * 32)["files.transform"]
 
     assert packed["kind"] == "gzip"
-    assert gzip.decompress(Path(packed["path"]).read_bytes()) == text.read_bytes()
+    assert gzip.decompress((storage / packed["path"]).read_bytes()) == text.read_bytes()
     assert packed["bytes"] < text.stat().st_size / 2
     assert untouched == {"kind": "none", "reason": "pdf files are stored as they are"}
 
@@ -301,7 +303,7 @@ def test_transform__compresses_text_to_a_gzip_copy_and_leaves_pdf_alone(
 def test_store__is_content_addressed_and_storing_the_same_content_again_changes_nothing(
     storage: Path, tmp_path: Path
 ) -> None:
-    source = write(tmp_path / "in", "sunset.png", samples.sunset_png())
+    source = write(storage / "uploads", "sunset.png", samples.sunset_png())
     digest = sha256(source)
 
     first = run({"path": str(source)}, upto="files.store")
@@ -310,8 +312,9 @@ def test_store__is_content_addressed_and_storing_the_same_content_again_changes_
     second = run({"path": str(source)}, upto="files.store", execution_id="a" * 32)
     again = registry.get_handler("files.store")(context("files.store", {}, second, "a" * 32))
 
-    assert first["files.store"] == {"object": str(target), "sha256": digest, "created": True}
-    assert second["files.store"] == {"object": str(target), "sha256": digest, "created": False}
+    name = f"objects/{digest[:2]}/{digest[2:]}"
+    assert first["files.store"] == {"object": name, "sha256": digest, "created": True}
+    assert second["files.store"] == {"object": name, "sha256": digest, "created": False}
     assert again == second["files.store"]
     assert (target.stat().st_mtime_ns, target.stat().st_ino) == stamp
     assert sha256(target) == digest
@@ -320,7 +323,7 @@ def test_store__is_content_addressed_and_storing_the_same_content_again_changes_
 
 
 def test_notify__a_rerun_never_appends_a_second_line(storage: Path, tmp_path: Path) -> None:
-    source = write(tmp_path / "in", "notes.txt", samples.notes_txt())
+    source = write(storage / "uploads", "notes.txt", samples.notes_txt())
     outputs = run({"path": str(source), "name": "notes.txt"})
     notify = registry.get_handler("files.notify")
 
@@ -377,7 +380,7 @@ def receiver(settings: Any) -> Iterator[Receiver]:
 def test_notify__posts_once_with_the_idempotency_key(
     storage: Path, tmp_path: Path, receiver: Receiver
 ) -> None:
-    source = write(tmp_path / "in", "a.csv", samples.orders_csv(rows=3))
+    source = write(storage / "uploads", "a.csv", samples.orders_csv(rows=3))
     outputs = run({"path": str(source)})
 
     again = registry.get_handler("files.notify")(context("files.notify", {}, outputs, attempt=2))
@@ -392,7 +395,7 @@ def test_notify__posts_once_with_the_idempotency_key(
 def test_notify__a_failing_endpoint_is_retried_without_a_second_outbox_line(
     storage: Path, tmp_path: Path, receiver: Receiver
 ) -> None:
-    source = write(tmp_path / "in", "a.csv", samples.orders_csv(rows=3))
+    source = write(storage / "uploads", "a.csv", samples.orders_csv(rows=3))
     before = run({"path": str(source)}, upto="files.store")
     notify = registry.get_handler("files.notify")
     receiver.codes = [503]
@@ -410,7 +413,7 @@ def test_notify__a_failing_endpoint_is_retried_without_a_second_outbox_line(
 def test_notify__a_refusing_endpoint_is_a_permanent_error(
     storage: Path, tmp_path: Path, receiver: Receiver
 ) -> None:
-    source = write(tmp_path / "in", "a.txt", b"hi\n")
+    source = write(storage / "uploads", "a.txt", b"hi\n")
     before = run({"path": str(source)}, upto="files.store")
     receiver.codes = [400]
 
@@ -468,7 +471,7 @@ def test_workflow__the_worker_runs_a_file_through_all_seven_steps(
 ) -> None:
     stored = ensure_file_processing()
     again = ensure_file_processing()
-    source = write(tmp_path / "in", "badge.webp", samples.badge_webp())
+    source = write(storage / "uploads", "badge.webp", samples.badge_webp())
 
     started, _ = operations.start(FILE_PROCESSING, {"path": str(source), "name": "badge.webp"})
     [doc] = wait_terminal(started["_id"])
@@ -477,7 +480,7 @@ def test_workflow__the_worker_runs_a_file_through_all_seven_steps(
     assert doc["status"] == "SUCCEEDED"
     assert [s["name"] for s in doc["steps"]] == list(STEPS)
     stored_out = json.loads(doc["steps"][5]["output_json"])
-    assert sha256(Path(stored_out["object"])) == sha256(source)
+    assert sha256(storage / stored_out["object"]) == sha256(source)
     assert all(len(s["output_json"]) < 64 * 1024 for s in doc["steps"]), "outputs are facts, not files"
 
 
@@ -485,7 +488,7 @@ def test_workflow__a_transient_failure_is_retried_and_succeeds(
     worker: Any, storage: Path, tmp_path: Path
 ) -> None:
     ensure_file_processing()
-    source = write(tmp_path / "in", "n.txt", b"one\ntwo\n")
+    source = write(storage / "uploads", "n.txt", b"one\ntwo\n")
     data = {"path": str(source), "simulate": {"transient_failure": "files.metadata"}}
 
     started, _ = operations.start(FILE_PROCESSING, data)
@@ -515,7 +518,7 @@ def test_io__handlers_never_read_a_whole_file(
             return Spy(real_open(file, "rb", buffering=0))
         return real_open(file, mode, *args, **kwargs)
 
-    source = write(tmp_path / "in", "data.csv", samples.orders_csv(rows=60_000))  # ~2.6 MB
+    source = write(storage / "uploads", "data.csv", samples.orders_csv(rows=60_000))  # ~2.6 MB
     assert os.path.getsize(source) > 2 * filetypes.CHUNK
     monkeypatch.setattr("builtins.open", spying_open)
     run({"path": str(source)})

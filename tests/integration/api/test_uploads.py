@@ -37,7 +37,7 @@ def test_upload__starts_file_processing_which_processes_the_file(
     assert response.status_code == 201
     assert (body["workflow"], body["created_by"]) == ("file-processing", "operator")
     [kept] = uploads(isolated)
-    assert body["input"] == {"path": str(kept), "name": "fruit.csv", "size": len(TEXT),
+    assert body["input"] == {"path": f"uploads/{kept.name}", "name": "fruit.csv", "size": len(TEXT),
                              "sha256": hashlib.sha256(TEXT).hexdigest()}
     assert kept.read_bytes() == TEXT
     [doc] = wait_terminal(body["id"])
