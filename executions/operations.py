@@ -45,19 +45,22 @@ class ActionResult:
 def start(
     workflow: str, input: Any = None, version: int | None = None,
     idempotency_key: str | None = None, by: str | None = None,
+    *, definition: definitions.WorkflowDefinition | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store a new execution and send its first message; return ``(document, created)``.
 
+    ``definition``, when the caller already looked the version up (and checked the input against
+    it), is the version started, so that a version registered in between cannot take its place.
     The execution is stored before any message is sent: with Redis down the start still succeeds
     and the sweeper dispatches it later.
     """
-    stored = definitions.get(workflow, version)
+    stored = definition if definition is not None else definitions.get(workflow, version)
     input_json = _json(input, "input", INPUT_CAP_BYTES)
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
         raise InvalidArgument("idempotency_key", "must be 1 to 200 characters")
-    definition = {"name": stored.name, "version": stored.version,
-                  "description": stored.description, "steps": stored.steps}
-    doc, created = transitions.create(definition, input_json, idempotency_key, now_ms(), by)
+    pinned = {"name": stored.name, "version": stored.version,
+              "description": stored.description, "steps": stored.steps}
+    doc, created = transitions.create(pinned, input_json, idempotency_key, now_ms(), by)
     if created:
         metrics.EXECUTIONS_STARTED.labels(stored.name).inc()
         dispatch.send(doc["_id"])

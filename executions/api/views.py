@@ -164,13 +164,14 @@ def start(
     if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise FieldError("Idempotency-Key", "must be 1 to 200 visible ASCII characters", "invalid")
     try:
+        # The version checked is the version started: "latest" is looked up once, here.
+        stored = definitions.get(workflow, version)
         if not server_path and isinstance(given, dict) and "path" in given:
-            steps = definitions.get(workflow, version).steps
-            if any(step["handler"] == RECEIVE for step in steps):
+            if any(step["handler"] == RECEIVE for step in stored.steps):
                 raise FieldError("input.path", f"{RECEIVE} would read this path on the server; upload "
                                  "the file with POST files/, or send it as content_b64", "forbidden")
-        return operations.start(workflow, given, version=version, idempotency_key=key,
-                                by=request.user.get_username())
+        return operations.start(workflow, given, idempotency_key=key, by=request.user.get_username(),
+                                definition=stored)
     except WorkflowNotFound as exc:
         raise FieldError(exc.field, str(exc), "unknown_workflow") from None
 
