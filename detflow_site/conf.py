@@ -70,6 +70,12 @@ class DetflowSettings:
     INSIGHTS_TIMEOUT_S: float = 30.0
     #: Largest execution data sent to a model, in characters (the instructions come on top).
     INSIGHTS_PROMPT_CHARS: int = 24_000
+    #: Regenerations (``POST executions/{id}/insight/``) one API user may ask for: ``N/hour`` etc.
+    INSIGHTS_REGENERATE_RATE: str = "10/hour"
+    #: Seconds before the same execution may be regenerated again, by anyone.
+    INSIGHTS_REGENERATE_INTERVAL_S: int = 300
+    #: Model calls all processes together may make per clock hour; beyond it the rules write; 0: never.
+    INSIGHTS_MODEL_CALLS_PER_HOUR: int = 60
 
 
 def _url(*schemes: str) -> Callable[[Any], str | None]:
@@ -215,6 +221,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "INSIGHTS_MODEL": _model,
     "INSIGHTS_TIMEOUT_S": _between(float, 0.1, 600),
     "INSIGHTS_PROMPT_CHARS": _between(int, 2000, 1_000_000),
+    "INSIGHTS_REGENERATE_RATE": _rate,
+    "INSIGHTS_REGENERATE_INTERVAL_S": _between(int, 1, 86_400),
+    "INSIGHTS_MODEL_CALLS_PER_HOUR": _between(int, 0, 1_000_000),
 }
 
 
