@@ -2,8 +2,12 @@
 
 Routed from ``detflow_site.urls`` (``executions.api`` may not import insights); the API's role
 permission (viewers read, operators write) and error handler apply as to every other endpoint.
+A GET never asks the model (a missing post-mortem is written by the rules); a POST may, throttled
+per user and per execution, and within the model budget of the hour.
 """
 from __future__ import annotations
+
+from typing import Any
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -13,6 +17,7 @@ from rest_framework.views import APIView
 
 from executions.api.permissions import HasRole
 from executions.api.representations import Error
+from executions.api.throttles import ExecutionRegenerateThrottle, RegenerateThrottle
 from insights import service
 from insights.postmortem import ACTIONS, CONFIDENCE
 from insights.representation import represent
@@ -20,6 +25,10 @@ from insights.representation import represent
 #: Why a GET may answer 409.
 NOT_FINISHED = ("The execution never finished (it is PENDING or RUNNING) and so has no post-mortem yet: "
                 "`not_finished`.")
+#: Why a POST may answer 429.
+THROTTLED = ("Too many regenerations: by this user (`DETFLOW_INSIGHTS_REGENERATE_RATE`), or of this "
+             "execution by anyone (one per `DETFLOW_INSIGHTS_REGENERATE_INTERVAL_S`); Retry-After says "
+             "when to try again: `throttled`.")
 
 
 class Evidence(serializers.Serializer):
@@ -65,15 +74,30 @@ class Insight(serializers.Serializer):
 class InsightView(APIView):
     permission_classes = [HasRole]
 
+    def get_throttles(self) -> list[Any]:
+        if self.request.method != "POST":
+            return []
+        return [RegenerateThrottle(), ExecutionRegenerateThrottle()]
+
+    def check_throttles(self, request: Request) -> None:
+        """Stop at the first throttle that refuses: a request the user's rate refuses takes no
+        execution's slot."""
+        for throttle in self.get_throttles():
+            if not throttle.allow_request(request, self):
+                self.throttled(request, throttle.wait())
+
     @extend_schema(responses={200: Insight, 409: OpenApiResponse(Error, description=NOT_FINISHED)},
                    operation_id="executions_insight_retrieve",
-                   summary="The post-mortem of a finished execution (written first if there is none)")
+                   summary="The post-mortem of a finished execution (written by the rules if there is "
+                           "none: a read never asks the model)")
     def get(self, request: Request, execution_id: str) -> Response:
         record, current = service.shown(execution_id)
         return Response(Insight(represent(record, current)).data)
 
-    @extend_schema(request=None, responses=Insight, operation_id="executions_insight_create",
-                   summary="Write the post-mortem of a finished execution again (operators)")
+    @extend_schema(request=None, responses={200: Insight, 429: OpenApiResponse(Error, description=THROTTLED)},
+                   operation_id="executions_insight_create",
+                   summary="Write the post-mortem of a finished execution again, by the model if one is "
+                           "configured and its budget allows (operators; throttled)")
     def post(self, request: Request, execution_id: str) -> Response:
         record = service.postmortem(execution_id, regenerate=True)
         return Response(Insight(represent(record, current=True)).data)
