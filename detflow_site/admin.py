@@ -60,7 +60,8 @@ class InsightAdmin(RoleAdmin):
 def postmortem_panel(request: HttpRequest, doc: dict[str, Any]) -> SafeString:
     """The post-mortem on an execution's page, its evidence linked to the events it cites.
 
-    As ``GET /api/v1/executions/{id}/insight/``: a finished execution without one gets it written.
+    As ``GET /api/v1/executions/{id}/insight/``: a finished execution without one gets it written by
+    the rules; opening a page never asks the model.
     """
     try:
         record, current = service.shown(doc["_id"])

@@ -3,7 +3,8 @@
 Its own queue (``<DETFLOW_QUEUE>-insights``) keeps a slow model call from holding up a step: the
 in-process pool gives it a thread of its own, and ``runworker --queues`` can give it processes of
 its own. Dramatiq may retry it (a store that is down), unlike the engine's actor: writing a
-post-mortem twice only replaces it.
+post-mortem twice only replaces it (never with one of an earlier finish), and each model call it
+makes counts against ``DETFLOW_INSIGHTS_MODEL_CALLS_PER_HOUR``.
 """
 from __future__ import annotations
 

@@ -4,6 +4,12 @@ Reads the executions collection (one ``find_one``, and the baseline query) and w
 collection only (DESIGN invariant 8). With ``OPENAI_API_KEY`` set a model writes the post-mortem;
 without it, or when the call fails, times out or answers something invalid, the rules write it and
 the Insight says why (``fallback``).
+
+The model is spent deliberately: only the automatic writer (:func:`on_finished`) and an explicit
+write (:func:`postmortem`: regenerate, the demo) may ask it, each call counted against
+``DETFLOW_INSIGHTS_MODEL_CALLS_PER_HOUR`` in Redis; a read (:func:`shown`: the API's GET, the admin)
+writes at most a rule-based post-mortem. A write never replaces the post-mortem of a later version
+of the execution.
 """
 from __future__ import annotations
 
@@ -12,10 +18,11 @@ import logging
 import time
 from typing import Any
 
+import redis.exceptions
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from detflow_site import conf
+from detflow_site import conf, services
 from executions import store
 from executions.engine import TERMINAL
 from executions.errors import ExecutionNotFound
@@ -30,6 +37,15 @@ logger = logging.getLogger("detflow.insights")
 
 _TERMINAL = frozenset(s.value for s in TERMINAL)
 
+#: ``fallback.reason`` of a post-mortem the rules wrote on a read although a model is configured;
+#: the automatic writer replaces it with the model's when the execution finishes.
+ON_READ = ("written when it was read: the model is asked only when an execution finishes or on "
+           "regenerate; the rules wrote this")
+#: Redis key counting the model calls of one clock hour (``{window}``: hours since the epoch).
+BUDGET_KEY = "detflow:insights:model-calls:{window}"
+#: How long a window's counter outlives its hour, in seconds.
+BUDGET_TTL_S = 2 * 3600
+
 
 def collection() -> Collection:
     """Return the insights collection (indexes are ensured on first use)."""
@@ -42,14 +58,15 @@ def find(execution_id: str) -> dict[str, Any] | None:
 
 
 def postmortem(execution_id: str, regenerate: bool = False) -> dict[str, Any]:
-    """Return the post-mortem of a finished execution, writing it first when there is none yet, when
-    the execution changed since it was written, or when ``regenerate``."""
+    """Return the post-mortem of a finished execution, writing it first (by the model, within its
+    budget) when there is none yet, when the execution changed since it was written, when the rules
+    wrote it on a read, or when ``regenerate``."""
     doc = _load(execution_id)
     if doc["status"] not in _TERMINAL:
         raise NotFinished(f"execution {execution_id} is {doc['status']}; a post-mortem is written once "
                           "it is SUCCEEDED, FAILED or CANCELLED")
     existing = find(execution_id)
-    if existing is not None and not regenerate and existing["execution_version"] == doc["version"]:
+    if existing is not None and not regenerate and _current(existing, doc):
         return existing
     return write(doc)
 
@@ -57,13 +74,16 @@ def postmortem(execution_id: str, regenerate: bool = False) -> dict[str, Any]:
 def shown(execution_id: str) -> tuple[dict[str, Any], bool]:
     """Return the post-mortem to show and whether it describes the execution as it is now.
 
-    A finished execution's is written first if needed (:func:`postmortem`); an execution running
-    again (an operator retried it) shows the one of its earlier finish, if there is one.
+    A finished execution without an up-to-date one gets it written by the rules: a read never asks
+    the model. An execution running again (an operator retried it) shows the one of its earlier
+    finish, if there is one.
     """
     doc = _load(execution_id)
-    if doc["status"] in _TERMINAL:
-        return postmortem(execution_id), True
     existing = find(execution_id)
+    if doc["status"] in _TERMINAL:
+        if existing is not None and existing["execution_version"] >= doc["version"]:
+            return existing, True
+        return write(doc, model=False), True
     if existing is None:
         raise NotFinished(f"execution {execution_id} is {doc['status']}; a post-mortem is written once "
                           "it is SUCCEEDED, FAILED or CANCELLED")
@@ -75,7 +95,7 @@ def on_finished(execution_id: str, settle: bool = True) -> str:
 
     ``settling``: a cancelled execution still has a running attempt (with ``settle``, come back
     later); ``current``: its post-mortem is up to date; ``unremarkable``: it succeeded with every
-    step near its baseline and has no earlier post-mortem to bring up to date.
+    step near its baseline and has no post-mortem of an earlier finish to bring up to date.
     """
     doc = store.load(execution_id)
     if doc is None:
@@ -85,19 +105,23 @@ def on_finished(execution_id: str, settle: bool = True) -> str:
     if settle and any(s.get("status") == "RUNNING" for s in doc["steps"]):
         return "settling"
     existing = find(execution_id)
-    if existing is not None and existing["execution_version"] == doc["version"]:
+    if existing is not None and _current(existing, doc):
         return "current"
     sheet, redacted = _sheet(doc)
-    if existing is None and not sheet.notable:
+    if not sheet.notable and (existing is None or existing["execution_version"] >= doc["version"]):
         return "unremarkable"
-    _store(doc, sheet, redacted)
+    _store(doc, sheet, redacted, model=True)
     return "written"
 
 
-def write(doc: dict[str, Any]) -> dict[str, Any]:
-    """Write and store the post-mortem of a stored execution document; return the stored record."""
+def write(doc: dict[str, Any], model: bool = True) -> dict[str, Any]:
+    """Write and store the post-mortem of a stored execution document; return the stored record.
+
+    ``model``: a configured model may write it (one call of the hour's budget); otherwise the rules
+    do, and a stored post-mortem of the same execution version is kept rather than replaced.
+    """
     sheet, redacted = _sheet(doc)
-    return _store(doc, sheet, redacted)
+    return _store(doc, sheet, redacted, model=model)
 
 
 def compact(record: dict[str, Any]) -> dict[str, Any]:
@@ -125,26 +149,62 @@ def _sheet(doc: dict[str, Any]) -> tuple[FactSheet, dict[str, Any]]:
     return facts.compute(redacted, baselines), redacted
 
 
-def _author(sheet: FactSheet, redacted: dict[str, Any]) -> tuple[PostMortem, str, dict[str, str]]:
+def _current(existing: dict[str, Any], doc: dict[str, Any]) -> bool:
+    """Whether a stored post-mortem needs no new write by a writer that may ask the model."""
+    if existing["execution_version"] < doc["version"]:
+        return False
+    on_read = (existing.get("fallback") or {}).get("reason") == ON_READ
+    return not (on_read and LLMWriter.configured() is not None)
+
+
+def _budget_refusal() -> str | None:
+    """Count one model call against this hour's budget; return why it may not be made, or ``None``.
+
+    One ``INCR`` in a transaction with its ``EXPIRE``: atomic across processes. Without Redis
+    the call is refused: a budget that cannot be counted is not spent.
+    """
+    limit = conf.get().INSIGHTS_MODEL_CALLS_PER_HOUR
+    if limit == 0:
+        return "DETFLOW_INSIGHTS_MODEL_CALLS_PER_HOUR is 0: the model is never asked; the rules wrote this"
+    key = BUDGET_KEY.format(window=int(time.time() // 3600))
+    try:
+        with services.redis_client().pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, BUDGET_TTL_S)
+            calls = int(pipe.execute()[0])
+    except redis.exceptions.RedisError:
+        return "the model budget cannot be counted (Redis does not answer); the rules wrote this"
+    if calls > limit:
+        return f"the model budget of {limit} calls per hour is spent; the rules wrote this"
+    return None
+
+
+def _author(sheet: FactSheet, redacted: dict[str, Any], model_allowed: bool
+            ) -> tuple[PostMortem, str, dict[str, str]]:
     """Return the validated post-mortem, who wrote it, and why a configured model did not."""
     model = LLMWriter.configured()
     fallback: dict[str, str] = {}
     if model is not None:
-        try:
-            text = prompt.build(sheet, redacted, conf.get().INSIGHTS_PROMPT_CHARS)
-            answer = validate(model.write(text), sheet.event_seqs, sheet.status)
-            return answer, model.source, fallback
-        except WriterFailed as exc:
-            fallback = {"writer": model.source, "reason": str(exc)}
-            logger.warning("post-mortem of %s: %s failed (%s); the rules write it",
-                           sheet.execution_id, model.source, exc)
+        refusal = _budget_refusal() if model_allowed else ON_READ
+        if refusal is not None:
+            fallback = {"writer": model.source, "reason": refusal}
+        else:
+            try:
+                text = prompt.build(sheet, redacted, conf.get().INSIGHTS_PROMPT_CHARS)
+                answer = validate(model.write(text), sheet.event_seqs, sheet.status)
+                return answer, model.source, fallback
+            except WriterFailed as exc:
+                fallback = {"writer": model.source, "reason": str(exc)}
+                logger.warning("post-mortem of %s: %s failed (%s); the rules write it",
+                               sheet.execution_id, model.source, exc)
     rules = RulesWriter()
     return validate(rules.write(sheet), sheet.event_seqs, sheet.status), rules.source, fallback
 
 
-def _store(doc: dict[str, Any], sheet: FactSheet, redacted: dict[str, Any]) -> dict[str, Any]:
+def _store(doc: dict[str, Any], sheet: FactSheet, redacted: dict[str, Any], model: bool
+           ) -> dict[str, Any]:
     started = time.monotonic()
-    answer, source, fallback = _author(sheet, redacted)
+    answer, source, fallback = _author(sheet, redacted, model)
     record = {
         "execution_id": doc["_id"],
         "workflow": doc["workflow"],
@@ -158,9 +218,27 @@ def _store(doc: dict[str, Any], sheet: FactSheet, redacted: dict[str, Any]) -> d
         "created_at": dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0),
         "took_ms": round((time.monotonic() - started) * 1000),
     }
+    return _save(record, replace_same=model)
+
+
+def _save(record: dict[str, Any], replace_same: bool) -> dict[str, Any]:
+    """Store ``record`` unless the stored post-mortem is of a later execution version (or, without
+    ``replace_same``, of the same one); return the post-mortem that is stored afterwards."""
+    version = record["execution_version"]
+    query = {"execution_id": record["execution_id"],
+             "execution_version": {"$lte" if replace_same else "$lt": version}}
     try:
-        collection().replace_one({"execution_id": doc["_id"]}, record, upsert=True)
-    except DuplicateKeyError:  # two writers upserted at once; the other inserted: replace its record
-        collection().replace_one({"execution_id": doc["_id"]}, record)
+        collection().replace_one(query, record, upsert=True)
+        stored = True
+    except DuplicateKeyError:  # one is stored that the guard keeps, or a concurrent writer inserted
+        stored = collection().replace_one(query, record).matched_count == 1
     record.pop("_id", None)
-    return record
+    if stored:
+        return record
+    kept = find(record["execution_id"])
+    if kept is None:  # deleted in between: nothing newer to keep
+        return _save(record, replace_same)
+    logger.info("post-mortem of %s for version %s not stored: the stored one is of version %s",
+                record["execution_id"], version, kept["execution_version"])
+    kept.pop("_id", None)
+    return kept

@@ -43,16 +43,19 @@ def test_command__json_and_regenerate(define: Any, model: FakeModel) -> None:
     doc = failed(define)
     model.answer = {"summary": "s", "root_cause": "r", "evidence": [], "impact": "i",
                     "suggested_actions": [], "confidence": "low"}
-    first = json.loads(postmortem(doc["_id"], "--json"))
-    model.behaviour = "error"
+    read = json.loads(postmortem(doc["_id"], "--json"))
 
-    again = json.loads(postmortem(doc["_id"], "--json"))
     regenerated = json.loads(postmortem(doc["_id"], "--json", "--regenerate"))
+    again = json.loads(postmortem(doc["_id"], "--json"))
+    model.behaviour = "error"
+    failed_again = json.loads(postmortem(doc["_id"], "--json", "--regenerate"))
 
-    assert first["source"] == "llm:test-model" and first["summary"] == "s"
-    assert again == first  # stored and current: the model is not asked again
-    assert regenerated["source"] == "rules"
-    assert regenerated["fallback"]["reason"].startswith("the endpoint answered HTTP 500")
+    assert read["source"] == "rules"  # without --regenerate the command reads: no model call
+    assert read["fallback"] == {"writer": "llm:test-model", "reason": service.ON_READ}
+    assert regenerated["source"] == "llm:test-model" and regenerated["summary"] == "s"
+    assert again == regenerated  # stored and current: the model is not asked again
+    assert failed_again["source"] == "rules"
+    assert failed_again["fallback"]["reason"].startswith("the endpoint answered HTTP 500")
     assert len(model.requests) == 2
 
 
@@ -138,6 +141,7 @@ def test_api__a_model_s_html_is_returned_as_json_text(
     doc = failed(define)
     model.answer = {"summary": "<script>alert(1)</script>\x1b[31m red", "root_cause": "<b>x</b>",
                     "evidence": [], "impact": "", "suggested_actions": [], "confidence": "low"}
+    service.postmortem(doc["_id"])  # the model writes it (a read would not ask it)
 
     response = client(VIEWERS).get(API.format(doc["_id"]))
 
