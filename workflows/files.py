@@ -203,7 +203,7 @@ def store(ctx: StepContext) -> dict[str, Any]:
     return {"object": shown, "sha256": summed["sha256"], "created": created}
 
 
-def _stored_before(marker: Path, sha256: str, target: Path) -> bool:
+def _stored_before(marker: Path, sha256: Any, target: Path) -> bool:
     """Tell whether an earlier run of this execution's files.store stored this digest."""
     try:
         recorded = marker.read_text(encoding="ascii")
@@ -227,6 +227,10 @@ def notify(ctx: StepContext) -> dict[str, Any]:
     validated = _earlier(ctx, "files.validate")
     stored = _earlier(ctx, "files.store")
     derived = ctx.outputs.get("files.transform") or {}
+    if not _stored_before(storage.stored_marker(ctx.execution_id), stored.get("sha256"),
+                          storage.object_path(stored.get("sha256"))):
+        raise PermanentError("files.store of this execution stored no object with the SHA-256 its output "
+                             "names: only what this execution stored is announced")
     record = {
         "execution_id": ctx.execution_id, "file": received.get("original_name"),
         "type": validated["type"], "size": validated["size"], "sha256": stored.get("sha256"),
