@@ -1,4 +1,4 @@
-"""The executions app: registers the chaos workflow's handler and counts finished executions."""
+"""The executions app: counts finished executions."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,7 +11,6 @@ class ExecutionsConfig(AppConfig):
 
     def ready(self) -> None:
         from executions import signals
-        from executions.chaos import handlers  # noqa: F401  (registers chaos.step)
 
         signals.execution_finished.connect(count_finished, dispatch_uid="detflow.metrics.finished")
 

@@ -3,10 +3,13 @@
 its input plans for it.
 
 Ledger and effects live in MongoDB (``chaos_ledger``, ``chaos_effects``), so a chaos run can check
-workers in other processes too.
+workers in other processes too. Only the chaos command (``executions.chaos.run``) and the tests import
+this module: production processes never register ``chaos.step`` (add it to ``DETFLOW_HANDLER_MODULES``
+for workers of a chaos run in other processes).
 """
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from typing import Any
@@ -23,6 +26,8 @@ from workflows.registry import step
 
 #: Handler name of every chaos step.
 HANDLER = "chaos.step"
+#: Longest a planned hang or pause holds its thread, in seconds, whatever the input says.
+MAX_STALL_S = 600.0
 #: Test-only switch: with ``False`` every run commits its side effect, duplicates included.
 DEDUPLICATE = {"enabled": True}
 
@@ -60,11 +65,22 @@ def chaos_step(ctx: StepContext) -> dict[str, Any]:
     if "permanent" in mine:
         raise PermanentError("planned permanent failure")
     if "hang" in mine and earlier == 1:
-        _sleep(float(plan.get("hang_s", 60)))
+        _sleep(_seconds(plan, "hang_s", 60))
     _commit_effect(ctx, plan.get("run"))
     if "pause" in mine and earlier == 1:
-        _pause(ctx, index, float(plan.get("pause_s", 120)))
+        _pause(ctx, index, _seconds(plan, "pause_s", 120))
     return {"step": ctx.step, "attempt": ctx.attempt}
+
+
+def _seconds(plan: dict[str, Any], key: str, default: float) -> float:
+    """Return a planned stall's length, refused unless finite and capped at ``MAX_STALL_S``."""
+    try:
+        value = float(plan.get(key, default))
+    except (TypeError, ValueError):
+        raise PermanentError(f"input.chaos.{key} must be a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise PermanentError(f"input.chaos.{key} must be a finite number of seconds, at least 0")
+    return min(value, MAX_STALL_S)
 
 
 def _commit_effect(ctx: StepContext, run: str | None) -> None:
