@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -25,6 +26,9 @@ from workflows.jsonscan import JsonError, JsonScan
 CHUNK = 1024 * 1024
 #: Bytes of text looked at to tell CSV from plain text.
 SAMPLE = 64 * 1024
+#: Delimiters a CSV file may use, in the order a tie is decided; rows of the sample compared.
+CSV_DELIMITERS = (",", "\t", ";", "|")
+CSV_ROWS = 50
 #: CSV header columns kept in the outputs, and characters kept of each (outputs stay small).
 COLUMNS_KEPT = 200
 COLUMN_CHARS = 200
@@ -273,25 +277,33 @@ def scan_json(path: Path, encoding: str) -> dict[str, Any]:
 def sniff_csv(path: Path, encoding: str) -> dict[str, Any] | None:
     """Return the CSV dialect and header of a text file that looks like CSV, else ``None``.
 
-    It looks like CSV when a delimiter splits each of the first lines into the same number (at
-    least two) of fields.
+    It looks like CSV when a delimiter (``,`` ``;`` tab ``|``) splits each of the first
+    :data:`CSV_ROWS` rows of the first :data:`SAMPLE` characters (cut to whole lines) into the same
+    number of fields, at least two. Each delimiter is tried with ``csv.reader`` (quotes as in
+    RFC 4180), whose cost is linear in the sample, unlike ``csv.Sniffer``'s, which a few KiB of
+    ``,"a`` keep busy for seconds; of those that fit, the one that makes the most fields wins, the
+    first of ``,`` tab ``;`` ``|`` on a tie.
     """
     with open(path, encoding=encoding, newline="") as handle:
         sample = handle.read(SAMPLE)
     if len(sample) == SAMPLE and "\n" in sample:
         sample = sample[: sample.rindex("\n") + 1]
-    try:
-        dialect = csv.Sniffer().sniff(sample, delimiters=",;\t|")
-    except csv.Error:
+    first_line = sample.split("\n", 1)[0]
+    found: tuple[int, str, list[str]] | None = None
+    for delimiter in CSV_DELIMITERS:
+        spaced = first_line.count(delimiter) == first_line.count(delimiter + " ")
+        try:
+            reader = csv.reader(io.StringIO(sample), delimiter=delimiter, skipinitialspace=spaced)
+            rows = list(itertools.islice((row for row in reader if row), CSV_ROWS))
+        except csv.Error:
+            continue
+        widths = {len(row) for row in rows}
+        if len(rows) < 2 or len(widths) != 1 or (width := widths.pop()) < 2:
+            continue
+        if found is None or width > found[0]:
+            found = (width, delimiter, rows[0])
+    if found is None:
         return None
-    try:
-        rows = list(csv.reader(io.StringIO(sample), dialect))
-    except csv.Error:
-        return None
-    rows = [row for row in rows if row][:50]
-    widths = {len(row) for row in rows}
-    if len(rows) < 2 or len(widths) != 1 or widths.pop() < 2:
-        return None
-    header = rows[0]
-    return {"delimiter": dialect.delimiter, "columns": [c[:COLUMN_CHARS] for c in header[:COLUMNS_KEPT]],
+    _, delimiter, header = found
+    return {"delimiter": delimiter, "columns": [c[:COLUMN_CHARS] for c in header[:COLUMNS_KEPT]],
             "column_count": len(header)}
