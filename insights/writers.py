@@ -324,9 +324,10 @@ def _parse(response: Any) -> Any:
     if not isinstance(content, str) or not content.strip():
         raise InvalidAnswer("the answer is empty")
     text = content.strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
+    # Possessive, and one greedy run: a lazy run between two whitespace runs is cubic in the answer.
+    fenced = re.fullmatch(r"```(?:json)?+\s*+(.*)```", text, re.DOTALL)
     try:
-        return json.loads(fenced[1] if fenced else text)
+        return json.loads(fenced[1].rstrip() if fenced else text)
     except json.JSONDecodeError as exc:
         raise InvalidAnswer(f"the answer is not JSON ({exc.msg} at character {exc.pos})")
     except RecursionError:

@@ -25,7 +25,9 @@ _RUN = re.compile(r'(?:[^"{}\[\]]++|"(?:[^"\\]++|\\.)*+")*+', re.DOTALL)
 _STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 #: A token (what is not a string, space, ',' or ':') that is not a whole JSON scalar.
 _BAD_TOKEN = re.compile(r'(?<![^\s,:"])(?!(?:' + _SCALAR.pattern + r')(?![^\s,:"]))[^\s,:"]+')
-_TAIL = re.compile(r'[^\s,:"{}\[\]]+\Z')
+#: The last token of a piece. It starts where a token does (the lookbehind), so that a long token
+#: followed by a space is read once, not once from each of its characters.
+_TAIL = re.compile(r'(?<![^\s,:"{}\[\]])[^\s,:"{}\[\]]++\Z')
 
 
 class JsonError(ValueError):
