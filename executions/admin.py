@@ -7,6 +7,7 @@ services (``executions.operations``), so they record the same events.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from typing import Any
 from urllib.parse import urlencode
@@ -16,9 +17,13 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import URLPattern, URLResolver, path
 from django.utils.safestring import SafeString
+from rest_framework.exceptions import ParseError, ValidationError
 
 from detflow_site import docadmin
 from executions import diagnosis, operations, store
+from executions.api.errors import PayloadTooLarge
+from executions.api.fields import JSONValue
+from executions.api.parsers import JSONParser
 from executions.api.views import refuse_server_path
 from executions.console import aggregates, listing, timeline
 from executions.engine import ExecutionStatus, StepStatus
@@ -160,10 +165,19 @@ def _perform(action: str, execution_id: str, by: str, form: dict[str, str], dry_
 
 
 def _json_field(text: str, name: str) -> Any:
+    """Decode form field ``name`` as the API decodes a body holding it: the same size, nesting and
+    constant limits (``JSONParser``), then a JSON value's depth (``JSONValue``); a refusal names it."""
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise InvalidArgument(name, f"is not JSON: {exc}") from None
+        value = JSONParser().parse(io.BytesIO(text.encode("utf-8", "surrogatepass")),
+                                   parser_context={"encoding": "utf-8"})
+        return JSONValue().to_internal_value(value)
+    except PayloadTooLarge as exc:
+        reason = str(exc)
+    except ParseError as exc:
+        reason = f"is not JSON: {exc.detail}"
+    except ValidationError as exc:
+        reason = " ".join(str(detail) for detail in exc.detail)
+    raise InvalidArgument(name, reason)
 
 
 def _failed_input(doc: dict[str, Any]) -> str:
