@@ -1,5 +1,8 @@
 """``GET health/``: are MongoDB and Redis reachable, and how fast do they answer; and the probes
-outside the API: ``/healthz`` (alive), ``/readyz`` (services answer) and ``/metrics`` (Prometheus)."""
+outside the API: ``/healthz`` (alive), ``/readyz`` (services answer) and ``/metrics`` (Prometheus).
+
+Anyone may ask (load balancers, probes) and learns each service's name and state; latencies and
+error text (addresses, socket paths) go only to staff users, signed in by session or token."""
 from __future__ import annotations
 
 import os
@@ -10,6 +13,8 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.utils import extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -30,20 +35,43 @@ def probe(check: Callable[[], Any]) -> dict[str, Any]:
     return {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 3), "error": None}
 
 
+def services_state(request: HttpRequest) -> tuple[bool, dict[str, dict[str, Any]]]:
+    """Probe MongoDB and Redis; return whether both answer and each one's state, with its latency
+    and error only when ``request`` comes from a staff user."""
+    found = {"mongodb": probe(lambda: store.collection().database.command("ping")),
+             "redis": probe(lambda: services.redis_client().ping())}
+    healthy = all(state["ok"] for state in found.values())
+    if not is_staff(request):
+        found = {name: {"ok": state["ok"]} for name, state in found.items()}
+    return healthy, found
+
+
+def is_staff(request: HttpRequest) -> bool:
+    """Whether an active staff user sent ``request``: by its session, or by an API token (a token
+    that is wrong makes the caller anonymous here, never a 401 to a probe)."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        try:
+            signed = TokenAuthentication().authenticate(request)  # type: ignore[arg-type]
+        except AuthenticationFailed:
+            signed = None
+        user = signed[0] if signed else None
+    return bool(user is not None and user.is_active and user.is_staff)
+
+
 class HealthView(APIView):
     """Open to anyone (load balancers, probes): it says nothing about executions."""
 
-    authentication_classes: list[Any] = []
+    # The session only: a token is read by ``is_staff``, where a wrong one cannot turn a probe into a 401.
+    authentication_classes = [SessionAuthentication]
     permission_classes = [AllowAny]
 
     @extend_schema(responses={200: Health, 503: Health}, auth=[],
-                   summary="MongoDB and Redis reachable, with latency; 503 when one is not")
+                   summary="MongoDB and Redis reachable (with latency and error for staff users); "
+                           "503 when one is not")
     def get(self, request: Request) -> Response:
-        mongodb = probe(lambda: store.collection().database.command("ping"))
-        redis = probe(lambda: services.redis_client().ping())
-        healthy = mongodb["ok"] and redis["ok"]
-        return Response({"status": "ok" if healthy else "degraded", "mongodb": mongodb, "redis": redis},
-                        status=200 if healthy else 503)
+        healthy, found = services_state(request._request)
+        return Response({"status": "ok" if healthy else "degraded", **found}, status=200 if healthy else 503)
 
 
 def healthz(request: HttpRequest) -> JsonResponse:
@@ -52,12 +80,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: MongoDB and Redis answer; 503 (with what failed) when either does not."""
-    mongodb = probe(lambda: store.collection().database.command("ping"))
-    redis = probe(lambda: services.redis_client().ping())
-    ready = mongodb["ok"] and redis["ok"]
-    return JsonResponse({"status": "ready" if ready else "not ready", "mongodb": mongodb,
-                         "redis": redis}, status=200 if ready else 503)
+    """Readiness: MongoDB and Redis answer; 503 (with which failed) when either does not."""
+    ready, found = services_state(request)
+    return JsonResponse({"status": "ready" if ready else "not ready", **found}, status=200 if ready else 503)
 
 
 def metrics(request: HttpRequest) -> HttpResponse:

@@ -272,9 +272,13 @@ class Diagnosis(serializers.Serializer):
 
 
 class Service(serializers.Serializer):
+    """One service's state; its latency and error only for staff users (absent for anyone else)."""
+
     ok = serializers.BooleanField()
-    latency_ms = serializers.FloatField(allow_null=True)
-    error = serializers.CharField(allow_null=True)
+    latency_ms = serializers.FloatField(allow_null=True, required=False,
+                                        help_text="staff users only; null when the service failed")
+    error = serializers.CharField(allow_null=True, required=False,
+                                  help_text="staff users only; null when the service answered")
 
 
 class Health(serializers.Serializer):
