@@ -19,4 +19,6 @@ RUN python manage.py collectstatic --noinput --verbosity 0 \
 USER detflow
 
 EXPOSE 8000
-CMD ["gunicorn", "detflow_site.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "4"]
+# DEBUG is off unless DJANGO_DEBUG=1, and the API does not start without a strong DJANGO_SECRET_KEY.
+# Django's own tables (auth, sessions, tokens, admin login attempts) are created before it serves.
+CMD ["sh", "-c", "python manage.py migrate --noinput && exec gunicorn detflow_site.wsgi:application --bind 0.0.0.0:8000 --workers 3 --threads 4"]

@@ -1,6 +1,7 @@
 """Django settings, from the environment; every value unset means the embedded default."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -12,10 +13,14 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DETFLOW = from_environ(os.environ)
 _detflow = parse(DETFLOW)[0]
 
-#: The development key; a system check refuses it when DEBUG is off.
+#: The key used when DJANGO_SECRET_KEY is unset or empty; a system check refuses it (and every other
+#: well-known or weak key) when DEBUG is off, and a server process does not start on it.
 DEVELOPMENT_SECRET_KEY = "detflow-insecure-development-key"
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", DEVELOPMENT_SECRET_KEY)
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or DEVELOPMENT_SECRET_KEY
+#: Off unless DJANGO_DEBUG=1: gunicorn, the image and the workers never serve debug pages.
+#: ``manage.py rundev`` and ``manage.py demo`` (on 127.0.0.1, for one developer) turn it on unless
+#: DJANGO_DEBUG is set.
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = [h for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
 
 # Production (DEBUG off): HTTPS only, secure cookies, HSTS; TLS may end at a proxy that sets
@@ -40,6 +45,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "axes",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "workflows.apps.WorkflowsConfig",
@@ -55,7 +61,25 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes requires: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Admin logins are limited by django-axes: 5 failures for one user name from one address lock that
+# pair out for 15 minutes (each further try restarts the wait); attempts are rows in Django's own
+# database. API tokens never pass through authenticate(), so the limit is the admin login's alone.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ONLY_ADMIN_SITE = True
+AXES_FAILURE_LIMIT = 5
+AXES_COOLOFF_TIME = dt.timedelta(minutes=15)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_COOLOFF_MESSAGE = ("Too many failed logins: this account is locked from your address for 15 minutes. "
+                        "Try again later, or ask an administrator to unlock it "
+                        "(python manage.py axes_reset_username NAME).")
 
 ROOT_URLCONF = "detflow_site.urls"
 WSGI_APPLICATION = "detflow_site.wsgi.application"
@@ -151,5 +175,6 @@ LOGGING = {
     "loggers": {
         "detflow": {"handlers": ["console"], "level": _detflow.LOG_LEVEL, "propagate": False},
         "dramatiq": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "axes": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }

@@ -68,8 +68,12 @@ def run_server(port: int) -> None:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         call_command("runserver", f"127.0.0.1:{port}", use_reloader=False)
-    except (KeyboardInterrupt, SystemExit):
-        pass  # runserver turns Ctrl-C into SystemExit(0); both mean "stop"
+    except KeyboardInterrupt:
+        pass
+    except SystemExit as exc:
+        if exc.code:  # detflow_site.wsgi refused the configuration (it said why)
+            raise
+        # runserver turns Ctrl-C into SystemExit(0): "stop"
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -23,3 +23,7 @@ DETFLOW = {
 }
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+# DEBUG is off here as in production, but Django's test client and the live server speak plain HTTP
+# and nothing is collected into STATIC_ROOT: no HTTPS redirect, no secure-only cookies, no WhiteNoise.
+SECURE_SSL_REDIRECT = SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = False
+MIDDLEWARE = [m for m in MIDDLEWARE if m != "whitenoise.middleware.WhiteNoiseMiddleware"]  # noqa: F405

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,14 +25,25 @@ def compose() -> list[str]:
     pytest.skip("no docker compose here")
 
 
+def config(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``compose config`` with the caller's environment, less DJANGO_SECRET_KEY, plus ``env``."""
+    environ = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    return subprocess.run([*compose(), "-f", "docker-compose.yml", "config", *args], cwd=ROOT,
+                          env={**environ, **env}, capture_output=True, text=True, timeout=60)
+
+
 def test_compose_file__is_valid() -> None:
-    result = subprocess.run([*compose(), "-f", "docker-compose.yml", "config", "-q"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = config("-q", DJANGO_SECRET_KEY=secrets.token_urlsafe(50))
     assert result.returncode == 0, result.stderr
 
 
 def test_compose_file__has_mongo_redis_api_and_worker() -> None:
-    result = subprocess.run([*compose(), "-f", "docker-compose.yml", "config", "--services"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = config("--services", DJANGO_SECRET_KEY=secrets.token_urlsafe(50))
     assert result.returncode == 0, result.stderr
     assert set(result.stdout.split()) == {"mongo", "redis", "api", "worker"}
+
+
+def test_compose_file__has_no_fallback_secret_key() -> None:
+    result = config("-q")
+    assert result.returncode != 0
+    assert "set DJANGO_SECRET_KEY" in result.stderr
