@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from django.urls import path, re_path
 from drf_spectacular.utils import extend_schema
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny
 
 from executions.api import health, uploads, views
+from executions.api.docs import DocsView, SchemaView
 
 
 @extend_schema(exclude=True)
@@ -38,7 +38,7 @@ urlpatterns = [
     path("executions/<str:execution_id>/skip/", views.SkipView.as_view(), name="execution-skip"),
     path("files/", uploads.UploadView.as_view(), name="files"),
     path("health/", health.HealthView.as_view(), name="health"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+    path("schema/", SchemaView.as_view(), name="schema"),
+    path("docs/", DocsView.as_view(url_name="api:schema"), name="docs"),
     re_path(r"^(?P<rest>[\s\S]*)$", not_found),  # any character, a decoded newline included
 ]
