@@ -15,8 +15,10 @@ from rest_framework.test import APIClient
 
 #: Every caller the matrices try, weakest first.
 ROLES = ("anonymous", "nobody", "viewer", "operator", "superuser")
-#: Words that mark a debug page or a traceback in an answer.
+#: Words that mark a traceback, the server's files or its settings in an answer.
 LEAKS = ("Traceback", 'File "', "site-packages", "DJANGO_SETTINGS_MODULE", "SECRET_KEY")
+#: Words that mark Django's debug pages (a technical 500 or 404).
+DEBUG_PAGE = ("DEBUG = True", "Exception Value:", "Django tried these URL patterns", "Request Method:")
 
 
 def user_for(role: str) -> Any:
@@ -92,17 +94,22 @@ def assert_refusal(response: Any, *fields: str) -> dict[str, Any]:
     return body
 
 
-def assert_no_leak(response: Any) -> None:
-    """No answer is a debug page, a traceback, or names the server's directories."""
+def assert_no_leak(response: Any, tracebacks_shown: bool = False) -> None:
+    """No answer is a 5xx or a debug page, and none shows a traceback or the server's directories,
+    but a failed attempt's traceback, which readers are shown on purpose (it is what they debug
+    with; it names the handler's source files): JSON answers are checked without it, and a page
+    that shows one (``tracebacks_shown``) only for the debug page's marks."""
     from django.conf import settings
 
     assert response.status_code < 500, (response.status_code, response.content[:500])
     text = b"".join(response).decode("utf-8", "replace") if getattr(response, "streaming", False) \
         else response.content.decode("utf-8", "replace")
+    for word in DEBUG_PAGE:
+        assert word not in text, f"{word!r} in the answer: {text[:500]}"
     if response.get("Content-Type") == "application/json" and text:
-        # A failed attempt's traceback is shown to readers on purpose (it is what they debug with):
-        # it names the handler's own source files. Everything else must not.
         text = json.dumps(_without(json.loads(text), "traceback"))
+    elif tracebacks_shown:
+        return
     for word in (*LEAKS, str(settings.BASE_DIR)):
         assert word not in text, f"{word!r} in the answer: {text[:500]}"
 
