@@ -30,7 +30,7 @@ from executions.engine import ExecutionStatus, StepStatus
 from executions.errors import InvalidArgument
 from executions.roles import OPERATORS, VIEWERS, roles_of
 from executions.store import now_ms, to_dt, to_ms
-from workflows import definitions
+from workflows import definitions, masking
 from workflows.errors import DetflowError, WorkflowNotFound
 
 #: The operator actions, what each asks for, and the statuses it applies to.
@@ -107,6 +107,7 @@ class ExecutionAdmin(RoleAdmin):
         doc = store.load(execution_id)
         if doc is None:
             raise Http404(f"execution {execution_id} does not exist")
+        doc = masking.execution(doc)
         now = now_ms()
         found = diagnosis.diagnose(execution_id, now)
         return self.render(request, "admin/executions/execution_detail.html", {
@@ -126,6 +127,7 @@ class ExecutionAdmin(RoleAdmin):
         doc = store.load(execution_id)
         if doc is None:
             raise Http404(f"execution {execution_id} does not exist")
+        doc = masking.execution(doc)  # a secret left masked in an edited input keeps its value
         form = {"reason": "", "input": "", "output": "null"}
         context: dict[str, Any] = {"title": f"{ACTIONS[action]['label']}: execution {execution_id}",
                                    "doc": doc, "action": action, "label": ACTIONS[action]["label"],

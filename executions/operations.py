@@ -20,7 +20,7 @@ from executions.errors import (
 )
 from executions.runner import follow_up
 from executions.store import Snapshot, now_ms
-from workflows import definitions
+from workflows import definitions, masking
 
 #: Largest input accepted at start, in bytes of JSON.
 INPUT_CAP_BYTES = 1024 * 1024
@@ -60,6 +60,8 @@ def start(
         raise InvalidArgument("idempotency_key", "must be 1 to 200 characters")
     pinned = {"name": stored.name, "version": stored.version,
               "description": stored.description, "steps": stored.steps}
+    if stored.secret_inputs:
+        pinned["secret_inputs"] = list(stored.secret_inputs)
     doc, created = transitions.create(pinned, input_json, idempotency_key, now_ms(), by)
     if created:
         metrics.EXECUTIONS_STARTED.labels(stored.name).inc()
@@ -94,9 +96,11 @@ def retry(
         index = _failed_step(snap, "retried")
         input_json = diff = None
         if input is not _UNSET:
-            input_json = _json(input, "input", INPUT_CAP_BYTES)
-            stored = snap.doc["steps"][index].get("input_json") or snap.doc["input_json"]
-            diff = json_diff(json.loads(stored), json.loads(input_json))
+            stored = json.loads(snap.doc["steps"][index].get("input_json") or snap.doc["input_json"])
+            # A secret shown masked and left as it was keeps its value.
+            input_json = _json(masking.unmask(input, stored, masking.paths_of(snap.doc)), "input",
+                               INPUT_CAP_BYTES)
+            diff = json_diff(stored, json.loads(input_json))
         event = {"type": "retried", "step_index": index, "step": snap.state.steps[index].name,
                  "by": by, "reason": reason,
                  "input_diff_json": transitions.dumps(diff or [])}

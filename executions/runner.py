@@ -26,7 +26,7 @@ from executions.locks import ExecutionLock
 from executions.slots import StepSlot
 from executions.store import Snapshot, now_ms, to_dt
 from executions.ticker import TICKER, Entry
-from workflows import registry
+from workflows import masking, registry
 from workflows.context import AttemptLog, StepContext
 from workflows.errors import (
     ExecutionOutputsTooLarge,
@@ -211,6 +211,8 @@ class Attempt:
     error: BaseException | None = None
     timed_out: bool = False
     log: AttemptLog | None = None
+    #: The secret input values this attempt's texts (log, error, traceback) are scrubbed of.
+    secrets: set[str] = field(default_factory=set)
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -226,7 +228,9 @@ class Attempt:
         stored = doc["steps"][self.index]
         ids = {"execution_id": doc["_id"], "step": step.name, "attempt": step.attempt,
                "worker": self.worker}
-        self.log = AttemptLog(conf.get().LOG_LINES_CAP, ids)
+        given = json.loads(stored.get("input_json") or doc["input_json"])
+        self.secrets = masking.values(given, masking.paths_of(doc))
+        self.log = AttemptLog(conf.get().LOG_LINES_CAP, ids, self.secrets)
         return StepContext(
             execution_id=doc["_id"],
             workflow=doc["workflow"],
@@ -234,7 +238,7 @@ class Attempt:
             step=step.name,
             attempt=step.attempt,
             idempotency_key=f"{doc['_id']}:{step.name}",
-            input=json.loads(stored.get("input_json") or doc["input_json"]),
+            input=given,
             outputs=Outputs(doc["steps"][: self.index]),
             fencing_token=self.fence,
             log=self.log,
@@ -313,7 +317,7 @@ class Attempt:
         names = _type_names(type(exc))
         non_retryable = set(self.spec.get("non_retryable") or ())
         permanent = isinstance(exc, PermanentError) or bool(non_retryable & names)
-        return _type_name(type(exc)), str(exc)[:MESSAGE_CHARS], permanent
+        return _type_name(type(exc)), masking.scrub(str(exc), self.secrets)[:MESSAGE_CHARS], permanent
 
     def _record(self, now: int) -> dict[str, Any]:
         step = self.snap.state.steps[self.index]
@@ -329,7 +333,7 @@ class Attempt:
             record.update(outcome="timed_out" if self.timed_out else "failed",
                           error_type=error_type, message=message)
             if self.error is not None:
-                text = "".join(traceback.format_exception(self.error))
+                text = masking.scrub("".join(traceback.format_exception(self.error)), self.secrets)
                 record["traceback"] = text[-TRACEBACK_CHARS:]
         if self.log is not None:
             record["logs"] = self.log.lines

@@ -32,6 +32,7 @@ from insights.facts import FactSheet
 from insights.models import Insight
 from insights.postmortem import PostMortem, validate
 from insights.writers import LLMWriter, RulesWriter
+from workflows import masking
 
 logger = logging.getLogger("detflow.insights")
 
@@ -144,7 +145,7 @@ def _load(execution_id: str) -> dict[str, Any]:
 
 
 def _sheet(doc: dict[str, Any]) -> tuple[FactSheet, dict[str, Any]]:
-    redacted = redact.value(doc)
+    redacted = redact.value(masking.execution(doc))
     baselines = baseline.step_baselines(doc["workflow"], doc["workflow_version"], exclude=doc["_id"])
     return facts.compute(redacted, baselines), redacted
 

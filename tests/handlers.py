@@ -126,3 +126,16 @@ def fail_with(ctx: StepContext) -> None:
     _note(ctx)
     ctx.log.warning("about to fail: %s", ctx.input.get("message"))
     raise PermanentError(str(ctx.input.get("message")))
+
+
+@step("test.card")
+def card(ctx: StepContext) -> dict[str, Any]:
+    """Log and fail once with the card number of the input; then succeed with facts about it."""
+    _note(ctx)
+    number = str(ctx.input["card"]["number"])
+    ctx.log.info("charging card %s", number)
+    if ctx.attempt == 1:
+        raise RetryableError(f"card {number} was declined")
+    if ctx.input.get("fail"):
+        raise PermanentError(f"card {number} refused for good")
+    return {"last4": number[-4:], "digits": len(number), "cvv_given": bool(ctx.input.get("cvv"))}

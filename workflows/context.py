@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from workflows import masking
 
 logger = logging.getLogger("detflow.handler")
 
@@ -19,15 +21,20 @@ class AttemptLog:
     Every line also goes to the ``detflow.handler`` logger with the attempt's ids.
     """
 
-    def __init__(self, cap: int, ids: Mapping[str, Any]) -> None:
+    def __init__(self, cap: int, ids: Mapping[str, Any], secrets: Iterable[str] = ()) -> None:
         self.cap = cap
         self.lines: list[dict[str, Any]] = []
         self.dropped = 0
         self._ids = dict(ids)
+        #: Secret input values, replaced by ``[secret]`` in every line before it is kept or logged.
+        self._secrets = tuple(secrets)
 
     def log(self, level: int, message: str, *args: Any) -> None:
         """Record one line at ``level`` (``%``-style arguments, as :mod:`logging`)."""
-        text = (message % args if args else str(message))[:LINE_CHARS]
+        text = message % args if args else str(message)
+        if self._secrets:
+            text = masking.scrub(text, self._secrets)
+        text = text[:LINE_CHARS]
         self.lines.append({
             "at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
             "level": logging.getLevelName(level),

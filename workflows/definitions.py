@@ -29,6 +29,7 @@ def register(data: Any | WorkflowSpec) -> tuple[WorkflowDefinition, bool]:
             version=(latest.version + 1) if latest else 1,
             description=spec.description,
             steps=spec.to_dict()["steps"],
+            secret_inputs=list(spec.secret_inputs),
             fingerprint=fingerprint,
             created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
         )

@@ -14,6 +14,8 @@ class WorkflowDefinition(me.Document):
     description = me.StringField(default="")
     #: The steps as plain data (``WorkflowSpec.to_dict()["steps"]``).
     steps = me.ListField(me.DictField(), required=True)
+    #: Input fields (dotted paths) shown as ``[secret]`` everywhere but to handlers.
+    secret_inputs = me.ListField(me.StringField(), default=list)
     #: Hash of the content: equal definitions have equal fingerprints.
     fingerprint = me.StringField(required=True)
     created_at = me.DateTimeField(required=True)

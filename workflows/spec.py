@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from workflows import masking
 from workflows.errors import DefinitionError
 
 #: Workflow and step names: a letter or digit first, then letters, digits, '.', '_' or '-'.
@@ -23,6 +24,13 @@ MAX_TIMEOUT_S = 24 * 3600.0
 MAX_DELAY_S = 7 * 24 * 3600.0
 MAX_MULTIPLIER = 1000.0
 MAX_CONCURRENCY = 10_000
+#: Exception type names one step's ``non_retryable`` may list, and the longest name.
+MAX_NON_RETRYABLE = 50
+MAX_TYPE_NAME = 200
+#: Longest handler name.
+MAX_HANDLER_NAME = 200
+#: Largest definition, in bytes of JSON: every execution carries a copy of its definition.
+MAX_DEFINITION_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,16 @@ class WorkflowSpec:
     name: str
     steps: tuple[StepSpec, ...]
     description: str = ""
+    #: Input fields (dotted paths) shown as ``[secret]`` everywhere but to handlers.
+    secret_inputs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plain-data form that :func:`parse_workflow` reads back."""
         data = asdict(self)
+        if self.secret_inputs:
+            data["secret_inputs"] = list(self.secret_inputs)
+        else:
+            del data["secret_inputs"]  # absent, so that definitions without any keep their fingerprint
         data["steps"] = [
             {k: (list(v) if k == "non_retryable" else v) for k, v in step.items()
              if not (k == "max_concurrency" and v is None)}
@@ -90,7 +104,8 @@ def parse_workflow(
     ``known_handlers(name, field)`` is called for each step's handler and raises for unknown ones.
     """
     data = _mapping(data, "definition")
-    _only(data, "definition", {"name", "description", "steps"})
+    _only(data, "definition", {"name", "description", "steps", "secret_inputs"})
+    _size(data)
     name = _name(data.get("name"), "name")
     description = data.get("description", "")
     if not isinstance(description, str) or len(description) > 2000:
@@ -110,7 +125,31 @@ def parse_workflow(
             raise DefinitionError(f"steps[{index}].name", f"duplicate step name {spec.name!r}")
         seen.add(spec.name)
         steps.append(spec)
-    return WorkflowSpec(name=name, description=description, steps=tuple(steps))
+    return WorkflowSpec(name=name, description=description, steps=tuple(steps),
+                        secret_inputs=_secret_inputs(data.get("secret_inputs", [])))
+
+
+def _size(data: Mapping[str, Any]) -> None:
+    try:
+        size = len(json.dumps(data, ensure_ascii=False, allow_nan=False).encode())
+    except (TypeError, ValueError):
+        return  # the fields' own checks say what is wrong
+    if size > MAX_DEFINITION_BYTES:
+        raise DefinitionError("definition", f"is {size} bytes of JSON; at most {MAX_DEFINITION_BYTES} "
+                              "are allowed (every execution carries a copy)")
+
+
+def _secret_inputs(raw: Any) -> tuple[str, ...]:
+    where = "secret_inputs"
+    if not isinstance(raw, list) or len(raw) > masking.MAX_PATHS:
+        raise DefinitionError(where, f"must be a list of at most {masking.MAX_PATHS} input paths")
+    for index, path in enumerate(raw):
+        if not isinstance(path, str) or not masking.PATH_RE.fullmatch(path):
+            raise DefinitionError(f"{where}[{index}]", "must be a dotted path into the input, such as "
+                                  "'card.number': 1 to 8 keys of letters, digits, '_' or '-'")
+    if len(set(raw)) != len(raw):
+        raise DefinitionError(where, "names a path twice")
+    return tuple(raw)
 
 
 def _step(raw: Any, where: str, known_handlers: Callable[[str, str], object] | None) -> StepSpec:
@@ -118,7 +157,7 @@ def _step(raw: Any, where: str, known_handlers: Callable[[str, str], object] | N
     _only(raw, where, {"name", "handler", "retry", "timeout_s", "non_retryable", "max_concurrency"})
     name = _name(raw.get("name"), f"{where}.name")
     handler = raw.get("handler")
-    if not isinstance(handler, str) or not handler:
+    if not isinstance(handler, str) or not handler or len(handler) > MAX_HANDLER_NAME:
         raise DefinitionError(f"{where}.handler", "must name a registered handler")
     if known_handlers is not None:
         known_handlers(handler, f"{where}.handler")
@@ -127,9 +166,13 @@ def _step(raw: Any, where: str, known_handlers: Callable[[str, str], object] | N
         raise DefinitionError(f"{where}.timeout_s", f"must be > 0 and <= {MAX_TIMEOUT_S:g} seconds")
     non_retryable = raw.get("non_retryable", [])
     if not isinstance(non_retryable, list) or not all(
-        isinstance(t, str) and t for t in non_retryable
+        isinstance(t, str) and 0 < len(t) <= MAX_TYPE_NAME for t in non_retryable
     ):
-        raise DefinitionError(f"{where}.non_retryable", "must be a list of exception type names")
+        raise DefinitionError(f"{where}.non_retryable", "must be a list of exception type names "
+                              f"of at most {MAX_TYPE_NAME} characters")
+    if len(non_retryable) > MAX_NON_RETRYABLE:
+        raise DefinitionError(f"{where}.non_retryable",
+                              f"at most {MAX_NON_RETRYABLE} exception type names are allowed")
     limit = raw.get("max_concurrency")
     if limit is not None and (
         isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CONCURRENCY

@@ -9,6 +9,7 @@ from rest_framework import serializers
 
 from executions.api.fields import JSONText
 from executions.engine import ExecutionStatus, StepStatus
+from workflows import masking
 
 
 def _time(**kwargs: Any) -> serializers.DateTimeField:
@@ -52,6 +53,9 @@ class WorkflowVersion(serializers.Serializer):
     version = serializers.IntegerField()
     description = serializers.CharField(allow_blank=True)
     steps = StepDefinition(many=True)
+    secret_inputs = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list,
+        help_text="Input fields (dotted paths) shown as [secret] everywhere but to handlers.")
     fingerprint = serializers.CharField()
     created_at = serializers.DateTimeField()
 
@@ -157,6 +161,9 @@ class Execution(ExecutionSummary):
     input = JSONText(source="input_json")
     steps = Step(many=True)
     event_count = serializers.IntegerField(source="event_seq")
+
+    def to_representation(self, doc: dict[str, Any]) -> Any:
+        return super().to_representation(masking.execution(doc))
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_created_by(self, doc: dict[str, Any]) -> str | None:

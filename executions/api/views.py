@@ -27,7 +27,7 @@ from executions.api.serializers import (
 from executions.api.throttles import StartThrottle
 from executions.engine import ExecutionStatus
 from executions.errors import ExecutionNotFound
-from workflows import definitions, registry
+from workflows import definitions, masking, registry
 from workflows.errors import WorkflowNotFound
 from workflows.spec import NAME_RE
 
@@ -166,10 +166,10 @@ def start(
     try:
         # The version checked is the version started: "latest" is looked up once, here.
         stored = definitions.get(workflow, version)
-        if not server_path and isinstance(given, dict) and "path" in given:
-            if any(step["handler"] == RECEIVE for step in stored.steps):
-                raise FieldError("input.path", f"{RECEIVE} would read this path on the server; upload "
-                                 "the file with POST files/, or send it as content_b64", "forbidden")
+        reads_path = any(step["handler"] == RECEIVE for step in stored.steps)
+        if not server_path and isinstance(given, dict) and "path" in given and reads_path:
+            raise FieldError("input.path", f"{RECEIVE} would read this path on the server; upload "
+                             "the file with POST files/, or send it as content_b64", "forbidden")
         return operations.start(workflow, given, idempotency_key=key, by=request.user.get_username(),
                                 definition=stored)
     except WorkflowNotFound as exc:
@@ -205,10 +205,10 @@ class ExecutionEventsView(APIView):
             raise FieldError(unknown[0], "unknown parameter; allowed: after, limit", "unknown_field")
         after = filters.integer(query, "after", 0, 2**62) if "after" in query else 0
         limit = filters.integer(query, "limit", 1, MAX_EVENTS_PAGE) if "limit" in query else EVENTS_PAGE
-        doc = store.collection().find_one({"_id": execution_id}, {"events": 1})
+        doc = store.collection().find_one({"_id": execution_id}, {"events": 1, **masking.PROJECTION})
         if doc is None:
             raise ExecutionNotFound(f"execution {execution_id} does not exist")
-        events = [e for e in doc["events"] if e["seq"] > after][: limit + 1]
+        events = [masking.event(doc, e) for e in doc["events"] if e["seq"] > after][: limit + 1]
         next_url = None
         if len(events) > limit:
             events = events[:limit]
@@ -244,11 +244,12 @@ class ActionView(APIView):
         else:
             result = operations.skip(execution_id, by, data["reason"], output=data["output"],
                                      step=data.get("step"), dry_run=data["dry_run"])
-        doc = store.collection().find_one({"_id": execution_id}, dict.fromkeys(filters.SUMMARY_FIELDS, 1))
+        doc = store.collection().find_one({"_id": execution_id},
+                                          {**dict.fromkeys(filters.SUMMARY_FIELDS, 1), **masking.PROJECTION})
         return Response(representations.ActionResult({
             "execution_id": result.execution_id, "action": result.action, "dry_run": result.dry_run,
             "changes": {k: {"before": old, "after": new} for k, (old, new) in result.changes.items()},
-            "event": result.event, "execution": doc,
+            "event": masking.event(doc or {}, result.event), "execution": doc,
         }).data)
 
 
