@@ -168,3 +168,31 @@ def test_to_dict__leaves_out_an_unset_max_concurrency_so_old_fingerprints_hold()
     limited = parse_workflow(definition(**{"steps.1.max_concurrency": 3}))
     assert limited.to_dict()["steps"][1]["max_concurrency"] == 3
     assert limited.fingerprint() != spec.fingerprint()
+
+
+@pytest.mark.parametrize(("step", "field"), [
+    ({"non_retryable": [f"E{i}" for i in range(51)]}, "steps[0].non_retryable"),
+    ({"non_retryable": ["E" * 201]}, "steps[0].non_retryable"),
+    ({"handler": "h" * 201}, "steps[0].handler"),
+])
+def test_parse_workflow__caps_list_and_name_lengths(step, field):
+    data = {"name": "capped", "steps": [{"name": "s", "handler": "files.fetch", **step}]}
+    with pytest.raises(DefinitionError) as caught:
+        parse_workflow(data)
+    assert caught.value.field == field
+
+
+def test_parse_workflow__refuses_a_definition_over_its_byte_budget():
+    steps = [{"name": f"s{i}", "handler": "files.fetch", "non_retryable": [f"{i}.{'E' * 190}.{n}" for n in
+                                                                            range(10)]} for i in range(150)]
+    with pytest.raises(DefinitionError, match="bytes of JSON") as caught:
+        parse_workflow({"name": "huge", "steps": steps})
+    assert caught.value.field == "definition"
+
+
+def test_to_dict__leaves_out_empty_secret_inputs_so_old_fingerprints_hold():
+    plain = parse_workflow(definition())
+    secret = parse_workflow({**definition(), "secret_inputs": ["card.number"]})
+    assert "secret_inputs" not in plain.to_dict()
+    assert secret.to_dict()["secret_inputs"] == ["card.number"]
+    assert secret.fingerprint() != plain.fingerprint()
