@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    DJANGO_SETTINGS_MODULE=detflow_site.settings
+    DJANGO_SETTINGS_MODULE=detflow_site.settings \
+    DJANGO_SQLITE_PATH=/app/var/django.sqlite3
 
 WORKDIR /app
 COPY requirements.txt .
