@@ -13,17 +13,24 @@ ALIAS = "default"
 
 
 def connect_mongo() -> None:
-    """Register the MongoDB connection (lazy: no I/O until the first query)."""
+    """Register the MongoDB connection (lazy: no I/O until the first query).
+
+    The embedded store starts empty with each connection and lives in this process, so its
+    indexes are created here; a server's are created by ``manage.py ensure_indexes``.
+    """
     settings = conf.get()
     mongoengine.disconnect(ALIAS)
     if settings.MONGODB_URL is None:
         import mongomock
+
+        from detflow_site import indexes
 
         embedded.serialize_mongomock()
         mongoengine.connect(
             db=settings.MONGODB_DB, alias=ALIAS, host="mongodb://embedded", uuidRepresentation="standard",
             mongo_client_class=mongomock.MongoClient,
         )
+        indexes.ensure()
     else:
         mongoengine.connect(
             db=settings.MONGODB_DB, alias=ALIAS, host=settings.MONGODB_URL,

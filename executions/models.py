@@ -42,9 +42,15 @@ class Execution(me.Document):
     meta = {
         "collection": "executions",
         "strict": False,
+        # Created by ``manage.py ensure_indexes`` (detflow_site.indexes), never on first access.
+        "auto_create_index": False,
         # The API lists executions by equality on the leading fields and in (created_at, _id)
         # order: each filter it offers has an index here that serves both (executions.api.filters).
+        # A partial filter is ``$exists: true``, which an equality on the field implies (the
+        # planner uses a partial index only when the query implies its filter; an equality does
+        # not imply ``$type``); the engine unsets these fields, it never stores them as null.
         "indexes": [
+            # The sweeper, and the console's overdue list: due_at ranges in due_at order.
             {"fields": ["due_at"], "sparse": True},
             ["-created_at", "-id"],
             ["status", "-created_at", "-id"],
@@ -53,16 +59,20 @@ class Execution(me.Document):
             ["workflow", "workflow_version", "-created_at", "-id"],
             # A step baseline reads the newest SUCCEEDED executions of one workflow version.
             ["workflow", "workflow_version", "status", "-created_at", "-id"],
-            {"fields": ["failed_step", "-created_at", "-id"], "sparse": True},
-            # The admin's list: failures of one workflow at one step, and search by idempotency key.
+            # Failures at one step, of any workflow or of one (only FAILED executions have one).
+            {"fields": ["failed_step", "-created_at", "-id"],
+             "partialFilterExpression": {"failed_step": {"$exists": True}}},
             {"fields": ["workflow", "failed_step", "-created_at", "-id"],
-             "partialFilterExpression": {"failed_step": {"$type": "string"}}},
+             "partialFilterExpression": {"failed_step": {"$exists": True}}},
+            # The console's search by idempotency key, in any workflow.
             {"fields": ["idempotency_key", "-created_at", "-id"],
-             "partialFilterExpression": {"idempotency_key": {"$type": "string"}}},
+             "partialFilterExpression": {"idempotency_key": {"$exists": True}}},
+            # One execution per (workflow, key); executions started without a key have no field,
+            # so any number of them coexist. A repeated start looks the first one up by it.
             {
                 "fields": ["workflow", "idempotency_key"],
                 "unique": True,
-                "partialFilterExpression": {"idempotency_key": {"$type": "string"}},
+                "partialFilterExpression": {"idempotency_key": {"$exists": True}},
             },
         ],
     }

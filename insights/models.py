@@ -40,7 +40,8 @@ class Insight(me.Document):
     #: How long writing took, model call included, in milliseconds.
     took_ms = me.IntField()
 
-    meta = {"collection": "insights", "strict": False}
+    #: The unique index on ``execution_id`` is created by ``manage.py ensure_indexes``.
+    meta = {"collection": "insights", "strict": False, "auto_create_index": False}
 
     def __str__(self) -> str:
         return f"post-mortem of {self.execution_id} by {self.source}"

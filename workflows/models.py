@@ -22,7 +22,10 @@ class WorkflowDefinition(me.Document):
 
     meta = {
         "collection": "workflow_definitions",
-        "indexes": [{"fields": ["name", "-version"], "unique": True}, "-created_at"],
+        # Created by ``manage.py ensure_indexes``, never on first access. Every read is by name,
+        # newest version first (one version, the latest, every version, the latest of each name).
+        "auto_create_index": False,
+        "indexes": [{"fields": ["name", "-version"], "unique": True}],
     }
 
     def __str__(self) -> str:

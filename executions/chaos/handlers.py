@@ -33,17 +33,14 @@ DEDUPLICATE = {"enabled": True}
 
 
 def ledger() -> Collection:
-    """Return the ledger: one document per handler run."""
-    collection = get_db()["chaos_ledger"]
-    collection.create_index([("run", 1), ("execution_id", 1)])
-    return collection
+    """Return the ledger: one document per handler run (indexed as ``detflow_site.indexes.RAW``
+    declares, by ``manage.py ensure_indexes``)."""
+    return get_db()["chaos_ledger"]
 
 
 def effects() -> Collection:
     """Return the committed side effects: ``_id`` is the idempotency key when deduplicating."""
-    collection = get_db()["chaos_effects"]
-    collection.create_index([("run", 1), ("execution_id", 1)])
-    return collection
+    return get_db()["chaos_effects"]
 
 
 @step(HANDLER)

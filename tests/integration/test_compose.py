@@ -1,4 +1,5 @@
-"""The production topology file: valid for docker compose, with the four services it promises."""
+"""The production topology file: valid for docker compose, with the services it promises, the
+indexes ensured once before anything serves."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,10 +39,25 @@ def test_compose_file__is_valid() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_compose_file__has_mongo_redis_api_and_worker() -> None:
+def test_compose_file__has_mongo_redis_indexes_api_and_worker() -> None:
     result = config("--services", DJANGO_SECRET_KEY=secrets.token_urlsafe(50))
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) == {"mongo", "redis", "api", "worker"}
+    assert set(result.stdout.split()) == {"mongo", "redis", "indexes", "api", "worker"}
+
+
+def test_compose_file__api_and_worker_start_after_ensure_indexes_has_run_once() -> None:
+    result = config(DJANGO_SECRET_KEY=secrets.token_urlsafe(50))
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    indexes = services["indexes"]
+    assert indexes["command"] == ["python", "manage.py", "ensure_indexes"]
+    # (compose v2 adds ``required`` and ``restart`` to each dependency: compare the conditions)
+    assert {k: v["condition"] for k, v in indexes["depends_on"].items()} == {"mongo": "service_healthy"}
+    assert indexes["environment"] == services["api"]["environment"]
+    assert indexes.get("restart", "no") == "no"
+    for name in ("api", "worker"):
+        assert services[name]["depends_on"]["indexes"]["condition"] == "service_completed_successfully"
+    assert all("ensure_indexes" not in str(services[name]["command"]) for name in ("api", "worker"))
 
 
 def test_compose_file__has_no_fallback_secret_key() -> None:

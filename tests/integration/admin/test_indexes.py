@@ -1,12 +1,14 @@
-"""Every query the console's list pages, dashboard and execution page run is served by a declared index.
+"""Every query the console, the API, the sweeper and a start run is served by a declared index.
 
 The queries are captured where they leave for MongoDB: at mongomock's collection and cursor methods
 on the embedded store, by a pymongo ``CommandListener`` on a real MongoDB. Each filter and sort is
-matched against the indexes declared in the documents' ``meta`` (and ``_id``): the equality fields
-must be exactly an index's leading fields, the sort the fields right after them (in the index's
-direction or its reverse), and the range fields among those. mongomock cannot show that a page
-stays fast at 100,000 executions by timing; this shows that no page reads beyond its index range,
-and that no count runs without a limit.
+matched against the indexes declared (``detflow_site.indexes.declared``, and ``_id``): the equality
+fields must be exactly an index's leading fields, the sort the fields right after them (in the
+index's direction or its reverse), the range fields among those, and the filter must imply the
+index's partial filter (MongoDB's planner ignores a partial index otherwise). mongomock cannot show
+that a page stays fast at 100,000 executions by timing; this shows that no page reads beyond its
+index range, and that no count runs without a limit. On a real MongoDB (``DETFLOW_MONGODB_URL``)
+each query is also explained: no winning plan scans the collection.
 """
 from __future__ import annotations
 
@@ -20,10 +22,14 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from detflow_site.indexes import Index, implies
 from tests.conftest import mongo_commands_heard
 from tests.integration.admin.conftest import failed_execution
 
 EXECUTIONS = "/admin/executions/execution/"
+API = "/api/v1/"
+#: Collections whose queries these tests record (the chaos collections are the chaos run's).
+RECORDED = ("executions", "workflow_definitions", "insights")
 
 
 @dataclass
@@ -34,19 +40,15 @@ class Query:
     sort: list[tuple[str, int]] = field(default_factory=list)
     #: A count with a limit (or any other query: their pages limit them).
     limited: bool = True
+    #: The field a distinct returns the values of.
+    key: str | None = None
 
 
-def declared_indexes() -> dict[str, list[list[tuple[str, int]]]]:
-    """Return each collection's indexes as key lists, ``_id`` included."""
-    from executions.models import Execution
-    from insights.models import Insight
-    from workflows.models import WorkflowDefinition
+def declared_indexes() -> dict[str, list[Index]]:
+    """Return each collection's declared indexes, ``_id`` included."""
+    from detflow_site import indexes
 
-    found = {}
-    for document in (Execution, WorkflowDefinition, Insight):
-        specs = [list(spec["fields"]) for spec in document._meta["index_specs"]]
-        found[document._get_collection_name()] = [[("_id", 1)], *specs]
-    return found
+    return {name: [Index((("_id", 1),)), *wanted] for name, wanted in indexes.declared().items()}
 
 
 def _fields(query: dict[str, Any]) -> tuple[set[str], set[str]]:
@@ -69,8 +71,11 @@ def _fields(query: dict[str, Any]) -> tuple[set[str], set[str]]:
     return equal, ranges - equal
 
 
-def covered_by(index: list[tuple[str, int]], query: Query) -> bool:
-    """Return whether ``index`` serves ``query``'s filter and sort."""
+def covered_by(declared: Index, query: Query) -> bool:
+    """Return whether ``declared`` serves ``query``'s filter and sort."""
+    if not implies(query.filter, declared.required_filter()):
+        return False
+    index = list(declared.keys)
     equal, ranges = _fields(query.filter)
     names = [name for name, _ in index]
     if len(equal) > len(names) or set(names[: len(equal)]) != equal:
@@ -84,13 +89,14 @@ def covered_by(index: list[tuple[str, int]], query: Query) -> bool:
         reverse = all(d == -qd for (_, d), (_, qd) in zip(head, query.sort, strict=True))
         if not (same or reverse):
             return False
-    if not equal and not ranges and not query.sort:
+    reads_key = bool(query.key and rest and rest[0][0] == query.key)  # a distinct may read its index
+    if not equal and not ranges and not query.sort and not reads_key:
         return False  # nothing bounds it: the whole collection
     reach = max(len(query.sort), len(ranges))
     return ranges <= {name for name, _ in rest[:reach]}
 
 
-def covered(query: Query, indexes: dict[str, list[list[tuple[str, int]]]]) -> bool:
+def covered(query: Query, indexes: dict[str, list[Index]]) -> bool:
     return any(covered_by(index, query) for index in indexes.get(query.collection, []))
 
 
@@ -140,7 +146,7 @@ def _mongomock_capture(monkeypatch: pytest.MonkeyPatch, captured: Captured) -> N
     from mongomock.collection import Collection, Cursor
 
     by_cursor: dict[int, Query] = {}
-    find, sort = Collection.find, Cursor.sort
+    find, sort, cursor_distinct = Collection.find, Cursor.sort, Cursor.distinct
     count, aggregate, distinct = Collection.count_documents, Collection.aggregate, Collection.distinct
 
     @functools.wraps(find)
@@ -157,6 +163,12 @@ def _mongomock_capture(monkeypatch: pytest.MonkeyPatch, captured: Captured) -> N
             by_cursor[id(self)].sort = _sort(key_or_list, direction)
         return sort(self, key_or_list, direction)
 
+    @functools.wraps(cursor_distinct)
+    def cursor_distinguishing(self: Any, key: Any, session: Any = None) -> Any:
+        if id(self) in by_cursor:  # mongoengine's distinct: a find, then its cursor's distinct
+            by_cursor[id(self)].command, by_cursor[id(self)].key = "distinct", key
+        return cursor_distinct(self, key, session)
+
     @functools.wraps(count)
     def counting(self: Any, filter: Any, **kwargs: Any) -> Any:
         captured.add(Query(self.name, "count", dict(filter), limited="limit" in kwargs))
@@ -171,12 +183,13 @@ def _mongomock_capture(monkeypatch: pytest.MonkeyPatch, captured: Captured) -> N
 
     @functools.wraps(distinct)
     def distinguishing(self: Any, key: Any, filter: Any = None, *args: Any, **kwargs: Any) -> Any:
-        captured.add(Query(self.name, "distinct", dict(filter or {})))
+        captured.add(Query(self.name, "distinct", dict(filter or {}), key=key))
         with captured.one_command():
             return distinct(self, key, filter, *args, **kwargs)
 
     monkeypatch.setattr(Collection, "find", finding)
     monkeypatch.setattr(Cursor, "sort", sorting)
+    monkeypatch.setattr(Cursor, "distinct", cursor_distinguishing)
     monkeypatch.setattr(Collection, "count_documents", counting)
     monkeypatch.setattr(Collection, "aggregate", aggregating)
     monkeypatch.setattr(Collection, "distinct", distinguishing)
@@ -199,7 +212,8 @@ def _listener_capture(captured: Captured) -> Iterator[None]:
             captured.add(query)
         elif name in ("count", "distinct"):
             captured.add(Query(command[name], name, dict(command.get("query") or {}),
-                               limited=bool(command.get("limit"))))
+                               limited=name == "distinct" or bool(command.get("limit")),
+                               key=command.get("key")))
 
     with mongo_commands_heard(started):
         yield
@@ -209,12 +223,7 @@ def _listener_capture(captured: Captured) -> Iterator[None]:
 def queries(monkeypatch: pytest.MonkeyPatch) -> Iterator[Captured]:
     """The MongoDB reads sent while the test runs."""
     from detflow_site import services
-    from executions import store
-    from insights import service
-    from workflows.models import WorkflowDefinition
 
-    for collection in (store.collection(), service.collection(), WorkflowDefinition._get_collection()):
-        collection.find_one({"_id": None})  # indexes are ensured on first use, outside the capture
     captured = Captured()
     if services.is_embedded_store():
         _mongomock_capture(monkeypatch, captured)
@@ -222,6 +231,40 @@ def queries(monkeypatch: pytest.MonkeyPatch) -> Iterator[Captured]:
     else:
         with _listener_capture(captured):
             yield captured
+
+
+def _stages(plan: Any) -> Iterator[str]:
+    if isinstance(plan, dict):
+        if "stage" in plan:
+            yield plan["stage"]
+        for value in plan.values():
+            yield from _stages(value)
+    elif isinstance(plan, list):
+        for value in plan:
+            yield from _stages(value)
+
+
+def assert_explained_without_collection_scans(recorded: list[Query]) -> None:
+    """On a real MongoDB, explain each query (as a find of its filter and sort): no COLLSCAN."""
+    from detflow_site import indexes, services
+
+    if services.is_embedded_store():
+        return
+    scans = []
+    for query in recorded:
+        collection = indexes.collection(query.collection)
+        if query.command == "distinct":
+            plan = collection.database.command(
+                "explain", {"distinct": query.collection, "key": query.key, "query": query.filter},
+            )["queryPlanner"]["winningPlan"]
+        else:
+            cursor = collection.find(query.filter)
+            if query.sort:
+                cursor = cursor.sort(query.sort)
+            plan = cursor.explain()["queryPlanner"]["winningPlan"]
+        if "COLLSCAN" in set(_stages(plan)):
+            scans.append((query, plan))
+    assert scans == []
 
 
 def test_coverage__refuses_queries_no_index_serves() -> None:
@@ -233,6 +276,9 @@ def test_coverage__refuses_queries_no_index_serves() -> None:
         Query("executions", "find", {}),
         Query("executions", "count", {"updated_at": {"$gte": 1}}, [], limited=True),
         Query("insights", "find", {"source": "rules"}, [("_id", -1)]),
+        # The partial index on failed_step holds failed executions only: a null or a $ne is not enough.
+        Query("executions", "find", {"failed_step": None}, [("created_at", -1), ("_id", -1)]),
+        Query("executions", "find", {"failed_step": {"$ne": "s1"}}, [("created_at", -1), ("_id", -1)]),
     ]
     assert [q for q in refused if covered(q, indexes)] == []
     served = [
@@ -241,8 +287,34 @@ def test_coverage__refuses_queries_no_index_serves() -> None:
               [("created_at", 1), ("_id", 1)]),
         Query("executions", "find", {"due_at": {"$lt": 1}}, [("due_at", 1)]),
         Query("insights", "find", {}, [("_id", -1)]),
+        Query("executions", "find", {"idempotency_key": "k"}, [("created_at", -1), ("_id", -1)]),
+        Query("executions", "find", {"workflow": "w", "idempotency_key": "k"}),
+        Query("executions", "find", {"workflow": "w", "failed_step": "s1"},
+              [("created_at", -1), ("_id", -1)]),
     ]
     assert [q for q in served if not covered(q, indexes)] == []
+
+
+def test_coverage__a_partial_index_serves_only_the_queries_that_imply_its_filter() -> None:
+    keys = (("idempotency_key", 1), ("created_at", -1), ("_id", -1))
+    search = Query("executions", "find", {"idempotency_key": "order-1"}, [("created_at", -1), ("_id", -1)])
+    typed = {"executions": [Index(keys, partial={"idempotency_key": {"$type": "string"}})]}
+    existing = {"executions": [Index(keys, partial={"idempotency_key": {"$exists": True}})]}
+    assert not covered(search, typed)  # what the planner did with the $type filter: a scan
+    assert covered(search, existing)
+    carried = Query("executions", "find", {"idempotency_key": "order-1",
+                                           "$and": [{"idempotency_key": {"$type": "string"}}]},
+                    [("created_at", -1), ("_id", -1)])
+    assert covered(carried, typed)
+
+
+def test_declared_partial_filters__are_exists_on_a_field_the_index_holds() -> None:
+    for name, wanted in declared_indexes().items():
+        for index in wanted:
+            if index.partial is not None:
+                fields = {field for field, _ in index.keys}
+                assert all(condition == {"$exists": True} and field in fields
+                           for field, condition in index.partial.items()), (name, index.describe())
 
 
 def test_console_pages__run_only_indexed_queries_and_bounded_counts(
@@ -281,3 +353,81 @@ def test_console_pages__run_only_indexed_queries_and_bounded_counts(
     commands = {(q.collection, q.command) for q in queries.queries}
     assert {("executions", "find"), ("executions", "count"), ("insights", "find")} <= commands
     assert keyed["_id"]
+    assert_explained_without_collection_scans(list(queries.queries))
+
+
+def _api_sweeper_and_start(client: Any, define: Any) -> None:
+    """Run every read the API serves, a start with and without a key (repeated), and a sweep."""
+    from executions import operations, sweeper
+    from insights import service
+
+    failed = failed_execution(define)
+    service.postmortem(failed)
+    define("ok", [{"handler": "test.echo"}])
+    first, created = operations.start("ok", {}, idempotency_key="order-1")
+    again, created_again = operations.start("ok", {}, idempotency_key="order-1")
+    assert (created, created_again, again["_id"]) == (True, False, first["_id"])
+    operations.start("ok", {})
+    for _ in range(2):
+        response = client.post(API + "executions/", {"workflow": "ok", "input": {}}, format="json",
+                               HTTP_IDEMPOTENCY_KEY="order-2")
+        assert response.status_code in (200, 201), response.content[:1000]
+    sweeper.sweep(grace_s=0)
+    lists = ["", "status=FAILED", "workflow=fails", "workflow=fails&status=FAILED",
+             "workflow=fails&version=1", "workflow=fails&version=1&status=FAILED", "failed_step=s1",
+             "workflow=fails&failed_step=s1", "status=FAILED&created_after=2020-01-01",
+             "created_after=2020-01-01&created_before=2100-01-01", "ordering=created_at",
+             "page_size=1", "cursor=WzE3MDAwMDAwMDAwMDAsImZmIl0",
+             "workflow=fails&cursor=WzE3MDAwMDAwMDAwMDAsImZmIl0&ordering=created_at"]
+    urls = [API + f"executions/?{q}" for q in lists]
+    urls += [API + f"executions/{failed}/{tail}" for tail in ("", "events/", "diagnosis/", "insight/")]
+    urls += [API + f"executions/{failed}/events/?after=1", API + "workflows/", API + "workflows/fails/",
+             API + "workflows/fails/versions/1/", API + "workflows/nope/", API + "handlers/"]
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code in (200, 404), (url, response.content[:1000])
+        assert response.status_code == 200 or url.endswith("nope/"), (url, response.content[:1000])
+
+
+def test_api_sweeper_and_start__run_only_indexed_queries(define: Any, queries: Captured, db: None) -> None:
+    from rest_framework.test import APIClient
+
+    from executions import roles
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token " + roles.grant("operator", roles.OPERATORS))
+    queries.queries.clear()
+    _api_sweeper_and_start(client, define)
+
+    indexes = declared_indexes()
+    recorded = list(queries.queries)
+    assert {q.collection for q in recorded} >= set(RECORDED)
+    assert [q for q in recorded if not covered(q, indexes)] == []
+    assert [q for q in recorded if q.command == "count" and not q.limited] == []
+    duplicate = Query("executions", "find", {"workflow": "ok", "idempotency_key": "order-1"})
+    assert any(q.filter == duplicate.filter for q in recorded), "the repeated start looked nothing up"
+    assert_explained_without_collection_scans(recorded)
+
+
+def test_every_declared_index__serves_a_query_the_console_api_sweeper_or_a_start_runs(
+    console_as: Callable[..., Client], define: Any, queries: Captured,
+) -> None:
+    from rest_framework.test import APIClient
+
+    from executions import roles
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token " + roles.grant("operator", roles.OPERATORS))
+    _api_sweeper_and_start(client, define)
+    viewer = console_as("viewer")
+    for url in ["/admin/", "/admin/workflows/workflow/", "/admin/workflows/workflow/fails/",
+                "/admin/insights/insight/", EXECUTIONS + "?workflow=fails&failed_step=s1",
+                EXECUTIONS + "?q=order-1", EXECUTIONS + "?stuck=1"]:
+        assert viewer.get(url).status_code == 200, url
+
+    from detflow_site import indexes
+
+    idle = [(name, index.describe()) for name, wanted in indexes.declared().items() if name in RECORDED
+            for index in wanted if not any(q.collection == name and covered_by(index, q)
+                                           for q in queries.queries)]
+    assert idle == []
