@@ -32,6 +32,10 @@ SWEEPER_RECOVERIES = Counter(
     "detflow_sweeper_recoveries_total", "What the sweeper did: lost attempts recorded, messages re-sent.",
     ["kind"],
 )
+SWEEPER_FAILURES = Counter(
+    "detflow_sweeper_failures_total",
+    "Executions a sweep could not handle (a store or Redis error); the sweep went on with the others.",
+)
 LOCK_CONTENTION = Counter(
     "detflow_lock_contention_total", "Messages that found their execution locked by another worker."
 )

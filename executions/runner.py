@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from detflow_site import conf, logs, services
 from executions import dispatch, faults, metrics, signals, store, transitions
 from executions.engine import Claim, Decision, Finish, RecoverLost, StepStatus, Wait, decide
@@ -35,6 +37,7 @@ from workflows.errors import (
     OutputTooLarge,
     PermanentError,
 )
+from workflows.text import storable
 
 logger = logging.getLogger("detflow.worker")
 
@@ -81,15 +84,44 @@ def _advance(execution_id: str, worker: str) -> None:
         lock.release()
         logger.warning("execution %s does not exist; message dropped", execution_id)
         return
-    snap: Snapshot | None = Snapshot.of(doc)
+    try:
+        after, finished, decision, wait_ms, now = _run(Snapshot.of(doc), worker, lock, lease_ms)
+    except faults.SimulatedCrash:
+        raise  # a worker that dies leaves its lock behind: the crash tests need exactly that
+    except BaseException:
+        # Any other failure (a store that stayed down past every retry) releases the lock: left
+        # behind, it would hold the execution's next message off until it expired.
+        lock.release()
+        raise
+    poked = lock.release()
+    faults.hit("released", execution_id)
+    if after is not None:
+        follow_up(after, finished)
+    elif wait_ms:
+        logger.debug("execution %s waits for a concurrency slot", execution_id)
+        dispatch.send(execution_id, delay_ms=wait_ms)
+    elif isinstance(decision, Wait) and decision.reason == "retry":
+        # Early (a clock ahead of ours, or a duplicate): come back when the retry is due.
+        dispatch.send(execution_id, delay_ms=decision.until - now)
+    elif poked:
+        dispatch.send(execution_id)
+    faults.hit("sent", execution_id)
+
+
+def _run(
+    snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int
+) -> tuple[Snapshot | None, bool, Decision | None, int, int]:
+    """Run what the engine decides, then go on from the snapshot each write returns while the next
+    decision is another step (or the end) and this message's budget lasts: one message, one lock
+    and one read carry a run of steps instead of one each. Return the last snapshot written (if
+    any), whether the run ended the execution, the last decision, a slot wait and the time."""
+    settings = conf.get()
     after: Snapshot | None = None
     finished = False
     decision: Decision | None = None
     wait_ms = now = claims = 0
-    # Run what the engine decides, then go on from the snapshot each write returns while the next
-    # decision is another step (or the end) and this message's budget lasts: one message, one lock
-    # and one read carry a run of steps instead of one each.
     while snap is not None:
+        execution_id = snap.state.id
         faults.hit("loaded", execution_id)
         now = now_ms()
         decision = decide(snap.state, now)
@@ -122,19 +154,7 @@ def _advance(execution_id: str, worker: str) -> None:
             after = result
             finished = finished or result.finished
         snap = result
-    poked = lock.release()
-    faults.hit("released", execution_id)
-    if after is not None:
-        follow_up(after, finished)
-    elif wait_ms:
-        logger.debug("execution %s waits for a concurrency slot", execution_id)
-        dispatch.send(execution_id, delay_ms=wait_ms)
-    elif isinstance(decision, Wait) and decision.reason == "retry":
-        # Early (a clock ahead of ours, or a duplicate): come back when the retry is due.
-        dispatch.send(execution_id, delay_ms=decision.until - now)
-    elif poked:
-        dispatch.send(execution_id)
-    faults.hit("sent", execution_id)
+    return after, finished, decision, wait_ms, now
 
 
 def _worker_stopping() -> bool:
@@ -192,9 +212,13 @@ def run_step(
     if due is not None:
         metrics.QUEUE_LAG.labels(workflow).observe(max(now_ms() - due, 0) / 1000)
     attempt = Attempt(claimed, decision.step, worker)
-    attempt.run(lock, lease_ms, slot)
-    faults.hit("handled", snap.state.id)
-    recorded = attempt.record()
+    try:
+        attempt.run(lock, lease_ms, slot)
+        faults.hit("handled", snap.state.id)
+        recorded = attempt.record()
+    finally:
+        if attempt.watchdog is not None:
+            attempt.watchdog.finish()
     faults.hit("recorded", snap.state.id)
     return recorded
 
@@ -213,6 +237,8 @@ class Attempt:
     log: AttemptLog | None = None
     #: The secret input values this attempt's texts (log, error, traceback) are scrubbed of.
     secrets: set[str] = field(default_factory=set)
+    #: Renews the lease from the claim until the outcome is recorded (or given up).
+    watchdog: Watchdog | None = None
 
     @property
     def spec(self) -> Mapping[str, Any]:
@@ -250,13 +276,14 @@ class Attempt:
         timeout_s = float(self.spec["timeout_s"])
         watchdog = Watchdog(self, lock, lease_ms, timeout_s, slot)
         ctx = self.context(watchdog.beat)
+        self.watchdog = watchdog
         try:
             handler = registry.get_handler(self.spec["handler"])
             watchdog.start()
             try:
                 result = handler(ctx)
             finally:
-                watchdog.finish()
+                watchdog.settle()  # no interrupt from here on; the lease is renewed until recorded
             if time.monotonic() > watchdog.deadline:
                 raise TimeoutInterrupt()
             self.output_json = _encode_output(result)
@@ -277,13 +304,18 @@ class Attempt:
         for _ in range(RECORD_TRIES):
             now = now_ms()
             record = self._record(now)
-            if self.output_json is not None:
-                result = transitions.record_success(snap, self.index, self.output_json, record, now)
-            else:
-                error_type, message, permanent = self._failure()
-                result = transitions.record_failure(
-                    snap, self.index, error_type, message, permanent, record, now
-                )
+            try:
+                if self.output_json is not None:
+                    result = transitions.record_success(snap, self.index, self.output_json, record, now)
+                else:
+                    error_type, message, permanent = self._failure()
+                    result = transitions.record_failure(
+                        snap, self.index, error_type, message, permanent, record, now
+                    )
+            except PyMongoError as exc:  # down past every retry: the lease's expiry recovers it
+                logger.error("outcome of %s step %d not recorded, the store failed (%s: %s); the "
+                             "lease will recover it", snap.state.id, self.index, type(exc).__name__, exc)
+                return None
             if result is not None:
                 self._count(record)
                 return result
@@ -317,7 +349,8 @@ class Attempt:
         names = _type_names(type(exc))
         non_retryable = set(self.spec.get("non_retryable") or ())
         permanent = isinstance(exc, PermanentError) or bool(non_retryable & names)
-        return _type_name(type(exc)), masking.scrub(str(exc), self.secrets)[:MESSAGE_CHARS], permanent
+        message = storable(masking.scrub(str(exc), self.secrets))
+        return _type_name(type(exc)), message[:MESSAGE_CHARS], permanent
 
     def _record(self, now: int) -> dict[str, Any]:
         step = self.snap.state.steps[self.index]
@@ -334,7 +367,7 @@ class Attempt:
                           error_type=error_type, message=message)
             if self.error is not None:
                 text = masking.scrub("".join(traceback.format_exception(self.error)), self.secrets)
-                record["traceback"] = text[-TRACEBACK_CHARS:]
+                record["traceback"] = storable(text)[-TRACEBACK_CHARS:]
         if self.log is not None:
             record["logs"] = self.log.lines
             record["logs_dropped"] = self.log.dropped
@@ -386,6 +419,8 @@ class Watchdog:
         self.target = threading.get_ident()
         self.lost = False
         self._done = False
+        #: The handler returned: renewals go on, the timeout no longer applies.
+        self._settled = False
         self._entry: Entry | None = None
         self._guard = threading.Lock()
 
@@ -394,7 +429,7 @@ class Watchdog:
         self._next(time.monotonic())
 
     def _next(self, now: float, paused: bool = False) -> None:
-        at = now + self.interval if paused else min(now + self.interval, self.deadline)
+        at = now + self.interval if paused or self._settled else min(now + self.interval, self.deadline)
         with self._guard:
             if not self._done:
                 self._entry = TICKER.schedule(at, self._tick)
@@ -406,9 +441,9 @@ class Watchdog:
         if faults.paused(self.attempt.snap.state.id):
             self._next(now, paused=True)
             return
-        if now >= self.deadline:
+        if now >= self.deadline and not self._settled:
             with self._guard:
-                if not self._done:
+                if not self._done and not self._settled:
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(
                         ctypes.c_ulong(self.target), ctypes.py_object(TimeoutInterrupt)
                     )
@@ -443,8 +478,14 @@ class Watchdog:
         if self.lost or not self._renew():
             raise LeaseLost("this attempt's claim is no longer current; stop and return")
 
+    def settle(self) -> None:
+        """The handler returned or raised: interrupt it no more, but keep the lease alive while
+        its outcome is written (a write may wait out a failover)."""
+        with self._guard:
+            self._settled = True
+
     def finish(self) -> None:
-        """Stop renewing: the handler returned or raised."""
+        """Stop renewing: the outcome is recorded, or given up."""
         with self._guard:
             self._done = True
             TICKER.cancel(self._entry)

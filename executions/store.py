@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymongo.collection import Collection
+from pymongo.errors import AutoReconnect, ExecutionTimeout, PyMongoError, WriteConcernError
 
 from executions.engine import ExecutionState, ExecutionStatus, StepState, StepStatus
 from executions.models import Execution
@@ -38,6 +39,25 @@ def to_ms(value: dt.datetime | None) -> int | None:
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return (value - _EPOCH) // _MS
+
+
+#: How long a write keeps retrying a store error that may pass: longer than a replica set's
+#: election (10-12 s), shorter than the default lease, so that an outcome outlives a failover.
+PATIENCE_S = 20.0
+#: The first wait between two tries of a write, doubled after each, at most ``MAX_BACKOFF_S``.
+FIRST_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 2.0
+
+
+def transient(exc: BaseException) -> bool:
+    """Tell whether a store error may pass if the call is tried again: a lost connection, a
+    primary stepping down, a timeout, a write concern not met in time, or what the server labels
+    retryable. Whether a write that failed so was applied is unknown (an ambiguous write)."""
+    if isinstance(exc, AutoReconnect | ExecutionTimeout | WriteConcernError):
+        return True
+    if isinstance(exc, PyMongoError):
+        return bool(getattr(exc, "timeout", False)) or exc.has_error_label("RetryableWriteError")
+    return False
 
 
 def collection() -> Collection:

@@ -16,6 +16,7 @@ import secrets
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from detflow_site import conf, services
 from executions import dispatch, metrics, store, transitions
@@ -45,12 +46,16 @@ class SweepReport:
 
     #: Due executions past their grace whose message waits in the queue (not re-sent).
     waiting: list[str] = field(default_factory=list)
+    #: Executions this sweep could not handle (a store or Redis error); the next sweep tries again.
+    failed: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         text = (f"examined {self.examined} due execution(s): {len(self.lost)} lost attempt(s) "
                 f"recorded, {len(self.resent)} message(s) re-sent")
         if self.waiting:
             text += f", {len(self.waiting)} left to the message waiting in the queue"
+        if self.failed:
+            text += f", {len(self.failed)} failed (tried again next sweep)"
         return text
 
 
@@ -70,32 +75,47 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
     read = False
     for doc in cursor:
         report.examined += 1
-        snap = Snapshot.of(doc)
-        decision = decide(snap.state, now)
-        if isinstance(decision, RecoverLost):
-            after = transitions.record_lost(snap, decision, now)
-            if after is not None:
-                report.lost.append(snap.state.id)
-                report.actions["lost"] += 1
-                count_lost(snap, decision.step)
-                metrics.SWEEPER_RECOVERIES.labels("lost").inc()
-                follow_up(after)
-                report.resent.append(snap.state.id)
-        elif isinstance(decision, Claim | Finish):
-            due = store.to_ms(doc.get("due_at")) or now
-            if now - due < grace_ms:
-                continue
-            if not read:
-                queued, read = waiting_in_queue(), True
-            if queued is not None and snap.state.id in queued:
-                report.waiting.append(snap.state.id)
-            elif dispatch.send(snap.state.id):
-                report.resent.append(snap.state.id)
-                report.actions["resent"] += 1
-                metrics.SWEEPER_RECOVERIES.labels("resent").inc()
-    if report.lost or report.resent:
+        try:
+            queued, read = _recover(doc, now, grace_ms, report, queued, read)
+        except Exception as exc:  # one execution that keeps failing never stops the sweep
+            report.failed.append(doc["_id"])
+            metrics.SWEEPER_FAILURES.inc()
+            logger.warning("sweep: execution %s failed (%s: %s); going on with the others",
+                           doc["_id"], type(exc).__name__, exc)
+    if report.lost or report.resent or report.failed:
         logger.info("sweep: %s", report.summary())
     return report
+
+
+def _recover(
+    doc: dict[str, Any], now: int, grace_ms: int, report: SweepReport, queued: set[str] | None,
+    read: bool,
+) -> tuple[set[str] | None, bool]:
+    """Recover one due execution; return the queue's waiting ids (read once per sweep)."""
+    snap = Snapshot.of(doc)
+    decision = decide(snap.state, now)
+    if isinstance(decision, RecoverLost):
+        after = transitions.record_lost(snap, decision, now)
+        if after is not None:
+            report.lost.append(snap.state.id)
+            report.actions["lost"] += 1
+            count_lost(snap, decision.step)
+            metrics.SWEEPER_RECOVERIES.labels("lost").inc()
+            follow_up(after)
+            report.resent.append(snap.state.id)
+    elif isinstance(decision, Claim | Finish):
+        due = store.to_ms(doc.get("due_at")) or now
+        if now - due < grace_ms:
+            return queued, read
+        if not read:
+            queued, read = waiting_in_queue(), True
+        if queued is not None and snap.state.id in queued:
+            report.waiting.append(snap.state.id)
+        elif dispatch.send(snap.state.id):
+            report.resent.append(snap.state.id)
+            report.actions["resent"] += 1
+            metrics.SWEEPER_RECOVERIES.labels("resent").inc()
+    return queued, read
 
 
 def waiting_in_queue() -> set[str] | None:

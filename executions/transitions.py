@@ -8,11 +8,13 @@ the version moved on: someone else changed the execution first, and this writer 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from detflow_site import conf
 from executions import faults, store
@@ -33,6 +35,8 @@ from executions.engine import (
     replay,
 )
 from executions.store import Snapshot, to_dt
+
+logger = logging.getLogger("detflow.store")
 
 #: Event fields that hold times: milliseconds for the engine, BSON dates when stored.
 TIME_FIELDS = ("lease_expires_at", "next_retry_at")
@@ -136,14 +140,51 @@ def commit(
     query: dict[str, Any] = {"_id": snap.state.id, "version": snap.version}
     if faults.broken("fence"):
         del query["version"]
-    result = store.collection().update_one(query, update)
-    if result.modified_count != 1:
+    if not _fenced_update(snap, query, update, stamped):
         return None
     version, event_seq = snap.version + 1, snap.event_seq + len(events)
     doc = applied(snap.doc, {**update_set, "version": version, "event_seq": event_seq},
                   update_unset)
     return Snapshot(doc=doc, state=new_state, version=version, event_seq=event_seq,
                     finished=new_state.status in TERMINAL and snap.state.status not in TERMINAL)
+
+
+def _fenced_update(
+    snap: Snapshot, query: dict[str, Any], update: dict[str, Any], stamped: list[dict[str, Any]]
+) -> bool:
+    """Send the version-matched update; return whether it changed the execution.
+
+    A transient store error (a failover, a lost connection, a timeout) is retried with backoff for
+    up to ``store.PATIENCE_S``. Such an error leaves the write ambiguous: it may have been applied.
+    Before sending it again the execution is read back: the write was applied when the history holds
+    its events at their numbers, and is then neither sent again nor taken for someone else's. A
+    write sent again cannot apply twice either way, since it is matched on the version it moves on.
+    """
+    deadline = time.monotonic() + store.PATIENCE_S
+    delay = store.FIRST_BACKOFF_S
+    uncertain = False
+    while True:
+        try:
+            if uncertain and _landed(snap, stamped):
+                return True
+            return store.collection().update_one(query, update).modified_count == 1
+        except PyMongoError as exc:
+            if not store.transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            uncertain = True
+            logger.warning("write to execution %s failed (%s: %s); trying again in %.2fs",
+                           snap.state.id, type(exc).__name__, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, store.MAX_BACKOFF_S)
+
+
+def _landed(snap: Snapshot, stamped: list[dict[str, Any]]) -> bool:
+    """Tell whether a write from ``snap`` whose answer was lost was applied: its events are stored."""
+    doc = store.collection().find_one(
+        {"_id": snap.state.id},
+        {"version": 1, "events": {"$slice": [snap.event_seq, len(stamped)]}},
+    )
+    return doc is not None and doc["version"] > snap.version and doc.get("events") == stamped
 
 
 def applied(doc: dict[str, Any], sets: Mapping[str, Any], unsets: Mapping[str, Any]) -> dict[str, Any]:

@@ -88,3 +88,17 @@ def gate(ctx: StepContext) -> dict[str, Any]:
                 raise
             GATES.heartbeats[(ctx.idempotency_key, ctx.attempt)] = "renewed"
     return {"step": ctx.step, "attempt": ctx.attempt, "fencing_token": ctx.fencing_token}
+
+
+#: (store faults, seconds): each run of ``test.election`` takes one and starts that election.
+ELECTIONS: list[tuple[Any, float]] = []
+
+
+@step("test.election")
+def election(ctx: StepContext) -> dict[str, Any]:
+    """Start the next planned election as the handler returns, so that its outcome write meets it."""
+    _note(ctx)
+    if ELECTIONS:
+        store_faults, seconds = ELECTIONS.pop(0)
+        store_faults.election(seconds)
+    return {"step": ctx.step, "attempt": ctx.attempt}

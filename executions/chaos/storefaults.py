@@ -1,0 +1,152 @@
+"""Store faults at the one seam where detflow meets MongoDB: the executions collection.
+
+Installed by the tests and by ``manage.py chaos --faults store`` only (the production path carries
+no test call): :func:`install` puts a :class:`FaultyCollection` in the place mongoengine caches the
+executions collection, and every reader and writer then goes through it. It fails like a replica
+set: an error before a write is applied (nothing changed), an error after it was applied (an
+ambiguous write: the client cannot tell), a burst of ``NotWritablePrimary`` while an election
+lasts, and latency (fixed, or a spike now and then). Errors are pymongo's own types and codes.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.errors import AutoReconnect, NotPrimaryError
+
+from executions.models import Execution
+
+#: Collection methods that write, and those that read.
+WRITES = frozenset({"update_one", "update_many", "insert_one", "insert_many", "replace_one",
+                    "find_one_and_update", "find_one_and_replace", "delete_one", "delete_many",
+                    "bulk_write"})
+READS = frozenset({"find_one", "find", "count_documents", "aggregate", "distinct"})
+#: What a primary that stepped down answers (pymongo raises ``NotPrimaryError`` for it).
+NOT_PRIMARY = {"ok": 0, "errmsg": "not primary", "code": 10107, "codeName": "NotWritablePrimary"}
+
+
+@dataclass
+class Rule:
+    """One fault: which calls it strikes and how.
+
+    ``mode``: ``before`` (raise, nothing applied), ``after`` (apply, then raise), ``not_primary``
+    (every matching call raises until ``until``), ``latency`` (sleep ``delay_s``, or ``spike_s``
+    once in ``spike_every`` calls). ``skip``: matching calls let through first; ``times``: calls it
+    strikes at most after those (``None``: no limit).
+    ``execution_id``: strike only calls whose filter names that ``_id``; ``fenced``: only
+    version-matched writes (the engine's state changes, not a lease renewal).
+    """
+
+    mode: str
+    ops: frozenset[str] = WRITES
+    times: int | None = 1
+    skip: int = 0
+    execution_id: str | None = None
+    fenced: bool = False
+    until: float = 0.0
+    delay_s: float = 0.0
+    spike_s: float = 0.0
+    spike_every: int = 0
+    struck: int = 0
+
+    def matches(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        if op not in self.ops or (self.times is not None and self.struck >= self.times):
+            return False
+        if self.mode == "not_primary" and time.monotonic() >= self.until:
+            return False
+        query = args[0] if args else kwargs.get("filter")
+        if self.execution_id is not None and (
+            not isinstance(query, dict) or query.get("_id") != self.execution_id
+        ):
+            return False
+        return not self.fenced or (isinstance(query, dict) and "version" in query)
+
+
+@dataclass
+class StoreFaults:
+    """The faults in force, and what they did (``injected`` counts by mode)."""
+
+    rules: list[Rule] = field(default_factory=list)
+    injected: dict[str, int] = field(default_factory=dict)
+    seed: int = 0
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, rule: Rule) -> Rule:
+        with self._guard:
+            self.rules.append(rule)
+        return rule
+
+    def election(self, seconds: float, ops: frozenset[str] = WRITES | READS) -> Rule:
+        """Answer ``NotWritablePrimary`` to every call for ``seconds`` (a replica set electing)."""
+        return self.add(Rule("not_primary", ops=ops, times=None, until=time.monotonic() + seconds))
+
+    def clear(self) -> None:
+        with self._guard:
+            self.rules.clear()
+
+    def strike(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Rule]:
+        with self._guard:
+            hits = []
+            for rule in self.rules:
+                if not rule.matches(op, args, kwargs):
+                    continue
+                if rule.skip > 0:
+                    rule.skip -= 1
+                    continue
+                rule.struck += 1
+                self.injected[rule.mode] = self.injected.get(rule.mode, 0) + 1
+                hits.append(rule)
+        return hits
+
+
+class FaultyCollection:
+    """A pymongo (or mongomock) collection that fails as :class:`StoreFaults` says."""
+
+    def __init__(self, real: Any, faults: StoreFaults) -> None:
+        self._real = real
+        self._faults = faults
+        self._random = random.Random(faults.seed)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._real, name)
+        if name not in WRITES | READS or not callable(attribute):
+            return attribute
+        return self._wrapped(name, attribute)
+
+    def _wrapped(self, op: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            hits = self._faults.strike(op, args, kwargs)
+            after = False
+            for rule in hits:
+                if rule.mode == "latency":
+                    spike = rule.spike_every and self._random.randrange(rule.spike_every) == 0
+                    time.sleep(rule.spike_s if spike else rule.delay_s)
+                elif rule.mode == "before":
+                    raise AutoReconnect(f"connection closed before {op} was sent (injected)")
+                elif rule.mode == "not_primary":
+                    raise NotPrimaryError("not primary (injected election)", NOT_PRIMARY)
+                elif rule.mode == "after":
+                    after = True
+            result = method(*args, **kwargs)
+            if after:
+                raise AutoReconnect(f"connection closed after {op} was applied (injected)")
+            return result
+
+        return call
+
+
+@contextlib.contextmanager
+def installed(faults: StoreFaults | None = None) -> Iterator[StoreFaults]:
+    """Route every use of the executions collection through the faults while the block runs."""
+    faults = faults or StoreFaults()
+    real = Execution._get_collection()
+    Execution._collection = FaultyCollection(real, faults)  # type: ignore[attr-defined]
+    try:
+        yield faults
+    finally:
+        Execution._collection = real  # type: ignore[attr-defined]
