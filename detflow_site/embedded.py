@@ -9,6 +9,7 @@ import atexit
 import contextlib
 import copy
 import functools
+import json
 import os
 import pickle
 import shutil
@@ -17,10 +18,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import bson
 
 #: One lock for every mongomock operation in this process. mongomock matches a document and then
 #: modifies it in place, in two steps: without this lock two threads can both match the same
@@ -65,7 +68,14 @@ def serialize_mongomock() -> None:
     if not getattr(Collection._ensure_uniques, "__detflow_partial__", False):
         Collection._ensure_uniques = _partial_aware(Collection._ensure_uniques)  # type: ignore[method-assign]
     if not getattr(Collection._update, "__detflow_paths__", False):
-        Collection._update = _path_copying(Collection._update)  # type: ignore[method-assign]
+        Collection._update = _path_copying(_strict(Collection._update))  # type: ignore[method-assign]
+    if not getattr(Collection._insert, "__detflow_checked__", False):
+        Collection._insert = _insert_checked(Collection._insert)  # type: ignore[method-assign]
+    if not getattr(Collection.insert_one, "__detflow_checked__", False):
+        Collection.insert_one = _insert_one_checked(Collection.insert_one)  # type: ignore[method-assign]
+    if not getattr(Collection._find_and_modify, "__detflow_checked__", False):
+        Collection._find_and_modify = _find_and_modify_checked(  # type: ignore[method-assign]
+            Collection._find_and_modify)
     if not getattr(Collection._copy_only_fields, "__detflow_pickled__", False):
         Collection._copy_only_fields = _pickled_reads(Collection._copy_only_fields)  # type: ignore[method-assign]
 
@@ -92,12 +102,12 @@ def _partial_aware(ensure: Callable[..., Any]) -> Callable[..., Any]:
     """mongomock's unique-index check, less one scan: it scans the collection for every unique
     index after every write, even an index whose partial filter leaves the written document out
     (an execution started without an idempotency key), which cannot collide."""
-    from mongomock import DuplicateKeyError, helpers
+    from mongomock import helpers
     from mongomock.filtering import filter_applies
 
     @functools.wraps(ensure)
     def ensure_uniques(self: Any, new_data: Any) -> None:
-        for index in self._store.indexes.values():
+        for name, index in self._store.indexes.items():
             partial = index.get("partialFilterExpression")
             if not index.get("unique") or (partial is not None and not filter_applies(partial, new_data)):
                 continue
@@ -111,10 +121,251 @@ def _partial_aware(ensure: Callable[..., Any]) -> Callable[..., Any]:
                 continue
             query = keys if partial is None else {"$and": [partial, keys]}
             if len(list(self._iter_documents(query))) > 1:
-                raise DuplicateKeyError("E11000 Duplicate Key Error", 11000)
+                raise _duplicate(self, name, keys)
 
     ensure_uniques.__detflow_partial__ = True  # type: ignore[attr-defined]
     return ensure_uniques
+
+
+#: The largest document MongoDB stores, in BSON bytes (``maxBsonObjectSize``, 16 MiB).
+MAX_BSON_SIZE = 16 * 1024 * 1024
+#: What pymongo lets a command pass ``MAX_BSON_SIZE`` by before it refuses it client-side
+#: (``pymongo.message._COMMAND_OVERHEAD``).
+COMMAND_OVERHEAD = 16382
+
+#: Set while mongomock inserts the document an upsert made (its size error is the upsert's).
+_UPSERTING = threading.local()
+
+
+def _write_error(code: int, message: str) -> Exception:
+    """Return what pymongo raises for a server's write error: ``WriteError`` with its details."""
+    from pymongo.errors import WriteError
+
+    return WriteError(message, code, {"index": 0, "code": code, "errmsg": message})
+
+
+def _command_size(command: Mapping[str, Any], name: str) -> int:
+    """Encode ``command`` as pymongo would before sending it (its encoder raises for lone
+    surrogates, keys that are not strings and unknown types), and refuse it as pymongo does when
+    it is too large to send; return its size in bytes."""
+    from pymongo.errors import DocumentTooLarge
+
+    size = len(bson.encode(command))
+    if size > MAX_BSON_SIZE + COMMAND_OVERHEAD:
+        raise DocumentTooLarge(f"{name} command document too large")
+    return size
+
+
+def _operators(document: Any) -> bool:
+    return isinstance(document, Mapping) and any(str(key).startswith("$") for key in document)
+
+
+def _refuse_conflicts(update: Mapping[str, Any]) -> None:
+    """Refuse an update that names one path twice, or a path and one below it, as the server does
+    when it parses the update, before it matches anything (code 40)."""
+    named: set[str] = set()
+    above: set[str] = set()  # every proper prefix of a named path
+    for op, fields in update.items():
+        if not isinstance(fields, Mapping):
+            continue
+        paths = list(fields)
+        if op == "$rename":
+            paths += [target for target in fields.values() if isinstance(target, str)]
+        for path in paths:
+            path = str(path)
+            prefixes = _prefixes(path)
+            conflict = path if path in named or path in above else next(
+                (prefix for prefix in prefixes if prefix in named), None)
+            if conflict is not None:
+                raise _write_error(40, f"Updating the path '{path}' would create a conflict at "
+                                       f"'{conflict}'")
+            named.add(path)
+            above.update(prefixes)
+
+
+def _prefixes(path: str) -> list[str]:
+    """Return the proper prefixes of a dotted path, shortest first (``a``, ``a.b`` of ``a.b.c``)."""
+    found = []
+    at = path.find(".")
+    while at != -1:
+        found.append(path[:at])
+        at = path.find(".", at + 1)
+    return found
+
+
+def _refuse_top_level_dollar(update: Mapping[str, Any]) -> None:
+    """Refuse an update of a stored document that writes a top-level field named ``$...``: the
+    server stores one only by an insert (or an upsert that inserts), never by an update (code 52)."""
+    for fields in update.values():
+        for path in fields if isinstance(fields, Mapping) else ():
+            name = str(path).split(".", 1)[0]
+            if name.startswith("$"):
+                raise _write_error(52, f"The dollar ($) prefixed field '{name}' in '{path}' is "
+                                       "not valid for storage.")
+
+
+def _sizes(collection: Any) -> dict[Any, tuple[int, int]]:
+    """Return the collection's table of stored documents' sizes: ``_id`` -> (``id()`` of the stored
+    document, an upper bound of its BSON size). An entry holds only while that very object is the
+    one stored, and every write of the embedded store renews or drops it."""
+    table: dict[Any, tuple[int, int]] = vars(collection._store).setdefault("_detflow_sizes", {})
+    return table
+
+
+def _stored_size(collection: Any, key: Any, doc: Mapping[str, Any]) -> int:
+    """Return an upper bound of ``doc``'s BSON size (exact when it had to be encoded)."""
+    table = _sizes(collection)
+    entry = table.get(key)
+    if entry is not None and entry[0] == id(doc):
+        return entry[1]
+    size = len(bson.encode(doc))
+    table[key] = (id(doc), size)
+    return size
+
+
+def _growth(update: Mapping[str, Any]) -> int:
+    """Bytes a document can grow by beyond the encoded update's own size: each path level it may
+    create (a document's header, terminator and key) and each pushed item (an array index key
+    longer than the one the update's own array gave it)."""
+    extra = 16
+    for fields in update.values():
+        for path, value in fields.items():
+            extra += 8 * (path.count(".") + 1)
+            each = value.get("$each") if isinstance(value, dict) else None
+            extra += 8 * len(each) if isinstance(each, list) else 8
+    return extra
+
+
+def _insert_checked(insert: Callable[..., Any]) -> Callable[..., Any]:
+    """mongomock's insert of one document, with the server's checks: at most 16 MiB (code 2, or
+    17420 for an upsert), and a duplicate ``_id`` refused in the server's words."""
+
+    @functools.wraps(insert)
+    def _insert(self: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(data, Mapping):  # insert_many: one call per document follows
+            return insert(self, data, *args, **kwargs)
+        size = len(bson.encode(data)) + (0 if "_id" in data else 17)  # an ObjectId _id: 17 bytes
+        if size > MAX_BSON_SIZE:
+            if getattr(_UPSERTING, "active", False):
+                raise _write_error(17420, f"Document to upsert is larger than {MAX_BSON_SIZE}")
+            raise _write_error(2, f"object to insert too large. size in bytes: {size}, max size: "
+                                  f"{MAX_BSON_SIZE}")
+        key = data.get("_id", _MISSING)
+        if key is not _MISSING and isinstance(key, Hashable) and key in self._store:
+            raise _duplicate(self, "_id_", {"_id": key})
+        result = insert(self, data, *args, **kwargs)
+        key = data["_id"]
+        if isinstance(key, Hashable):
+            _sizes(self)[key] = (id(self._store[key]), size)
+        return result
+
+    _insert.__detflow_checked__ = True  # type: ignore[attr-defined]
+    return _insert
+
+
+def _insert_one_checked(insert_one: Callable[..., Any]) -> Callable[..., Any]:
+    """pymongo's own refusal of an insert too large to send (``DocumentTooLarge``)."""
+    from pymongo.errors import DocumentTooLarge
+
+    @functools.wraps(insert_one)
+    def checked(self: Any, document: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(document, Mapping):
+            size = len(bson.encode(document))
+            if size > MAX_BSON_SIZE + COMMAND_OVERHEAD:
+                raise DocumentTooLarge(
+                    f"BSON document too large ({size} bytes) - the connected server supports BSON "
+                    f"document sizes up to {MAX_BSON_SIZE + COMMAND_OVERHEAD} bytes."
+                )
+        return insert_one(self, document, *args, **kwargs)
+
+    checked.__detflow_checked__ = True  # type: ignore[attr-defined]
+    return checked
+
+
+def _find_and_modify_checked(find_and_modify: Callable[..., Any]) -> Callable[..., Any]:
+    """findAndModify's errors as pymongo raises them: a command's ``OperationFailure`` (a
+    duplicate key stays ``DuplicateKeyError``), not a write's ``WriteError``."""
+    from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure, WriteError
+
+    @functools.wraps(find_and_modify)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return find_and_modify(self, *args, **kwargs)
+        except DuplicateKeyError:
+            raise
+        except WriteError as exc:
+            message = (exc.details or {}).get("errmsg", str(exc))
+            raise OperationFailure(message, exc.code, {"ok": 0.0, "errmsg": message,
+                                                       "code": exc.code}) from None
+        except DocumentTooLarge as exc:
+            if str(exc) != "update command document too large":
+                raise
+            raise DocumentTooLarge("findAndModify command document too large") from None
+
+    checked.__detflow_checked__ = True  # type: ignore[attr-defined]
+    return checked
+
+
+def _strict(update: Callable[..., Any]) -> Callable[..., Any]:
+    """mongomock's update with the server's checks around it: the update encoded as pymongo
+    encodes it, conflicting paths refused (code 40), a stored top-level ``$`` field refused
+    (code 52), and every document it changed at most 16 MiB (code 17419; the document and those
+    after it are put back as they were, as a server stops at the first failing document)."""
+    from mongomock import helpers
+
+    @functools.wraps(update)
+    def _update(self: Any, spec: Any, document: Any, upsert: bool = False, *args: Any,
+                **kwargs: Any) -> Any:
+        _command_size({"q": spec, "u": document}, "update")
+        operators = _operators(document)
+        if operators:
+            _refuse_conflicts(document)
+        matched = []
+        for found in self._iter_documents(helpers.patch_datetime_awareness_in_document(spec)):
+            matched.append((found["_id"], found, _PickleCopy().deepcopy(found)))
+            if not kwargs.get("multi"):
+                break
+        if matched and operators:
+            _refuse_top_level_dollar(document)
+        _UPSERTING.active = upsert
+        try:
+            result = update(self, spec, document, upsert, *args, **kwargs)
+        except BaseException:
+            for key, _, _ in matched:
+                _sizes(self).pop(key, None)
+            raise
+        finally:
+            _UPSERTING.active = False
+        for at, (key, _, _) in enumerate(matched):
+            try:
+                current = self._store[key]
+                size = len(bson.encode(current))
+            except KeyError:
+                continue
+            if size > MAX_BSON_SIZE:
+                for later, _, before in matched[at:]:
+                    self._store[later] = before
+                    _sizes(self).pop(later, None)
+                raise _write_error(17419, "Resulting document after update is larger than "
+                                          f"{MAX_BSON_SIZE}")
+            _sizes(self)[key] = (id(current), size)
+        return result
+
+    _update.__detflow_strict__ = True  # type: ignore[attr-defined]
+    return _update
+
+
+def _duplicate(collection: Any, index: str, keys: Mapping[str, Any]) -> Exception:
+    """Return the server's duplicate-key error: code 11000, its message and details."""
+    from pymongo.errors import DuplicateKeyError
+
+    shown = ", ".join(f"{name}: {json.dumps(value, default=str)}" for name, value in keys.items())
+    message = (f"E11000 duplicate key error collection: {collection.full_name} index: {index} "
+               f"dup key: {{ {shown} }}")
+    return DuplicateKeyError(message, 11000, {
+        "index": 0, "code": 11000, "errmsg": message, "keyPattern": {name: 1 for name in keys},
+        "keyValue": dict(keys),
+    })
 
 
 class _Unsupported(Exception):
@@ -134,8 +385,14 @@ def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
     done here by building the new document from the old one, copying only the containers on the
     changed paths, and storing it in the old one's place (the old one is never changed, and
     mongomock hands out copies only, so nothing else holds it). Anything else, and anything
-    unusual in these (a path through a missing list element or a non-container, overlapping
-    paths, an empty operator, an upsert), goes to mongomock's own update unchanged.
+    unusual in these (a path through a missing list element or a non-container, a ``$`` in a
+    path, an empty operator, an upsert), goes to ``update`` (mongomock's, made strict) unchanged.
+
+    The server's checks hold here too, without encoding the document on every write: the update
+    is encoded (as pymongo would), conflicting paths are refused, and the new document's size is
+    bounded by the old one's (kept in a table, see ``_sizes``) plus the encoded update and what
+    ``_growth`` allows; only when that bound passes 16 MiB is the new document encoded, and
+    refused (code 17419) when it really is larger.
     """
     from mongomock import helpers
     from mongomock.filtering import filter_applies
@@ -147,6 +404,9 @@ def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
         if (upsert or args or kwargs.get("multi") or not isinstance(key, str)
                 or not isinstance(document, dict) or any(kwargs.get(name) for name in _OPTIONS)):
             return update(self, spec, document, upsert, *args, **kwargs)
+        command = _command_size({"q": spec, "u": document}, "update")
+        if _operators(document):
+            _refuse_conflicts(document)
         try:
             old = self._store[key]
         except KeyError:
@@ -160,12 +420,19 @@ def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
             return update(self, spec, document, upsert, *args, **kwargs)
         if not changed:
             return _result(self, 1, 0)
+        size = _stored_size(self, key, old) + command + _growth(document)
+        if size > MAX_BSON_SIZE:
+            size = len(bson.encode(new))
+            if size > MAX_BSON_SIZE:
+                raise _write_error(17419, "Resulting document after update is larger than "
+                                          f"{MAX_BSON_SIZE}")
         self._store[key] = new
         try:
             self._ensure_uniques(new)
         except Exception:
             self._store[key] = old
             raise
+        _sizes(self)[key] = (id(new), size)
         return _result(self, 1, 1)
 
     _update.__detflow_paths__ = True  # type: ignore[attr-defined]
@@ -183,22 +450,16 @@ def _result(collection: Any, matched: int, modified: int) -> dict[str, Any]:
 
 def _apply(doc: dict[str, Any], update: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Return the document ``update`` makes of ``doc`` (which is left as it is), and whether it
-    differs; raise ``_Unsupported`` for what is left to mongomock."""
+    differs; raise ``_Unsupported`` for what is left to mongomock. Conflicting paths were refused
+    before (``_refuse_conflicts``)."""
     if not update or set(update) - {"$set", "$unset", "$inc", "$push"}:
         raise _Unsupported
-    paths: list[str] = []
     for fields in update.values():
         if not isinstance(fields, dict) or not fields:
             raise _Unsupported
-        paths += fields
-    for path in paths:
-        if not path or "$" in path or path == "_id" or path.startswith("_id."):
-            raise _Unsupported
-    named = set(paths)
-    if len(named) < len(paths) or any(
-        path[:at] in named for path in paths for at, char in enumerate(path) if char == "."
-    ):
-        raise _Unsupported  # overlapping paths: a real server refuses them
+        for path in fields:
+            if not path or "$" in path or path == "_id" or path.startswith("_id."):
+                raise _Unsupported
     root = dict(doc)
     copied: dict[str, Any] = {"": root}
     changed = False
