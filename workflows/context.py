@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workflows import masking
+from workflows.text import storable
 
 logger = logging.getLogger("detflow.handler")
 
@@ -34,7 +35,7 @@ class AttemptLog:
         text = message % args if args else str(message)
         if self._secrets:
             text = masking.scrub(text, self._secrets)
-        text = text[:LINE_CHARS]
+        text = storable(text)[:LINE_CHARS]
         self.lines.append({
             "at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
             "level": logging.getLevelName(level),
