@@ -35,7 +35,11 @@ def connect_mongo() -> None:
         mongoengine.connect(
             db=settings.MONGODB_DB, alias=ALIAS, host=settings.MONGODB_URL,
             w="majority", readPreference="primary", uuidRepresentation="standard",
-            serverSelectionTimeoutMS=5000, tz_aware=False,
+            # Every call is bounded: finding a primary, connecting, each answer, and a majority
+            # acknowledgement. A write that fails so is retried by the writer (transitions), long
+            # enough to ride out an election; a lease renewal sets a tighter bound of its own.
+            serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=20000,
+            wTimeoutMS=10000, tz_aware=False,
         )
 
 

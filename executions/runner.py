@@ -16,9 +16,11 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import pymongo
 from pymongo.errors import PyMongoError
 
 from detflow_site import conf, logs, services
@@ -448,16 +450,27 @@ class Watchdog:
                         ctypes.c_ulong(self.target), ctypes.py_object(TimeoutInterrupt)
                     )
             return
-        self._renew()
-        self._next(time.monotonic())
+        # The renewal's I/O runs in the renewal pool: a slow write never holds the ticker, which
+        # keeps every other attempt's renewals and timeouts.
+        renewals().submit(self._renew_then_next)
+
+    def _renew_then_next(self) -> None:
+        try:
+            self._renew()
+        finally:
+            self._next(time.monotonic())
 
     def _renew(self) -> bool:
-        """Renew the lease in MongoDB (what counts), then the lock and the slot in Redis."""
+        """Renew the lease in MongoDB (what counts), then the lock and the slot in Redis.
+
+        The MongoDB write may take a third of the lease at most (pymongo's client-side timeout): a
+        renewal that cannot land by then is worth less than the next one."""
         execution_id = self.attempt.snap.state.id
         try:
-            renewed = transitions.renew_lease(
-                execution_id, self.attempt.index, self.attempt.fence, now_ms(), self.lease_ms
-            )
+            with pymongo.timeout(self.interval):
+                renewed = transitions.renew_lease(
+                    execution_id, self.attempt.index, self.attempt.fence, now_ms(), self.lease_ms
+                )
         except Exception as exc:  # the store is down: try again next beat; the lease decides
             logger.warning("lease renewal of %s failed: %s", execution_id, exc)
             return not self.lost
@@ -489,6 +502,21 @@ class Watchdog:
         with self._guard:
             self._done = True
             TICKER.cancel(self._entry)
+
+
+#: Threads that renew leases, per process (a forked child makes its own).
+RENEWAL_THREADS = 8
+_renewal_pool: tuple[int, ThreadPoolExecutor] | None = None
+_renewal_guard = threading.Lock()
+
+
+def renewals() -> ThreadPoolExecutor:
+    """Return this process's pool of lease-renewal threads."""
+    global _renewal_pool
+    with _renewal_guard:
+        if _renewal_pool is None or _renewal_pool[0] != os.getpid():
+            _renewal_pool = (os.getpid(), ThreadPoolExecutor(RENEWAL_THREADS, "detflow-renewal"))
+        return _renewal_pool[1]
 
 
 def _encode_output(result: Any) -> str:

@@ -38,8 +38,9 @@ class Rule:
     (every matching call raises until ``until``), ``latency`` (sleep ``delay_s``, or ``spike_s``
     once in ``spike_every`` calls). ``skip``: matching calls let through first; ``times``: calls it
     strikes at most after those (``None``: no limit).
-    ``execution_id``: strike only calls whose filter names that ``_id``; ``fenced``: only
-    version-matched writes (the engine's state changes, not a lease renewal).
+    ``execution_id``: strike only calls whose filter names that ``_id``; ``fenced``: ``True`` only
+    version-matched writes (the engine's state changes), ``False`` only the others (lease
+    renewals), ``None`` both.
     """
 
     mode: str
@@ -47,7 +48,7 @@ class Rule:
     times: int | None = 1
     skip: int = 0
     execution_id: str | None = None
-    fenced: bool = False
+    fenced: bool | None = None
     until: float = 0.0
     delay_s: float = 0.0
     spike_s: float = 0.0
@@ -64,7 +65,7 @@ class Rule:
             not isinstance(query, dict) or query.get("_id") != self.execution_id
         ):
             return False
-        return not self.fenced or (isinstance(query, dict) and "version" in query)
+        return self.fenced is None or self.fenced == (isinstance(query, dict) and "version" in query)
 
 
 @dataclass

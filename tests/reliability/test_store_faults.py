@@ -145,3 +145,23 @@ def test_api__answers_503_while_the_store_elects_and_changes_nothing(
     after = store.load(doc["_id"])
     assert after is not None and after["status"] == "PENDING"
     assert json.loads(after["input_json"]) == {"n": 1}
+
+
+def test_renewals__one_slow_renewal_never_holds_back_another_attempts(
+    define: Any, faults: StoreFaults, settings: Any, worker: Any, sweeper: Any
+) -> None:
+    settings.DETFLOW = {**settings.DETFLOW, "LEASE_S": "1.5"}  # renewed every 0.5 s
+    define("slow", [{"handler": "test.sleep", "retry": {"max_attempts": 1}}])
+    slow, _ = operations.start("slow", {"sleep_s": 3})
+    steady, _ = operations.start("slow", {"sleep_s": 3})
+    # Every renewal of the first takes 3 s: twice its lease. It may be recorded lost; the other
+    # one must not be, though its renewals fall due while the first's hang.
+    faults.add(Rule("latency", ops=frozenset({"update_one"}), times=None, execution_id=slow["_id"],
+                    fenced=False, delay_s=3.0))
+
+    done = wait_for(lambda: finished(steady["_id"]), timeout=30, what="the steady execution to finish")
+
+    assert faults.injected.get("latency", 0) > 0, "no renewal of the slow execution was slowed"
+    assert done["status"] == "SUCCEEDED", [e["type"] for e in done["events"]]
+    assert not events_of(done, "attempt_lost")
+    wait_for(lambda: finished(slow["_id"]), timeout=30, what="the slow execution to finish")
