@@ -524,7 +524,13 @@ def _encode_output(result: Any) -> str:
         text = transitions.dumps(result)
     except (TypeError, ValueError) as exc:
         raise OutputNotSerializable(f"output is not JSON-serialisable: {exc}") from exc
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError as exc:  # a lone surrogate: neither JSON's UTF-8 nor BSON can hold it
+        raise OutputNotSerializable(
+            "output holds text that is not valid Unicode (a lone surrogate at character "
+            f"{exc.start}, as a file name that is not UTF-8 gives): decode such names with "
+            "errors='replace' or os.fsencode them first") from None
     cap = conf.get().OUTPUT_CAP_BYTES
     if size > cap:
         raise OutputTooLarge(size, cap)

@@ -1,6 +1,7 @@
 """Handlers the tests run: each records its runs in ``LEDGER`` so tests can count them."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -139,3 +140,10 @@ def card(ctx: StepContext) -> dict[str, Any]:
     if ctx.input.get("fail"):
         raise PermanentError(f"card {number} refused for good")
     return {"last4": number[-4:], "digits": len(number), "cvv_given": bool(ctx.input.get("cvv"))}
+
+
+@step("test.surrogate_output")
+def surrogate_output(ctx: StepContext) -> dict[str, Any]:
+    """Return a file name that is not UTF-8, as ``os.listdir`` gives it (a lone surrogate)."""
+    _note(ctx)
+    return {"name": os.fsdecode(b"report-\xff.txt")}

@@ -225,6 +225,20 @@ def test_worker__outputs_of_one_execution_are_capped_together(
     assert verify(doc) == []
 
 
+def test_worker__an_output_with_a_lone_surrogate_fails_for_good_saying_why(
+    worker: Any, define: Any
+) -> None:
+    define("surrogate", [{"handler": "test.surrogate_output"}])
+
+    started, _ = operations.start("surrogate", {})
+    [doc] = wait_terminal(started["_id"])
+
+    step = doc["steps"][0]
+    assert (doc["status"], step["attempt"]) == ("FAILED", 1)
+    assert step["error"]["type"] == "workflows.errors.OutputNotSerializable"
+    assert "lone surrogate" in step["error"]["message"]
+
+
 def test_worker__non_json_output_fails_with_output_not_serializable(worker: Any, define: Any) -> None:
     define("setty", [{"handler": "test.unserializable"}])
 
