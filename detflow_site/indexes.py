@@ -66,11 +66,15 @@ class Index:
         return self.name + (f" ({', '.join(extra)})" if extra else "")
 
 
-#: Collections read through pymongo alone (no document class): the chaos workflow's ledger and
+#: Collections read through pymongo alone (no document class): the events moved out of executions,
+#: read by execution in seq order (``executions.store.history``); the chaos workflow's ledger and
 #: effects, read by run (``executions.chaos.run``). ``chaos_runs`` is read by ``_id`` only.
 RAW: dict[str, tuple[Index, ...]] = {
+    "execution_history": (Index((("execution_id", 1), ("first_seq", 1))),),
     "chaos_ledger": (Index((("run", 1), ("execution_id", 1))),),
     "chaos_effects": (Index((("run", 1), ("execution_id", 1))),),
+    # An execution's older events, in chunks (executions.store.history): read by execution, in order.
+    "execution_history": (Index((("execution_id", 1), ("first_seq", 1))),),
 }
 
 
