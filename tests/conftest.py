@@ -1,4 +1,8 @@
-"""Shared fixtures: a clean store and Redis for every test, a real Dramatiq worker on demand."""
+"""Shared fixtures: a clean store and Redis for every test, a real Dramatiq worker on demand.
+
+The suite empties its MongoDB database and flushes its Redis: ``tests/safety.py`` says which it
+may use (a test database; a Redis it started, or one it is told it may flush).
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +13,32 @@ from typing import Any
 
 import pytest
 
+from tests import safety
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--allow-flush", action="store_true",
+                     help="let the tests flush the Redis at DETFLOW_REDIS_URL (they flush its database "
+                          "between tests); without it they refuse to start when it is set")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse, in one line and before any test, a Redis the suite did not start and may not flush."""
+    problem = safety.redis_refusal(safety.settings_from(os.environ), config.getoption("allow_flush"))
+    if problem is not None:
+        raise pytest.UsageError(problem)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def indexed_store() -> None:
+    """Create the declared indexes on a MongoDB server once, as ``ensure_indexes`` does before a
+    deployment starts (the embedded store creates them when it connects)."""
+    from detflow_site import indexes, services
+
+    if not services.is_embedded_store():
+        indexes.ensure()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,10 @@ import os
 
 from detflow_site.conf import from_environ
 from detflow_site.settings import *  # noqa: F403
+from tests.safety import refuse_a_user_database
+
+# Before Django connects: the suite empties its database (tests/safety.py says which it may use).
+refuse_a_user_database()
 
 DETFLOW = {
     "HANDLER_MODULES": "tests.handlers",
