@@ -63,6 +63,22 @@ def sleep(ctx: StepContext) -> dict[str, float]:
     return {"slept": seconds}
 
 
+@step("test.until_cancelled")
+def until_cancelled(ctx: StepContext) -> dict[str, bool]:
+    """Run until the execution is cancelled (``input["limit_s"]`` at most, 10 by default), then
+    succeed: a step surely still running when a test cancels it, however slow the machine."""
+    from executions import store
+
+    _note(ctx)
+    end = time.monotonic() + float(ctx.input.get("limit_s", 10))
+    while time.monotonic() < end:
+        doc = store.load_working(ctx.execution_id)
+        if doc is not None and doc["status"] == "CANCELLED":
+            return {"cancelled": True}
+        time.sleep(0.01)
+    return {"cancelled": False}
+
+
 @step("test.big")
 def big(ctx: StepContext) -> str:
     """Return ``input["size"]`` characters."""
@@ -147,3 +163,16 @@ def surrogate_output(ctx: StepContext) -> dict[str, Any]:
     """Return a file name that is not UTF-8, as ``os.listdir`` gives it (a lone surrogate)."""
     _note(ctx)
     return {"name": os.fsdecode(b"report-\xff.txt")}
+
+
+@step("test.noisy")
+def noisy(ctx: StepContext) -> dict[str, Any]:
+    """Log ``input["lines"]`` lines of 500 characters of non-ASCII text; fail for good when
+    ``input["fail"]``, with a long message."""
+    _note(ctx)
+    text = ("é€😀ß中" * 100)[:500]
+    for n in range(int(ctx.input.get("lines", 200))):
+        ctx.log.info("%d %s", n, text)
+    if ctx.input.get("fail"):
+        raise PermanentError("noisy failure: " + text * 4)
+    return {"step": ctx.step}

@@ -61,9 +61,9 @@ def test_start__same_idempotency_key_returns_the_first_execution(
 def test_cancel__mid_run_stops_later_steps_and_records_who_and_why(
     worker: Any, define: Any, settle: Any
 ) -> None:
-    define("long", [{"handler": "test.sleep", "timeout_s": 10}, {"handler": "test.echo"},
+    define("long", [{"handler": "test.until_cancelled", "timeout_s": 20}, {"handler": "test.echo"},
                     {"handler": "test.echo"}])
-    started, _ = operations.start("long", {"sleep_s": 1.5})
+    started, _ = operations.start("long", {})
     eid = started["_id"]
     wait_for(lambda: runs_of(eid, "s1"), what="step 1 to start")
     before = loaded(eid)
