@@ -99,8 +99,8 @@ def test_rules__lost_attempts_name_the_worker_that_stopped(define: Any) -> None:
 def test_rules__a_cancel_while_a_step_runs_names_who_why_and_what_never_ran(
     worker: Any, define: Any
 ) -> None:
-    define("slow", [{"handler": "test.sleep", "timeout_s": 10}, {"handler": "test.echo"}])
-    doc, _ = operations.start("slow", {"sleep_s": 0.6})
+    define("slow", [{"handler": "test.until_cancelled", "timeout_s": 20}, {"handler": "test.echo"}])
+    doc, _ = operations.start("slow", {})
     wait_for(lambda: (store.load(doc["_id"]) or {})["steps"][0]["status"] == "RUNNING", what="a claim")
     operations.cancel(doc["_id"], by="alice", reason="customer withdrew")
     [final] = wait_terminal(doc["_id"])
@@ -209,8 +209,8 @@ def test_auto__a_cancel_with_a_running_attempt_is_written_up_once_the_attempt_en
     worker: Any, define: Any, settings: Any
 ) -> None:
     settings.DETFLOW = {**settings.DETFLOW, "INSIGHTS_AUTO": "true"}
-    define("slow", [{"handler": "test.sleep", "timeout_s": 10}, {"handler": "test.echo"}])
-    doc, _ = operations.start("slow", {"sleep_s": 0.8})
+    define("slow", [{"handler": "test.until_cancelled", "timeout_s": 20}, {"handler": "test.echo"}])
+    doc, _ = operations.start("slow", {})
     wait_for(lambda: (store.load(doc["_id"]) or {})["steps"][0]["status"] == "RUNNING", what="a claim")
     operations.cancel(doc["_id"], by="alice", reason="not needed")
 
