@@ -23,6 +23,12 @@ class Execution(me.Document):
     #: Optional caller key; unique per workflow, so a repeated start returns the first execution.
     idempotency_key = me.StringField()
     status = me.StringField(required=True)
+    #: Who started it (an API user, ``demo``); ``None`` when the caller did not say.
+    created_by = me.StringField()
+    #: The events up to this ``seq`` moved to the history collection (``executions.store.history``).
+    history_seq = me.IntField()
+    #: Bytes (BSON) of the events the document holds; past ``store.EVENTS_BYTES`` the oldest move out.
+    events_bytes = me.IntField()
     #: Incremented by every state change; the fencing token of each claim.
     version = me.IntField(required=True)
     #: Sequence number of the newest event (events are numbered 1, 2, 3, ... without gaps).

@@ -100,7 +100,8 @@ def retry(
             # A secret shown masked and left as it was keeps its value.
             input_json = _json(masking.unmask(input, stored, masking.paths_of(snap.doc)), "input",
                                INPUT_CAP_BYTES)
-            diff = json_diff(stored, json.loads(input_json))
+            _fits(snap, index, "input", input_json)
+            diff = bounded_diff(json_diff(stored, json.loads(input_json)))
         event = {"type": "retried", "step_index": index, "step": snap.state.steps[index].name,
                  "by": by, "reason": reason,
                  "input_diff_json": transitions.dumps(diff or [])}
@@ -123,6 +124,7 @@ def skip(
         from detflow_site import conf
 
         output_json = _json(output, "output", conf.get().OUTPUT_CAP_BYTES)
+        _fits(snap, index, "output", output_json)
         event = {"type": "skipped", "step_index": index, "step": name, "by": by, "reason": reason}
         return (lambda now: transitions.skip(snap, index, by, reason, output_json, now)), event
 
@@ -175,6 +177,40 @@ def _changes(snap: Snapshot, event: dict[str, Any]) -> dict[str, tuple[str, str]
         if old.status is not new.status:
             changes[f"steps.{old.name}"] = (old.status.value, new.status.value)
     return changes
+
+
+def _fits(snap: Snapshot, index: int, name: str, text: str) -> None:
+    """Refuse an edited input or a skip's output that would take the execution's outputs and edited
+    inputs together past ``store.DATA_BYTES``."""
+    step = snap.doc["steps"][index]
+    kept = len((step.get("input_json") or "").encode()) if name == "output" else step.get("output_bytes", 0)
+    total = store.data_bytes(snap.doc, leaving_out=index) + kept + len(text.encode())
+    if total > store.DATA_BYTES:
+        raise InvalidArgument(name, f"would take this execution's outputs and edited inputs to {total} "
+                              f"bytes of JSON together; the cap is {store.DATA_BYTES}")
+
+
+#: Largest input difference a retry's event records, in bytes of JSON; a larger one is recorded
+#: by its paths alone (the new input itself is the step's).
+DIFF_BYTES = 4096
+
+
+def bounded_diff(diff: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return ``diff`` as a retry's event records it: whole when small, else its paths alone, cut
+    to ``DIFF_BYTES`` with a count of the changes left out."""
+    if len(transitions.dumps(diff).encode()) <= DIFF_BYTES:
+        return diff
+    paths = [{"path": str(c["path"])[:200], "op": c["op"], "values": "omitted"} for c in diff]
+    kept: list[dict[str, Any]] = []
+    size = 2
+    for change in paths:
+        size += len(transitions.dumps(change).encode()) + 1
+        if size > DIFF_BYTES - 64:
+            break
+        kept.append(change)
+    if len(kept) < len(paths):
+        kept.append({"path": "", "op": "more", "count": len(paths) - len(kept)})
+    return kept
 
 
 def _json(value: Any, name: str, cap: int) -> str:

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import bson
 import pymongo
 from pymongo.errors import PyMongoError
 
@@ -46,8 +47,6 @@ logger = logging.getLogger("detflow.worker")
 #: Longest traceback and error message stored per attempt, in characters (the tail is kept).
 TRACEBACK_CHARS = 8000
 MESSAGE_CHARS = 2000
-#: All step outputs of one execution together, in bytes of JSON, at most.
-EXECUTION_OUTPUT_BYTES = 8 * 1024 * 1024
 #: How long a message whose step has no free concurrency slot waits before it tries again.
 SLOT_WAIT_MS = 250
 #: Outcome writes re-read and retry this often when an operator's change moved the version on.
@@ -289,12 +288,12 @@ class Attempt:
             if time.monotonic() > watchdog.deadline:
                 raise TimeoutInterrupt()
             self.output_json = _encode_output(result)
-            others = sum(s.get("output_bytes", 0) for i, s in enumerate(self.snap.doc["steps"])
-                         if i != self.index)
-            total = others + len(self.output_json.encode())
-            if total > EXECUTION_OUTPUT_BYTES:
+            own_input = len((self.snap.doc["steps"][self.index].get("input_json") or "").encode())
+            total = (store.data_bytes(self.snap.doc, leaving_out=self.index) + own_input
+                     + len(self.output_json.encode()))
+            if total > store.DATA_BYTES:
                 self.output_json = None
-                raise ExecutionOutputsTooLarge(total, EXECUTION_OUTPUT_BYTES)
+                raise ExecutionOutputsTooLarge(total, store.DATA_BYTES)
         except TimeoutInterrupt:
             self.timed_out = True
         except Exception as exc:  # the handler's failure, whatever it is, is the attempt's outcome
@@ -373,7 +372,7 @@ class Attempt:
         if self.log is not None:
             record["logs"] = self.log.lines
             record["logs_dropped"] = self.log.dropped
-        return record
+        return bounded_record(record, store.record_bytes(len(self.snap.state.steps)))
 
 
 class Outputs(Mapping[str, Any]):
@@ -502,6 +501,26 @@ class Watchdog:
         with self._guard:
             self._done = True
             TICKER.cancel(self._entry)
+
+
+def bounded_record(record: dict[str, Any], cap: int) -> dict[str, Any]:
+    """Return the attempt record cut to ``cap`` bytes: its oldest log lines dropped (and counted)
+    first, then the head of its traceback, then the tail of its message."""
+    if len(bson.encode(record)) <= cap:
+        return record
+    record = dict(record)
+    lines = list(record.get("logs") or [])
+    while lines and len(bson.encode({**record, "logs": lines})) > cap:
+        cut = max(len(lines) // 4, 1)
+        record["logs_dropped"] = record.get("logs_dropped", 0) + cut
+        lines = lines[cut:]
+    record["logs"] = lines
+    while record.get("traceback") and len(bson.encode(record)) > cap:
+        text = record["traceback"]
+        record["traceback"] = "...\n" + text[len(text) // 4 + 4:] if len(text) > 64 else ""
+    while len(record.get("message") or "") > 80 and len(bson.encode(record)) > cap:
+        record["message"] = record["message"][: len(record["message"]) * 3 // 4] + "..."
+    return record
 
 
 #: Threads that renew leases, per process (a forked child makes its own).

@@ -65,6 +65,59 @@ def collection() -> Collection:
     return Execution._get_collection()
 
 
+#: Events an execution's document holds at most before its oldest ``HISTORY_CHUNK`` move out to
+#: the history collection (by the same fenced write that adds the next ones): the working
+#: document stays small for any history, and every reader sees the whole of it (:func:`load`).
+EVENTS_KEPT = 400
+HISTORY_CHUNK = 200
+#: Bytes of events (BSON) an execution's document holds at most before its oldest move out.
+EVENTS_BYTES = 1024 * 1024
+#: Step outputs and the inputs operators gave steps (a retry's edited input), of one execution
+#: together, in bytes of JSON, at most: with the caps below it keeps the document far below 16 MiB.
+DATA_BYTES = 8 * 1024 * 1024
+
+
+def data_bytes(doc: dict[str, Any], leaving_out: int | None = None) -> int:
+    """Return the bytes of the step outputs and step inputs a working document holds, leaving out
+    those of step ``leaving_out`` (the one about to be written)."""
+    total = 0
+    for index, step in enumerate(doc.get("steps") or []):
+        if index != leaving_out:
+            total += step.get("output_bytes", 0) + len((step.get("input_json") or "").encode())
+    return total
+
+
+#: Largest attempt record, in bytes of BSON (``runner.bounded_record`` cuts one to its share).
+RECORD_BYTES = 16 * 1024
+#: All attempt records an execution keeps together, in bytes at most: each step has an equal share
+#: and keeps as many of its newest records as the share holds (``DETFLOW_ATTEMPTS_KEPT`` at most,
+#: one at least, cut to the share when it is smaller than ``RECORD_BYTES``).
+RECORDS_BUDGET = 2 * 1024 * 1024
+
+
+def record_bytes(steps: int) -> int:
+    """Return the largest attempt record of an execution of ``steps`` steps, in bytes."""
+    return min(RECORD_BYTES, RECORDS_BUDGET // max(steps, 1))
+
+
+def records_kept(steps: int) -> int:
+    """Return how many attempt records each step of an execution of ``steps`` steps keeps."""
+    from detflow_site import conf
+
+    share = RECORDS_BUDGET // (max(steps, 1) * record_bytes(steps))
+    return max(1, min(conf.get().ATTEMPTS_KEPT, share))
+
+
+#: The collection of moved-out events: one document per chunk, ``{_id: "<execution id>:<first
+#: seq>", execution_id, first_seq, last_seq, events}``; written once, never changed.
+HISTORY = "execution_history"
+
+
+def history() -> Collection:
+    """Return the collection of events moved out of executions' documents."""
+    return Execution._get_db()[HISTORY]
+
+
 #: What a worker, the sweeper and an operator action read: everything but the history and the
 #: attempt records, which no decision needs (the event count is ``event_seq``) and which make up
 #: most of a long execution's document.
@@ -72,8 +125,41 @@ WORKING_FIELDS = {"events": 0, "steps.attempts": 0}
 
 
 def load(execution_id: str) -> dict[str, Any] | None:
-    """Return the stored document of an execution, or ``None``."""
-    return collection().find_one({"_id": execution_id})
+    """Return the stored document of an execution with its whole history, or ``None``."""
+    doc = collection().find_one({"_id": execution_id})
+    return None if doc is None else with_history(doc)
+
+
+def with_history(doc: dict[str, Any]) -> dict[str, Any]:
+    """Return ``doc`` with the events moved out of it put back in front of those it holds."""
+    moved = doc.get("history_seq", 0)
+    if not moved:
+        return doc
+    chunks = history().find({"execution_id": doc["_id"], "first_seq": {"$lte": moved}}).sort("first_seq", 1)
+    older = [e for chunk in chunks for e in chunk["events"] if e["seq"] <= moved]
+    return {**doc, "events": older + list(doc.get("events") or [])}
+
+
+def events_after(execution_id: str, after: int, limit: int) -> list[dict[str, Any]] | None:
+    """Return up to ``limit`` events with ``seq > after``, oldest first, reading only the chunks of
+    history that hold them; ``None`` when the execution does not exist."""
+    doc = collection().find_one({"_id": execution_id}, {"events": 1, "history_seq": 1})
+    if doc is None:
+        return None
+    moved = doc.get("history_seq", 0)
+    found: list[dict[str, Any]] = []
+    if after < moved:
+        # Chunks hold HISTORY_CHUNK events at most: those after ``after`` start at most one chunk
+        # before it, and ``limit`` events span at most this many chunks (a chunk may be shorter).
+        chunks = (history().find({"execution_id": execution_id,
+                                  "first_seq": {"$gt": after - HISTORY_CHUNK, "$lte": moved}})
+                  .sort("first_seq", 1))
+        for chunk in chunks:
+            found += [e for e in chunk["events"] if after < e["seq"] <= moved]
+            if len(found) >= limit:
+                break
+    found += [e for e in doc.get("events") or [] if e["seq"] > after]
+    return found[:limit]
 
 
 def load_working(execution_id: str) -> dict[str, Any] | None:

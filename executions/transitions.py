@@ -7,6 +7,7 @@ the version moved on: someone else changed the execution first, and this writer 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -14,9 +15,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import bson
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from detflow_site import conf
 from executions import faults, store
 from executions.engine import (
     TERMINAL,
@@ -64,6 +65,7 @@ def create(
         "workflow_version": definition["version"],
         "definition": dict(definition),
         "input_json": input_json,
+        "created_by": by,
         "status": ExecutionStatus.PENDING.value,
         "version": 1,
         "event_seq": 1,
@@ -130,10 +132,23 @@ def commit(
         {"seq": snap.event_seq + k + 1, "at": to_dt(now), **_stored(event)}
         for k, event in enumerate(events)
     ]
+    pushed: dict[str, Any] = {"$each": stamped}
+    moved = snap.doc.get("history_seq", 0)
+    held = snap.event_seq - moved + len(stamped)
+    added = len(bson.encode({"events": stamped}))
+    held_bytes = snap.doc.get("events_bytes", 0) + added
+    if held > store.EVENTS_KEPT + store.HISTORY_CHUNK or held_bytes > store.EVENTS_BYTES:
+        chunk = _archive(snap, moved)
+        if chunk is not None:
+            # The oldest events are in the history now: this write drops them from the document.
+            count, size = chunk
+            pushed["$slice"] = -(held - count)
+            update_set["history_seq"] = moved + count
+            added -= size
     update: dict[str, Any] = {
         "$set": update_set,
-        "$inc": {"version": 1, "event_seq": len(events)},
-        "$push": {"events": {"$each": stamped}, **(pushes or {})},
+        "$inc": {"version": 1, "event_seq": len(events), "events_bytes": added},
+        "$push": {"events": pushed, **(pushes or {})},
     }
     if update_unset:
         update["$unset"] = update_unset
@@ -143,8 +158,8 @@ def commit(
     if not _fenced_update(snap, query, update, stamped):
         return None
     version, event_seq = snap.version + 1, snap.event_seq + len(events)
-    doc = applied(snap.doc, {**update_set, "version": version, "event_seq": event_seq},
-                  update_unset)
+    doc = applied(snap.doc, {**update_set, "version": version, "event_seq": event_seq,
+                             "events_bytes": snap.doc.get("events_bytes", 0) + added}, update_unset)
     return Snapshot(doc=doc, state=new_state, version=version, event_seq=event_seq,
                     finished=new_state.status in TERMINAL and snap.state.status not in TERMINAL)
 
@@ -179,12 +194,40 @@ def _fenced_update(
 
 
 def _landed(snap: Snapshot, stamped: list[dict[str, Any]]) -> bool:
-    """Tell whether a write from ``snap`` whose answer was lost was applied: its events are stored."""
+    """Tell whether a write from ``snap`` whose answer was lost was applied: its first event is
+    stored under its number (in the document, or moved to the history since)."""
+    first = stamped[0]
     doc = store.collection().find_one(
         {"_id": snap.state.id},
-        {"version": 1, "events": {"$slice": [snap.event_seq, len(stamped)]}},
+        {"version": 1, "history_seq": 1, "events": {"$elemMatch": {"seq": first["seq"]}}},
     )
-    return doc is not None and doc["version"] > snap.version and doc.get("events") == stamped
+    if doc is None or doc["version"] <= snap.version:
+        return False
+    found = doc.get("events") or []
+    if not found and doc.get("history_seq", 0) >= first["seq"]:
+        found = [e for e in store.events_after(snap.state.id, first["seq"] - 1, 1) or []
+                 if e["seq"] == first["seq"]]
+    return found[:1] == [first]
+
+
+def _archive(snap: Snapshot, moved: int) -> tuple[int, int] | None:
+    """Copy the oldest events of the execution (``HISTORY_CHUNK`` at most) to the history; return
+    how many and their bytes, or ``None`` when there is nothing to move. A chunk is written once,
+    the same whoever writes it (stored events never change), so a writer whose fenced update then
+    misses leaves nothing wrong behind: the next one finds the chunk there."""
+    doc = store.collection().find_one({"_id": snap.state.id},
+                                      {"history_seq": 1, "events": {"$slice": store.HISTORY_CHUNK}})
+    if doc is None or doc.get("history_seq", 0) != moved:
+        return None  # moved on since the snapshot: the fenced update will miss anyway
+    events = doc.get("events") or []
+    if not events or events[0]["seq"] != moved + 1:
+        return None
+    # On a duplicate, an earlier writer copied this chunk and then lost its race: the same events.
+    with contextlib.suppress(DuplicateKeyError):
+        store.history().insert_one({"_id": f"{snap.state.id}:{moved + 1}", "execution_id": snap.state.id,
+                                    "first_seq": moved + 1, "last_seq": events[-1]["seq"],
+                                    "events": events})
+    return len(events), len(bson.encode({"events": events}))
 
 
 def applied(doc: dict[str, Any], sets: Mapping[str, Any], unsets: Mapping[str, Any]) -> dict[str, Any]:
@@ -344,7 +387,7 @@ def _close_attempt(
         sets.update(_finish_sets(snap, Finish(ExecutionStatus(final["type"][10:].upper())), now,
                                  failed_index=index))
     prefix = f"steps.{index}."
-    pushes = {prefix + "attempts": {"$each": [record], "$slice": -conf.get().ATTEMPTS_KEPT}}
+    pushes = {prefix + "attempts": {"$each": [record], "$slice": -store.records_kept(len(snap.state.steps))}}
     return commit(snap, events, now, sets=sets, unsets=(prefix + "current",), pushes=pushes)
 
 

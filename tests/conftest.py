@@ -66,12 +66,13 @@ def broker(redis_client: Any) -> Any:
 @pytest.fixture(autouse=True)
 def clean(request: pytest.FixtureRequest) -> Iterator[None]:
     """Empty the store, Redis and the ledger; disarm every crash point."""
-    from executions import faults
+    from executions import faults, store
     from executions.models import Execution
     from tests.handlers import LEDGER
     from workflows.models import WorkflowDefinition
 
     Execution._get_collection().delete_many({})
+    store.history().delete_many({})
     WorkflowDefinition._get_collection().delete_many({})
     if "redis_client" in request.fixturenames or "worker" in request.fixturenames:
         request.getfixturevalue("redis_client").flushdb()

@@ -167,8 +167,10 @@ class Execution(ExecutionSummary):
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_created_by(self, doc: dict[str, Any]) -> str | None:
-        events = doc.get("events") or [{}]
-        return events[0].get("by")
+        if "created_by" in doc:
+            return doc["created_by"]  # type: ignore[no-any-return]
+        first = (doc.get("events") or [{}])[0]  # stored before created_by was
+        return first.get("by") if first.get("type") == "created" else None
 
 
 class ExecutionPage(serializers.Serializer):

@@ -186,9 +186,12 @@ def _same_json(stored: str, given: Any) -> bool:
 class ExecutionDetailView(APIView):
     @extend_schema(responses=representations.Execution, summary="An execution: its steps and attempts")
     def get(self, request: Request, execution_id: str) -> Response:
-        doc = store.load(execution_id)
+        # The history is its own page (events/): not read here.
+        doc = store.collection().find_one({"_id": execution_id}, {"events": 0})
         if doc is None:
             raise ExecutionNotFound(f"execution {execution_id} does not exist")
+        if "created_by" not in doc:  # stored before created_by was: its first event says
+            doc["events"] = store.events_after(execution_id, 0, 1) or []
         return Response(representations.Execution(doc).data)
 
 
@@ -205,10 +208,12 @@ class ExecutionEventsView(APIView):
             raise FieldError(unknown[0], "unknown parameter; allowed: after, limit", "unknown_field")
         after = filters.integer(query, "after", 0, 2**62) if "after" in query else 0
         limit = filters.integer(query, "limit", 1, MAX_EVENTS_PAGE) if "limit" in query else EVENTS_PAGE
-        doc = store.collection().find_one({"_id": execution_id}, {"events": 1, **masking.PROJECTION})
-        if doc is None:
+        events = store.events_after(execution_id, after, limit + 1)
+        if events is None:
             raise ExecutionNotFound(f"execution {execution_id} does not exist")
-        events = [masking.event(doc, e) for e in doc["events"] if e["seq"] > after][: limit + 1]
+        if events:
+            doc = store.collection().find_one({"_id": execution_id}, masking.PROJECTION) or {}
+            events = [masking.event(doc, e) for e in events]
         next_url = None
         if len(events) > limit:
             events = events[:limit]

@@ -6,6 +6,7 @@ other worker consuming the queue.
 """
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import statistics
 import time
@@ -14,11 +15,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pymongo.errors import PyMongoError
+
 from detflow_site import conf, services
 from executions import faults, operations, store
 from executions.chaos import checker, handlers
 from executions.chaos.nemesis import Nemesis
-from executions.chaos.schedule import HANDLER_KINDS, KINDS, Schedule, plan
+from executions.chaos.schedule import (
+    HANDLER_KINDS,
+    KINDS,
+    STORE_EXECUTION_KINDS,
+    STORE_KINDS,
+    Fault,
+    Schedule,
+    expand,
+    plan,
+)
+from executions.chaos.storefaults import Rule, StoreFaults, installed
 from executions.engine import TERMINAL
 from executions.workers import WorkerPool
 from workflows import definitions
@@ -54,6 +67,9 @@ class Report:
     latencies_ms: list[int] = field(default_factory=list)
     #: The slowest recovery: crash point, execution id, milliseconds.
     slowest: tuple[str, str, int] | None = None
+    #: Store calls the store faults struck, by mode (``before``, ``after``, ``not_primary``,
+    #: ``latency``; ``spike``: the latency calls that were spikes).
+    store_calls: dict[str, int] = field(default_factory=dict)
     findings: checker.Findings = field(default_factory=checker.Findings)
 
     @property
@@ -80,6 +96,7 @@ class Report:
             "store": services.store_description(), "redis": services.redis_url(),
             "faults": {k: {"planned": planned.get(k, 0), "injected": self.injected.get(k, 0)}
                        for k in self.options.faults},
+            "store_calls_struck": dict(sorted(self.store_calls.items())),
             "statuses": dict(self.findings.statuses),
             "recoveries": self.recoveries,
             "recovery_latency_ms": self.latency(),
@@ -93,7 +110,10 @@ class Report:
                f"steps on {data['threads']} threads (+{data['spare_threads_for_pauses']} for pauses), "
                f"{data['duration_s']}s; store: {data['store']}",
                "faults (planned / injected):"]
-        out += [f"  {kind:<12} {v['planned']:>5} / {v['injected']}" for kind, v in data["faults"].items()]
+        out += [f"  {kind:<14} {v['planned']:>5} / {v['injected']}" for kind, v in data["faults"].items()]
+        if data["store_calls_struck"]:
+            out.append("store calls struck: " + ", ".join(
+                f"{k} {v}" for k, v in data["store_calls_struck"].items()))
         out.append("final statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(data["statuses"].items())))
         out.append("recoveries: " + ", ".join(f"{k} {v}" for k, v in data["recoveries"].items()))
         lat = data["recovery_latency_ms"]
@@ -109,53 +129,65 @@ class Report:
         return out
 
 
+def prepare(options: Options) -> Schedule:
+    """Return the run's schedule; raise ``ValueError`` for an unknown kind or an election too long
+    for the lease (one must end while the claims it catches still hold, so that it loses nothing)."""
+    schedule = plan(options.seed, options.executions, options.steps, expand(options.faults))
+    lease_s = conf.get().LEASE_S
+    # The last renewal before an election may be a renewal interval (a third of the lease) old,
+    # and the write that follows it waits up to a backoff step more.
+    longest = lease_s * 2 / 3 - store.MAX_BACKOFF_S - 1
+    for fault in schedule.faults:
+        if fault.kind == "store_election" and fault.duration_s > longest:
+            raise ValueError(
+                f"a {fault.duration_s}s election needs DETFLOW_LEASE_S of at least "
+                f"{(fault.duration_s + store.MAX_BACKOFF_S + 1) * 1.5:g} (it is {lease_s:g}); "
+                "raise it, or leave store_election out of --faults")
+    return schedule
+
+
 def run(options: Options, progress: Callable[[str], None] | None = None) -> Report:
     """Run chaos as ``options`` say and return the checked report."""
     say = progress or (lambda _line: None)
-    schedule = plan(options.seed, options.executions, options.steps, options.faults)
+    options = dataclasses.replace(options, faults=expand(options.faults))
+    schedule = prepare(options)
     report = Report(options=options, schedule=schedule)
-    settings = conf.get()
     run_id = f"{options.seed}-{secrets.token_hex(4)}"
-    stored = register(options.steps)
     faults.disarm()
     for mechanism in options.broken:
         faults.break_(mechanism)
     handlers.DEDUPLICATE["enabled"] = options.deduplicate
-    ids = []
-    pause_s = settings.LEASE_S * 3 + settings.SWEEP_INTERVAL_S + settings.SWEEP_GRACE_S + 10
-    for index in range(options.executions):
-        planted = [{"kind": f.kind, "step": f.step, "count": f.count}
-                   for f in schedule.for_execution(index) if f.kind in HANDLER_KINDS]
-        chaos = {"run": run_id, "faults": planted, "hang_s": TIMEOUT_S * 3, "pause_s": pause_s}
-        doc, _ = operations.start(WORKFLOW, {"chaos": chaos}, version=stored.version, by="chaos")
-        ids.append(doc["_id"])
-        for fault in schedule.for_execution(index):
-            if fault.kind == "crash" and fault.point:
-                faults.arm(fault.point, execution_id=doc["_id"], skip=fault.nth - 1)
-    say(f"started {len(ids)} executions; {len(schedule.faults)} faults planned")
-    started = time.monotonic()
-    # A paused runner stands for a stopped process, whose threads stop with it while the other
-    # processes carry on; here every runner is a thread of one pool, so each planned pause gets a
-    # spare thread. Without them, as many pauses at once as threads stall the pool until the
-    # pauses give up (steps run back to back reach many pauses at once).
-    pauses = schedule.counts().get("pause", 0)
-    pool = WorkerPool(threads=options.threads + pauses).start()
-    nemesis = Nemesis(schedule, ids)
-    nemesis.start()
-    try:
-        nemesis.join(timeout=options.drain_timeout)  # every planned fault strikes, even late ones
-        _drain(ids, options.drain_timeout, say)
-    finally:
-        nemesis.stop()
-        pool.stop()
-        report.duration_s = time.monotonic() - started
-        fired = list(faults.fired)
-        faults.disarm()
-        handlers.DEDUPLICATE["enabled"] = True
-    docs = list(store.collection().find({"_id": {"$in": ids}}))
+    # Every use of the executions collection goes through the store seam for the whole run.
+    with installed(StoreFaults(seed=options.seed)) as seam:
+        ids, planted = _start(options, schedule, run_id, seam)
+        say(f"started {len(ids)} executions; {len(schedule.faults)} faults planned")
+        started = time.monotonic()
+        # A paused runner stands for a stopped process, whose threads stop with it while the
+        # other processes carry on; here every runner is a thread of one pool, so each planned
+        # pause gets a spare thread. Without them, as many pauses at once as threads stall the
+        # pool until the pauses give up (steps run back to back reach many pauses at once).
+        pauses = schedule.counts().get("pause", 0)
+        pool = WorkerPool(threads=options.threads + pauses).start()
+        nemesis = Nemesis(schedule, ids, seam)
+        nemesis.start()
+        try:
+            nemesis.join(timeout=options.drain_timeout)  # every planned fault strikes, even late ones
+            _drain(ids, options.drain_timeout, say)
+        finally:
+            nemesis.stop()
+            seam.clear()
+            pool.stop()
+            report.duration_s = time.monotonic() - started
+            fired = list(faults.fired)
+            faults.disarm()
+            handlers.DEDUPLICATE["enabled"] = True
+    report.store_calls = dict(seam.injected)
+    docs = [store.with_history(d) for d in store.collection().find({"_id": {"$in": ids}})]
     runs = list(handlers.ledger().find({"run": run_id}))
-    report.findings = checker.check(docs, runs, handlers.effects().find({"run": run_id}))
+    kinds = {ids[i]: {f.kind for f in schedule.for_execution(i)} for i in range(len(ids))}
+    report.findings = checker.check(docs, runs, handlers.effects().find({"run": run_id}), kinds)
     report.injected = _injected(fired, nemesis, runs, schedule, ids)
+    report.injected.update(_struck(planted + nemesis.rules))
     recoveries = _recoveries(fired, docs)
     report.latencies_ms = [latency for latency, _ in recoveries]
     if recoveries:
@@ -165,6 +197,34 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
     report.recoveries = {"lost attempts recorded": report.findings.lost_attempts,
                          "messages re-sent by the sweeper": totals["resent"] + totals["lost"]}
     return report
+
+
+def _start(
+    options: Options, schedule: Schedule, run_id: str, seam: StoreFaults
+) -> tuple[list[str], list[tuple[Fault, Rule]]]:
+    """Start the run's executions with their planted faults: the handler's in its input, crash
+    points armed, store rules added to ``seam``. Return the ids and the store rules by fault."""
+    settings = conf.get()
+    stored = register(options.steps)
+    pause_s = settings.LEASE_S * 3 + settings.SWEEP_INTERVAL_S + settings.SWEEP_GRACE_S + 10
+    ids: list[str] = []
+    rules: list[tuple[Fault, Rule]] = []
+    for index in range(options.executions):
+        planted = [{"kind": f.kind, "step": f.step, "count": f.count}
+                   for f in schedule.for_execution(index) if f.kind in HANDLER_KINDS]
+        chaos = {"run": run_id, "faults": planted, "hang_s": TIMEOUT_S * 3, "pause_s": pause_s}
+        doc, _ = operations.start(WORKFLOW, {"chaos": chaos}, version=stored.version, by="chaos")
+        ids.append(doc["_id"])
+        for fault in schedule.for_execution(index):
+            if fault.kind == "crash" and fault.point:
+                faults.arm(fault.point, execution_id=doc["_id"], skip=fault.nth - 1)
+            elif fault.kind in STORE_EXECUTION_KINDS:
+                # The nth of the execution's version-matched writes (claims, outcomes, the end)
+                # and the ``count - 1`` after it fail before or after they are applied.
+                rule = Rule(fault.kind.removeprefix("store_"), ops=frozenset({"update_one"}),
+                            times=fault.count, skip=fault.nth - 1, execution_id=doc["_id"], fenced=True)
+                rules.append((fault, seam.add(rule)))
+    return ids, rules
 
 
 def register(steps: int) -> Any:
@@ -186,10 +246,14 @@ def _drain(ids: list[str], timeout_s: float, say: Callable[[str], None]) -> None
     while time.monotonic() < deadline:
         # Unfinished chaos executions (runs do not overlap): no $in over every id, which
         # mongomock would check against each stored document on every poll.
-        left = store.collection().count_documents(
-            {"workflow": WORKFLOW, "$or": [{"status": {"$nin": [s.value for s in TERMINAL]}},
-                                           {"due_at": {"$exists": True}}]}
-        )
+        try:
+            left = store.collection().count_documents(
+                {"workflow": WORKFLOW, "$or": [{"status": {"$nin": [s.value for s in TERMINAL]}},
+                                               {"due_at": {"$exists": True}}]}
+            )
+        except PyMongoError:  # an election the nemesis holds: ask again
+            time.sleep(0.1)
+            continue
         done = len(ids) - left
         if done == len(ids):
             return
@@ -204,7 +268,8 @@ def _injected(fired: list[faults.Fired], nemesis: Nemesis, runs: list[dict[str, 
               schedule: Schedule, ids: list[str]) -> Counter[str]:
     counts: Counter[str] = Counter()
     counts["crash"] = sum(1 for f in fired if f.execution_id in set(ids))
-    counts.update(i.kind for i in nemesis.injected if not i.detail.startswith("failed"))
+    counts.update(i.kind for i in nemesis.injected
+                  if not i.detail.startswith("failed") and i.kind not in STORE_KINDS)
     first_runs = {(r["execution_id"], r["step"]) for r in runs}
     for fault in schedule.faults:
         target = None if fault.execution is None else (ids[fault.execution],
@@ -212,6 +277,12 @@ def _injected(fired: list[faults.Fired], nemesis: Nemesis, runs: list[dict[str, 
         if fault.kind in HANDLER_KINDS and target in first_runs:
             counts[fault.kind] += 1
     return counts
+
+
+def _struck(rules: list[tuple[Fault, Rule]]) -> Counter[str]:
+    """Count the store faults that struck at least one call (spikes: that spiked one)."""
+    return Counter(fault.kind for fault, rule in rules
+                   if (rule.spiked if fault.kind == "store_spike" else rule.struck) > 0)
 
 
 def _recoveries(fired: list[faults.Fired], docs: list[dict[str, Any]]) -> list[tuple[int, faults.Fired]]:

@@ -209,9 +209,9 @@ def test_worker__output_over_cap_fails_with_output_too_large(
 def test_worker__outputs_of_one_execution_are_capped_together(
     worker: Any, define: Any, monkeypatch: Any
 ) -> None:
-    from executions import runner
+    from executions import store
 
-    monkeypatch.setattr(runner, "EXECUTION_OUTPUT_BYTES", 250)
+    monkeypatch.setattr(store, "DATA_BYTES", 250)
     define("fat", [{"handler": "test.big"}, {"handler": "test.big"}, {"handler": "test.big"}])
 
     started, _ = operations.start("fat", {"size": 98})

@@ -19,7 +19,7 @@ def audited() -> Iterator[None]:
     from executions import store
     from tests.reliability.invariants import assert_invariants
 
-    assert_invariants(*store.collection().find({}))
+    assert_invariants(*map(store.with_history, store.collection().find({})))
 
 
 class SweeperRecord:

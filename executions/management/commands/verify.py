@@ -20,7 +20,7 @@ class Command(BaseCommand):
         if bool(ids) == bool(options["all"]):
             raise CommandError("give execution ids or --all (not both)")
         if options["all"]:
-            docs: Any = store.collection().find({}, batch_size=200)
+            docs: Any = map(store.with_history, store.collection().find({}, batch_size=200))
         else:
             docs = []
             for execution_id in ids:
