@@ -16,6 +16,7 @@ from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from executions import store
 from executions.errors import InvalidArgument
 from workflows.errors import DetflowError
 
@@ -72,10 +73,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         code, detail, fields, status_code = "too_large", str(exc), {}, 413
     elif isinstance(exc, SuspiciousOperation):
         code, detail, fields, status_code = "bad_request", str(exc), {}, 400
-    elif isinstance(exc, pymongo.errors.ConnectionFailure):
+    elif isinstance(exc, pymongo.errors.PyMongoError) and store.transient(exc):
         code, fields, status_code = "store_unavailable", {}, 503
         detail = "MongoDB cannot be reached right now; nothing was changed. Try again shortly."
         headers["Retry-After"] = "5"
+    elif isinstance(exc, pymongo.errors.PyMongoError):
+        # Refused for good (a document the server will not store, say): trying again changes nothing.
+        server_code = getattr(exc, "code", None)
+        code, fields, status_code = "store_refused", {}, 409
+        detail = (f"MongoDB refused the change ({type(exc).__name__}"
+                  f"{f', code {server_code}' if server_code else ''}); nothing was changed")
     elif isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         code, fields, status_code = "redis_unavailable", {}, 503
         detail = "Redis cannot be reached right now. Try again shortly."

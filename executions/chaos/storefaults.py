@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymongo.errors import AutoReconnect, NotPrimaryError
+from pymongo.errors import AutoReconnect, NotPrimaryError, WriteError
 
 from executions.models import Execution
 
@@ -26,6 +26,9 @@ WRITES = frozenset({"update_one", "update_many", "insert_one", "insert_many", "r
                     "find_one_and_update", "find_one_and_replace", "delete_one", "delete_many",
                     "bulk_write"})
 READS = frozenset({"find_one", "find", "count_documents", "aggregate", "distinct"})
+#: What a server answers a write it refuses for good (``refuse``): the document would be too large.
+REFUSED = {"ok": 0, "errmsg": "Resulting document after update is larger than 16777216 (injected)",
+           "code": 17419}
 #: What a primary that stepped down answers (pymongo raises ``NotPrimaryError`` for it).
 NOT_PRIMARY = {"ok": 0, "errmsg": "not primary", "code": 10107, "codeName": "NotWritablePrimary"}
 
@@ -34,10 +37,13 @@ NOT_PRIMARY = {"ok": 0, "errmsg": "not primary", "code": 10107, "codeName": "Not
 class Rule:
     """One fault: which calls it strikes and how.
 
-    ``mode``: ``before`` (raise, nothing applied), ``after`` (apply, then raise), ``not_primary``
+    ``mode``: ``before`` (raise, nothing applied), ``after`` (apply, then raise), ``refuse`` (a
+    ``WriteError`` no retry mends, code 17419), ``not_primary``
     (every matching call raises until ``until``), ``latency`` (sleep ``delay_s``, or ``spike_s``
-    once in ``spike_every`` calls). ``skip``: matching calls let through first; ``times``: calls it
-    strikes at most after those (``None``: no limit).
+    once in ``spike_every`` calls; ``spiked`` counts the spikes). ``skip``: matching calls let
+    through first; ``times``: calls it strikes at most after those (``None``: no limit);
+    ``until``: a ``time.monotonic()`` past which it strikes no more (required by ``not_primary``,
+    ``0`` for the other modes: no end).
     ``execution_id``: strike only calls whose filter names that ``_id``; ``fenced``: ``True`` only
     version-matched writes (the engine's state changes), ``False`` only the others (lease
     renewals), ``None`` both.
@@ -54,11 +60,12 @@ class Rule:
     spike_s: float = 0.0
     spike_every: int = 0
     struck: int = 0
+    spiked: int = 0
 
     def matches(self, op: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         if op not in self.ops or (self.times is not None and self.struck >= self.times):
             return False
-        if self.mode == "not_primary" and time.monotonic() >= self.until:
+        if (self.until or self.mode == "not_primary") and time.monotonic() >= self.until:
             return False
         query = args[0] if args else kwargs.get("filter")
         if self.execution_id is not None and (
@@ -85,6 +92,12 @@ class StoreFaults:
     def election(self, seconds: float, ops: frozenset[str] = WRITES | READS) -> Rule:
         """Answer ``NotWritablePrimary`` to every call for ``seconds`` (a replica set electing)."""
         return self.add(Rule("not_primary", ops=ops, times=None, until=time.monotonic() + seconds))
+
+    def spike(self, rule: Rule) -> None:
+        """Count a spike of a latency rule."""
+        with self._guard:
+            rule.spiked += 1
+            self.injected["spike"] = self.injected.get("spike", 0) + 1
 
     def clear(self) -> None:
         with self._guard:
@@ -126,11 +139,15 @@ class FaultyCollection:
             for rule in hits:
                 if rule.mode == "latency":
                     spike = rule.spike_every and self._random.randrange(rule.spike_every) == 0
+                    if spike:
+                        self._faults.spike(rule)
                     time.sleep(rule.spike_s if spike else rule.delay_s)
                 elif rule.mode == "before":
                     raise AutoReconnect(f"connection closed before {op} was sent (injected)")
                 elif rule.mode == "not_primary":
                     raise NotPrimaryError("not primary (injected election)", NOT_PRIMARY)
+                elif rule.mode == "refuse":
+                    raise WriteError(REFUSED["errmsg"], REFUSED["code"], REFUSED)
                 elif rule.mode == "after":
                     after = True
             result = method(*args, **kwargs)

@@ -165,3 +165,22 @@ def test_renewals__one_slow_renewal_never_holds_back_another_attempts(
     assert done["status"] == "SUCCEEDED", [e["type"] for e in done["events"]]
     assert not events_of(done, "attempt_lost")
     wait_for(lambda: finished(slow["_id"]), timeout=30, what="the slow execution to finish")
+
+
+def test_api__answers_409_when_the_store_refuses_a_write_for_good(
+    define: Any, faults: StoreFaults, admin_client: Any
+) -> None:
+    define("refused", [{"handler": "test.echo"}])
+    doc, _ = operations.start("refused", {"n": 1})
+    # The server refusing the document (too large, say): an error no retry mends.
+    faults.add(Rule("refuse", ops=WRITES, times=None, execution_id=doc["_id"]))
+
+    response = admin_client.post(f"/api/v1/executions/{doc['_id']}/cancel/", {"reason": "x"},
+                                 content_type="application/json")
+
+    assert response.status_code == 409, response.content
+    body = response.json()
+    assert body["code"] == "store_refused" and "code 17419" in body["detail"]
+    faults.clear()
+    after = store.load(doc["_id"])
+    assert after is not None and after["status"] == "PENDING"
