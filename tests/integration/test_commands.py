@@ -120,8 +120,10 @@ def test_worker_boot__sets_up_django_metrics_and_every_actor(tmp_path: Path) -> 
               "print(sorted(type(m).__name__ for m in broker.middleware))\n"
               "print(sorted(broker.actors))\n")
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DETFLOW_")}
-    environ.update(DETFLOW_MONGODB_URL="mongodb://127.0.0.1:9", DETFLOW_REDIS_URL="redis://127.0.0.1:9",
-                   dramatiq_prom_db=str(tmp_path), DJANGO_SQLITE_PATH=":memory:")
+    # (the test settings it inherits refuse a database not named as a test one: tests/safety.py)
+    environ.update(DETFLOW_MONGODB_URL="mongodb://127.0.0.1:9", DETFLOW_MONGODB_DB="detflow_test",
+                   DETFLOW_REDIS_URL="redis://127.0.0.1:9", dramatiq_prom_db=str(tmp_path),
+                   DJANGO_SQLITE_PATH=":memory:")
     environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environ,
                             capture_output=True, text=True, timeout=120)
