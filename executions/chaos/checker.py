@@ -2,17 +2,24 @@
 
 Checks DESIGN's invariants 1-6 on each history, that every execution ended, that histories are
 contiguous and replay without divergence (``verify``), that each claimed attempt ran its handler at
-most once and each recorded outcome had a run, and that no step committed its side effect twice.
+most once and each recorded outcome had a run, that no step committed its side effect twice, that
+no attempt was both recorded and recorded lost, and that no attempt whose handler committed its
+effect was recorded lost unless a crash or a pause was planned for its execution (the store's
+faults, elections included, end within a lease: an outcome they delay is late, never lost).
 """
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from executions import audit, store
 from executions.engine import DONE_STEP, TERMINAL, IllegalTransition, StepStatus, evolve
+
+#: Planned faults that may lose an attempt whose handler committed its effect: a worker that dies
+#: after the handler ran, or stalls past its lease.
+LOSING_KINDS = frozenset({"crash", "pause"})
 
 
 @dataclass(frozen=True)
@@ -42,20 +49,24 @@ def check(
     docs: Iterable[Mapping[str, Any]],
     runs: Iterable[Mapping[str, Any]],
     committed: Iterable[Mapping[str, Any]],
+    planned: Mapping[str, Collection[str]] | None = None,
 ) -> Findings:
-    """Check executions against their ledger runs and committed side effects."""
+    """Check executions against their ledger runs and committed side effects; ``planned`` gives
+    the fault kinds planned for each execution id."""
     findings = Findings()
     runs_by_attempt: Counter[tuple[str, str, int]] = Counter(
         (r["execution_id"], r["step"], r["attempt"]) for r in runs
     )
-    effects_by_step: Counter[tuple[str, str]] = Counter(
-        (e["execution_id"], e["step"]) for e in committed
-    )
+    effects = list(committed)
+    effects_by_step: Counter[tuple[str, str]] = Counter((e["execution_id"], e["step"]) for e in effects)
+    committed_attempts = {(e["execution_id"], e["step"], e.get("attempt")) for e in effects}
     for doc in docs:
         findings.statuses[doc["status"]] += 1
         findings.lost_attempts += sum(1 for e in doc["events"] if e["type"] == "attempt_lost")
         findings.violations += check_history(doc)
         findings.violations += _check_ledger(doc, runs_by_attempt, effects_by_step)
+        kinds = (planned or {}).get(doc["_id"], ())
+        findings.violations += _check_lost(doc, committed_attempts, LOSING_KINDS.isdisjoint(kinds))
     return findings
 
 
@@ -139,6 +150,30 @@ def _check_ledger(
         if step["status"] == StepStatus.SUCCEEDED.value and count == 0:
             found.append(Violation(execution_id, "side effects",
                                    f"step {step['name']!r} succeeded without its side effect"))
+    return found
+
+
+def _check_lost(
+    doc: Mapping[str, Any], committed: Collection[tuple[str, str, Any]], nothing_loses: bool
+) -> list[Violation]:
+    """Flag an attempt both recorded and recorded lost, and (``nothing_loses``: no crash or pause
+    was planned) an attempt recorded lost whose handler committed its effect."""
+    execution_id = doc["_id"]
+    found = []
+    outcomes = {(e["step"], e["attempt"]): e["seq"] for e in doc["events"]
+                if e["type"] in ("step_succeeded", "attempt_failed")}
+    for event in doc["events"]:
+        if event["type"] != "attempt_lost":
+            continue
+        step, attempt, seq = event["step"], event["attempt"], event["seq"]
+        if (step, attempt) in outcomes:
+            found.append(Violation(execution_id, "lost and recorded", f"attempt {attempt} of "
+                                   f"{step!r} was recorded and recorded lost",
+                                   tuple(sorted((outcomes[(step, attempt)], seq)))))
+        if nothing_loses and (execution_id, step, attempt) in committed:
+            found.append(Violation(execution_id, "success lost", f"attempt {attempt} of {step!r} "
+                                   "committed its effect and was recorded lost, with no crash or "
+                                   "pause planned", (seq,)))
     return found
 
 

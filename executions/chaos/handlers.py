@@ -17,7 +17,7 @@ from typing import Any
 from mongoengine.connection import get_db
 from pymongo import ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from executions import faults, store
 from workflows.context import StepContext
@@ -95,7 +95,11 @@ def _pause(ctx: StepContext, index: int, limit_s: float) -> None:
     try:
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
-            doc = store.load(ctx.execution_id)
+            try:
+                doc = store.load_working(ctx.execution_id)
+            except PyMongoError:  # a store fault of the run (an election): look again
+                time.sleep(0.1)
+                continue
             if doc is None or doc["steps"][index].get("attempt", 0) > ctx.attempt:
                 return
             time.sleep(0.1)

@@ -3,7 +3,8 @@
 Duplicate and late messages go through the real broker. Redis is killed for real: the embedded
 redis-server process is killed with SIGKILL and started again on the same socket (its data gone,
 as after a crash without persistence); an external Redis is restarted with ``DEBUG RESTART`` where
-it allows that, and otherwise has every client connection killed.
+it allows that, and otherwise has every client connection killed. Elections, latency and spikes
+are rules added to the store seam (``storefaults``) for as long as the fault lasts.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 
 from detflow_site import conf, embedded, services
 from executions import dispatch
-from executions.chaos.schedule import Fault, Schedule
+from executions.chaos.schedule import STORE_GLOBAL_KINDS, Fault, Schedule
+from executions.chaos.storefaults import READS, WRITES, Rule, StoreFaults
 from executions.store import now_ms
 
 logger = logging.getLogger("detflow.chaos")
@@ -33,18 +35,21 @@ class Injected:
 class Nemesis(threading.Thread):
     """Injects the schedule's message and Redis faults at their times after :meth:`start`."""
 
-    def __init__(self, schedule: Schedule, ids: list[str]) -> None:
+    def __init__(self, schedule: Schedule, ids: list[str], store: StoreFaults | None = None) -> None:
         super().__init__(name="detflow-nemesis", daemon=True)
         self.schedule = schedule
         self.ids = ids
+        self.store = store
         self.injected: list[Injected] = []
+        #: The store rule each store fault added (what it struck is counted on the rule).
+        self.rules: list[tuple[Fault, Rule]] = []
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         started = time.monotonic()
         planned = sorted(
             (f for f in self.schedule.faults if f.kind in ("duplicate", "late", "redis_kill",
-                                                           "redis_flush")),
+                                                           "redis_flush", *STORE_GLOBAL_KINDS)),
             key=lambda f: f.at_s,
         )
         for fault in planned:
@@ -72,9 +77,30 @@ class Nemesis(threading.Thread):
         elif fault.kind == "redis_flush":
             services.redis_client().flushall()
             detail = "FLUSHALL"
+        elif fault.kind in STORE_GLOBAL_KINDS:
+            detail = self._strike_store(fault)
         else:
             detail = restart_redis()
         self.injected.append(Injected(fault.kind, execution_id, now_ms(), detail))
+
+    def _strike_store(self, fault: Fault) -> str:
+        """Add the store rule of an election, a latency or spikes, lasting ``fault.duration_s``."""
+        if self.store is None:
+            raise RuntimeError("no store seam installed")
+        until = time.monotonic() + fault.duration_s
+        if fault.kind == "store_election":
+            rule = self.store.election(fault.duration_s)
+            detail = f"NotWritablePrimary to every call for {fault.duration_s}s"
+        elif fault.kind == "store_latency":
+            rule = self.store.add(Rule("latency", ops=WRITES | READS, times=None, until=until,
+                                       delay_s=fault.delay_s))
+            detail = f"{fault.delay_s * 1000:g} ms added to every call for {fault.duration_s}s"
+        else:
+            rule = self.store.add(Rule("latency", ops=WRITES | READS, times=None, until=until,
+                                       spike_s=fault.delay_s, spike_every=fault.count))
+            detail = f"{fault.delay_s}s added to one call in {fault.count} for {fault.duration_s}s"
+        self.rules.append((fault, rule))
+        return detail
 
 
 def restart_redis() -> str:

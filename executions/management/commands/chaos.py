@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from executions.chaos.run import Options, run
-from executions.chaos.schedule import KINDS
+from executions.chaos.run import Options, prepare, run
+from executions.chaos.schedule import GROUPS, KINDS, expand
 
 
 class Command(BaseCommand):
@@ -20,22 +20,24 @@ class Command(BaseCommand):
         parser.add_argument("--threads", type=int, default=8)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--faults", default=",".join(KINDS),
-                            help=f"comma-separated kinds (default all: {','.join(KINDS)})")
+                            help=f"comma-separated kinds (default all: {','.join(KINDS)}); "
+                                 + "; ".join(f"{g}: every {g}_* kind" for g in GROUPS))
         parser.add_argument("--drain-timeout", type=float, default=180.0,
                             help="seconds to wait for every execution to finish (default 180)")
         parser.add_argument("--json", action="store_true", help="print only the JSON report")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        kinds = tuple(k.strip() for k in options["faults"].split(",") if k.strip())
-        unknown = sorted(set(kinds) - set(KINDS))
-        if unknown:
-            raise CommandError(f"unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(KINDS)}")
         for name in ("executions", "steps", "threads"):
             if options[name] < 1:
                 raise CommandError(f"--{name} must be at least 1")
-        chaos = Options(executions=options["executions"], steps=options["steps"],
-                        threads=options["threads"], seed=options["seed"], faults=kinds,
-                        drain_timeout=options["drain_timeout"])
+        try:
+            kinds = expand(tuple(k.strip() for k in options["faults"].split(",") if k.strip()))
+            chaos = Options(executions=options["executions"], steps=options["steps"],
+                            threads=options["threads"], seed=options["seed"], faults=kinds,
+                            drain_timeout=options["drain_timeout"])
+            prepare(chaos)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         report = run(chaos, progress=None if options["json"] else self.stdout.write)
         if options["json"]:
             self.stdout.write(json.dumps(report.as_dict(), indent=2))
