@@ -14,7 +14,7 @@ from detflow_site.conf import DetflowSettings
 from executions import store
 from executions.chaos.handlers import effects, ledger
 from executions.chaos.run import Options, run
-from executions.chaos.schedule import KINDS
+from executions.chaos.schedule import KINDS, STORE_KINDS
 
 
 @pytest.fixture
@@ -69,7 +69,43 @@ def test_chaos__checker_reports_violations_when_the_version_fence_is_off(
 
     checks = {v.check for v in report.findings.violations}
     assert not report.ok
-    assert {"contiguous", "verify"} <= checks, checks
+    # The stalled runner's outcome lands after its attempt was recorded lost.
+    assert {"contiguous", "verify", "lost and recorded"} <= checks, checks
+
+
+@pytest.mark.slow
+def test_chaos__store_faults_lose_nothing_and_every_kind_strikes(
+    redis_client: Any, default_timing: DetflowSettings
+) -> None:
+    report = run(Options(executions=60, steps=3, threads=8, seed=14, faults=("store",),
+                         drain_timeout=90))
+    summary = report.as_dict()
+
+    assert summary["violations"] == []
+    assert summary["statuses"] == {"SUCCEEDED": 60}
+    assert set(summary["faults"]) == set(STORE_KINDS)
+    for kind in STORE_KINDS:
+        assert summary["faults"][kind]["injected"] >= 1, f"{kind} was never injected"
+    assert set(summary["store_calls_struck"]) == {"before", "after", "not_primary", "latency",
+                                                  "spike"}
+    # Errors before and after writes, an election shorter than the lease, latency: every
+    # outcome is late at worst, none is lost.
+    assert summary["recoveries"]["lost attempts recorded"] == 0
+
+
+def test_chaos__checker_reports_a_lost_success_when_outcome_writes_are_not_retried(
+    redis_client: Any, forget_broken_runs: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A build that gives a failed write up at once: an outcome write that meets a store error is
+    # dropped, the lease runs out and the sweeper records lost a handler that succeeded.
+    monkeypatch.setattr(store, "PATIENCE_S", 0.0)
+    report = run(Options(executions=12, steps=2, threads=4, seed=9, faults=("store_before",),
+                         drain_timeout=60))
+
+    checks = {v.check for v in report.findings.violations}
+    assert checks == {"success lost"}, report.findings.violations
+    assert all("committed its effect and was recorded lost" in v.detail
+               for v in report.findings.violations)
 
 
 def test_chaos__checker_reports_double_side_effects_without_deduplication(
@@ -101,6 +137,8 @@ def test_chaos_command__prints_a_json_report_and_passes(redis_client: Any) -> No
     [
         (["--faults", "crash,meteor"], "unknown fault kind(s) meteor"),
         (["--executions", "0"], "--executions must be at least 1"),
+        # The tests' lease (2 s) is too short for an election to pass within it.
+        (["--faults", "store"], "election needs DETFLOW_LEASE_S of at least"),
     ],
 )
 def test_chaos_command__rejects_bad_options_in_one_line(args: list[str], message: str) -> None:
