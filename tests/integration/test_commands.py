@@ -57,8 +57,12 @@ def test_runworker__refuses_the_embedded_store_and_points_to_rundev() -> None:
 
 
 def test_runworker__builds_the_dramatiq_command_for_real_services(settings: Any) -> None:
+    # The broker is built from the settings on first use, once per process: built here, with the
+    # test's own settings, it would stay pointed at the made-up Redis for the tests after this one.
+    from executions.broker import broker
     from executions.management.commands.runworker import worker_command
 
+    assert broker is not None
     settings.DETFLOW = {**settings.DETFLOW, "MONGODB_URL": "mongodb://db:27017",
                         "REDIS_URL": "redis://cache:6379/0"}
     command = worker_command(processes=3, threads=5, queues=None)

@@ -42,5 +42,8 @@ def real_mongo_settings(settings: Any) -> Iterator[None]:
 def test_connect_mongo__writes_with_majority_concern_on_a_real_server(real_mongo_settings: None) -> None:
     # Connecting is lazy: no server is reached, the client's settings are what is checked.
     db = get_db()
-    assert db.write_concern.document == {"w": "majority"}
+    assert db.write_concern.document == {"w": "majority", "wtimeout": 10000}
     assert db.client.read_preference.mongos_mode == "primary"
+    options = db.client.options.pool_options
+    assert (options.connect_timeout, options.socket_timeout) == (5.0, 20.0)
+    assert db.client.options.server_selection_timeout == 5.0
