@@ -61,7 +61,7 @@ def transient(exc: BaseException) -> bool:
 
 
 def collection() -> Collection:
-    """Return the executions collection (indexes are ensured on first use)."""
+    """Return the executions collection (its indexes: ``manage.py ensure_indexes``)."""
     return Execution._get_collection()
 
 

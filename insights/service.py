@@ -49,7 +49,7 @@ BUDGET_TTL_S = 2 * 3600
 
 
 def collection() -> Collection:
-    """Return the insights collection (indexes are ensured on first use)."""
+    """Return the insights collection (its indexes: ``manage.py ensure_indexes``)."""
     return Insight._get_collection()
 
 
