@@ -2,5 +2,6 @@
 from __future__ import annotations
 
 from tests.integration.api.conftest import client_as, isolated, operator, token_for, viewer
+from tests.integration.insights.conftest import model
 
-__all__ = ["client_as", "isolated", "operator", "token_for", "viewer"]
+__all__ = ["client_as", "isolated", "model", "operator", "token_for", "viewer"]

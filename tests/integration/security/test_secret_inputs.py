@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,19 +20,6 @@ INPUT = {"card": {"number": NUMBER, "holder": "Ada"}, "cvv": CVV, "amount": 12}
 DEFINITION = {"name": "charge", "secret_inputs": ["card.number", "cvv"],
               "steps": [{"name": "charge", "handler": "test.card",
                          "retry": {"max_attempts": 3, "initial_delay_s": 0.05, "max_delay_s": 0.1}}]}
-
-
-@pytest.fixture
-def model(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[FakeModel]:
-    fake = FakeModel()
-    fake.thread.start()
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    settings.DETFLOW = {**settings.DETFLOW, "INSIGHTS_MODEL": "test-model", "INSIGHTS_TIMEOUT_S": "5"}
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
 
 
 def charged(operator: Any, given: Any = INPUT) -> dict[str, Any]:
