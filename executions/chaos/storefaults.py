@@ -27,8 +27,8 @@ WRITES = frozenset({"update_one", "update_many", "insert_one", "insert_many", "r
                     "bulk_write"})
 READS = frozenset({"find_one", "find", "count_documents", "aggregate", "distinct"})
 #: What a server answers a write it refuses for good (``refuse``): the document would be too large.
-REFUSED = {"ok": 0, "errmsg": "Resulting document after update is larger than 16777216 (injected)",
-           "code": 17419}
+REFUSED_MESSAGE = "Resulting document after update is larger than 16777216 (injected)"
+REFUSED: dict[str, Any] = {"ok": 0, "errmsg": REFUSED_MESSAGE, "code": 17419}
 #: What a primary that stepped down answers (pymongo raises ``NotPrimaryError`` for it).
 NOT_PRIMARY = {"ok": 0, "errmsg": "not primary", "code": 10107, "codeName": "NotWritablePrimary"}
 
@@ -147,7 +147,7 @@ class FaultyCollection:
                 elif rule.mode == "not_primary":
                     raise NotPrimaryError("not primary (injected election)", NOT_PRIMARY)
                 elif rule.mode == "refuse":
-                    raise WriteError(REFUSED["errmsg"], REFUSED["code"], REFUSED)
+                    raise WriteError(REFUSED_MESSAGE, 17419, REFUSED)
                 elif rule.mode == "after":
                     after = True
             result = method(*args, **kwargs)
