@@ -80,12 +80,12 @@ def _advance(execution_id: str, worker: str) -> None:
         logger.debug("execution %s is held by another worker; poked it", execution_id)
         return
     faults.hit("locked", execution_id)
-    doc = store.load_working(execution_id)
-    if doc is None:
-        lock.release()
-        logger.warning("execution %s does not exist; message dropped", execution_id)
-        return
     try:
+        doc = store.patiently(lambda: store.load_working(execution_id))
+        if doc is None:
+            lock.release()
+            logger.warning("execution %s does not exist; message dropped", execution_id)
+            return
         after, finished, decision, wait_ms, now = _run(Snapshot.of(doc), worker, lock, lease_ms)
     except faults.SimulatedCrash:
         raise  # a worker that dies leaves its lock behind: the crash tests need exactly that

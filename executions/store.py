@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, ExecutionTimeout, PyMongoError, WriteConcernError
@@ -18,6 +19,7 @@ from executions.engine import ExecutionState, ExecutionStatus, StepState, StepSt
 from executions.models import Execution
 from workflows.spec import RetryPolicy
 
+T = TypeVar("T")
 _EPOCH = dt.datetime(1970, 1, 1)
 _MS = dt.timedelta(milliseconds=1)
 
@@ -58,6 +60,21 @@ def transient(exc: BaseException) -> bool:
     if isinstance(exc, PyMongoError):
         return bool(getattr(exc, "timeout", False)) or exc.has_error_label("RetryableWriteError")
     return False
+
+
+def patiently(call: Callable[[], T]) -> T:
+    """Return ``call()``, trying it again on a transient store error with backoff for up to
+    ``PATIENCE_S`` (for reads: a write has its own loop, which tells an ambiguous write apart)."""
+    deadline = time.monotonic() + PATIENCE_S
+    delay = FIRST_BACKOFF_S
+    while True:
+        try:
+            return call()
+        except PyMongoError as exc:
+            if not transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
 
 
 def collection() -> Collection:

@@ -98,7 +98,7 @@ def on_finished(execution_id: str, settle: bool = True) -> str:
     later); ``current``: its post-mortem is up to date; ``unremarkable``: it succeeded with every
     step near its baseline and has no post-mortem of an earlier finish to bring up to date.
     """
-    doc = store.load(execution_id)
+    doc = store.patiently(lambda: store.load(execution_id))  # an election is waited out
     if doc is None:
         return "gone"
     if doc["status"] not in _TERMINAL:

@@ -184,3 +184,20 @@ def test_api__answers_409_when_the_store_refuses_a_write_for_good(
     faults.clear()
     after = store.load(doc["_id"])
     assert after is not None and after["status"] == "PENDING"
+
+
+def test_message__whose_first_read_meets_an_election_waits_it_out_instead_of_being_dropped(
+    define: Any, faults: StoreFaults, redis_client: Any
+) -> None:
+    from executions.chaos.storefaults import READS
+
+    define("read", [{"handler": "test.echo", "retry": {"max_attempts": 1}}])
+    doc, _ = operations.start("read", {"n": 1})
+    faults.election(0.6, ops=READS)
+
+    runner.advance(doc["_id"], worker="w")
+
+    assert faults.injected.get("not_primary", 0) > 0, "the election never struck"
+    done = store.load(doc["_id"])
+    assert done is not None and done["status"] == "SUCCEEDED"
+    assert redis_client.get(f"detflow:lock:{doc['_id']}") is None
