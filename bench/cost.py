@@ -107,6 +107,45 @@ def _doc(execution_id: str) -> dict[str, Any]:
     return doc
 
 
+def timed_steps(execution_id: str, config: Config,
+                meter: tuple[meters.StoreMeter, meters.RedisMeter, meters.MessageMeter],
+                result: Drive) -> None:
+    """Advance the execution until it has finished, as a worker would, timing and counting each
+    call into ``result``; its first ``config.flaky`` steps have succeeded already."""
+    from executions import runner
+
+    for m in meter:
+        m.tally.take()
+    settled, finished = config.flaky, False
+    with inline_steps(config.inline):
+        for _ in range(config.steps + 1):
+            wall, cpu = time.perf_counter(), time.thread_time()
+            runner.advance(execution_id)
+            result.wall_s += time.perf_counter() - wall
+            result.cpu_s += time.thread_time() - cpu
+            mongo, redis, sent = (m.tally.take() for m in meter)
+            done, finished = _succeeded(execution_id)
+            for m in meter:  # the check above is not part of the cost
+                m.tally.take()
+            ran, settled = done - settled, done
+            result.calls += 1
+            result.attempts += ran
+            result.store_s += mongo.seconds
+            result.redis_s += redis.seconds
+            result.send_s += sent.seconds
+            result.mongo += mongo.commands
+            result.mongo_bytes += mongo.bytes
+            result.redis += redis.commands
+            result.messages += sent.commands
+            if ran:
+                result.max_mongo = max(result.max_mongo, mongo.total / ran)
+                result.max_redis = max(result.max_redis, redis.total / ran)
+            if finished:
+                break
+    if not finished:
+        raise RuntimeError(f"{config.label}: execution {execution_id} did not finish")
+
+
 def drive(config: Config, meter: tuple[meters.StoreMeter, meters.RedisMeter, meters.MessageMeter]
           ) -> Drive:
     """Run the configuration's executions one by one; count and time their measured attempts."""
@@ -133,36 +172,7 @@ def drive(config: Config, meter: tuple[meters.StoreMeter, meters.RedisMeter, met
             assert flaky["status"] == "SUCCEEDED" and flaky["attempt"] == config.fail + 1, flaky
         result.doc_bytes_before.append(len(bson.encode(doc)))
         result.events_before.append(len(doc["events"]))
-        for m in meter:
-            m.tally.take()
-        settled, finished = config.flaky, False
-        with inline_steps(config.inline):
-            for _ in range(config.steps + 1):
-                wall, cpu = time.perf_counter(), time.thread_time()
-                runner.advance(execution_id)
-                result.wall_s += time.perf_counter() - wall
-                result.cpu_s += time.thread_time() - cpu
-                mongo, redis, sent = (m.tally.take() for m in meter)
-                done, finished = _succeeded(execution_id)
-                for m in meter:  # the check above is not part of the cost
-                    m.tally.take()
-                ran, settled = done - settled, done
-                result.calls += 1
-                result.attempts += ran
-                result.store_s += mongo.seconds
-                result.redis_s += redis.seconds
-                result.send_s += sent.seconds
-                result.mongo += mongo.commands
-                result.mongo_bytes += mongo.bytes
-                result.redis += redis.commands
-                result.messages += sent.commands
-                if ran:
-                    result.max_mongo = max(result.max_mongo, mongo.total / ran)
-                    result.max_redis = max(result.max_redis, redis.total / ran)
-                if finished:
-                    break
-        if not finished:
-            raise RuntimeError(f"{config.label}: execution {execution_id} did not finish")
+        timed_steps(execution_id, config, meter, result)
         doc = _doc(execution_id)
         if doc["status"] != "SUCCEEDED":
             raise RuntimeError(f"{config.label}: execution {execution_id} is {doc['status']}")

@@ -49,8 +49,12 @@ def reset() -> None:
     handlers.MARKS.clear()
 
 
-def timed(contender: Contender, threads: int, executions: int, steps: int) -> Run:
-    """Run ``executions`` chains of ``steps`` steps on ``threads`` threads; return the timing."""
+def timed(contender: Contender, threads: int, executions: int, steps: int,
+          window: Callable[[bool], None] | None = None) -> Run:
+    """Run ``executions`` chains of ``steps`` steps on ``threads`` threads; return the timing.
+
+    ``window``, when given, is called with ``True`` as the timing starts and ``False`` as it ends
+    (to count what happens in the timed window alone)."""
     from detflow_site import services
 
     reset()
@@ -60,12 +64,16 @@ def timed(contender: Contender, threads: int, executions: int, steps: int) -> Ru
         before = meters.server_commands(client)
         run = secrets.token_hex(6)
         handlers.FINISH.arm(run, executions)
+        if window:
+            window(True)
         cpu, started = time.process_time(), time.perf_counter()
         contender.launch(run, executions, steps)
         if not handlers.FINISH.wait(RUN_TIMEOUT_S):
             raise RuntimeError(f"{contender.name}: {handlers.FINISH.done} of {executions} chains "
                                f"finished within {RUN_TIMEOUT_S:g}s")
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        if window:
+            window(False)
         commands = meters.server_commands(client)
         commands.subtract(before)
     finally:
