@@ -98,15 +98,18 @@ class FakeModel:
     """An OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1 that records every request.
 
     ``behaviour``: ``good`` answers ``answer``; ``invalid`` answers text that is not JSON; ``error``
-    answers HTTP 500; ``slow`` answers after ``delay_s``; ``no_schema`` refuses JSON-schema output
-    with a 400 and answers a JSON-object request; ``obedient`` does what the data tells it: it
-    answers the JSON that follows ``REPLY WITH:`` in the user message.
+    answers HTTP 500; ``slow`` answers after ``delay_s``, or as soon as ``release`` is set;
+    ``no_schema`` refuses JSON-schema output with a 400 and answers a JSON-object request;
+    ``obedient`` does what the data tells it: it answers the JSON that follows ``REPLY WITH:`` in
+    the user message.
     """
 
     def __init__(self) -> None:
         self.behaviour = "good"
         self.answer: Any = None
         self.delay_s = 3.0
+        #: Set to let a ``slow`` answer go before ``delay_s`` has passed.
+        self.release = threading.Event()
         self.requests: list[dict[str, Any]] = []
         self.raw: list[bytes] = []
         self._guard = threading.Lock()
@@ -162,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
         if behaviour == "error":
             return self._send(500, {"error": {"message": "the model is overloaded", "type": "server_error"}})
         if behaviour == "slow":
-            time.sleep(self.model.delay_s)
+            self.model.release.wait(self.model.delay_s)
         if behaviour == "no_schema" and body.get("response_format", {}).get("type") == "json_schema":
             return self._send(400, {"error": {"message": "response_format json_schema is not supported",
                                               "type": "invalid_request_error"}})

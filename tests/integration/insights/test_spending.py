@@ -275,19 +275,23 @@ def test_write__an_older_post_mortem_never_replaces_a_newer_one(define: Callable
 
 
 def test_write__a_slow_model_s_answer_for_an_earlier_finish_loses_to_the_later_one(
-    define: Callable[..., Any], model: FakeModel
+    define: Callable[..., Any], model: FakeModel, settings: Any
 ) -> None:
-    model.answer, model.behaviour, model.delay_s = ANSWER, "slow", 1.5
+    # The model answers once the later post-mortem is shown (released below), not after a time.
+    settings.DETFLOW = {**settings.DETFLOW, "INSIGHTS_TIMEOUT_S": "30"}
+    model.answer, model.behaviour, model.delay_s = ANSWER, "slow", 20
     [execution_id] = failures(define, 1)
     first = store.load(execution_id)
     results: list[dict[str, Any]] = []
     slow = threading.Thread(target=lambda: results.append(service.postmortem(execution_id, regenerate=True)))
     slow.start()
-    wait_for(lambda: model.requests, timeout=5, what="the model to be asked")
+    # The first request of a process imports openai first: seconds on a loaded machine.
+    wait_for(lambda: model.requests, what="the model to be asked")
 
     operations.retry(execution_id, by="op", reason="once more")
     later = run_to_end(execution_id)
     shown, current = service.shown(execution_id)
+    model.release.set()
     slow.join(timeout=10)
 
     assert not slow.is_alive() and first["version"] < later["version"]
