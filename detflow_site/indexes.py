@@ -73,8 +73,6 @@ RAW: dict[str, tuple[Index, ...]] = {
     "execution_history": (Index((("execution_id", 1), ("first_seq", 1))),),
     "chaos_ledger": (Index((("run", 1), ("execution_id", 1))),),
     "chaos_effects": (Index((("run", 1), ("execution_id", 1))),),
-    # An execution's older events, in chunks (executions.store.history): read by execution, in order.
-    "execution_history": (Index((("execution_id", 1), ("first_seq", 1))),),
 }
 
 
