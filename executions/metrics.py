@@ -1,12 +1,42 @@
 """Prometheus metrics of the engine, recorded where the work happens and served at ``/metrics``.
 
 In one process (``rundev``, the demo, tests) every metric is in the default registry. Under
-``runworker`` set ``PROMETHEUS_MULTIPROC_DIR`` so that Dramatiq's exposition server (port 9191)
-serves the metrics of every worker process, these included.
+``runworker`` every worker process writes its metrics to one directory (``PROMETHEUS_MULTIPROC_DIR``)
+that Dramatiq's exposition server (port 9191) serves, these included: ``runworker`` makes a private
+one for its process set unless that variable names one.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prometheus_client import Counter, Histogram
+
+#: The variable prometheus_client reads: when set, each process writes its metrics to files there.
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def ensure_directory(path: str) -> None:
+    """Create the metrics directory ``path`` (mode 0700, parents too) if it does not exist."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+
+
+def start_set(path: str) -> None:
+    """Make ``path`` ready for a process set that starts now: created, and emptied of the files of
+    earlier runs (prometheus_client's advice: a dead run's counters would add to the new ones).
+
+    Only this process's own files are kept: it may already have written there.
+    """
+    ensure_directory(path)
+    own = f"_{os.getpid()}.db"
+    for stale in Path(path).glob("*.db"):
+        if not stale.name.endswith(own):
+            stale.unlink(missing_ok=True)
+
+
+# Each metric without labels opens its file as it is defined, here: the directory must exist first.
+if os.environ.get(MULTIPROC_DIR):
+    ensure_directory(os.environ[MULTIPROC_DIR])
 
 EXECUTIONS_STARTED = Counter(
     "detflow_executions_started_total", "Executions stored by a start.", ["workflow"]

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import CommandParser
 
+from detflow_site.commands import StoreCommand
 from executions.sweeper import sweep
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = "Run one recovery sweep: record expired leases as lost and re-send due work."
 
     def add_arguments(self, parser: CommandParser) -> None:

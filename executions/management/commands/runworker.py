@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from detflow_site import conf, services
+from executions import metrics
 from executions.workers import declared_queues
+
+#: The (lower-case) variable Dramatiq's Prometheus middleware reads for its directory.
+_DRAMATIQ_DB = "dramatiq_prom_db"
 
 
 class Command(BaseCommand):
@@ -59,13 +65,39 @@ def run(command: list[str], sweeper: bool, out: Any) -> None:
     Dramatiq stops consuming on SIGTERM and lets running messages finish; an attempt that does not
     finish is recovered when its lease runs out.
     """
-    from executions.sweeper import Sweeper
-
     out(f"detflow workers on {services.store_description()}: {' '.join(command[2:])}")
+    metrics_dir, own = metrics_directory()
     # Dramatiq's consumers poll Redis and back off up to the worker timeout when idle (1 s by
     # default): a step finishing after a quiet spell would wait that long for its successor.
-    environ = {**os.environ}
+    environ = {**os.environ, metrics.MULTIPROC_DIR: metrics_dir, _DRAMATIQ_DB: metrics_dir}
     environ.setdefault("dramatiq_worker_timeout", "100")
+    try:
+        code = supervise(command, environ, sweeper)
+    finally:
+        if own:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    if code:
+        raise CommandError(f"worker processes exited with status {code}")
+
+
+def metrics_directory() -> tuple[str, bool]:
+    """Return the metrics directory of this process set, and whether it was made for this set alone.
+
+    A directory named by ``PROMETHEUS_MULTIPROC_DIR`` (or Dramatiq's ``dramatiq_prom_db``) is this
+    set's across runs: it is created and emptied of an earlier run's files. Otherwise the set gets
+    a new private one (mode 0700, nothing stale in it), removed when the set stops.
+    """
+    named = os.environ.get(metrics.MULTIPROC_DIR) or os.environ.get(_DRAMATIQ_DB)
+    if named:
+        metrics.start_set(named)
+        return named, False
+    return tempfile.mkdtemp(prefix="detflow-metrics-"), True
+
+
+def supervise(command: list[str], environ: dict[str, str], sweeper: bool) -> int:
+    """Run the worker processes and the sweeper until the workers exit; return their status."""
+    from executions.sweeper import Sweeper
+
     child = subprocess.Popen(command, env=environ)
     thread = Sweeper(exclusive=True) if sweeper else None
     if thread is not None:
@@ -79,5 +111,4 @@ def run(command: list[str], sweeper: bool, out: Any) -> None:
     code = child.wait()
     if thread is not None:
         thread.stop()
-    if code:
-        raise CommandError(f"worker processes exited with status {code}")
+    return code

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from detflow_site.commands import StoreCommand
 from executions import audit, store
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = "Replay each execution's history through decide() and report every divergence."
 
     def add_arguments(self, parser: CommandParser) -> None:

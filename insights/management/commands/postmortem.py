@@ -4,14 +4,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from detflow_site.commands import StoreCommand
 from insights import service
 from insights.representation import lines, represent
 from workflows.errors import DetflowError
 
 
-class Command(BaseCommand):
+class Command(StoreCommand):
     help = ("Print the post-mortem of an execution, writing it by rules first if there is none yet; "
             "--regenerate writes it again by the model OPENAI_API_KEY configures (within "
             "DETFLOW_INSIGHTS_MODEL_CALLS_PER_HOUR), or by rules.")
