@@ -32,6 +32,9 @@ GOALS = (
     Goal("mongo_per_attempt", "MongoDB commands per step attempt (happy path)", "<= 3", lambda v: v <= 3),
     Goal("redis_per_attempt", "Redis commands per step attempt, broker excluded", "<= 6", lambda v: v <= 6),
     Goal("steps_100_vs_10", "per-step cost, 100-step vs 10-step workflow", "<= 1.5", lambda v: v <= 1.5),
+    Goal("slow_store", "steps/s at 16 threads, 1 ms per store command, of threads / (commands per "
+         "step x 1 ms)", ">= 0.8", lambda v: v >= 0.8),
+    Goal("long_history", "per-step cost, 10,000 events of history vs none", "<= 1.2", lambda v: v <= 1.2),
     Goal("rss_growth", "worker RSS from 1,000 to 10,000 executions, store excluded",
          "flat (< 10% growth)", lambda v: v < 0.10, "%"),
     Goal("file_peak", "peak RSS, 200 MB file vs 1 MB file", "< +64 MB", lambda v: v < 64, " MB"),
@@ -108,6 +111,31 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         growth = cost["growth"]["100 steps / 10 steps"]
         measured["steps_100_vs_10"] = (
             growth["wall"], f"time per attempt; store excluded x{growth['outside_store']:.2f}")
+    slow = results.get("slow_store")
+    if slow:
+        ours, msg = slow["contenders"]["detflow"], slow["contenders"].get("detflow-msg")
+
+        def against(c: dict[str, Any]) -> str:
+            return (f"{c['steps_per_s']:,.0f} vs {c['bound_steps_per_s']:,.0f} steps/s "
+                    f"({c['delayed_commands_per_step']:.2f} cmd/step)")
+
+        note = f"{slow['threads']} threads, {slow['latency_ms']:g} ms: {against(ours)}"
+        if msg:
+            note += f"; a message per step: {msg['of_bound']:.2f}, {against(msg)}"
+        note += (f"; without the latency {ours['no_latency_steps_per_s']:,.0f}"
+                 + (f" / {msg['no_latency_steps_per_s']:,.0f}" if msg else "") + " steps/s")
+        measured["slow_store"] = (ours["of_bound"], note)
+    hist = results.get("history")
+    if hist:
+        growth = hist["growth"]["long / fresh"]
+        per_msg = hist["growth"].get("long / fresh, a message each")
+        long_cfg = next(c for label, c in hist["configs"].items() if label.endswith(" events"))
+        note = (f"time per attempt, {long_cfg['events_before']:,} events vs none; CPU "
+                f"x{growth['cpu']:.2f}; store excluded x{growth['outside_store']:.2f}")
+        if per_msg:
+            note += f"; a message per step: x{per_msg['wall']:.2f}"
+        note += f"; document {long_cfg['document_bytes_before']:,} B"
+        measured["long_history"] = (growth["wall"], note)
     memory = results.get("memory")
     if memory and memory.get("growth") is not None:
         (first, rss_first), *_, (last, rss_last) = memory["rss_mb_at"].items()
@@ -202,6 +230,36 @@ def details(results: dict[str, Any]) -> str:
         for label, g in cost["growth"].items():
             out.append(f"  growth {label}: x{g['wall']:.2f} per attempt (outside the store "
                        f"x{g['outside_store']:.2f}, bytes written x{g['bytes_written']:.2f})")
+    first = results.get("slow_store")
+    for slow in [first, *first.get("other_latencies", {}).values()] if first else []:
+        out.append(f"slow store: {slow['threads']} threads, {slow['latency_ms']:g} ms injected per "
+                   f"command on the executions collection ({slow['executions']} chains x "
+                   f"{slow['steps']} steps, median of {slow['repetitions']}):")
+        for name, c in slow["contenders"].items():
+            out.append(
+                f"  {name:<12} {c['steps_per_s']:>7,.0f} steps/s, bound {c['bound_steps_per_s']:,.0f} "
+                f"({c['delayed_commands_per_step']:.2f} delayed cmd/step; MongoDB "
+                f"{c['mongodb_commands_per_step']:.2f} cmd/step in all): {c['of_bound']:.2f} of it; "
+                f"without the latency {c['no_latency_steps_per_s']:,.0f} steps/s "
+                f"({c['no_latency_cpu_ms_per_step']:.2f} ms CPU/step), {c['of_ceiling']:.2f} of that; "
+                f"{c['of_lower_of_bound_and_ceiling']:.2f} of the lower of the two")
+    hist = results.get("history")
+    if hist:
+        made = hist["made"]
+        out.append(f"long history: {made['events']:,} events made by {made['operator_retries']} "
+                   f"operator retries ({made['attempts']:,} attempts) in {made['seconds']:g} s; "
+                   f"{hist['steps']} no-op steps measured after it (ms split: store / engine Redis / "
+                   "send / rest):")
+        for label, c in hist["configs"].items():
+            out.append(
+                f"  {label:<30} {c['wall_ms_per_attempt']:>7.2f} ms = {c['store_ms_per_attempt']:.2f} / "
+                f"{c['engine_redis_ms_per_attempt']:.2f} / {c['send_ms_per_attempt']:.2f} / "
+                f"{c['other_ms_per_attempt']:.2f};  MongoDB {c['mongodb_commands_per_attempt']:g} cmd "
+                f"{c['mongodb_bytes_written_per_attempt']:,} B written; document "
+                f"{c['document_bytes_before']:,} -> {c['document_bytes_after']:,} B")
+        for label, g in hist["growth"].items():
+            out.append(f"  growth {label}: x{g['wall']:.2f} per attempt (CPU x{g['cpu']:.2f}, outside "
+                       f"the store x{g['outside_store']:.2f}, store x{g['store']:.2f})")
     mem = results.get("memory")
     if mem:
         out.append("memory: worker RSS after " + ", ".join(

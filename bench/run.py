@@ -10,7 +10,7 @@ set, the same command runs against those servers (it empties the MongoDB databas
 ``detflow_bench`` unless ``DETFLOW_MONGODB_DB`` says otherwise, and the Redis database: pass
 ``--allow-flush``).
 
-    .venv/bin/python -m bench.run [--quick] [--only throughput,latency,cost,memory,files]
+    .venv/bin/python -m bench.run [--quick] [--only throughput,latency,cost,store,memory,files]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.environment import ROOT, external_services, prepare
 
-SECTIONS = ("throughput", "latency", "cost", "memory", "files")
+SECTIONS = ("throughput", "latency", "cost", "store", "memory", "files")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,6 +37,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="thread count the throughput goals are read at (4)")
     parser.add_argument("--latency-chains", type=int, default=10,
                         help="chains run one at a time per contender and repetition (10)")
+    parser.add_argument("--slow-threads", type=int, default=16,
+                        help="worker threads of the slow-store throughput (16)")
+    parser.add_argument("--slow-latency-ms", type=float, nargs="+", default=[1.0],
+                        help="latency injected per store command in the slow-store throughput, in "
+                             "ms (1); the goal is read at the first, the others are shown beside")
+    parser.add_argument("--slow-executions", type=int, default=100,
+                        help="chains per slow-store throughput run (100)")
+    parser.add_argument("--history-events", type=int, default=10_000,
+                        help="events of history of the long execution of the per-step cost (10,000)")
     parser.add_argument("--memory-executions", type=int, default=10_000)
     parser.add_argument("--memory-batch", type=int, default=100)
     parser.add_argument("--file-sizes", type=float, nargs=2, default=(1, 200), metavar=("SMALL", "LARGE"))
@@ -58,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--main-threads {args.main_threads} must be one of --threads {args.threads}")
     if args.quick:
         args.repetitions, args.executions, args.latency_chains = 2, 20, 3
+        args.slow_executions = 50
         args.memory_executions, args.file_sizes = 1000, (1, 20)
     if args.repetitions < 1 or args.executions < 1 or args.steps < 2:
         parser.error("--repetitions and --executions must be at least 1, --steps at least 2")
@@ -76,7 +86,18 @@ def main(argv: list[str] | None = None) -> int:
               "confirm (use a database of its own, e.g. redis://host:6379/15)", file=sys.stderr)
         return 2
     prepare()
-    from bench import contenders, cost, file_memory, latency, memory, meters, report, throughput
+    from bench import (
+        contenders,
+        cost,
+        file_memory,
+        history,
+        latency,
+        memory,
+        meters,
+        report,
+        slow_store,
+        throughput,
+    )
     from detflow_site import services
 
     started = time.monotonic()
@@ -89,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     where = {"store": results["store"], "redis": results["redis"]}
     print(f"detflow bench: {results['machine']['cores']} cores, {results['machine']['cpu']}", flush=True)
     print(f"  store: {results['store']}\n  redis: {results['redis']}", flush=True)
-    every = [contenders.Detflow(), contenders.DetflowPerMessage(), contenders.RawDramatiq(),
-             contenders.CeleryChain()]
+    every: list[contenders.Contender] = [contenders.Detflow(), contenders.DetflowPerMessage(),
+                                         contenders.RawDramatiq(), contenders.CeleryChain()]
 
     if "throughput" in args.only:
         results["throughput"] = {**where, "main_threads": args.main_threads, **throughput.scaling(
@@ -116,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
             },
             "method": " ".join(f"{cost.__doc__} {meters.__doc__}".split()),
         }
+    if "store" in args.only:
+        slow = [slow_store.measure(every[:2], args.slow_threads, args.slow_executions, args.steps,
+                                   args.repetitions, ms / 1000, progress) for ms in args.slow_latency_ms]
+        results["slow_store"] = {**where, **slow[0],
+                                 "other_latencies": {f"{s['latency_ms']:g}": s for s in slow[1:]}}
+        results["history"] = {**where, **history.measure(args.repetitions, args.history_events,
+                                                         progress)}
     if "memory" in args.only:
         progress(f"memory: {args.memory_executions:,} executions in a fresh worker process")
         results["memory"] = {**where, **memory.run(args.memory_executions, args.memory_batch, 1,
