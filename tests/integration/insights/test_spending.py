@@ -285,7 +285,6 @@ def test_write__a_slow_model_s_answer_for_an_earlier_finish_loses_to_the_later_o
     results: list[dict[str, Any]] = []
     slow = threading.Thread(target=lambda: results.append(service.postmortem(execution_id, regenerate=True)))
     slow.start()
-    # The first request of a process imports openai first: seconds on a loaded machine.
     wait_for(lambda: model.requests, what="the model to be asked")
 
     operations.retry(execution_id, by="op", reason="once more")
