@@ -15,9 +15,9 @@ Wire faults, for tests and chaos, with ``--faults`` (as ``enableTestCommands`` o
 same test runs against a real server:
 ``{configureFailPoint: "failCommand", mode: "alwaysOn" | "off" | {times: n} | {forSeconds: s},
 data: {failCommands: [...], closeConnection: true, errorCode: 10107, blockConnection: true,
-blockTimeMS: 500, closeAfterApplying: true}}``. ``forSeconds`` and ``closeAfterApplying`` (drop the
-connection after the command was applied, before its answer: an ambiguous write) are this server's
-own; the rest is MongoDB's.
+blockTimeMS: 500, closeAfterApplying: true, appName: "worker"}}``. ``forSeconds`` and
+``closeAfterApplying`` (drop the connection after the command was applied, before its answer: an
+ambiguous write) are this server's own; the rest is MongoDB's.
 """
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ class FailPoint:
     close_after_applying: bool = False
     error_code: int | None = None
     block_ms: int = 0
+    #: Fail only the connections of clients that gave this ``appName`` (MongoDB's ``appName``).
+    app_name: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def configure(self, command: dict[str, Any]) -> None:
@@ -117,7 +119,7 @@ class FailPoint:
             raise CommandFailed(2, f"unsupported fail point mode {mode!r}: 'off', 'alwaysOn', "
                                    "{times: n} or {forSeconds: s}")
         unknown = set(data) - {"failCommands", "closeConnection", "errorCode", "blockConnection",
-                               "blockTimeMS", "closeAfterApplying"}
+                               "blockTimeMS", "closeAfterApplying", "appName"}
         if unknown:
             raise CommandFailed(2, f"fail point data {sorted(unknown)} not supported by the test store")
         with self.lock:
@@ -127,11 +129,15 @@ class FailPoint:
             self.close_after_applying = bool(data.get("closeAfterApplying"))
             self.error_code = int(data["errorCode"]) if "errorCode" in data else None
             self.block_ms = int(data.get("blockTimeMS") or 0) if data.get("blockConnection") else 0
+            self.app_name = str(data["appName"]) if data.get("appName") is not None else None
 
-    def take(self, name: str) -> FailPoint | None:
-        """Return a copy of the fail point when it fails this command (and count it), else ``None``."""
+    def take(self, name: str, app_name: str | None) -> FailPoint | None:
+        """Return a copy of the fail point when it fails this command of a client of ``app_name``
+        (and count it), else ``None``."""
         with self.lock:
             if name not in self.commands or self.times == 0:
+                return None
+            if self.app_name is not None and app_name != self.app_name:
                 return None
             if self.until is not None and time.monotonic() >= self.until:
                 self.times, self.until = 0, None
@@ -140,6 +146,14 @@ class FailPoint:
                 self.times -= 1
             return FailPoint(self.commands, None, None, self.close_connection,
                              self.close_after_applying, self.error_code, self.block_ms)
+
+
+@dataclass
+class Client:
+    """What the server knows of one connection: its id, and the ``appName`` its handshake gave."""
+
+    id: int
+    app_name: str | None = None
 
 
 class WireServer(socketserver.ThreadingTCPServer):
@@ -187,16 +201,19 @@ class WireServer(socketserver.ThreadingTCPServer):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
 
-    def answer(self, command: dict[str, Any], connection_id: int) -> Any:
+    def answer(self, command: dict[str, Any], connection: Client) -> Any:
         """Return the reply to ``command``, or ``CLOSE`` when a fault drops the connection."""
         name = next(iter(command), "")
+        if name.lower() in ("hello", "ismaster") and isinstance(command.get("client"), dict):
+            application = command["client"].get("application") or {}
+            connection.app_name = application.get("name") if isinstance(application, dict) else None
         if name == "configureFailPoint" and self.faults_enabled:
             try:
                 self.fail_point.configure(command)
             except CommandFailed as exc:
                 return exc.reply()
             return {"ok": 1.0}
-        fault = self.fail_point.take(name)
+        fault = self.fail_point.take(name, connection.app_name)
         if fault is not None:
             if fault.block_ms:
                 time.sleep(fault.block_ms / 1000)  # the fault itself: a slow answer
@@ -206,7 +223,7 @@ class WireServer(socketserver.ThreadingTCPServer):
                 return CommandFailed(fault.error_code, "Failing command via 'failCommand' failpoint "
                                                        "(runstore)").reply()
         if name.lower() in ("hello", "ismaster"):
-            reply = {**self.store.hello(connection_id), "ok": 1.0}
+            reply = {**self.store.hello(connection.id), "ok": 1.0}
         else:
             reply = self._run(name, command)
         return CLOSE if fault is not None and fault.close_after_applying else reply
@@ -231,7 +248,7 @@ class _Connection(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        connection_id = self.server.next_connection_id()
+        connection = Client(self.server.next_connection_id())
         replies = itertools.count(1)
         with self.server.tracked(sock):
             while True:
@@ -252,7 +269,7 @@ class _Connection(socketserver.StreamRequestHandler):
                     logger.warning("runstore: closing a connection after an unreadable message: %s",
                                    exc)
                     return
-                reply = self.server.answer(command, connection_id)
+                reply = self.server.answer(command, connection)
                 if reply is CLOSE:
                     return
                 if not flags & MORE_TO_COME:

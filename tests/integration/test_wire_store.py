@@ -328,3 +328,11 @@ def test_values__uuids_and_datetimes_round_trip_as_the_project_stores_them(wire_
         values.insert_one({"_id": key, "at": when, "n": 2**40})
         assert values.find_one({"_id": key, "at": {"$lte": when}}) == {"_id": key, "at": when, "n": 2**40}
         client.drop_database(values.database.name)
+
+
+def test_faults__only_the_clients_of_one_app_name(db: Any, faults: WireStore) -> None:
+    faults.fail("alwaysOn", failCommands=["insert"], errorCode=10107, appName="worker")
+    with faults.client(appname="worker") as worker, pytest.raises(NotPrimaryError):
+        worker[db.name].f.insert_one({"_id": "worker"})
+    db.f.insert_one({"_id": "api"})
+    assert [d["_id"] for d in db.f.find()] == ["api"]
