@@ -272,8 +272,18 @@ class _Connection(socketserver.StreamRequestHandler):
                 reply = self.server.answer(command, connection)
                 if reply is CLOSE:
                     return
-                if not flags & MORE_TO_COME:
-                    sock.sendall(frame_op_msg(reply, next(replies), request_id))
+                if flags & MORE_TO_COME:
+                    continue
+                try:
+                    message = frame_op_msg(reply, next(replies), request_id)
+                except (bson.errors.BSONError, TypeError, ValueError) as exc:
+                    logger.exception("runstore: an answer to %s could not be encoded", next(iter(command)))
+                    message = frame_op_msg(CommandFailed(1, f"the answer could not be encoded: {exc}")
+                                           .reply(), next(replies), request_id)
+                try:
+                    sock.sendall(message)
+                except OSError:  # the client went away: nothing to answer
+                    return
 
 
 def serve(host: str, port: int, faults: bool, out: IO[str]) -> None:
