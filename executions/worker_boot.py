@@ -2,6 +2,7 @@
 every installed app (each app's ``actors`` module: the engine's, the post-mortems')."""
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import tempfile
@@ -35,6 +36,10 @@ if not os.environ.get(_MULTIPROC_DIR):
     os.environ[_MULTIPROC_DIR] = os.environ.get(_DRAMATIQ_DB) or _own_directory()
 os.environ.setdefault(_DRAMATIQ_DB, os.environ[_MULTIPROC_DIR])
 django.setup()
+# Dramatiq's own lines at INFO in the worker processes ("Worker process is ready for action", a
+# consumer restarted): an operator starting runworker reads them. detflow_site.settings keep the
+# dramatiq loggers at WARNING everywhere else (the API, rundev's threads, the commands).
+logging.getLogger("dramatiq").setLevel(logging.INFO)
 
 from dramatiq.middleware.prometheus import Prometheus  # noqa: E402
 

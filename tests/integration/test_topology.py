@@ -78,10 +78,8 @@ class Lines:
 
 def wait_for_consumers(socket: Path, wanted: int, worker: subprocess.Popen[Any], log: Lines,
                        timeout_s: float = 90) -> None:
-    """Wait until ``wanted`` worker processes fetch from Redis (their broker ids in the heartbeats).
-
-    Not Dramatiq's "Worker process is ready for action" line: detflow_site.settings log the
-    ``dramatiq`` loggers at WARNING, so a production ``runworker`` never prints it."""
+    """Wait until ``wanted`` worker processes fetch from Redis (their broker ids in the heartbeats),
+    then until each has said so on runworker's output, as an operator reads it."""
     client = redis.Redis(unix_socket_path=str(socket))
     try:
         deadline = time.monotonic() + timeout_s
@@ -90,6 +88,10 @@ def wait_for_consumers(socket: Path, wanted: int, worker: subprocess.Popen[Any],
             assert time.monotonic() < deadline, (
                 f"{wanted} worker processes did not consume within {timeout_s}s:\n{log.tail()}")
             time.sleep(0.1)  # polling the broker's state, bounded by the deadline above
+        while sum("is ready for action" in line for line in list(log.lines)) < wanted:
+            assert time.monotonic() < deadline, (
+                f"runworker's output does not say its {wanted} worker processes are ready:\n{log.tail()}")
+            time.sleep(0.1)  # the line follows the first fetch; bounded by the deadline above
     finally:
         client.close()
 
