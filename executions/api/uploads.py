@@ -20,7 +20,7 @@ from executions.api.serializers import Strict
 from executions.api.throttles import StartThrottle
 from executions.api.views import IDEMPOTENCY_KEY, start
 from workflows import storage
-from workflows.builtin import FILE_PROCESSING, ensure_file_processing
+from workflows.builtin import FILE_PROCESSING
 
 #: Room for the multipart envelope around the file, in bytes, when the declared length is checked.
 ENVELOPE_BYTES = 64 * 1024
@@ -52,7 +52,6 @@ class UploadView(APIView):
         path = storage.storage_dir() / name
         given = {"path": name, "name": (upload.name or "upload")[:255], "size": upload.size,
                  "sha256": digest}
-        ensure_file_processing()
         try:
             doc, created = start(request, FILE_PROCESSING, given, server_path=True)
         except Exception:

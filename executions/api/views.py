@@ -28,6 +28,7 @@ from executions.api.throttles import StartThrottle
 from executions.engine import ExecutionStatus
 from executions.errors import ExecutionNotFound
 from workflows import definitions, masking, registry
+from workflows.builtin import FILE_PROCESSING, ensure_file_processing
 from workflows.errors import WorkflowNotFound
 from workflows.spec import NAME_RE
 
@@ -164,6 +165,8 @@ def start(
     if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
         raise FieldError("Idempotency-Key", "must be 1 to 200 visible ASCII characters", "invalid")
     try:
+        if workflow == FILE_PROCESSING:
+            ensure_file_processing()  # built in: a deployment has it before anyone registers it
         # The version checked is the version started: "latest" is looked up once, here.
         stored = definitions.get(workflow, version)
         reads_path = any(step["handler"] == RECEIVE for step in stored.steps)

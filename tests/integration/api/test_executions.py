@@ -259,3 +259,15 @@ def test_list__every_filter_combination_is_served_by_an_index_in_its_order() -> 
                 and (bool(fields[:-2]) or not equal)
                 for fields in indexes
             ), f"no index serves {sorted(equal)} in (created_at, _id) order"
+
+
+def test_start__the_built_in_file_processing_needs_no_registration(operator: Any) -> None:
+    from workflows.models import WorkflowDefinition
+
+    assert WorkflowDefinition.objects(name="file-processing").count() == 0  # a fresh deployment
+
+    response = operator.post("/api/v1/executions/", {"workflow": "file-processing", "input": {
+        "name": "a.txt", "content_b64": "aGkK"}}, format="json")
+
+    assert response.status_code == 201, response.content
+    assert (response.json()["workflow"], response.json()["workflow_version"]) == ("file-processing", 1)
