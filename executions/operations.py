@@ -182,9 +182,8 @@ def _changes(snap: Snapshot, event: dict[str, Any]) -> dict[str, tuple[str, str]
 def _fits(snap: Snapshot, index: int, name: str, text: str) -> None:
     """Refuse an edited input or a skip's output that would take the execution's outputs and edited
     inputs together past ``store.DATA_BYTES``."""
-    step = snap.doc["steps"][index]
-    kept = len((step.get("input_json") or "").encode()) if name == "output" else step.get("output_bytes", 0)
-    total = store.data_bytes(snap.doc, leaving_out=index) + kept + len(text.encode())
+    total = (store.data_bytes(snap.doc, index, output=text) if name == "output"
+             else store.data_bytes(snap.doc, index, input=text))
     if total > store.DATA_BYTES:
         raise InvalidArgument(name, f"would take this execution's outputs and edited inputs to {total} "
                               f"bytes of JSON together; the cap is {store.DATA_BYTES}")

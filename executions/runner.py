@@ -288,9 +288,7 @@ class Attempt:
             if time.monotonic() > watchdog.deadline:
                 raise TimeoutInterrupt()
             self.output_json = _encode_output(result)
-            own_input = len((self.snap.doc["steps"][self.index].get("input_json") or "").encode())
-            total = (store.data_bytes(self.snap.doc, leaving_out=self.index) + own_input
-                     + len(self.output_json.encode()))
+            total = store.data_bytes(self.snap.doc, self.index, output=self.output_json)
             if total > store.DATA_BYTES:
                 self.output_json = None
                 raise ExecutionOutputsTooLarge(total, store.DATA_BYTES)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, ExecutionTimeout, PyMongoError, WriteConcernError
 
+from detflow_site import conf
 from executions.engine import ExecutionState, ExecutionStatus, StepState, StepStatus
 from executions.models import Execution
 from workflows.spec import RetryPolicy
@@ -94,13 +95,18 @@ EVENTS_BYTES = 1024 * 1024
 DATA_BYTES = 8 * 1024 * 1024
 
 
-def data_bytes(doc: dict[str, Any], leaving_out: int | None = None) -> int:
-    """Return the bytes of the step outputs and step inputs a working document holds, leaving out
-    those of step ``leaving_out`` (the one about to be written)."""
+def data_bytes(doc: dict[str, Any], index: int, *, output: str | None = None,
+               input: str | None = None) -> int:
+    """Return the bytes of the step outputs and step inputs a working document would hold with
+    step ``index``'s output or input (JSON text) replaced by the one given."""
     total = 0
-    for index, step in enumerate(doc.get("steps") or []):
-        if index != leaving_out:
-            total += step.get("output_bytes", 0) + len((step.get("input_json") or "").encode())
+    for at, step in enumerate(doc.get("steps") or []):
+        out_bytes = step.get("output_bytes", 0)
+        in_json = step.get("input_json") or ""
+        if at == index:
+            out_bytes = len(output.encode()) if output is not None else out_bytes
+            in_json = input if input is not None else in_json
+        total += out_bytes + len(in_json.encode())
     return total
 
 
@@ -119,8 +125,6 @@ def record_bytes(steps: int) -> int:
 
 def records_kept(steps: int) -> int:
     """Return how many attempt records each step of an execution of ``steps`` steps keeps."""
-    from detflow_site import conf
-
     share = RECORDS_BUDGET // (max(steps, 1) * record_bytes(steps))
     return max(1, min(conf.get().ATTEMPTS_KEPT, share))
 

@@ -138,7 +138,7 @@ def commit(
     added = len(bson.encode({"events": stamped}))
     held_bytes = snap.doc.get("events_bytes", 0) + added
     if held > store.EVENTS_KEPT + store.HISTORY_CHUNK or held_bytes > store.EVENTS_BYTES:
-        chunk = _archive(snap, moved)
+        chunk = store.patiently(lambda: _archive(snap, moved))  # idempotent: safe to try again
         if chunk is not None:
             # The oldest events are in the history now: this write drops them from the document.
             count, size = chunk
