@@ -85,12 +85,5 @@ def versions(name: str) -> list[WorkflowDefinition]:
     return list(WorkflowDefinition.objects(name=name).order_by("-version"))
 
 
-def to_spec(stored: WorkflowDefinition) -> WorkflowSpec:
-    """Rebuild the spec of a stored definition (no handler check: it was checked when stored)."""
-    return parse_workflow(
-        {"name": stored.name, "description": stored.description, "steps": stored.steps}
-    )
-
-
 def _latest(name: str) -> WorkflowDefinition | None:
     return WorkflowDefinition.objects(name=name).order_by("-version").first()

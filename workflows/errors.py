@@ -86,9 +86,5 @@ class OutputNotSerializable(PermanentError):
     """A handler returned something that is not JSON-serialisable."""
 
 
-class StepTimeout(DetflowError):
-    """An attempt ran past its step's ``timeout_s`` (recorded as the attempt's error)."""
-
-
 class LeaseLost(DetflowError):
     """The attempt's claim is no longer current: a successor owns the step, stop working."""
