@@ -3,7 +3,10 @@
 Dramatiq's retries stay off for the engine's actor (``max_retries=0``; DESIGN's pitfalls): a
 redelivered message does not raise Dramatiq's retry count, so attempts are counted in MongoDB only.
 TimeLimit is left out: the engine's own watchdog enforces each step's ``timeout_s`` around the
-handler alone, and the lease catches what it cannot interrupt.
+handler alone, and the lease catches what it cannot interrupt. So are the middleware that act only
+on actor options no actor here sets (AgeLimit's ``max_age``, ShutdownNotifications'
+``notify_shutdown``, Callbacks' ``on_success``, Pipelines' ``pipe_target``) and CurrentMessage,
+which nothing reads: Retries is kept for the post-mortem actor's ``max_retries``.
 """
 from __future__ import annotations
 
@@ -13,15 +16,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import (
-    AgeLimit,
-    Callbacks,
-    CurrentMessage,
-    Middleware,
-    Pipelines,
-    Retries,
-    ShutdownNotifications,
-)
+from dramatiq.middleware import Middleware, Retries
 
 from detflow_site import services
 
@@ -61,10 +56,7 @@ class ConsumerSupervisor(Middleware):
 
 def build() -> RedisBroker:
     """Return a Redis broker for the configured (or embedded) Redis."""
-    middleware = [
-        AgeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(), Retries(), CurrentMessage(),
-        ConsumerSupervisor(),
-    ]
+    middleware = [Retries(), ConsumerSupervisor()]
     return RedisBroker(url=services.redis_url(), middleware=middleware, namespace="detflow")
 
 

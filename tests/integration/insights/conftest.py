@@ -43,7 +43,22 @@ def model(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[FakeModel]
 @pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Writes]:
     """Record every write to MongoDB while the test runs: at mongomock's collection methods on the
-    embedded store, by a ``pymongo.monitoring.CommandListener`` on a real MongoDB."""
+    embedded store, by a ``pymongo.monitoring.CommandListener`` on a real MongoDB. Dramatiq's
+    CurrentMessage is added to the broker meanwhile (the engine does not install it), so that each
+    write is known by the actor whose message made it."""
+    from dramatiq.middleware import CurrentMessage
+
+    from executions.broker import broker
+
+    current = CurrentMessage()
+    broker.add_middleware(current)
+    try:
+        yield from _recording(monkeypatch)
+    finally:
+        broker.middleware[:] = [m for m in broker.middleware if m is not current]
+
+
+def _recording(monkeypatch: pytest.MonkeyPatch) -> Iterator[Writes]:
     from detflow_site import services
     from insights import service
 
