@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: install test lint unit integration reliability chaos demo bench check clean
+.PHONY: install test lint unit integration reliability over-the-wire chaos demo bench check clean
 
 install: $(STAMP)
 
@@ -15,8 +15,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
+# The whole suite in-process, then the integration and reliability suites again with the store
+# behind MongoDB's wire protocol (manage.py runstore): tests/over_the_wire.py.
 test: install lint
 	$(BIN)/pytest
+	$(BIN)/python -m tests.over_the_wire
 
 lint: install
 	$(BIN)/ruff check .
@@ -31,6 +34,9 @@ integration: install
 
 reliability: install
 	$(BIN)/pytest tests/reliability
+
+over-the-wire: install
+	$(BIN)/python -m tests.over_the_wire
 
 chaos: install
 	$(BIN)/python manage.py chaos --executions 5000 --steps 5 --threads 16 --drain-timeout 900
