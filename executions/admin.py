@@ -20,8 +20,8 @@ from django.utils.safestring import SafeString
 from rest_framework.exceptions import ParseError, ValidationError
 
 from detflow_site import docadmin
+from detflow_site.errors import DetflowError, PayloadTooLarge
 from executions import diagnosis, operations, store
-from executions.api.errors import PayloadTooLarge
 from executions.api.fields import JSONValue
 from executions.api.parsers import JSONParser
 from executions.api.views import refuse_server_path
@@ -31,7 +31,7 @@ from executions.errors import InvalidArgument
 from executions.roles import OPERATORS, VIEWERS, roles_of
 from executions.store import now_ms, to_dt, to_ms
 from workflows import definitions, masking
-from workflows.errors import DetflowError, WorkflowNotFound
+from workflows.errors import WorkflowNotFound
 
 #: The operator actions, what each asks for, and the statuses it applies to.
 ACTIONS = {

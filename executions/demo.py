@@ -21,12 +21,12 @@ from django.conf import settings as django_settings
 from django.test.utils import override_settings
 
 from detflow_site import conf, services
+from detflow_site.errors import DetflowError
 from executions import faults, operations, store
 from executions.demo_view import Progress, summary_lines
 from executions.samples import Sample, generate
 from workflows import storage
 from workflows.builtin import FILE_PROCESSING, FILE_PROCESSING_DEFINITION, ensure_file_processing
-from workflows.errors import DetflowError
 from workflows.outbox import Outbox
 
 #: Settings of the demo's own run: a short lease, so that the crashed attempt is recovered in

@@ -1,36 +1,33 @@
-"""Errors of executions and operator actions (part of the hierarchy rooted in ``workflows.errors``)."""
+"""Errors of executions, operator actions and API requests, under the root in ``detflow_site.errors``."""
 from __future__ import annotations
 
-from workflows.errors import DetflowError
+from detflow_site.errors import Conflict, InvalidArgument, NotFound
+
+#: ``InvalidArgument`` is one of the root's kinds; it is named here as well because the operator
+#: actions raise it as theirs.
+__all__ = ["ConcurrentChange", "ExecutionNotFound", "IdempotencyConflict", "InvalidArgument",
+           "OperationNotAllowed"]
 
 
-class ExecutionNotFound(DetflowError):
+class ExecutionNotFound(NotFound):
     """No execution has that id."""
 
-    status_code = 404
     default_code = "execution_not_found"
 
 
-class InvalidArgument(DetflowError):
-    """A caller's argument is unusable; ``field`` names it."""
-
-    default_code = "invalid"
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-
-
-class OperationNotAllowed(DetflowError):
+class OperationNotAllowed(Conflict):
     """The execution's state does not allow this operator action now."""
 
-    status_code = 409
     default_code = "not_allowed"
 
 
-class ConcurrentChange(DetflowError):
+class ConcurrentChange(Conflict):
     """The execution kept changing under the action; nothing was changed, try again."""
 
-    status_code = 409
     default_code = "concurrent_change"
+
+
+class IdempotencyConflict(Conflict):
+    """An ``Idempotency-Key`` was used before with a different request body."""
+
+    default_code = "idempotency_conflict"

@@ -1,13 +1,12 @@
-"""Errors of insights (part of the hierarchy rooted in ``workflows.errors``)."""
+"""Errors of insights, under the root in ``detflow_site.errors``."""
 from __future__ import annotations
 
-from workflows.errors import DetflowError
+from detflow_site.errors import Conflict, DetflowError
 
 
-class NotFinished(DetflowError):
+class NotFinished(Conflict):
     """The execution has not finished: a post-mortem is written once it is terminal."""
 
-    status_code = 409
     default_code = "not_finished"
 
 

@@ -1,27 +1,16 @@
-"""detflow's exception hierarchy, rooted at :class:`DetflowError`.
+"""Errors of definitions and handlers, under the root in ``detflow_site.errors``.
 
 Handlers raise :class:`RetryableError` or :class:`PermanentError`; the engine records the others.
-Each error carries ``status_code`` and ``default_code`` so that one API handler can render it.
 """
 from __future__ import annotations
 
-
-class DetflowError(Exception):
-    """Root of every error detflow raises on purpose."""
-
-    status_code = 400
-    default_code = "detflow_error"
+from detflow_site.errors import DetflowError, InvalidArgument, NotFound
 
 
-class DefinitionError(DetflowError):
+class DefinitionError(InvalidArgument):
     """A workflow definition is invalid; ``field`` names the offending field."""
 
     default_code = "invalid_definition"
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
 
 
 class UnknownHandler(DefinitionError):
@@ -36,13 +25,12 @@ class UnknownHandler(DefinitionError):
         self.known = known
 
 
-class WorkflowNotFound(DetflowError):
+class WorkflowNotFound(NotFound):
     """No workflow definition has that name (or version); the message lists what is registered.
 
     ``field`` is ``"workflow"``, or ``"version"`` when the workflow exists without that version.
     """
 
-    status_code = 404
     default_code = "workflow_not_found"
 
     def __init__(self, message: str, field: str = "workflow") -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.utils.dateparse import parse_date, parse_datetime
 
-from executions.api.errors import FieldError
+from detflow_site.errors import InvalidArgument
 from executions.api.serializers import MAX_VERSION
 from executions.engine import ExecutionStatus
 from executions.store import to_dt, to_ms
@@ -57,11 +57,11 @@ class ExecutionQuery:
 
 
 def parse(params: Mapping[str, str]) -> ExecutionQuery:
-    """Check the query parameters; raise :class:`FieldError` naming the first bad one."""
+    """Check the query parameters; raise :class:`InvalidArgument` naming the first bad one."""
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
-        raise FieldError(unknown[0], f"unknown parameter; allowed: {', '.join(PARAMETERS)}",
-                         "unknown_field")
+        raise InvalidArgument(unknown[0], f"unknown parameter; allowed: {', '.join(PARAMETERS)}",
+                              "unknown_field")
     found: dict[str, Any] = {}
     if "status" in params:
         found["status"] = _choice(params, "status", [s.value for s in ExecutionStatus])
@@ -70,7 +70,7 @@ def parse(params: Mapping[str, str]) -> ExecutionQuery:
             found[name] = _name(params, name)
     if "version" in params:
         if "workflow" not in params:
-            raise FieldError("version", "needs workflow: versions are numbered per workflow", "invalid")
+            raise InvalidArgument("version", "needs workflow: versions are numbered per workflow", "invalid")
         found["workflow_version"] = integer(params, "version", 1, MAX_VERSION)
     created: dict[str, dt.datetime] = {}
     if "created_after" in params:
@@ -99,22 +99,22 @@ def decode_cursor(value: str) -> tuple[int, str]:
             raise ValueError
         to_dt(at)
     except (binascii.Error, ValueError, TypeError, OverflowError, UnicodeDecodeError):
-        raise FieldError("cursor", "is not a cursor this API returned; use the `next` link as it is",
-                         "invalid") from None
+        raise InvalidArgument("cursor", "is not a cursor this API returned; use the `next` link as it is",
+                              "invalid") from None
     return at, last_id
 
 
 def _choice(params: Mapping[str, str], name: str, allowed: list[str]) -> str:
     value = params[name]
     if value not in allowed:
-        raise FieldError(name, f"{value!r} is not one of: {', '.join(allowed)}", "invalid_choice")
+        raise InvalidArgument(name, f"{value!r} is not one of: {', '.join(allowed)}", "invalid_choice")
     return value
 
 
 def _name(params: Mapping[str, str], name: str) -> str:
     value = params[name]
     if not value or len(value) > 100:
-        raise FieldError(name, "must be 1 to 100 characters", "invalid")
+        raise InvalidArgument(name, "must be 1 to 100 characters", "invalid")
     return value
 
 
@@ -122,7 +122,7 @@ def integer(params: Mapping[str, str], name: str, low: int, high: int) -> int:
     """Return query parameter ``name`` as an integer from ``low`` to ``high``."""
     value = params[name]
     if not (value.isascii() and value.isdigit() and len(value) <= 19 and low <= int(value) <= high):
-        raise FieldError(name, f"must be an integer from {low} to {high}", "invalid")
+        raise InvalidArgument(name, f"must be an integer from {low} to {high}", "invalid")
     return int(value)
 
 
@@ -137,6 +137,6 @@ def _datetime(params: Mapping[str, str], name: str) -> dt.datetime:
         if parsed.tzinfo is not None:
             parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
     except (ValueError, OverflowError):
-        raise FieldError(name, f"{value!r} is not an ISO 8601 date-time such as 2025-01-31T12:00:00Z",
-                         "invalid") from None
+        raise InvalidArgument(name, f"{value!r} is not an ISO 8601 date-time such as 2025-01-31T12:00:00Z",
+                              "invalid") from None
     return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)

@@ -13,7 +13,7 @@ from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
 from detflow_site import conf
-from executions.api.errors import PayloadTooLarge
+from detflow_site.errors import PayloadTooLarge
 
 #: Bodies nested deeper than this are refused before decoding (Python's decoder recurses). Fields
 #: holding JSON values have their own, lower limit (``DETFLOW_API_MAX_JSON_DEPTH``) and name the field.

@@ -13,12 +13,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from detflow_site import conf
+from detflow_site.errors import PayloadTooLarge
 from executions.api import representations
-from executions.api.errors import IdempotencyConflict, PayloadTooLarge
 from executions.api.parsers import content_length
 from executions.api.serializers import Strict
 from executions.api.throttles import StartThrottle
 from executions.api.views import IDEMPOTENCY_KEY, start
+from executions.errors import IdempotencyConflict
 from workflows import storage
 from workflows.builtin import FILE_PROCESSING
 

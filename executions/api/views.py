@@ -15,7 +15,6 @@ from rest_framework.views import APIView
 
 from executions import diagnosis, operations, store
 from executions.api import filters, representations
-from executions.api.errors import FieldError, IdempotencyConflict
 from executions.api.serializers import (
     MAX_VERSION,
     ActionRequest,
@@ -26,7 +25,7 @@ from executions.api.serializers import (
 )
 from executions.api.throttles import StartThrottle
 from executions.engine import ExecutionStatus
-from executions.errors import ExecutionNotFound
+from executions.errors import ExecutionNotFound, IdempotencyConflict, InvalidArgument
 from workflows import definitions, masking, registry
 from workflows.builtin import FILE_PROCESSING, ensure_file_processing
 from workflows.errors import WorkflowNotFound
@@ -163,7 +162,7 @@ def start(
     """
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
-        raise FieldError("Idempotency-Key", "must be 1 to 200 visible ASCII characters", "invalid")
+        raise InvalidArgument("Idempotency-Key", "must be 1 to 200 visible ASCII characters", "invalid")
     try:
         if workflow == FILE_PROCESSING:
             ensure_file_processing()  # built in: a deployment has it before anyone registers it
@@ -171,12 +170,12 @@ def start(
         stored = definitions.get(workflow, version)
         reads_path = any(step["handler"] == RECEIVE for step in stored.steps)
         if not server_path and isinstance(given, dict) and "path" in given and reads_path:
-            raise FieldError("input.path", f"{RECEIVE} would read this path on the server; upload "
-                             "the file with POST files/, or send it as content_b64", "forbidden")
+            raise InvalidArgument("input.path", f"{RECEIVE} would read this path on the server; upload "
+                                  "the file with POST files/, or send it as content_b64", "forbidden")
         return operations.start(workflow, given, idempotency_key=key, by=request.user.get_username(),
                                 definition=stored)
     except WorkflowNotFound as exc:
-        raise FieldError(exc.field, str(exc), "unknown_workflow") from None
+        raise InvalidArgument(exc.field or "workflow", str(exc), "unknown_workflow") from None
 
 
 def _same_json(stored: str, given: Any) -> bool:
@@ -208,7 +207,7 @@ class ExecutionEventsView(APIView):
         query = request.query_params
         unknown = sorted(set(query) - {"after", "limit"})
         if unknown:
-            raise FieldError(unknown[0], "unknown parameter; allowed: after, limit", "unknown_field")
+            raise InvalidArgument(unknown[0], "unknown parameter; allowed: after, limit", "unknown_field")
         after = filters.integer(query, "after", 0, 2**62) if "after" in query else 0
         limit = filters.integer(query, "limit", 1, MAX_EVENTS_PAGE) if "limit" in query else EVENTS_PAGE
         events = store.events_after(execution_id, after, limit + 1)
@@ -266,8 +265,8 @@ def refuse_server_path(execution_id: str, edited: Any) -> None:
     if isinstance(edited, dict) and "path" in edited:
         failed = (store.load(execution_id) or {}).get("steps", [])
         if any(s["status"] == "FAILED" and s["handler"] == RECEIVE for s in failed):
-            raise FieldError("input.path", f"{RECEIVE} would read this path on the server; "
-                             "send the file as content_b64", "forbidden")
+            raise InvalidArgument("input.path", f"{RECEIVE} would read this path on the server; "
+                                  "send the file as content_b64", "forbidden")
 
 
 class CancelView(ActionView):

@@ -7,7 +7,8 @@ import pytest
 from rest_framework.exceptions import ErrorDetail
 
 from detflow_site import conf
-from executions.api.errors import FieldError, flatten
+from detflow_site.errors import InvalidArgument
+from executions.api.errors import flatten
 from executions.api.fields import depth
 from executions.api.filters import decode_cursor, encode_cursor
 from executions.api.parsers import nesting
@@ -56,7 +57,7 @@ def test_cursor__round_trips_and_refuses_anything_else() -> None:
     # "", garbage, null, [1, 2], ["1", "a"], [true, "a"], [99999999999999999999, "a"]
     for bad in ["", "x", "bnVsbA", "WzEsIDJd", "WyIxIiwgImEiXQ", "W3RydWUsICJhIl0",
                 "Wzk5OTk5OTk5OTk5OTk5OTk5OTk5LCJhIl0"]:
-        with pytest.raises(FieldError):
+        with pytest.raises(InvalidArgument):
             decode_cursor(bad)
 
 

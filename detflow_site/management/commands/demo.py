@@ -11,9 +11,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from detflow_site.errors import DetflowError
 from executions import demo
 from insights import service
-from workflows.errors import DetflowError
 
 
 class Command(BaseCommand):

@@ -7,9 +7,9 @@ from typing import Any
 from django.core.management.base import CommandError, CommandParser
 
 from detflow_site.commands import StoreCommand
+from detflow_site.errors import DetflowError
 from insights import service
 from insights.representation import lines, represent
-from workflows.errors import DetflowError
 
 
 class Command(StoreCommand):
