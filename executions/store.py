@@ -2,11 +2,11 @@
 
 Hot paths read plain dicts through pymongo (or mongomock) rather than mongoengine objects: one
 ``find_one`` per load, no per-field conversion. Times are stored as BSON dates, which keep
-milliseconds, and the engine works in integer milliseconds, so a stored time round-trips exactly.
+milliseconds, and the engine works in integer milliseconds, so a stored time round-trips exactly
+(``detflow_site.times``, re-exported here).
 """
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,32 +16,14 @@ from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect, ExecutionTimeout, PyMongoError, WriteConcernError
 
 from detflow_site import conf
+from detflow_site.times import now_ms as now_ms  # re-exported: the engine reads store.now_ms
+from detflow_site.times import to_dt as to_dt
+from detflow_site.times import to_ms as to_ms
 from executions.engine import ExecutionState, ExecutionStatus, StepState, StepStatus
 from executions.models import Execution
 from workflows.spec import RetryPolicy
 
 T = TypeVar("T")
-_EPOCH = dt.datetime(1970, 1, 1)
-_MS = dt.timedelta(milliseconds=1)
-
-
-def now_ms() -> int:
-    """Return the wall clock in integer milliseconds."""
-    return time.time_ns() // 1_000_000
-
-
-def to_dt(ms: int | None) -> dt.datetime | None:
-    """Return the naive UTC datetime for ``ms`` (``None`` stays ``None``)."""
-    return None if ms is None else _EPOCH + dt.timedelta(milliseconds=ms)
-
-
-def to_ms(value: dt.datetime | None) -> int | None:
-    """Return integer milliseconds for a stored datetime (naive UTC or aware)."""
-    if value is None:
-        return None
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return (value - _EPOCH) // _MS
 
 
 #: How long a write keeps retrying a store error that may pass: longer than a replica set's

@@ -17,9 +17,9 @@ from typing import Any
 from django.utils.dateparse import parse_date, parse_datetime
 
 from detflow_site.errors import InvalidArgument
+from detflow_site.times import naive_utc, to_dt, to_ms
 from executions.api.serializers import MAX_VERSION
 from executions.engine import ExecutionStatus
-from executions.store import to_dt, to_ms
 
 #: Rows per page unless ``page_size`` says otherwise, and the most it may say.
 PAGE_SIZE = 50
@@ -134,8 +134,7 @@ def _datetime(params: Mapping[str, str], name: str) -> dt.datetime:
             parsed = dt.datetime.combine(day, dt.time())
         if parsed is None:
             raise ValueError
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        parsed = naive_utc(parsed)
     except (ValueError, OverflowError):
         raise InvalidArgument(name, f"{value!r} is not an ISO 8601 date-time such as 2025-01-31T12:00:00Z",
                               "invalid") from None

@@ -8,6 +8,8 @@ from django import template
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from detflow_site.times import naive_utc
+
 register = template.Library()
 
 #: Badge colour by execution, step or attempt status.
@@ -20,9 +22,7 @@ def utc(value: Any) -> str:
     """Show a stored (naive UTC) time as ISO 8601 with ``Z``, to the millisecond."""
     if not isinstance(value, dt.datetime):
         return "" if value is None else str(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value.isoformat(sep=" ", timespec="milliseconds") + "Z"
+    return naive_utc(value).isoformat(sep=" ", timespec="milliseconds") + "Z"
 
 
 @register.filter
