@@ -26,7 +26,7 @@ from detflow_site import conf, services
 from executions import store
 from executions.engine import TERMINAL
 from executions.errors import ExecutionNotFound
-from insights import baseline, facts, prompt, redact
+from insights import baseline, fold, prompt, redact
 from insights.errors import NotFinished, WriterFailed
 from insights.facts import FactSheet
 from insights.models import Insight
@@ -147,7 +147,7 @@ def _load(execution_id: str) -> dict[str, Any]:
 def _sheet(doc: dict[str, Any]) -> tuple[FactSheet, dict[str, Any]]:
     redacted = redact.value(masking.execution(doc))
     baselines = baseline.step_baselines(doc["workflow"], doc["workflow_version"], exclude=doc["_id"])
-    return facts.compute(redacted, baselines), redacted
+    return fold.compute(redacted, baselines), redacted
 
 
 def _current(existing: dict[str, Any], doc: dict[str, Any]) -> bool:

@@ -15,9 +15,10 @@ from typing import Any
 from detflow_site import conf
 from insights import redact
 from insights.errors import InvalidAnswer, WriterFailed
-from insights.facts import FactSheet, Failure, Step, retry_pattern, seconds
+from insights.facts import FactSheet, Failure, Step
 from insights.postmortem import SCHEMA
 from insights.prompt import Prompt
+from insights.wording import retry_pattern, seconds
 
 #: Error types (the last part of the name) that usually mean bad input or a bug, not an outage.
 INPUT_OR_BUG = frozenset({"KeyError", "ValueError", "TypeError", "AttributeError", "IndexError",

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from insights.baseline import summarize
-from insights.facts import Baseline, FactSheet, compute
+from insights.facts import Baseline, FactSheet
+from insights.fold import compute
 from insights.postmortem import validate
 from insights.writers import RulesWriter
 

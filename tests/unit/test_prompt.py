@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from insights.facts import compute
+from insights.fold import compute
 from insights.prompt import CLOSE, INSTRUCTIONS, OPEN, build
 from tests.unit.test_facts import EXHAUSTED, at, execution, history
 
