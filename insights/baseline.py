@@ -7,13 +7,12 @@ per query.
 """
 from __future__ import annotations
 
-import math
 import statistics
 import threading
 import time
-from typing import Any
 
 from executions import store
+from executions.durations import STEP_FIELDS, percentile, step_durations
 from insights.facts import Baseline
 
 #: Successful executions a baseline reads, newest first.
@@ -38,9 +37,8 @@ def step_baselines(workflow: str, version: int, exclude: str | None = None) -> d
 
 def summarize(values: list[int]) -> Baseline:
     """Return the median and the (nearest-rank) 95th percentile of ``values``."""
-    ordered = sorted(values)
-    p95 = ordered[max(math.ceil(0.95 * len(ordered)) - 1, 0)]
-    return Baseline(median_ms=round(statistics.median(ordered)), p95_ms=p95, samples=len(ordered))
+    return Baseline(median_ms=round(statistics.median(values)), p95_ms=percentile(values, 0.95),
+                    samples=len(values))
 
 
 def forget() -> None:
@@ -59,21 +57,11 @@ def _samples(workflow: str, version: int) -> list[tuple[str, dict[str, int]]]:
     cursor = (
         store.collection()
         .find({"workflow": workflow, "workflow_version": version, "status": "SUCCEEDED"},
-              {"steps.name": 1, "steps.status": 1, "steps.started_at": 1, "steps.finished_at": 1})
+              STEP_FIELDS)
         .sort([("created_at", -1)])
         .limit(RUNS + 1)  # one more, in case the execution being explained is among them
     )
-    samples = [(str(doc["_id"]), _durations(doc)) for doc in cursor]
+    samples = [(str(doc["_id"]), step_durations(doc)) for doc in cursor]
     with _guard:
         _cache[key] = (now + CACHE_S, samples)
     return samples
-
-
-def _durations(doc: dict[str, Any]) -> dict[str, int]:
-    """Return how long each succeeded step took, from its first claim to its success."""
-    durations = {}
-    for step in doc.get("steps") or ():
-        start, end = store.to_ms(step.get("started_at")), store.to_ms(step.get("finished_at"))
-        if step.get("status") == "SUCCEEDED" and start is not None and end is not None:
-            durations[str(step.get("name"))] = end - start
-    return durations

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 from collections import defaultdict
 from typing import Any
 
@@ -16,6 +15,7 @@ from django.core.cache import cache
 
 from detflow_site import conf
 from executions import store
+from executions.durations import STEP_FIELDS, percentile, step_durations
 from executions.engine import ExecutionStatus, backoff_ms
 from executions.store import now_ms, to_dt, to_ms
 from workflows import definitions
@@ -81,16 +81,12 @@ def _dashboard(now: int) -> dict[str, Any]:
 
 def _slow_steps(since: dt.datetime) -> list[dict[str, Any]]:
     rows = (store.collection()
-            .find({"status": "SUCCEEDED", "created_at": {"$gte": since}},
-                  {"workflow": 1, "steps.name": 1, "steps.started_at": 1, "steps.finished_at": 1,
-                   "steps.status": 1})
+            .find({"status": "SUCCEEDED", "created_at": {"$gte": since}}, {"workflow": 1, **STEP_FIELDS})
             .sort([("created_at", -1), ("_id", -1)]).limit(STEP_SAMPLE))
     durations: dict[tuple[str, str], list[int]] = defaultdict(list)
     for row in rows:
-        for step in row["steps"]:
-            start, end = to_ms(step.get("started_at")), to_ms(step.get("finished_at"))
-            if step.get("status") == "SUCCEEDED" and start is not None and end is not None:
-                durations[(row["workflow"], step["name"])].append(end - start)
+        for name, ms in step_durations(row).items():
+            durations[(row["workflow"], name)].append(ms)
     ranked = sorted(durations.items(), key=lambda item: -percentile(item[1], 0.95))
     return [{"workflow": w, "step": s, "runs": len(ms), "p95_ms": percentile(ms, 0.95),
              "median_ms": percentile(ms, 0.5)} for (w, s), ms in ranked[:SLOW_STEPS_SHOWN]]
@@ -131,9 +127,3 @@ def worst_case_s(step: dict[str, Any]) -> float:
     policy = dataclasses.replace(RetryPolicy(**step["retry"]), jitter=0.0)
     delays = sum(backoff_ms(policy, "", step["name"], used, used) for used in range(1, policy.max_attempts))
     return policy.max_attempts * float(step["timeout_s"]) + delays / 1000
-
-
-def percentile(values: list[int], q: float) -> int:
-    """Return the ``q`` quantile of ``values`` (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]

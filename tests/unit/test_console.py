@@ -1,4 +1,4 @@
-"""The admin console's pure parts: the SVG timeline, worst cases and percentiles."""
+"""The admin console's pure parts: the SVG timeline and worst cases."""
 from __future__ import annotations
 
 import datetime as dt
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from executions.console.aggregates import percentile, worst_case_s
+from executions.console.aggregates import worst_case_s
 from executions.console.timeline import svg
 from executions.store import to_ms
 
@@ -69,8 +69,3 @@ def test_worst_case__is_every_attempt_to_its_timeout_plus_the_longest_delays(
     retry: dict[str, Any], timeout_s: float, expected: float,
 ) -> None:
     assert worst_case_s({"name": "s", "retry": retry, "timeout_s": timeout_s}) == pytest.approx(expected)
-
-
-def test_percentile__takes_the_nearest_rank() -> None:
-    values = list(range(1, 101))
-    assert (percentile(values, 0.5), percentile(values, 0.95), percentile([7], 0.95)) == (50, 95, 7)
