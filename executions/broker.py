@@ -22,6 +22,9 @@ from detflow_site import services
 
 logger = logging.getLogger("detflow.worker")
 
+#: The prefix of every key the broker keeps in Redis.
+NAMESPACE = "detflow"
+
 
 class ConsumerSupervisor(Middleware):
     """Restart a worker's consumer thread that died.
@@ -57,7 +60,18 @@ class ConsumerSupervisor(Middleware):
 def build() -> RedisBroker:
     """Return a Redis broker for the configured (or embedded) Redis."""
     middleware = [Retries(), ConsumerSupervisor()]
-    return RedisBroker(url=services.redis_url(), middleware=middleware, namespace="detflow")
+    return RedisBroker(url=services.redis_url(), middleware=middleware, namespace=NAMESPACE)
+
+
+def queue_key(queue_name: str) -> str:
+    """Return the Redis key of a queue's list of waiting message ids, as Dramatiq's Redis broker
+    names it; the messages themselves are in the hash :func:`messages_key` names."""
+    return f"{NAMESPACE}:{queue_name}"
+
+
+def messages_key(queue_name: str) -> str:
+    """Return the Redis key of the hash that holds a queue's messages by id (fetched or not)."""
+    return f"{queue_key(queue_name)}.msgs"
 
 
 broker = build()

@@ -162,14 +162,13 @@ def _lock(client: Any, execution_id: str, lease: dict[str, Any] | None) -> dict[
 
 
 def _messages(client: Any, execution_id: str, now: int) -> Messages:
-    from executions.broker import broker  # built from settings: imported when first needed
+    from executions.broker import messages_key, queue_key  # builds the broker: imported when needed
 
     found = Messages()
     needle = json.dumps(execution_id).encode()
     queue = conf.get().QUEUE
     for name in (queue, dq_name(queue)):
-        key = f"{broker.namespace}:{name}"
-        for message_id, body in client.hscan_iter(f"{key}.msgs", count=500):
+        for message_id, body in client.hscan_iter(messages_key(name), count=500):
             found.scanned += 1
             if found.scanned > SCAN_LIMIT:
                 found.complete = False
@@ -184,7 +183,7 @@ def _messages(client: Any, execution_id: str, now: int) -> Messages:
                 eta = message.get("options", {}).get("eta")
                 if eta is not None and (found.next_eta is None or eta < to_ms(found.next_eta)):
                     found.next_eta = to_dt(eta)
-            elif client.lpos(key, message_id) is not None:
+            elif client.lpos(queue_key(name), message_id) is not None:
                 found.queued += 1
                 waited = max(now - int(message.get("message_timestamp") or now), 0)
                 found.waited_ms = max(found.waited_ms or 0, waited)

@@ -6,6 +6,7 @@ from typing import Any
 
 from detflow_site import conf
 from executions import operations, sweeper
+from executions.broker import messages_key, queue_key
 from tests.conftest import running_worker, wait_terminal
 
 
@@ -17,10 +18,10 @@ def test_sweep__leaves_work_to_its_queued_message_and_resends_what_lost_its_mess
     queued = [operations.start("backlog", {"n": n})[0]["_id"] for n in range(5)]
     lost = operations.start("backlog", {"n": "lost"})[0]["_id"]
     # The last start's message is lost (as in a failed send); the others wait, no worker runs.
-    key = f"{broker.namespace}:{conf.get().QUEUE}"
-    [message_id] = redis_client.lrange(key, -1, -1)
-    redis_client.lrem(key, 0, message_id)
-    redis_client.hdel(f"{key}.msgs", message_id)
+    queue = conf.get().QUEUE
+    [message_id] = redis_client.lrange(queue_key(queue), -1, -1)
+    redis_client.lrem(queue_key(queue), 0, message_id)
+    redis_client.hdel(messages_key(queue), message_id)
 
     first = sweeper.sweep(grace_s=0)
     second = sweeper.sweep(grace_s=0)
@@ -30,7 +31,7 @@ def test_sweep__leaves_work_to_its_queued_message_and_resends_what_lost_its_mess
     assert "5 left to the message waiting in the queue" in first.summary()
     assert sorted(second.waiting) == sorted([*queued, lost])  # the re-sent message waits too
     assert second.resent == []
-    assert redis_client.llen(key) == 6  # one message each: no duplicate was added
+    assert redis_client.llen(queue_key(queue)) == 6  # one message each: no duplicate was added
     with running_worker(2):
         docs = wait_terminal(*queued, lost)
     assert [d["status"] for d in docs] == ["SUCCEEDED"] * 6
