@@ -6,9 +6,7 @@ import dramatiq
 from detflow_site import conf
 from executions import runner
 from executions.broker import broker
-
-#: Name of the actor; messages carry only the execution id.
-ADVANCE = "detflow.advance"
+from executions.dispatch import ADVANCE
 
 
 @dramatiq.actor(actor_name=ADVANCE, queue_name=conf.get().QUEUE, max_retries=0, broker=broker)

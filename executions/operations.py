@@ -18,7 +18,7 @@ from executions.errors import (
     InvalidArgument,
     OperationNotAllowed,
 )
-from executions.runner import follow_up
+from executions.followup import follow_up
 from executions.store import Snapshot, now_ms
 from workflows import definitions, masking
 

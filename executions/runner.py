@@ -25,8 +25,9 @@ import pymongo
 from pymongo.errors import PyMongoError
 
 from detflow_site import conf, logs, services
-from executions import dispatch, faults, metrics, signals, store, transitions
+from executions import dispatch, faults, metrics, store, transitions
 from executions.engine import Claim, Decision, Finish, RecoverLost, StepStatus, Wait, decide
+from executions.followup import count_lost, follow_up
 from executions.locks import ExecutionLock
 from executions.slots import StepSlot
 from executions.store import Snapshot, now_ms, to_dt
@@ -163,29 +164,6 @@ def _worker_stopping() -> bool:
     hands the next step on to a new message instead of claiming it here. Dramatiq's worker
     threads clear ``running`` when their worker stops; any other thread never stops a run."""
     return getattr(threading.current_thread(), "running", True) is False
-
-
-def follow_up(snap: Snapshot, finished: bool | None = None) -> None:
-    """Send the message that the state after a change calls for (now, later, or none), and
-    announce the execution's end when the change (or, with ``finished``, a run of them) ended it."""
-    now = now_ms()
-    decision: Decision = decide(snap.state, now)
-    if snap.finished if finished is None else finished:
-        for receiver, error in signals.execution_finished.send_robust(
-            sender=Snapshot, execution_id=snap.state.id, status=snap.state.status.value,
-            workflow=snap.doc["workflow"],
-        ):
-            if isinstance(error, Exception):
-                logger.error("execution_finished receiver %r failed: %s", receiver, error)
-    if isinstance(decision, Claim | RecoverLost | Finish):
-        dispatch.send(snap.state.id)
-    elif isinstance(decision, Wait) and decision.reason == "retry":
-        dispatch.send(snap.state.id, delay_ms=decision.until - now)
-
-
-def count_lost(snap: Snapshot, index: int) -> None:
-    """Count a lost attempt that was just recorded."""
-    metrics.STEP_ATTEMPTS.labels(snap.doc["workflow"], snap.state.steps[index].name, "lost").inc()
 
 
 def step_slot(snap: Snapshot, index: int, lease_ms: int) -> StepSlot | None:

@@ -21,7 +21,7 @@ from typing import Any
 from detflow_site import conf, services
 from executions import dispatch, metrics, store, transitions
 from executions.engine import Claim, Finish, RecoverLost, decide
-from executions.runner import count_lost, follow_up
+from executions.followup import count_lost, follow_up
 from executions.store import Snapshot, now_ms, to_dt
 
 logger = logging.getLogger("detflow.sweeper")

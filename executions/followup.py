@@ -1,0 +1,35 @@
+"""What a writer does after a state change: send the message the new state calls for, announce
+the execution's end, count a lost attempt. Shared by the runner, the sweeper and the operator
+actions, none of which imports another for it."""
+from __future__ import annotations
+
+import logging
+
+from executions import dispatch, metrics, signals
+from executions.engine import Claim, Decision, Finish, RecoverLost, Wait, decide
+from executions.store import Snapshot, now_ms
+
+logger = logging.getLogger("detflow.worker")
+
+
+def follow_up(snap: Snapshot, finished: bool | None = None) -> None:
+    """Send the message that the state after a change calls for (now, later, or none), and
+    announce the execution's end when the change (or, with ``finished``, a run of them) ended it."""
+    now = now_ms()
+    decision: Decision = decide(snap.state, now)
+    if snap.finished if finished is None else finished:
+        for receiver, error in signals.execution_finished.send_robust(
+            sender=Snapshot, execution_id=snap.state.id, status=snap.state.status.value,
+            workflow=snap.doc["workflow"],
+        ):
+            if isinstance(error, Exception):
+                logger.error("execution_finished receiver %r failed: %s", receiver, error)
+    if isinstance(decision, Claim | RecoverLost | Finish):
+        dispatch.send(snap.state.id)
+    elif isinstance(decision, Wait) and decision.reason == "retry":
+        dispatch.send(snap.state.id, delay_ms=decision.until - now)
+
+
+def count_lost(snap: Snapshot, index: int) -> None:
+    """Count a lost attempt that was just recorded."""
+    metrics.STEP_ATTEMPTS.labels(snap.doc["workflow"], snap.state.steps[index].name, "lost").inc()
