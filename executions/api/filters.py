@@ -18,6 +18,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 from detflow_site.errors import InvalidArgument
 from detflow_site.times import naive_utc, to_dt, to_ms
+from executions import store
 from executions.api.serializers import MAX_VERSION
 from executions.engine import ExecutionStatus
 
@@ -54,6 +55,16 @@ class ExecutionQuery:
     def sort(self) -> list[tuple[str, int]]:
         direction = -1 if self.descending else 1
         return [("created_at", direction), ("_id", direction)]
+
+    def page(self, projection: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+        """Return this page's rows (``page_size`` at most, of ``page_size + 1`` read) with the fields
+        ``projection`` names, and the cursor of the next page (``None`` on the last one)."""
+        rows = list(store.collection().find(self.find(), projection).sort(self.sort())
+                    .limit(self.page_size + 1))
+        if len(rows) <= self.page_size:
+            return rows, None
+        rows = rows[: self.page_size]
+        return rows, encode_cursor(rows[-1])
 
 
 def parse(params: Mapping[str, str]) -> ExecutionQuery:

@@ -94,13 +94,8 @@ def page(params: Mapping[str, str], query_string: Any) -> Page:
     text = params.get("q", "").strip()
     if text:
         return _search(query, text, query_string)
-    rows = list(store.collection().find(query.find(), ROW_FIELDS).sort(query.sort())
-                .limit(query.page_size + 1))
-    next_query = None
-    if len(rows) > query.page_size:
-        rows = rows[: query.page_size]
-        next_query = query_string(cursor=filters.encode_cursor(rows[-1]))
-    return Page(rows, next_query)
+    rows, cursor = query.page(ROW_FIELDS)
+    return Page(rows, query_string(cursor=cursor) if cursor else None)
 
 
 def _search(query: filters.ExecutionQuery, text: str, query_string: Any) -> Page:
