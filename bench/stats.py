@@ -25,11 +25,6 @@ def paired_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
     return median([n / d for n, d in zip(numerators, denominators, strict=True) if d])
 
 
-def spread(values: Sequence[float]) -> tuple[float, float]:
-    """Return the smallest and largest value."""
-    return (min(values), max(values)) if values else (math.nan, math.nan)
-
-
 def rounded(value: float, digits: int = 3) -> float | None:
     """Round for JSON; NaN becomes ``None``."""
     return None if value is None or math.isnan(value) else round(value, digits)
