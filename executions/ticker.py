@@ -3,7 +3,7 @@
 A thread per attempt cost a thread start and stop for each step (a quarter of a no-op step's time);
 one thread with a heap of due times does the same work. A callback runs in this thread, so it must
 be short: the ticker only keeps time. A watchdog's callback hands its lease renewal (a MongoDB update,
-then a Redis script) to the renewal pool (``executions.runner.renewals``) or raises a timeout in its
+then a Redis script) to the renewal pool (``executions.watchdog.renewals``) or raises a timeout in its
 handler's thread, so one slow renewal never delays another attempt's renewal or timeout.
 """
 from __future__ import annotations
