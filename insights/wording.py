@@ -12,18 +12,18 @@ from insights.facts import MIN_SAMPLES, Cancellation, Fact, FactSheet, Failure, 
 
 def facts(sheet: FactSheet) -> list[Fact]:
     """Return the facts of ``sheet`` in sentences: its outcome first."""
-    facts = [_outcome(sheet)]
+    found = [_outcome(sheet)]
     if sheet.failure:
-        facts.append(_failure_fact(sheet.failure, sheet.steps[sheet.failure.index]))
+        found.append(_failure_fact(sheet.failure, sheet.steps[sheet.failure.index]))
     if sheet.cancellation:
-        facts.append(_cancel_fact(sheet.cancellation))
+        found.append(_cancel_fact(sheet.cancellation))
     for step in sheet.steps:
         if len(step.attempts) > 1 or any(a.outcome not in ("succeeded", "running") for a in step.attempts):
-            facts.append(Fact("retry_pattern", f"step {step.name!r}: {retry_pattern(step)}",
+            found.append(Fact("retry_pattern", f"step {step.name!r}: {retry_pattern(step)}",
                               _seqs(a.end_seq for a in step.attempts), step.name))
     lost = [(s, a) for s in sheet.steps for a in s.attempts if a.outcome == "lost"]
     if lost:
-        facts.append(Fact(
+        found.append(Fact(
             "lost_attempts",
             f"{len(lost)} attempt(s) lost ({', '.join(f'{s.name} #{a.n}' for s, a in lost)}): their "
             "workers stopped before recording an outcome, and each was recorded lost when its "
@@ -31,23 +31,23 @@ def facts(sheet: FactSheet) -> list[Fact]:
             _seqs(a.end_seq for _, a in lost)))
     for action in sheet.operator:
         verb = "retried" if action.action == "retry" else "skipped"
-        facts.append(Fact("operator_action",
+        found.append(Fact("operator_action",
                           f"{action.by or 'an operator'} {verb} step {action.step!r}"
                           + (f" ({action.reason!r})" if action.reason else ""),
                           (action.seq,), action.step))
     for step in sheet.steps:
         if step.elapsed_ms is not None:
-            facts.append(Fact("duration", f"step {step.name!r} took {seconds(step.elapsed_ms)}"
+            found.append(Fact("duration", f"step {step.name!r} took {seconds(step.elapsed_ms)}"
                               + _against(step), step.seqs, step.name))
     if sheet.slowest:
         step = next(s for s in sheet.steps if s.name == sheet.slowest)
         share = (f" of {seconds(sheet.duration_ms)} in all" if sheet.duration_ms else "")
-        facts.append(Fact("slowest_step", f"the slowest step was {step.name!r}: "
+        found.append(Fact("slowest_step", f"the slowest step was {step.name!r}: "
                           f"{seconds(step.elapsed_ms)}{share}", step.seqs, step.name))
     for step in sheet.steps:
         if step.slow and step.baseline and step.elapsed_ms is not None:
             waited = sum(a.waited_ms or 0 for a in step.attempts)
-            facts.append(Fact(
+            found.append(Fact(
                 "slow_step",
                 f"step {step.name!r} is far above its baseline: {seconds(step.elapsed_ms)} against a "
                 f"median of {seconds(step.baseline.median_ms)} "
@@ -57,10 +57,10 @@ def facts(sheet: FactSheet) -> list[Fact]:
                 step.seqs, step.name))
     for name in sheet.running:
         step = next(s for s in sheet.steps if s.name == name)
-        facts.append(Fact("still_running", f"step {name!r} attempt {step.attempts[-1].n} had no "
+        found.append(Fact("still_running", f"step {name!r} attempt {step.attempts[-1].n} had no "
                           "outcome yet when these facts were computed",
                           _seqs([step.attempts[-1].claim_seq]), name))
-    return facts
+    return found
 
 
 def _outcome(sheet: FactSheet) -> Fact:
