@@ -21,6 +21,7 @@ from executions.attempt import Attempt
 from executions.engine import Claim, Decision, Finish, RecoverLost, Wait, decide
 from executions.followup import count_lost, follow_up
 from executions.locks import ExecutionLock
+from executions.middleware import STOPPING
 from executions.slots import StepSlot
 from executions.store import Snapshot, now_ms
 
@@ -105,7 +106,7 @@ def _run(
         decision = decide(snap.state, now)
         if isinstance(decision, Claim):
             if after is not None and (
-                claims >= settings.INLINE_STEPS or not lock.fresh() or _worker_stopping()
+                claims >= settings.INLINE_STEPS or not lock.fresh() or STOPPING.stopping()
             ):
                 break
             slot = step_slot(snap, decision.step, lease_ms)
@@ -133,13 +134,6 @@ def _run(
             finished = finished or result.finished
         snap = result
     return after, finished, decision, wait_ms, now
-
-
-def _worker_stopping() -> bool:
-    """Whether the Dramatiq worker running this thread is shutting down (SIGTERM): a run then
-    hands the next step on to a new message instead of claiming it here. Dramatiq's worker
-    threads clear ``running`` when their worker stops; any other thread never stops a run."""
-    return getattr(threading.current_thread(), "running", True) is False
 
 
 def step_slot(snap: Snapshot, index: int, lease_ms: int) -> StepSlot | None:
