@@ -1,12 +1,13 @@
-"""Workflow blueprints as frozen dataclasses, parsed and validated from plain data.
+"""Workflow blueprints as frozen dataclasses, parsed from plain data that :data:`DEFINITION` validates.
 
+:data:`DEFINITION` is the one description of a definition: it checks the data here and is the API's
+OpenAPI schema of ``POST workflows/``, so the server enforces no bound its schema does not state.
 Nothing here touches a database: the engine reads these, and ``definitions`` stores them.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -14,9 +15,13 @@ from typing import Any
 
 from workflows import masking
 from workflows.errors import DefinitionError
+from workflows.schema import Value
 
-#: Workflow and step names: a letter or digit first, then letters, digits, '.', '_' or '-'.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: Workflow and step names: a letter or digit first, then letters, digits, '.', '_' or '-' (the whole
+#: name matches: use ``fullmatch``).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: Longest description.
+MAX_DESCRIPTION = 2000
 #: Bounds that keep one execution document far below MongoDB's 16 MB limit.
 MAX_STEPS = 200
 MAX_ATTEMPTS = 100
@@ -29,6 +34,10 @@ MAX_NON_RETRYABLE = 50
 MAX_TYPE_NAME = 200
 #: Longest handler name.
 MAX_HANDLER_NAME = 200
+#: Longest input path ``secret_inputs`` may name: the longest ``masking.PATH_RE`` matches (8 keys of 64).
+MAX_SECRET_PATH = 8 * 64 + 7
+#: A step's ``timeout_s`` when its definition gives none.
+DEFAULT_TIMEOUT_S = 60.0
 #: Largest definition, in bytes of JSON: every execution carries a copy of its definition.
 MAX_DEFINITION_BYTES = 256 * 1024
 
@@ -56,8 +65,8 @@ class StepSpec:
     name: str
     handler: str
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: An attempt running longer than this fails with ``StepTimeout``.
-    timeout_s: float = 60.0
+    #: An attempt running longer than this is interrupted (its error: ``StepTimeout``).
+    timeout_s: float = DEFAULT_TIMEOUT_S
     #: Exception type names (class name or dotted path) that fail the step without a retry.
     non_retryable: tuple[str, ...] = ()
     #: Attempts of this step (all executions of the workflow) running at once, at most; ``None``:
@@ -96,6 +105,67 @@ class WorkflowSpec:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: What a definition may hold, every bound its fields have: ``parse_workflow`` checks data against
+#: it, and the API's OpenAPI schema is its ``openapi()``. JSON Schema cannot state ``RULES``: they are
+#: checked in ``parse_workflow`` and said in the schema's description.
+RULES = ("Step names are unique within a definition; each handler is a registered one (GET handlers/); "
+         f"the definition is at most {MAX_DEFINITION_BYTES} bytes of JSON (every execution carries a copy).")
+_NAME = Value("string", min_length=1, max_length=100, pattern=NAME_RE,
+              pattern_text="1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+_POLICY = RetryPolicy()
+_S = " seconds"
+RETRY = Value(
+    "object", default={}, help="How often the step is tried and how long it waits between attempts.",
+    properties={
+        "max_attempts": Value("integer", minimum=1, maximum=MAX_ATTEMPTS, default=_POLICY.max_attempts,
+                              help="Attempts in one budget, the first included."),
+        "initial_delay_s": Value("number", minimum=0, maximum=MAX_DELAY_S, unit=_S,
+                                 default=_POLICY.initial_delay_s,
+                                 help="Delay after the first failed attempt, in seconds."),
+        "multiplier": Value("number", minimum=1, maximum=MAX_MULTIPLIER, default=_POLICY.multiplier,
+                            help="Each further delay is the previous one times this."),
+        "max_delay_s": Value("number", minimum=0, maximum=MAX_DELAY_S, unit=_S,
+                             default=_POLICY.max_delay_s, help="No delay is longer than this, in seconds."),
+        "jitter": Value("number", minimum=0, maximum=1, default=_POLICY.jitter,
+                        help="Fraction of the delay taken off at most (0: none, 1: up to all of it)."),
+    },
+)
+STEP = Value(
+    "object", required=("name", "handler"),
+    properties={
+        "name": _NAME,
+        "handler": Value("string", min_length=1, max_length=MAX_HANDLER_NAME,
+                         help="A registered handler (see GET handlers/)."),
+        "retry": RETRY,
+        "timeout_s": Value("number", above=0, maximum=MAX_TIMEOUT_S, unit=_S, default=DEFAULT_TIMEOUT_S,
+                           help="An attempt running longer than this is interrupted, in seconds."),
+        "non_retryable": Value(
+            "array", default=[], max_items=MAX_NON_RETRYABLE, noun="exception type names",
+            items=Value("string", min_length=1, max_length=MAX_TYPE_NAME),
+            help="Exception type names (class name or dotted path) that fail the step without a retry."),
+        "max_concurrency": Value("integer", nullable=True, minimum=1, maximum=MAX_CONCURRENCY,
+                                 help="Attempts of this step running at once, across every worker; "
+                                      "null or absent: no limit."),
+    },
+)
+DEFINITION = Value(
+    "object", required=("name", "steps"), help=f"A workflow definition. {RULES}",
+    properties={
+        "name": _NAME,
+        "description": Value("string", max_length=MAX_DESCRIPTION, default=""),
+        "steps": Value("array", items=STEP, min_items=1, max_items=MAX_STEPS, noun="steps",
+                       help="The steps, run in this order."),
+        "secret_inputs": Value(
+            "array", default=[], max_items=masking.MAX_PATHS, unique=True, noun="input paths",
+            items=Value("string", min_length=1, max_length=MAX_SECRET_PATH, pattern=masking.PATH_RE,
+                        pattern_text="a dotted path into the input, such as 'card.number': 1 to 8 keys "
+                                     "of letters, digits, '_' or '-'"),
+            help="Input fields, by dotted path ('card.number'), shown as [secret] in the API, the admin, "
+                 "logs and post-mortems; handlers receive them as given."),
+    },
+)
+
+
 def parse_workflow(
     data: Any, known_handlers: Callable[[str, str], object] | None = None
 ) -> WorkflowSpec:
@@ -103,30 +173,20 @@ def parse_workflow(
 
     ``known_handlers(name, field)`` is called for each step's handler and raises for unknown ones.
     """
-    data = _mapping(data, "definition")
-    _only(data, "definition", {"name", "description", "steps", "secret_inputs"})
-    _size(data)
-    name = _name(data.get("name"), "name")
-    description = data.get("description", "")
-    if not isinstance(description, str) or len(description) > 2000:
-        raise DefinitionError("description", "must be text of at most 2000 characters")
-    steps_data = data.get("steps")
-    if not isinstance(steps_data, list):
-        raise DefinitionError("steps", "must be a list of steps")
-    if not steps_data:
-        raise DefinitionError("steps", "a workflow needs at least one step")
-    if len(steps_data) > MAX_STEPS:
-        raise DefinitionError("steps", f"at most {MAX_STEPS} steps are allowed, got {len(steps_data)}")
+    if isinstance(data, Mapping):
+        _size(data)
+    DEFINITION.check(data, "definition")
     steps: list[StepSpec] = []
     seen: set[str] = set()
-    for index, raw in enumerate(steps_data):
-        spec = _step(raw, f"steps[{index}]", known_handlers)
-        if spec.name in seen:
-            raise DefinitionError(f"steps[{index}].name", f"duplicate step name {spec.name!r}")
-        seen.add(spec.name)
-        steps.append(spec)
-    return WorkflowSpec(name=name, description=description, steps=tuple(steps),
-                        secret_inputs=_secret_inputs(data.get("secret_inputs", [])))
+    for index, raw in enumerate(data["steps"]):
+        if raw["name"] in seen:
+            raise DefinitionError(f"steps[{index}].name", f"duplicate step name {raw['name']!r}")
+        seen.add(raw["name"])
+        if known_handlers is not None:
+            known_handlers(raw["handler"], f"steps[{index}].handler")
+        steps.append(_step(raw))
+    return WorkflowSpec(name=data["name"], description=data.get("description", ""), steps=tuple(steps),
+                        secret_inputs=tuple(data.get("secret_inputs", ())))
 
 
 def _size(data: Mapping[str, Any]) -> None:
@@ -139,113 +199,18 @@ def _size(data: Mapping[str, Any]) -> None:
                               "are allowed (every execution carries a copy)")
 
 
-def _secret_inputs(raw: Any) -> tuple[str, ...]:
-    where = "secret_inputs"
-    if not isinstance(raw, list) or len(raw) > masking.MAX_PATHS:
-        raise DefinitionError(where, f"must be a list of at most {masking.MAX_PATHS} input paths")
-    for index, path in enumerate(raw):
-        if not isinstance(path, str) or not masking.PATH_RE.fullmatch(path):
-            raise DefinitionError(f"{where}[{index}]", "must be a dotted path into the input, such as "
-                                  "'card.number': 1 to 8 keys of letters, digits, '_' or '-'")
-    if len(set(raw)) != len(raw):
-        raise DefinitionError(where, "names a path twice")
-    return tuple(raw)
-
-
-def _step(raw: Any, where: str, known_handlers: Callable[[str, str], object] | None) -> StepSpec:
-    raw = _mapping(raw, where)
-    _only(raw, where, {"name", "handler", "retry", "timeout_s", "non_retryable", "max_concurrency"})
-    name = _name(raw.get("name"), f"{where}.name")
-    handler = raw.get("handler")
-    if not isinstance(handler, str) or not handler or len(handler) > MAX_HANDLER_NAME:
-        raise DefinitionError(f"{where}.handler", "must name a registered handler")
-    if known_handlers is not None:
-        known_handlers(handler, f"{where}.handler")
-    timeout = _number(raw.get("timeout_s", 60.0), f"{where}.timeout_s")
-    if timeout <= 0 or timeout > MAX_TIMEOUT_S:
-        raise DefinitionError(f"{where}.timeout_s", f"must be > 0 and <= {MAX_TIMEOUT_S:g} seconds")
-    non_retryable = raw.get("non_retryable", [])
-    if not isinstance(non_retryable, list) or not all(
-        isinstance(t, str) and 0 < len(t) <= MAX_TYPE_NAME for t in non_retryable
-    ):
-        raise DefinitionError(f"{where}.non_retryable", "must be a list of exception type names "
-                              f"of at most {MAX_TYPE_NAME} characters")
-    if len(non_retryable) > MAX_NON_RETRYABLE:
-        raise DefinitionError(f"{where}.non_retryable",
-                              f"at most {MAX_NON_RETRYABLE} exception type names are allowed")
-    limit = raw.get("max_concurrency")
-    if limit is not None and (
-        isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CONCURRENCY
-    ):
-        raise DefinitionError(
-            f"{where}.max_concurrency", f"must be an integer between 1 and {MAX_CONCURRENCY}"
-        )
+def _step(raw: Mapping[str, Any]) -> StepSpec:
+    """Build a checked step's spec, defaults filled in."""
+    retry = raw.get("retry", {})
     return StepSpec(
-        name=name,
-        handler=handler,
-        retry=_retry(raw.get("retry", {}), f"{where}.retry"),
-        timeout_s=timeout,
-        non_retryable=tuple(non_retryable),
-        max_concurrency=limit,
+        name=raw["name"],
+        handler=raw["handler"],
+        retry=RetryPolicy(
+            max_attempts=retry.get("max_attempts", _POLICY.max_attempts),
+            **{key: float(retry.get(key, getattr(_POLICY, key)))
+               for key in ("initial_delay_s", "multiplier", "max_delay_s", "jitter")},
+        ),
+        timeout_s=float(raw.get("timeout_s", DEFAULT_TIMEOUT_S)),
+        non_retryable=tuple(raw.get("non_retryable", ())),
+        max_concurrency=raw.get("max_concurrency"),
     )
-
-
-def _retry(raw: Any, where: str) -> RetryPolicy:
-    raw = _mapping(raw, where)
-    _only(raw, where, {"max_attempts", "initial_delay_s", "multiplier", "max_delay_s", "jitter"})
-    defaults = RetryPolicy()
-    attempts = raw.get("max_attempts", defaults.max_attempts)
-    if isinstance(attempts, bool) or not isinstance(attempts, int):
-        raise DefinitionError(f"{where}.max_attempts", "must be an integer")
-    if not 1 <= attempts <= MAX_ATTEMPTS:
-        raise DefinitionError(f"{where}.max_attempts", f"must be between 1 and {MAX_ATTEMPTS}")
-    values = {}
-    for key in ("initial_delay_s", "multiplier", "max_delay_s", "jitter"):
-        values[key] = _number(raw.get(key, getattr(defaults, key)), f"{where}.{key}")
-    for key in ("initial_delay_s", "max_delay_s"):
-        if values[key] < 0:
-            raise DefinitionError(f"{where}.{key}", "must not be negative")
-        if values[key] > MAX_DELAY_S:
-            raise DefinitionError(f"{where}.{key}", f"must be at most {MAX_DELAY_S:g} seconds")
-    if not 1 <= values["multiplier"] <= MAX_MULTIPLIER:
-        raise DefinitionError(f"{where}.multiplier", f"must be between 1 and {MAX_MULTIPLIER:g}")
-    if not 0 <= values["jitter"] <= 1:
-        raise DefinitionError(f"{where}.jitter", "must be between 0 and 1")
-    return RetryPolicy(max_attempts=attempts, **values)
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise DefinitionError(where, "must be an object")
-    return value
-
-
-def _only(data: Mapping[str, Any], where: str, allowed: set[str]) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise DefinitionError(
-            f"{where}.{unknown[0]}" if where != "definition" else unknown[0],
-            f"unknown field; allowed: {', '.join(sorted(allowed))}",
-        )
-
-
-def _name(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise DefinitionError(where, "must not be empty")
-    if not NAME_RE.match(value):
-        raise DefinitionError(
-            where, "must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return value
-
-
-def _number(value: Any, where: str) -> float:
-    try:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError
-        number = float(value)
-    except (OverflowError, ValueError):
-        raise DefinitionError(where, "must be a number") from None
-    if not math.isfinite(number):
-        raise DefinitionError(where, "must be a finite number")
-    return number

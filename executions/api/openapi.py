@@ -1,13 +1,17 @@
-"""The OpenAPI schema: drf-spectacular's, with the error answers every operation can give."""
+"""The OpenAPI schema: drf-spectacular's, with the error answers every operation can give, and the
+definition's body stated by the description that validates it."""
 from __future__ import annotations
 
 from typing import Any
 
 from drf_spectacular import openapi
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework.permissions import AllowAny
 
 from executions.api.representations import Error
+from executions.api.serializers import DefinitionBody
 from executions.api.throttles import StartThrottle
+from workflows import spec
 
 #: What each error status means, for the schema.
 ERRORS = {
@@ -44,3 +48,12 @@ class AutoSchema(openapi.AutoSchema):
         if any(isinstance(t, StartThrottle) for t in self.view.get_throttles()):
             codes.append(429)
         return sorted(codes)
+
+
+class DefinitionSchema(OpenApiSerializerExtension):
+    """``POST workflows/``'s body: ``workflows.spec.DEFINITION``, which ``parse_workflow`` checks."""
+
+    target_class = DefinitionBody
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        return spec.DEFINITION.openapi()

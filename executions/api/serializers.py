@@ -6,8 +6,6 @@ from typing import Any
 from rest_framework import serializers
 
 from executions.api.fields import Flag, Integer, JSONValue, Text
-from workflows import masking
-from workflows.spec import MAX_CONCURRENCY, MAX_NON_RETRYABLE, MAX_STEPS, MAX_TYPE_NAME
 
 #: Largest version number a request may name (MongoDB integers are 64-bit; no workflow gets near).
 MAX_VERSION = 2**31 - 1
@@ -61,32 +59,6 @@ class SkipRequest(ActionRequest):
                        help_text="Stands in for the skipped step's output.")
 
 
-class RetryPolicyBody(Strict):
-    max_attempts = Integer(required=False, min_value=1)
-    initial_delay_s = serializers.FloatField(required=False, min_value=0)
-    multiplier = serializers.FloatField(required=False, min_value=1)
-    max_delay_s = serializers.FloatField(required=False, min_value=0)
-    jitter = serializers.FloatField(required=False, min_value=0, max_value=1)
-
-
-class StepBody(Strict):
-    name = Text(max_length=100)
-    handler = Text(max_length=200, help_text="A registered handler (see GET handlers/).")
-    retry = RetryPolicyBody(required=False)
-    timeout_s = serializers.FloatField(required=False, min_value=0)
-    non_retryable = serializers.ListField(child=Text(max_length=MAX_TYPE_NAME), required=False,
-                                          max_length=MAX_NON_RETRYABLE)
-    max_concurrency = Integer(required=False, allow_null=True, min_value=1, max_value=MAX_CONCURRENCY,
-                              help_text="Attempts of this step running at once, across every worker.")
-
-
-class DefinitionBody(Strict):
-    """``POST workflows/``: documents the body; ``workflows.definitions`` validates it."""
-
-    name = Text(max_length=100)
-    description = Text(required=False, allow_blank=True, max_length=2000)
-    steps = StepBody(many=True, max_length=MAX_STEPS)
-    secret_inputs = serializers.ListField(
-        child=Text(max_length=520), required=False, max_length=masking.MAX_PATHS,
-        help_text="Input fields, by dotted path ('card.number'), shown as [secret] in the API, the admin, "
-                  "logs and post-mortems; handlers receive them as given.")
+class DefinitionBody(serializers.Serializer):
+    """``POST workflows/``: its schema is ``workflows.spec.DEFINITION``'s (``openapi.DefinitionSchema``),
+    the same description that ``workflows.definitions`` validates the body with."""

@@ -34,6 +34,8 @@ from workflows.spec import NAME_RE
 #: Events per page unless ``limit`` says otherwise, and the most it may say.
 EVENTS_PAGE = 100
 MAX_EVENTS_PAGE = 1000
+#: Largest ``after`` an events page takes (a ``seq`` never gets near).
+MAX_AFTER = 2**62
 #: An ``Idempotency-Key``: 1 to 200 visible ASCII characters (spaces inside allowed).
 IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,198}[\x21-\x7e])?")
 
@@ -44,6 +46,11 @@ IDEMPOTENCY_KEY = OpenApiParameter(
                 "execution the first request created; the same key with another body answers 409.",
 )
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+
+
+def _integer(low: int, high: int) -> dict[str, Any]:
+    """Return the schema of an integer query parameter that ``filters.integer`` bounds so."""
+    return {"type": "integer", "minimum": low, "maximum": high}
 #: The handler that reads ``input.path`` from the server's disk.
 RECEIVE = "files.receive"
 
@@ -71,7 +78,7 @@ class WorkflowDetailView(APIView):
     @extend_schema(responses=representations.Workflow,
                    summary="A workflow: its latest version and all versions")
     def get(self, request: Request, name: str) -> Response:
-        stored = definitions.versions(name) if NAME_RE.match(name) else []
+        stored = definitions.versions(name) if NAME_RE.fullmatch(name) else []
         if not stored:
             definitions.get(name)  # raises WorkflowNotFound, listing the known workflows
         return Response(representations.Workflow({
@@ -85,7 +92,7 @@ class WorkflowDetailView(APIView):
 class WorkflowVersionView(APIView):
     @extend_schema(responses=representations.WorkflowVersion, summary="One version of a workflow")
     def get(self, request: Request, name: str, version: int) -> Response:
-        if not NAME_RE.match(name) or not 1 <= version <= MAX_VERSION:
+        if not NAME_RE.fullmatch(name) or not 1 <= version <= MAX_VERSION:
             raise WorkflowNotFound(f"workflow {name!r} has no version {version}")
         return Response(representations.WorkflowVersion(definitions.get(name, version)).data)
 
@@ -107,13 +114,14 @@ class ExecutionListView(APIView):
         parameters=[
             OpenApiParameter("status", str, enum=[s.value for s in ExecutionStatus]),
             OpenApiParameter("workflow", NAME),
-            OpenApiParameter("version", int, description="Needs workflow."),
+            OpenApiParameter("version", _integer(1, MAX_VERSION), description="Needs workflow."),
             OpenApiParameter("created_after", OpenApiTypes.DATETIME, description="Inclusive."),
             OpenApiParameter("created_before", OpenApiTypes.DATETIME, description="Exclusive."),
             OpenApiParameter("failed_step", NAME),
             OpenApiParameter("ordering", str, enum=list(filters.ORDERINGS)),
             OpenApiParameter("cursor", str, description="From a `next` link."),
-            OpenApiParameter("page_size", int, description=f"1 to {filters.MAX_PAGE_SIZE}."),
+            OpenApiParameter("page_size", _integer(1, filters.MAX_PAGE_SIZE),
+                             description=f"1 to {filters.MAX_PAGE_SIZE}."),
         ],
         responses=representations.ExecutionPage, operation_id="executions_list",
         summary="Executions, filtered, newest first unless ordered otherwise",
@@ -199,8 +207,10 @@ class ExecutionDetailView(APIView):
 
 class ExecutionEventsView(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("after", int, description="Events after this `seq` (default 0)."),
-                    OpenApiParameter("limit", int, description=f"1 to {MAX_EVENTS_PAGE}.")],
+        parameters=[OpenApiParameter("after", _integer(0, MAX_AFTER),
+                                     description="Events after this `seq` (default 0)."),
+                    OpenApiParameter("limit", _integer(1, MAX_EVENTS_PAGE),
+                                     description=f"1 to {MAX_EVENTS_PAGE}.")],
         responses=representations.EventPage, summary="An execution's history, oldest first",
     )
     def get(self, request: Request, execution_id: str) -> Response:
@@ -208,7 +218,7 @@ class ExecutionEventsView(APIView):
         unknown = sorted(set(query) - {"after", "limit"})
         if unknown:
             raise InvalidArgument(unknown[0], "unknown parameter; allowed: after, limit", "unknown_field")
-        after = filters.integer(query, "after", 0, 2**62) if "after" in query else 0
+        after = filters.integer(query, "after", 0, MAX_AFTER) if "after" in query else 0
         limit = filters.integer(query, "limit", 1, MAX_EVENTS_PAGE) if "limit" in query else EVENTS_PAGE
         events = store.events_after(execution_id, after, limit + 1)
         if events is None:

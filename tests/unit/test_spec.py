@@ -85,7 +85,7 @@ def test_parse_workflow__reads_a_valid_definition_with_defaults():
         ({"steps.0.handler": ""}, "steps[0].handler"),
         ({"steps.0.handler": DELETE}, "steps[0].handler"),
         ({"steps.1.non_retryable": "ValueError"}, "steps[1].non_retryable"),
-        ({"steps.1.non_retryable": [""]}, "steps[1].non_retryable"),
+        ({"steps.1.non_retryable": [""]}, "steps[1].non_retryable[0]"),
         ({"steps.0.handlr": "files.fetch"}, "steps[0].handlr"),
         ({"steps.0": "fetch"}, "steps[0]"),
         ({"stpes": []}, "stpes"),
@@ -172,7 +172,7 @@ def test_to_dict__leaves_out_an_unset_max_concurrency_so_old_fingerprints_hold()
 
 @pytest.mark.parametrize(("step", "field"), [
     ({"non_retryable": [f"E{i}" for i in range(51)]}, "steps[0].non_retryable"),
-    ({"non_retryable": ["E" * 201]}, "steps[0].non_retryable"),
+    ({"non_retryable": ["E" * 201]}, "steps[0].non_retryable[0]"),
     ({"handler": "h" * 201}, "steps[0].handler"),
 ])
 def test_parse_workflow__caps_list_and_name_lengths(step, field):
