@@ -128,15 +128,8 @@ class ExecutionListView(APIView):
     )
     def get(self, request: Request) -> Response:
         query = filters.parse(request.query_params)
-        projection = dict.fromkeys(filters.SUMMARY_FIELDS, 1)
-        rows = list(store.collection().find(query.find(), projection).sort(query.sort())
-                    .limit(query.page_size + 1))
-        more = len(rows) > query.page_size
-        rows = rows[: query.page_size]
-        next_url = None
-        if more:
-            next_url = replace_query_param(request.build_absolute_uri(), "cursor",
-                                           filters.encode_cursor(rows[-1]))
+        rows, cursor = query.page(dict.fromkeys(filters.SUMMARY_FIELDS, 1))
+        next_url = replace_query_param(request.build_absolute_uri(), "cursor", cursor) if cursor else None
         return Response({"results": representations.ExecutionSummary(rows, many=True).data,
                          "next": next_url})
 
