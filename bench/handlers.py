@@ -57,8 +57,17 @@ def body(run: str, chain: str, index: int, sleep_s: float = 0.0) -> None:
 
 @registry.step("bench.noop")
 def noop(ctx: StepContext) -> None:
-    """Do nothing, or sleep ``input["sleep"]`` seconds (the bench's step)."""
-    body(ctx.input["run"], ctx.execution_id, int(ctx.step[1:]), float(ctx.input.get("sleep", 0)))
+    """Do nothing, or sleep ``input["sleep"]`` seconds (the bench's step).
+
+    With ``input["count_last"]`` (the index of the last step), the last step counts its chain in
+    Redis (``bench:last-step:<run>``): the worker runs in another process than the bench's, which
+    reads the count there rather than polling the store (``bench/wire.py``)."""
+    index = int(ctx.step[1:])
+    body(ctx.input["run"], ctx.execution_id, index, float(ctx.input.get("sleep", 0)))
+    if ctx.input.get("count_last") == index:
+        from detflow_site import services
+
+        services.redis_client().incr(f"bench:last-step:{ctx.input['run']}")
 
 
 @registry.step("bench.flaky")

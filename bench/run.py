@@ -10,7 +10,7 @@ set, the same command runs against those servers (it empties the MongoDB databas
 ``detflow_bench`` unless ``DETFLOW_MONGODB_DB`` says otherwise, and the Redis database: pass
 ``--allow-flush``).
 
-    .venv/bin/python -m bench.run [--quick] [--only throughput,latency,cost,store,memory,files]
+    .venv/bin/python -m bench.run [--quick] [--only throughput,latency,cost,store,wire,memory,files]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.environment import ROOT, external_services, prepare
 
-SECTIONS = ("throughput", "latency", "cost", "store", "memory", "files")
+SECTIONS = ("throughput", "latency", "cost", "store", "wire", "memory", "files")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,6 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="chains per slow-store throughput run (100)")
     parser.add_argument("--history-events", type=int, default=10_000,
                         help="events of history of the long execution of the per-step cost (10,000)")
+    parser.add_argument("--wire-processes", type=int, nargs="*", default=[1, 2, 4],
+                        help="worker process counts of the over-the-wire process sets (1 2 4; none: "
+                             "skip them)")
+    parser.add_argument("--wire-process-threads", type=int, default=4,
+                        help="threads per process of the over-the-wire process sets (4)")
+    parser.add_argument("--wire-process-executions", type=int, default=200,
+                        help="chains per over-the-wire process-set run (200)")
     parser.add_argument("--memory-executions", type=int, default=10_000)
     parser.add_argument("--memory-batch", type=int, default=100)
     parser.add_argument("--file-sizes", type=float, nargs=2, default=(1, 200), metavar=("SMALL", "LARGE"))
@@ -68,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.repetitions, args.executions, args.latency_chains = 2, 20, 3
         args.slow_executions = 50
+        args.wire_processes, args.wire_process_executions = [1], 20
         args.memory_executions, args.file_sizes = 1000, (1, 20)
     if args.repetitions < 1 or args.executions < 1 or args.steps < 2:
         parser.error("--repetitions and --executions must be at least 1, --steps at least 2")
@@ -97,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         report,
         slow_store,
         throughput,
+        wire,
     )
     from detflow_site import services
 
@@ -144,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
                                  "other_latencies": {f"{s['latency_ms']:g}": s for s in slow[1:]}}
         results["history"] = {**where, **history.measure(args.repetitions, args.history_events,
                                                          progress)}
+    if "wire" in args.only:
+        progress("over the wire: a runstore server, the bench's contenders in a child process over it")
+        results["wire"] = wire.measure(args.main_threads, args.executions, args.steps,
+                                       args.repetitions, args.wire_processes,
+                                       args.wire_process_threads, args.wire_process_executions)
     if "memory" in args.only:
         progress(f"memory: {args.memory_executions:,} executions in a fresh worker process")
         results["memory"] = {**where, **memory.run(args.memory_executions, args.memory_batch, 1,

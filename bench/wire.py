@@ -1,0 +1,429 @@
+"""Over the wire: the contenders again, with detflow's store behind ``manage.py runstore``.
+
+The in-process figures (``bench/throughput.py``) charge mongomock's CPU to the worker's process and
+pay no round trip. Here the store is the same strict embedded store served over the MongoDB wire
+protocol by a ``runstore`` process (``detflow_site/wire.py``), which the bench starts, so detflow
+pays a round trip (a pymongo request on a TCP socket to 127.0.0.1) for every MongoDB command, and
+the store's CPU is another process's, reported beside. Raw Dramatiq and Celery store nothing:
+they run as in the in-process section, on the same Redis, interleaved with detflow.
+
+Two parts, each in a child process of the bench (``python -m bench.wire``) whose
+``DETFLOW_MONGODB_URL`` names the server (a process's store is chosen when Django is set up):
+
+- ``in_process``: the four contenders of the throughput section at one thread count, their
+  workers in the child process, as there; the MongoDB commands (round trips) of the timed window
+  counted by a pymongo command listener (``bench/meters.py``), per step; the server's CPU time
+  over the window, per step.
+- ``processes``: detflow's real topology, ``manage.py runworker --processes N --threads T
+  --no-sweeper`` (the production command; the handlers come by ``DETFLOW_HANDLER_MODULES``), and
+  raw Dramatiq run by the ``dramatiq`` command with N processes x T threads
+  (``bench/raw_worker.py``), for each N. The child launches the chains (inside the timed window)
+  and polls Redis for the end every 20 ms: each chain's last step counts it there (raw Dramatiq's
+  actor, detflow's ``bench.noop`` handler), then detflow's executions are counted SUCCEEDED in
+  the store (once their last steps ran: a count on the test server copies every document). CPU
+  beside: the worker processes' (every process of the set), the store server's, this launcher's.
+
+On this 2-core machine the worker processes, the store server, Redis and the launcher share two
+cores: the figures say where the limit is, not what more cores would give.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import re
+import secrets
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.environment import ROOT
+
+if TYPE_CHECKING:
+    from bench.contenders import Contender, RawDramatiq
+
+#: The database the child uses on the server (the server starts empty and stops with the bench).
+DATABASE = "detflow_bench"
+#: How often the process-set runs look for the end, in seconds.
+POLL_S = 0.02
+#: Longest a worker process set may take to say it is ready, in seconds.
+READY_TIMEOUT_S = 90.0
+_LISTENING = re.compile(r"^listening on (mongodb://\S+)$")
+_READY = "Worker process is ready for action"
+
+
+# --- the parent side: start the server, run the child, stop the server ---------------------------
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout:
+            self.process.stdout.close()
+
+
+def start_server(directory: Path, timeout_s: float = 60.0) -> Server:
+    """Start ``manage.py runstore --port 0`` and return when it says where it listens."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETFLOW_")}
+    env.update(DJANGO_SETTINGS_MODULE="detflow_site.settings", PYTHONUNBUFFERED="1",
+               TMPDIR=str(directory), DJANGO_SQLITE_PATH=str(directory / "db.sqlite3"))
+    with open(directory / "runstore.err", "w") as errors:
+        process = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "runstore", "--port", "0"],
+                                   cwd=directory, env=env, stdout=subprocess.PIPE, stderr=errors,
+                                   text=True, start_new_session=True)
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
+            line = process.stdout.readline()
+            if not line:
+                break
+            found = _LISTENING.match(line.strip())
+            if found:
+                return Server(process, found.group(1))
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
+    raise RuntimeError("runstore did not start: "
+                       + (directory / "runstore.err").read_text(errors="replace")[-1500:])
+
+
+#: The contenders of the in-process part, by name.
+CONTENDERS = ("detflow", "detflow-msg", "dramatiq", "celery")
+
+
+def measure(threads: int, executions: int, steps: int, repetitions: int, processes: Sequence[int],
+            process_threads: int, process_executions: int,
+            contenders: Sequence[str] = CONTENDERS) -> dict[str, Any]:
+    """Start a ``runstore``, run both parts in a child process over it, and return their figures."""
+    with tempfile.TemporaryDirectory(prefix="detflow-bench-wire-") as tmp:
+        directory = Path(tmp)
+        server = start_server(directory)
+        try:
+            output = directory / "wire.json"
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DETFLOW_")}
+            env.update(DETFLOW_MONGODB_URL=server.url, DETFLOW_MONGODB_DB=DATABASE,
+                       DJANGO_SETTINGS_MODULE="detflow_site.settings", PYTHONUNBUFFERED="1")
+            for name in ("DETFLOW_LOG_LEVEL", "DETFLOW_INSIGHTS_AUTO"):
+                if name in os.environ:
+                    env[name] = os.environ[name]
+            command = [sys.executable, "-m", "bench.wire", "--output", str(output),
+                       "--server-pid", str(server.process.pid), "--threads", str(threads),
+                       "--executions", str(executions), "--steps", str(steps),
+                       "--repetitions", str(repetitions), "--process-threads", str(process_threads),
+                       "--process-executions", str(process_executions),
+                       "--contenders", ",".join(contenders),
+                       "--processes", *(str(n) for n in processes)]
+            subprocess.run(command, cwd=ROOT, env=env, check=True)
+            found: dict[str, Any] = json.loads(output.read_text())
+        finally:
+            server.stop()
+    return {"store": f"runstore over the MongoDB wire protocol ({server.url})", **found}
+
+
+# --- CPU time of other processes, from /proc ------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return the CPU time process ``pid``'s threads have run so far, in seconds (0 when it is gone).
+
+    Read from each thread's ``schedstat`` (nanoseconds; ``stat`` counts in clock ticks, 10 ms here,
+    too coarse for a short run); a thread that ended takes its time with it, and the worker sets'
+    and the server's threads live as long as the window. ``stat``'s ticks where there is no
+    ``schedstat``."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        total = 0
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                total += int((task / "schedstat").read_text().split()[0])
+        if total:
+            return total / 1e9
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def tree(pid: int) -> list[int]:
+    """Return ``pid`` and every process below it."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
+# --- the child side --------------------------------------------------------------------------------
+
+@dataclass
+class Window:
+    """One timed run over the wire: steps/s and what each party spent."""
+
+    contender: str
+    steps: int
+    seconds: float
+    cpu_seconds: float
+    server_cpu_seconds: float
+    workers_cpu_seconds: float | None = None
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.seconds
+
+
+def in_process(every: Sequence[Contender], threads: int, executions: int, steps: int,
+               repetitions: int, server_pid: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The throughput comparison at ``threads`` threads, the workers in this process."""
+    from bench import meters, stats, throughput
+
+    runs: dict[str, list[Window]] = {c.name: [] for c in every}
+    for rep in range(repetitions):
+        line = []
+        for contender in every:
+            edge: dict[str, float] = {}
+
+            def window(opening: bool, edge: dict[str, float] = edge) -> None:
+                edge["opening" if opening else "closing"] = cpu_seconds(server_pid)
+
+            run = throughput.timed(contender, threads, executions, steps, window)
+            runs[contender.name].append(Window(contender.name, executions * steps, run.seconds,
+                                               run.cpu_seconds, edge["closing"] - edge["opening"]))
+            line.append(f"{contender.name} {run.steps_per_s:,.0f}")
+        progress(f"over the wire rep {rep + 1}/{repetitions}, {threads} threads: "
+                 + ", ".join(line) + " steps/s")
+    # The round trips, counted in one more run of each detflow contender, apart from the timed
+    # ones: pymongo's command listener costs detflow's process CPU (about a third more per step
+    # here), which the others would not pay.
+    counted: dict[str, Counter[str]] = {}
+    with meters.StoreMeter().installed() as meter:
+        for contender in every:
+            if contender.name.startswith("detflow"):
+                tallies: list[meters.Tally] = []
+
+                def counting(opening: bool, tallies: list[meters.Tally] = tallies) -> None:
+                    tallies.append(meter.tally.take())
+
+                throughput.timed(contender, threads, executions, steps, counting)
+                counted[contender.name] = tallies[-1].commands
+    throughput.reset()
+    out: dict[str, Any] = {name: _summary(ws) for name, ws in runs.items()}
+    for name, entry in out.items():
+        commands = counted.get(name, Counter())
+        entry["mongodb_round_trips_per_step"] = round(commands.total() / (executions * steps), 3)
+        entry["mongodb_round_trips"] = {k: round(v / (executions * steps), 3)
+                                        for k, v in commands.most_common()}
+    ratios = {}
+    for ours in (n for n in runs if n.startswith("detflow")):
+        for other in (n for n in runs if not n.startswith("detflow")):
+            ratios[f"{ours}/{other}"] = stats.rounded(stats.paired_ratio(
+                [w.steps_per_s for w in runs[ours]], [w.steps_per_s for w in runs[other]]))
+    return {"threads": threads, "executions": executions, "steps": steps, "repetitions": repetitions,
+            "contenders": out, "ratios": ratios}
+
+
+def _summary(windows: list[Window]) -> dict[str, Any]:
+    from bench import stats
+
+    entry: dict[str, Any] = {
+        "steps_per_s": stats.rounded(stats.median([w.steps_per_s for w in windows]), 1),
+        "steps_per_s_runs": [round(w.steps_per_s, 1) for w in windows],
+        "cpu_ms_per_step": stats.rounded(stats.median([w.cpu_seconds / w.steps * 1000 for w in windows])),
+        "server_cpu_ms_per_step": stats.rounded(stats.median(
+            [w.server_cpu_seconds / w.steps * 1000 for w in windows])),
+        "server_cpu_share": stats.rounded(stats.median(
+            [w.server_cpu_seconds / w.seconds for w in windows])),
+    }
+    if windows and windows[0].workers_cpu_seconds is not None:
+        entry["workers_cpu_ms_per_step"] = stats.rounded(stats.median(
+            [(w.workers_cpu_seconds or 0) / w.steps * 1000 for w in windows]))
+        entry["workers_cpu_share"] = stats.rounded(stats.median(
+            [(w.workers_cpu_seconds or 0) / w.seconds for w in windows]))
+    return entry
+
+
+@contextlib.contextmanager
+def worker_set(command: list[str], processes: int, env: dict[str, str], log: Path) -> Iterator[int]:
+    """Run a worker process set until the block ends; yield its pid once every process is ready."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while log.read_text(errors="replace").count(_READY) < processes:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(command[:4])}: {processes} process(es) not ready: "
+                                   + log.read_text(errors="replace")[-2000:])
+            time.sleep(0.1)
+        yield process.pid
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def processes_part(raw: RawDramatiq, counts: Sequence[int], threads: int, executions: int,
+                   steps: int, repetitions: int, server_pid: int, progress: Callable[[str], None]
+                   ) -> dict[str, Any]:
+    """detflow under ``runworker`` and raw Dramatiq under ``dramatiq``, N processes x T threads."""
+    from bench import contenders, handlers, stats, throughput
+    from detflow_site import services
+    from executions import operations, store
+
+    redis_url = services.redis_url()
+    env = {**os.environ, "DETFLOW_REDIS_URL": redis_url, "DETFLOW_HANDLER_MODULES": "bench.handlers",
+           "PYTHONUNBUFFERED": "1", "dramatiq_worker_timeout": str(contenders.DRAMATIQ_WORKER_TIMEOUT_MS)}
+    name = handlers.noop_workflow(steps)
+    client = services.redis_client()
+    logs = Path(tempfile.mkdtemp(prefix="detflow-bench-workers-"))
+    runs: dict[str, dict[int, list[Window]]] = {"detflow": {}, "dramatiq": {}}
+    for rep in range(repetitions):
+        for count in counts:
+            line = []
+            for contender in ("detflow", "dramatiq"):
+                throughput.reset()
+                run = secrets.token_hex(6)
+                if contender == "detflow":
+                    command = [sys.executable, "manage.py", "runworker", "--processes", str(count),
+                               "--threads", str(threads), "--no-sweeper"]
+                else:
+                    command = [sys.executable, "-m", "dramatiq", "bench.raw_worker", "--processes",
+                               str(count), "--threads", str(threads), "--queues", contenders.RAW_QUEUE]
+                with worker_set(command, count, env, logs / f"{contender}-{count}.log") as pid:
+                    pids = tree(pid)
+                    before = {p: cpu_seconds(p) for p in pids}
+                    server, mine = cpu_seconds(server_pid), time.process_time()
+                    started = time.perf_counter()
+                    done: Callable[[], bool]
+                    if contender == "detflow":
+                        for _ in range(executions):
+                            operations.start(name, {"run": run, "count_last": steps - 1})
+                        done = functools.partial(_succeeded, store.collection(), client,
+                                                 f"bench:last-step:{run}", executions)
+                    else:
+                        for _ in range(executions):
+                            raw.actor.send(run, secrets.token_hex(8), 0, steps, 0.0)
+                        done = functools.partial(_counted, client, f"bench:raw-done:{run}", executions)
+                    deadline = time.monotonic() + throughput.RUN_TIMEOUT_S
+                    while not done():
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f"{contender} x{count}: not done within "
+                                               f"{throughput.RUN_TIMEOUT_S:g}s")
+                        time.sleep(POLL_S)
+                    seconds = time.perf_counter() - started
+                    window = Window(contender, executions * steps, seconds,
+                                    time.process_time() - mine, cpu_seconds(server_pid) - server,
+                                    sum(cpu_seconds(p) - before[p] for p in pids))
+                runs[contender].setdefault(count, []).append(window)
+                line.append(f"{contender} {window.steps_per_s:,.0f}")
+            progress(f"over the wire, worker processes, rep {rep + 1}/{repetitions}, {count} x "
+                     f"{threads} threads: " + ", ".join(line) + " steps/s")
+    throughput.reset()
+    by: dict[str, Any] = {}
+    for count in counts:
+        entry: dict[str, Any] = {c: _summary(runs[c][count]) for c in runs}
+        entry["ratios"] = {"detflow/dramatiq": stats.rounded(stats.paired_ratio(
+            [w.steps_per_s for w in runs["detflow"][count]],
+            [w.steps_per_s for w in runs["dramatiq"][count]]))}
+        by[str(count)] = entry
+    return {"processes": list(counts), "threads": threads, "executions": executions, "steps": steps,
+            "repetitions": repetitions, "by_processes": by}
+
+
+def _succeeded(collection: Any, client: Any, key: str, executions: int) -> bool:
+    """Whether every execution SUCCEEDED: asked of the store only once every last step ran (a count
+    on the test server copies every document, and every 20 ms it would load the server)."""
+    if not _counted(client, key, executions):
+        return False
+    return bool(collection.count_documents({"status": "SUCCEEDED"}) >= executions)
+
+
+def _counted(client: Any, key: str, executions: int) -> bool:
+    return int(client.get(key) or 0) >= executions
+
+
+def child(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.wire")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--executions", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="the in-process part's contenders; raw Dramatiq always runs")
+    parser.add_argument("--processes", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--process-threads", type=int, default=4)
+    parser.add_argument("--process-executions", type=int, default=200)
+    args = parser.parse_args(argv)
+    from bench.environment import prepare
+
+    prepare()
+    from detflow_site import services
+
+    if services.is_embedded_store():
+        parser.error("DETFLOW_MONGODB_URL must name the runstore server")
+
+    def progress(line: str) -> None:
+        print(f"  {line}", flush=True)
+
+    from bench import contenders
+
+    # The raw chain's actor is declared once: the processes part sends its first messages with it.
+    raw = contenders.RawDramatiq()
+    known: dict[str, Callable[[], Contender]] = {
+        "detflow": contenders.Detflow, "detflow-msg": contenders.DetflowPerMessage,
+        "dramatiq": lambda: raw, "celery": contenders.CeleryChain}
+    chosen = args.contenders.split(",")
+    if "dramatiq" not in chosen or set(chosen) - set(known):
+        parser.error(f"--contenders: some of {', '.join(known)}, dramatiq among them")
+    every = [known[name]() for name in chosen]
+    found: dict[str, Any] = {"in_process": in_process(
+        every, args.threads, args.executions, args.steps, args.repetitions, args.server_pid, progress)}
+    if args.processes:
+        found["processes"] = processes_part(raw, args.processes, args.process_threads,
+                                            args.process_executions, args.steps, args.repetitions,
+                                            args.server_pid, progress)
+    found["method"] = " ".join((__doc__ or "").split())
+    args.output.write_text(json.dumps(found, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(child())
