@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bench.meters import HOUSEKEEPING, MONGOMOCK_COMMANDS
 from executions import dispatch, operations, runner, store
 from tests.conftest import mongo_commands_heard
 from tests.handlers import LEDGER
@@ -30,16 +31,6 @@ MONGO_PER_ATTEMPT = 3
 REDIS_PER_ATTEMPT = 6
 EXECUTIONS = 5
 STEPS = 4
-#: Collection methods that send one command to MongoDB (the find behind find_one counts once).
-COMMANDS = (
-    "find", "find_one", "insert_one", "insert_many", "update_one", "update_many", "replace_one",
-    "delete_one", "delete_many", "find_one_and_update", "find_one_and_replace",
-    "find_one_and_delete", "bulk_write", "count_documents", "estimated_document_count", "distinct",
-    "aggregate",
-)
-#: Commands a real client sends on its own (handshakes, sessions), not for the engine.
-HOUSEKEEPING = frozenset({"hello", "ismaster", "isMaster", "ping", "endSessions", "saslStart",
-                          "saslContinue", "buildInfo", "getMore"})
 
 
 class Tally:
@@ -79,7 +70,7 @@ def _mongomock_counting(monkeypatch: pytest.MonkeyPatch, tally: Tally) -> None:
 
         return call
 
-    for name in COMMANDS:
+    for name in MONGOMOCK_COMMANDS:  # the find behind find_one counts once
         monkeypatch.setattr(Collection, name, counting(name, getattr(Collection, name)))
 
 
