@@ -116,8 +116,16 @@ def records_kept(steps: int) -> int:
 HISTORY = "execution_history"
 
 
+#: What :func:`history` returns instead of the real collection while the store fault seam is
+#: installed (``executions.chaos.storefaults.installed``, which for the executions collection takes
+#: the place mongoengine caches it in); ``None``, the real collection, everywhere else.
+history_stand_in: Any = None
+
+
 def history() -> Collection:
     """Return the collection of events moved out of executions' documents."""
+    if history_stand_in is not None:
+        return history_stand_in  # type: ignore[no-any-return]
     return Execution._get_db()[HISTORY]
 
 
