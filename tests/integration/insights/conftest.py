@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,9 +25,6 @@ def fresh(redis_client: Any) -> Iterator[None]:
 @pytest.fixture
 def model(monkeypatch: pytest.MonkeyPatch, settings: Any) -> Iterator[FakeModel]:
     """A local model the ``openai`` client is pointed at (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``)."""
-    # The writer imports openai on its first call, as a process's first post-mortem does: seconds
-    # on a loaded machine, which the first test would count as the model's time (took_ms).
-    importlib.import_module("openai")
     fake = FakeModel()
     fake.thread.start()
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
