@@ -13,7 +13,7 @@ from rest_framework import parsers
 from rest_framework.exceptions import ParseError
 
 from detflow_site import conf
-from detflow_site.errors import PayloadTooLarge
+from detflow_site.errors import InvalidArgument, PayloadTooLarge
 
 #: Bodies nested deeper than this are refused before decoding (Python's decoder recurses). Fields
 #: holding JSON values have their own, lower limit (``DETFLOW_API_MAX_JSON_DEPTH``) and name the field.
@@ -21,6 +21,8 @@ PARSE_DEPTH = 512
 
 _STRING = re.compile(r'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
+#: A surrogate written as an escape: the only way one reaches a body decoded from UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class JSONParser(parsers.JSONParser):
@@ -40,9 +42,38 @@ class JSONParser(parsers.JSONParser):
         if nesting(text, PARSE_DEPTH) > PARSE_DEPTH:
             raise ParseError(f"JSON parse error - the body is nested deeper than {PARSE_DEPTH} levels")
         try:
-            return json.loads(text, parse_constant=_refuse_constant)
+            value = json.loads(text, parse_constant=_refuse_constant)
         except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
+        if _SURROGATE_ESCAPE.search(text):
+            refuse_lone_surrogates(value)
+        return value
+
+
+def refuse_lone_surrogates(value: Any, path: str = "") -> None:
+    """Raise ``InvalidArgument`` naming the first string (or key) of ``value`` that holds a lone
+    surrogate: valid JSON (``"\\ud800"``), but no UTF-8 text, so no store can keep it. A pair of
+    escapes that makes one character is decoded to it and passes."""
+    if isinstance(value, str):
+        _check_text(value, path)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, path or "body", "a key")
+            refuse_lone_surrogates(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            refuse_lone_surrogates(item, f"{path}[{index}]")
+
+
+def _check_text(text: str, path: str, what: str = "the text") -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        lone = ascii(text[exc.start])[1:-1]
+        raise InvalidArgument(path or "body", f"{what} holds a lone surrogate ({lone}), which is not "
+                              "text: no store can keep it", code="invalid_text") from None
 
 
 def nesting(text: str, stop: int) -> int:
