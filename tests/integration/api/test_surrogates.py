@@ -50,7 +50,8 @@ def test_surrogates__a_pair_of_surrogate_escapes_is_one_character_and_accepted(o
     response = post(operator, "executions/", '{"workflow": "pay", "input": {"smile": "\\ud83d\\ude00"}}')
 
     assert response.status_code == 201, response.json()
-    assert store.load(response.json()["id"])["input_json"] == '{"smile":"\U0001f600"}'
+    stored = store.load(response.json()["id"])
+    assert stored is not None and stored["input_json"] == '{"smile":"\U0001f600"}'
 
 
 def test_surrogates__an_action_reason_with_a_lone_surrogate_is_400(operator: Any) -> None:
@@ -59,4 +60,5 @@ def test_surrogates__an_action_reason_with_a_lone_surrogate_is_400(operator: Any
     response = post(operator, f"executions/{started['id']}/cancel/", '{"reason": "oops ' + LONE + '"}')
 
     assert_error(response, 400, "invalid_text", "reason")
-    assert store.load(started["id"])["status"] != "CANCELLED"
+    stored = store.load(started["id"])
+    assert stored is not None and stored["status"] != "CANCELLED"
