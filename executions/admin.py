@@ -179,6 +179,10 @@ def _json_field(text: str, name: str) -> Any:
         reason = f"is not JSON: {exc.detail}"
     except ValidationError as exc:
         reason = " ".join(str(detail) for detail in exc.detail)
+    except InvalidArgument as exc:  # where in the value, e.g. a lone surrogate
+        where = "" if exc.field == "body" else exc.field or ""
+        raise InvalidArgument(name + ("" if not where or where.startswith("[") else ".") + where,
+                              exc.reason, code=exc.default_code) from None
     raise InvalidArgument(name, reason)
 
 

@@ -24,6 +24,9 @@ def nested(levels: int) -> str:
     ("retry", "input", '{"a": ' * 40 + "1" + "}" * 40,
      "input: is nested more than 32 levels deep (DETFLOW_API_MAX_JSON_DEPTH)"),
     ("skip", "output", '{"x": NaN}', "output: is not JSON: JSON parse error - NaN is not a JSON value"),
+    ("skip", "output", '{"a": ["\\ud800"]}', "output.a[0]: the text holds a lone surrogate (\\ud800)"),
+    ("retry", "input", '{"name": "x\\udfff"}', "input.name: the text holds a lone surrogate (\\udfff)"),
+    ("skip", "output", '"\\ud800"', "output: the text holds a lone surrogate (\\ud800)"),
     ("skip", "output", '"' + "a" * 2 * 1024 * 1024 + '"',
      "output: the request body is 2097153 bytes; at most 2097152 are accepted "
      "(DETFLOW_API_MAX_BODY_BYTES)"),
