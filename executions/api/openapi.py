@@ -1,5 +1,6 @@
-"""The OpenAPI schema: drf-spectacular's, with the error answers every operation can give, and the
-definition's body stated by the description that validates it."""
+"""The OpenAPI schema: drf-spectacular's, with the error answers every operation can give, the
+definition's body stated by the description that validates it, and a start's body stating every
+bound the server checks (those JSON Schema has no keyword for as ``x-`` keywords and in words)."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,8 +9,11 @@ from drf_spectacular import openapi
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework.permissions import AllowAny
 
+from detflow_site import conf
+from executions import operations
+from executions.api.fields import JSONValue
 from executions.api.representations import Error
-from executions.api.serializers import DefinitionBody
+from executions.api.serializers import DefinitionBody, StartRequest, Strict
 from executions.api.throttles import StartThrottle
 from workflows import spec
 
@@ -34,6 +38,10 @@ class AutoSchema(openapi.AutoSchema):
         for code in self._error_codes():
             response = self._get_response_for_code(Error, str(code), direction=direction)
             response["description"] = ERRORS[code]
+            if code == 429:
+                response["description"] = (f"More than {conf.get().API_START_RATE} start requests by "
+                                           "this user (DETFLOW_API_START_RATE); Retry-After says when "
+                                           "to try again.")
             responses.setdefault(str(code), response)
         return responses
 
@@ -57,3 +65,50 @@ class DefinitionSchema(OpenApiSerializerExtension):
 
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         return spec.DEFINITION.openapi()
+
+
+class StrictSchema(OpenApiSerializerExtension):
+    """A strict body (``serializers.Strict``): no field it does not declare (``additionalProperties``),
+    and each JSON value nested at most ``DETFLOW_API_MAX_JSON_DEPTH`` levels (``x-maxDepth``: a
+    scalar is 0 levels, ``[]`` and ``{}`` are 1)."""
+
+    target_class = Strict
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        limit = conf.get().API_MAX_JSON_DEPTH
+        for name, field in self.target.fields.items():
+            if isinstance(field, JSONValue) and name in schema["properties"]:
+                value = schema["properties"][name]
+                value["x-maxDepth"] = limit
+                value["description"] = (f"{value.get('description', '')} Nested at most {limit} "
+                                        "levels (DETFLOW_API_MAX_JSON_DEPTH).").strip()
+        return {**schema, "additionalProperties": False}
+
+
+class StartSchema(StrictSchema):
+    """``POST executions/``'s body: a strict body whose input is at most ``INPUT_CAP_BYTES`` of JSON
+    (``x-maxJSONBytes``, as stored: compact, UTF-8) and which is at most ``DETFLOW_API_MAX_BODY_BYTES``
+    as sent (``x-maxBodyBytes``; 413 past it)."""
+
+    target_class = StartRequest
+    match_subclasses = False
+    priority = 1
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        from executions.api.views import RECEIVE  # DRF's settings import this module while views load
+
+        schema = super().map_serializer(auto_schema, direction)
+        body = conf.get().API_MAX_BODY_BYTES
+        cap = operations.INPUT_CAP_BYTES
+        schema["x-maxBodyBytes"] = body
+        schema["description"] = (
+            f"A start. The body is at most {body} bytes (DETFLOW_API_MAX_BODY_BYTES; larger answers "
+            "413); a field not listed here is refused.")
+        value = schema["properties"]["input"]
+        value["x-maxJSONBytes"] = cap
+        value["description"] += (
+            f" At most {cap} bytes as compact UTF-8 JSON. A workflow whose steps use "
+            f"{RECEIVE} refuses input.path (upload the file with POST files/).")
+        return schema

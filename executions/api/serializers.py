@@ -27,9 +27,12 @@ class Strict(serializers.Serializer):
 
 
 class StartRequest(Strict):
-    """``POST executions/``."""
+    """``POST executions/``: a start. Its schema (``openapi.StartSchema``) also states the bounds
+    the server checks past these fields: the body's bytes, the input's bytes and nesting, and the
+    ``Idempotency-Key``."""
 
-    workflow = Text(max_length=100, help_text="Name of a registered workflow.")
+    # Not trimmed: a name has no spaces, and ``max_length`` then bounds what was sent.
+    workflow = Text(max_length=100, trim_whitespace=False, help_text="Name of a registered workflow.")
     version = Integer(required=False, min_value=1, max_value=MAX_VERSION,
                       help_text="Version to pin; the latest when absent.")
     input = JSONValue(required=False, allow_null=True, default=None,
