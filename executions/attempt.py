@@ -18,7 +18,7 @@ import bson
 from pymongo.errors import PyMongoError
 
 from detflow_site import conf
-from executions import metrics, store, transitions
+from executions import engine, metrics, store, transitions
 from executions.engine import StepStatus
 from executions.locks import ExecutionLock
 from executions.slots import StepSlot
@@ -124,12 +124,12 @@ class Attempt:
             record = self._record(now)
             try:
                 if self.output_json is not None:
-                    result = transitions.record_success(snap, self.index, self.output_json, record, now)
+                    events = engine.succeeded(snap.state, self.index, self.output_json, record, now)
                 else:
                     error_type, message, permanent = self._failure()
-                    result = transitions.record_failure(
-                        snap, self.index, error_type, message, permanent, record, now
-                    )
+                    events = engine.failed(snap.state, self.index, error_type, message, permanent,
+                                           record, now)
+                result = transitions.commit(snap, events, now)
             except PyMongoError as exc:  # down past every retry: the lease's expiry recovers it
                 logger.error("outcome of %s step %d not recorded, the store failed (%s: %s); the "
                              "lease will recover it", snap.state.id, self.index, type(exc).__name__, exc)

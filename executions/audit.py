@@ -23,8 +23,9 @@ from executions.engine import (
     evolve,
     failure,
 )
+from executions.events import outcome_fields
 from executions.store import to_ms
-from executions.transitions import TIME_FIELDS, outcome_fields
+from executions.transitions import TIME_FIELDS
 
 
 @dataclass(frozen=True)

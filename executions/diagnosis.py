@@ -27,9 +27,9 @@ from executions.engine import (
     decide,
 )
 from executions.errors import ExecutionNotFound
+from executions.events import outcome_fields
 from executions.locks import ExecutionLock
 from executions.store import now_ms, to_dt, to_ms
-from executions.transitions import outcome_fields
 
 #: Queue messages looked at, at most, per queue (the count says when the scan stopped short).
 SCAN_LIMIT = 10_000

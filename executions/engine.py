@@ -1,4 +1,5 @@
-"""The pure heart of detflow: ``decide(state, now)`` says what happens next, ``evolve`` applies events.
+"""The pure heart of detflow: ``decide(state, now)`` says what happens next, the outcome functions
+(``claimed`` ... ``skipped``) turn what happened into typed events, ``evolve`` applies events.
 
 Nothing here does I/O, reads a clock or draws a random number (DESIGN invariant 7): times are
 integer milliseconds passed in, and backoff jitter is a hash of (execution, step, attempt). The same
@@ -7,12 +8,28 @@ integer milliseconds passed in, and backoff jitter is a hash of (execution, step
 from __future__ import annotations
 
 import enum
-import hashlib
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from executions.backoff import backoff_ms
+from executions.events import (
+    AttemptFailed,
+    AttemptLost,
+    Cancelled,
+    CancelStep,
+    Created,
+    Event,
+    ExecutionFailed,
+    ExecutionSucceeded,
+    FailStep,
+    Failure,
+    Retried,
+    RetryAt,
+    Skipped,
+    StepClaimed,
+    StepSucceeded,
+)
 from workflows.spec import RetryPolicy
 
 
@@ -58,6 +75,8 @@ STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
     StepStatus.CANCELLED: frozenset(),
 }
 
+#: Execution statuses an operator may cancel from.
+CANCELLABLE = frozenset({ExecutionStatus.PENDING, ExecutionStatus.RUNNING})
 TERMINAL = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
 DONE_STEP = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
 
@@ -96,26 +115,6 @@ class ExecutionState:
 
 
 # Decisions.
-
-
-@dataclass(frozen=True)
-class RetryAt:
-    """The failed step runs again at ``at``."""
-
-    at: int
-
-
-@dataclass(frozen=True)
-class FailStep:
-    """The step fails for good, and its execution with it."""
-
-
-@dataclass(frozen=True)
-class CancelStep:
-    """The step ends as cancelled: its execution was cancelled while it ran."""
-
-
-Failure = RetryAt | FailStep | CancelStep
 
 
 @dataclass(frozen=True)
@@ -193,29 +192,88 @@ def failure(state: ExecutionState, index: int, *, permanent: bool, now: int) -> 
     return RetryAt(now + backoff_ms(step.policy, state.id, step.name, step.used, step.attempt))
 
 
-def backoff_ms(policy: RetryPolicy, execution_id: str, step: str, used: int, attempt: int) -> int:
-    """Return the delay after the ``used``-th failed attempt of a budget, in milliseconds.
+# Outcomes into events: the one place each event is built. The runner, the sweeper and the
+# operator actions (their dry runs too) call these; ``transitions.commit`` stores what they return.
 
-    ``initial_delay_s * multiplier ** (used - 1)``, capped at ``max_delay_s``, less a fraction of up
-    to ``jitter`` drawn from a hash of (execution, step, attempt): never above the cap.
-    """
-    exponent = max(used - 1, 0)
-    initial, cap = policy.initial_delay_s, policy.max_delay_s
-    if initial <= 0 or cap <= 0:
-        base = 0.0
-    elif policy.multiplier > 1 and exponent * math.log(policy.multiplier) >= math.log(cap) - math.log(
-        initial
-    ):
-        base = cap
-    else:
-        base = min(cap, initial * policy.multiplier**exponent)
-    return round(base * (1 - policy.jitter * jitter_fraction(execution_id, step, attempt)) * 1000)
+#: Longest error message a history entry keeps, in characters (the step keeps more).
+EVENT_MESSAGE_CHARS = 300
 
 
-def jitter_fraction(execution_id: str, step: str, attempt: int) -> float:
-    """Return a number in [0, 1) that depends only on (execution, step, attempt)."""
-    digest = hashlib.sha256(f"{execution_id}:{step}:{attempt}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+def created(by: str | None, workflow: str, version: int) -> list[Event]:
+    """Return the events of a new execution."""
+    return [Created(by, workflow, version)]
+
+
+def claimed(
+    state: ExecutionState, decision: Claim, worker: str, fence: int, lease_expires_at: int
+) -> list[Event]:
+    """Return the events of ``worker`` claiming what ``decision`` says, fenced by ``fence`` (the
+    version the claim's write makes)."""
+    step = state.steps[decision.step]
+    return [StepClaimed(decision.step, step.name, decision.attempt, worker, fence, lease_expires_at)]
+
+
+def succeeded(
+    state: ExecutionState, index: int, output_json: str, record: Mapping[str, Any], now: int
+) -> list[Event]:
+    """Return the events of step ``index``'s running attempt succeeding (and the execution's end,
+    after its last step)."""
+    step = state.steps[index]
+    return _and_finish(state, [StepSucceeded(index, step.name, step.attempt, record.get("duration_ms"),
+                                             output_json=output_json, record=record)], now)
+
+
+def failed(
+    state: ExecutionState, index: int, error_type: str, message: str, permanent: bool,
+    record: Mapping[str, Any], now: int,
+) -> list[Event]:
+    """Return the events of step ``index``'s running attempt failing: a retry or the step failed
+    as its policy says (and the execution's end with it)."""
+    step = state.steps[index]
+    then = failure(state, index, permanent=permanent, now=now)
+    return _and_finish(state, [AttemptFailed(index, step.name, step.attempt, error_type,
+                                             message[:EVENT_MESSAGE_CHARS], permanent, then,
+                                             detail=message, record=record)], now)
+
+
+def lost(state: ExecutionState, decision: RecoverLost, worker: str | None, now: int) -> list[Event]:
+    """Return the events of ``worker``'s attempt recorded lost, then what ``decision`` says."""
+    step = state.steps[decision.step]
+    return _and_finish(state, [AttemptLost(decision.step, step.name, step.attempt, worker,
+                                           decision.then)], now)
+
+
+def finished(decision: Finish) -> list[Event]:
+    """Return the events of the execution ending as ``decision`` says."""
+    return [ExecutionSucceeded() if decision.status is ExecutionStatus.SUCCEEDED else ExecutionFailed()]
+
+
+def cancelled(by: str, reason: str) -> list[Event]:
+    """Return the events of an operator's cancel."""
+    return [Cancelled(by, reason)]
+
+
+def retried(
+    state: ExecutionState, index: int, by: str, reason: str, input_diff_json: str,
+    input_json: str | None = None,
+) -> list[Event]:
+    """Return the events of an operator's retry of the failed step ``index``."""
+    return [Retried(index, state.steps[index].name, by, reason, input_diff_json, input_json=input_json)]
+
+
+def skipped(state: ExecutionState, index: int, by: str, reason: str, output_json: str) -> list[Event]:
+    """Return the events of an operator's skip of the failed step ``index``."""
+    return [Skipped(index, state.steps[index].name, by, reason, output_json=output_json)]
+
+
+def failed_step(state: ExecutionState) -> int | None:
+    """Return the index of the step that failed for good (what an operator retries or skips)."""
+    return next((i for i, s in enumerate(state.steps) if s.status is StepStatus.FAILED), None)
+
+
+def _and_finish(state: ExecutionState, events: list[Event], now: int) -> list[Event]:
+    decision = decide(replay(state, [e.fields() for e in events]), now)
+    return events + finished(decision) if isinstance(decision, Finish) else events
 
 
 # Events: the facts and decisions a history records, and how each changes the state.

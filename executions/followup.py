@@ -1,11 +1,11 @@
-"""What a writer does after a state change: send the message the new state calls for, announce
-the execution's end, count a lost attempt. Shared by the runner, the sweeper and the operator
-actions, none of which imports another for it."""
+"""What writers share around a state change: record a lost attempt (and count it), then send the
+message the new state calls for and announce the execution's end. The runner, the sweeper and the
+operator actions call these; none of them imports another for it."""
 from __future__ import annotations
 
 import logging
 
-from executions import dispatch, metrics, signals
+from executions import dispatch, engine, metrics, signals, transitions
 from executions.engine import Claim, Decision, Finish, RecoverLost, Wait, decide
 from executions.store import Snapshot, now_ms
 
@@ -30,6 +30,12 @@ def follow_up(snap: Snapshot, finished: bool | None = None) -> None:
         dispatch.send(snap.state.id, delay_ms=decision.until - now)
 
 
-def count_lost(snap: Snapshot, index: int) -> None:
-    """Count a lost attempt that was just recorded."""
-    metrics.STEP_ATTEMPTS.labels(snap.doc["workflow"], snap.state.steps[index].name, "lost").inc()
+def recover_lost(snap: Snapshot, decision: RecoverLost, now: int) -> Snapshot | None:
+    """Record that a running attempt's lease ran out (its worker died or stalled), then what
+    ``decision`` says follows; count it. ``None`` when another writer changed the execution first."""
+    current = snap.doc["steps"][decision.step].get("current") or {}
+    after = transitions.commit(snap, engine.lost(snap.state, decision, current.get("worker"), now), now)
+    if after is not None:
+        metrics.STEP_ATTEMPTS.labels(snap.doc["workflow"], snap.state.steps[decision.step].name,
+                                     "lost").inc()
+    return after

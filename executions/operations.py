@@ -10,14 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from executions import dispatch, metrics, store, transitions
-from executions.engine import ExecutionStatus, StepStatus, replay
+from executions import dispatch, engine, metrics, store, transitions
+from executions.engine import CANCELLABLE, ExecutionStatus, replay
 from executions.errors import (
     ConcurrentChange,
     ExecutionNotFound,
     InvalidArgument,
     OperationNotAllowed,
 )
+from executions.events import Event
 from executions.followup import follow_up
 from executions.store import Snapshot, now_ms
 from workflows import definitions, masking
@@ -62,7 +63,8 @@ def start(
               "description": stored.description, "steps": stored.steps}
     if stored.secret_inputs:
         pinned["secret_inputs"] = list(stored.secret_inputs)
-    doc, created = transitions.create(pinned, input_json, idempotency_key, now_ms(), by)
+    doc, created = transitions.create(pinned, input_json, idempotency_key, now_ms(),
+                                      engine.created(by, stored.name, stored.version), by)
     if created:
         metrics.EXECUTIONS_STARTED.labels(stored.name).inc()
         dispatch.send(doc["_id"])
@@ -72,14 +74,13 @@ def start(
 def cancel(execution_id: str, by: str, reason: str, dry_run: bool = False) -> ActionResult:
     """Cancel an execution: no further step starts; a running attempt may still finish."""
 
-    def plan(snap: Snapshot) -> tuple[Callable[[int], Snapshot | None], dict[str, Any]]:
-        if snap.state.status not in (ExecutionStatus.PENDING, ExecutionStatus.RUNNING):
+    def plan(snap: Snapshot) -> list[Event]:
+        if snap.state.status not in CANCELLABLE:
             raise OperationNotAllowed(
                 f"execution {execution_id} is {snap.state.status}; only PENDING or RUNNING "
                 "executions can be cancelled"
             )
-        event = {"type": "cancelled", "by": by, "reason": reason}
-        return (lambda now: transitions.cancel(snap, by, reason, now)), event
+        return engine.cancelled(by, reason)
 
     return _act(execution_id, "cancel", by, reason, dry_run, plan)
 
@@ -92,7 +93,7 @@ def retry(
     ``input``, when given, replaces the input of that step alone; the difference is recorded.
     """
 
-    def plan(snap: Snapshot) -> tuple[Callable[[int], Snapshot | None], dict[str, Any]]:
+    def plan(snap: Snapshot) -> list[Event]:
         index = _failed_step(snap, "retried")
         input_json = diff = None
         if input is not _UNSET:
@@ -102,10 +103,7 @@ def retry(
                                INPUT_CAP_BYTES)
             _fits(snap, index, "input", input_json)
             diff = bounded_diff(json_diff(stored, json.loads(input_json)))
-        event = {"type": "retried", "step_index": index, "step": snap.state.steps[index].name,
-                 "by": by, "reason": reason,
-                 "input_diff_json": transitions.dumps(diff or [])}
-        return (lambda now: transitions.retry(snap, index, by, reason, now, input_json, diff)), event
+        return engine.retried(snap.state, index, by, reason, transitions.dumps(diff or []), input_json)
 
     return _act(execution_id, "retry", by, reason, dry_run, plan)
 
@@ -116,7 +114,7 @@ def skip(
 ) -> ActionResult:
     """Skip the failed step with ``output`` standing in for its result, and go on."""
 
-    def plan(snap: Snapshot) -> tuple[Callable[[int], Snapshot | None], dict[str, Any]]:
+    def plan(snap: Snapshot) -> list[Event]:
         index = _failed_step(snap, "skipped")
         name = snap.state.steps[index].name
         if step is not None and step != name:
@@ -125,16 +123,17 @@ def skip(
 
         output_json = _json(output, "output", conf.get().OUTPUT_CAP_BYTES)
         _fits(snap, index, "output", output_json)
-        event = {"type": "skipped", "step_index": index, "step": name, "by": by, "reason": reason}
-        return (lambda now: transitions.skip(snap, index, by, reason, output_json, now)), event
+        return engine.skipped(snap.state, index, by, reason, output_json)
 
     return _act(execution_id, "skip", by, reason, dry_run, plan)
 
 
 def _act(
     execution_id: str, action: str, by: str, reason: str, dry_run: bool,
-    plan: Callable[[Snapshot], tuple[Callable[[int], Snapshot | None], dict[str, Any]]],
+    plan: Callable[[Snapshot], list[Event]],
 ) -> ActionResult:
+    """Check the request, build the action's events from the stored state (``plan``), and write
+    them unless this is a dry run: the answer of a dry run and of the write is the same event."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidArgument("reason", "a reason is required")
     if len(reason) > 1000:
@@ -146,11 +145,12 @@ def _act(
         if doc is None:
             raise ExecutionNotFound(f"execution {execution_id} does not exist")
         snap = Snapshot.of(doc)
-        write, event = plan(snap)
-        result = ActionResult(execution_id, action, dry_run, _changes(snap, event), event)
+        events = plan(snap)
+        result = ActionResult(execution_id, action, dry_run, _changes(snap, events),
+                              events[0].fields())
         if dry_run:
             return result
-        after = write(now_ms())
+        after = transitions.commit(snap, events, now_ms())
         if after is not None:
             follow_up(after)
             return result
@@ -162,14 +162,14 @@ def _failed_step(snap: Snapshot, verb: str) -> int:
         raise OperationNotAllowed(
             f"execution {snap.state.id} is {snap.state.status}; only a FAILED execution can be {verb}"
         )
-    for index, step in enumerate(snap.state.steps):
-        if step.status is StepStatus.FAILED:
-            return index
-    raise OperationNotAllowed(f"execution {snap.state.id} has no failed step")
+    index = engine.failed_step(snap.state)
+    if index is None:
+        raise OperationNotAllowed(f"execution {snap.state.id} has no failed step")
+    return index
 
 
-def _changes(snap: Snapshot, event: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    after = replay(snap.state, [event])
+def _changes(snap: Snapshot, events: list[Event]) -> dict[str, tuple[str, str]]:
+    after = replay(snap.state, [event.fields() for event in events])
     changes = {}
     if after.status is not snap.state.status:
         changes["execution"] = (snap.state.status.value, after.status.value)

@@ -16,10 +16,10 @@ import socket
 import threading
 
 from detflow_site import conf, logs, services
-from executions import dispatch, faults, metrics, store, transitions
+from executions import dispatch, engine, faults, metrics, store, transitions
 from executions.attempt import Attempt
 from executions.engine import Claim, Decision, Finish, RecoverLost, Wait, decide
-from executions.followup import count_lost, follow_up
+from executions.followup import follow_up, recover_lost
 from executions.locks import ExecutionLock
 from executions.middleware import STOPPING
 from executions.slots import StepSlot
@@ -122,11 +122,9 @@ def _run(
                     slot.release()
             claims += 1
         elif isinstance(decision, RecoverLost):
-            result = transitions.record_lost(snap, decision, now)
-            if result is not None:
-                count_lost(snap, decision.step)
+            result = recover_lost(snap, decision, now)
         elif isinstance(decision, Finish):
-            result = transitions.finish(snap, decision, now)
+            result = transitions.commit(snap, engine.finished(decision), now)
         else:
             break
         if result is not None:
@@ -150,7 +148,10 @@ def run_step(
     slot: StepSlot | None = None,
 ) -> Snapshot | None:
     """Claim the step, run its handler, and record the outcome; ``None`` if another writer won."""
-    claimed = transitions.claim(snap, decision, worker, now_ms(), lease_ms)
+    now = now_ms()
+    claim = engine.claimed(snap.state, decision, worker, fence=snap.version + 1,
+                           lease_expires_at=now + lease_ms)
+    claimed = transitions.commit(snap, claim, now)
     if claimed is None:
         logger.info("claim of %s step %d lost a race; leaving it", snap.state.id, decision.step)
         return None

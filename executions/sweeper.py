@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detflow_site import conf, services
-from executions import dispatch, metrics, store, transitions
+from executions import dispatch, metrics, store
 from executions.engine import Claim, Finish, RecoverLost, decide
-from executions.followup import count_lost, follow_up
+from executions.followup import follow_up, recover_lost
 from executions.store import Snapshot, now_ms, to_dt
 
 logger = logging.getLogger("detflow.sweeper")
@@ -95,11 +95,10 @@ def _recover(
     snap = Snapshot.of(doc)
     decision = decide(snap.state, now)
     if isinstance(decision, RecoverLost):
-        after = transitions.record_lost(snap, decision, now)
+        after = recover_lost(snap, decision, now)
         if after is not None:
             report.lost.append(snap.state.id)
             report.actions["lost"] += 1
-            count_lost(snap, decision.step)
             metrics.SWEEPER_RECOVERIES.labels("lost").inc()
             follow_up(after)
             report.resent.append(snap.state.id)

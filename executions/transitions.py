@@ -1,9 +1,12 @@
 """Every write to an execution: one conditional update of one document (DESIGN invariant 4).
 
-Each function takes the :class:`Snapshot` its caller decided on, appends the events that describe
-the change, and writes the new state, the events and ``version + 1`` in a single ``update_one``
-matched on ``_id`` and the snapshot's ``version``. It returns the new snapshot, or ``None`` when
-the version moved on: someone else changed the execution first, and this writer changed nothing.
+:func:`commit` takes the :class:`Snapshot` its caller decided on and the typed events the engine
+built from it (``executions.engine``: ``claimed``, ``succeeded``, ``failed``, ...), and writes the
+state they lead to, what each event stores in the document, the events and ``version + 1`` in a
+single ``update_one`` matched on ``_id`` and the snapshot's ``version``. It decides nothing: what
+follows a failure, and whether the execution ends, are in the events it is given. It returns the
+new snapshot, or ``None`` when the version moved on: someone else changed the execution first,
+and this writer changed nothing.
 """
 from __future__ import annotations
 
@@ -12,28 +15,25 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import bson
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from executions import faults, store
-from executions.engine import (
-    TERMINAL,
-    CancelStep,
-    Claim,
-    ExecutionStatus,
-    FailStep,
-    Failure,
-    Finish,
-    RecoverLost,
-    RetryAt,
-    StepStatus,
-    decide,
-    due_at,
-    failure,
-    replay,
+from executions.engine import TERMINAL, ExecutionState, ExecutionStatus, StepStatus, due_at, replay
+from executions.events import (
+    AttemptFailed,
+    AttemptLost,
+    Cancelled,
+    Event,
+    ExecutionFailed,
+    ExecutionSucceeded,
+    Retried,
+    Skipped,
+    StepClaimed,
+    StepSucceeded,
 )
 from executions.store import Snapshot, to_dt
 
@@ -50,9 +50,9 @@ def new_id() -> str:
 
 def create(
     definition: Mapping[str, Any], input_json: str, idempotency_key: str | None, now: int,
-    by: str | None = None,
+    events: Sequence[Event], by: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Insert a new execution; return ``(document, created)``.
+    """Insert a new execution with its first ``events``; return ``(document, created)``.
 
     With an ``idempotency_key`` already used for this workflow, nothing is inserted and the first
     execution is returned with ``created=False``.
@@ -68,7 +68,7 @@ def create(
         "created_by": by,
         "status": ExecutionStatus.PENDING.value,
         "version": 1,
-        "event_seq": 1,
+        "event_seq": len(events),
         "created_at": at,
         "updated_at": at,
         "due_at": at,
@@ -77,8 +77,7 @@ def create(
              "attempt": 0, "budget_base": 0, "attempts": []}
             for s in definition["steps"]
         ],
-        "events": [{"seq": 1, "at": at, "type": "created", "by": by,
-                    "workflow": definition["name"], "workflow_version": definition["version"]}],
+        "events": [{"seq": k + 1, "at": at, **_stored(event)} for k, event in enumerate(events)],
     }
     if idempotency_key is not None:
         doc["idempotency_key"] = idempotency_key
@@ -94,19 +93,13 @@ def create(
     return doc, True
 
 
-def commit(
-    snap: Snapshot,
-    events: list[dict[str, Any]],
-    now: int,
-    *,
-    sets: Mapping[str, Any] | None = None,
-    unsets: tuple[str, ...] = (),
-    pushes: Mapping[str, Any] | None = None,
-) -> Snapshot | None:
+def commit(snap: Snapshot, events: Sequence[Event], now: int) -> Snapshot | None:
     """Apply ``events`` to the snapshot's state and write it all in one conditional update."""
-    new_state = replay(snap.state, events)
+    entries = [event.fields() for event in events]
+    new_state = replay(snap.state, entries)
     update_set: dict[str, Any] = {"updated_at": to_dt(now)}
-    update_unset: dict[str, str] = {name: "" for name in unsets}
+    update_unset: dict[str, str] = {}
+    pushes: dict[str, Any] = {}
     if new_state.status is not snap.state.status:
         update_set["status"] = new_state.status.value
     for index, (old, new) in enumerate(zip(snap.state.steps, new_state.steps, strict=True)):
@@ -127,10 +120,11 @@ def commit(
         update_unset["due_at"] = ""
     else:
         update_set["due_at"] = to_dt(due)
-    update_set.update(sets or {})
+    for event in events:
+        _effects(snap, event, new_state, now, update_set, update_unset, pushes)
     stamped = [
-        {"seq": snap.event_seq + k + 1, "at": to_dt(now), **_stored(event)}
-        for k, event in enumerate(events)
+        {"seq": snap.event_seq + k + 1, "at": to_dt(now), **_stored_entry(entry)}
+        for k, entry in enumerate(entries)
     ]
     pushed: dict[str, Any] = {"$each": stamped}
     moved = snap.doc.get("history_seq", 0)
@@ -148,7 +142,7 @@ def commit(
     update: dict[str, Any] = {
         "$set": update_set,
         "$inc": {"version": 1, "event_seq": len(events), "events_bytes": added},
-        "$push": {"events": pushed, **(pushes or {})},
+        "$push": {"events": pushed, **pushes},
     }
     if update_unset:
         update["$unset"] = update_unset
@@ -260,25 +254,6 @@ def applied(doc: dict[str, Any], sets: Mapping[str, Any], unsets: Mapping[str, A
     return new
 
 
-def claim(snap: Snapshot, decision: Claim, worker: str, now: int, lease_ms: int) -> Snapshot | None:
-    """Claim a step for ``worker``: RUNNING, the next attempt, a lease, a fencing token."""
-    step = snap.state.steps[decision.step]
-    fence = snap.version + 1
-    lease = now + lease_ms
-    event = {"type": "step_claimed", "step_index": decision.step, "step": step.name,
-             "attempt": decision.attempt, "worker": worker, "fence": fence,
-             "lease_expires_at": lease}
-    prefix = f"steps.{decision.step}."
-    sets: dict[str, Any] = {
-        prefix + "current": {"n": decision.attempt, "worker": worker, "fence": fence,
-                             "started_at": to_dt(now)},
-        prefix + "lease_owner": worker,
-    }
-    if step.attempt == 0:
-        sets[prefix + "started_at"] = to_dt(now)
-    return commit(snap, [event], now, sets=sets)
-
-
 def renew_lease(execution_id: str, index: int, fence: int, now: int, lease_ms: int) -> bool:
     """Extend a running attempt's lease; ``False`` when the attempt is no longer the current claim.
 
@@ -295,134 +270,67 @@ def renew_lease(execution_id: str, index: int, fence: int, now: int, lease_ms: i
     return result.matched_count == 1
 
 
-def record_success(
-    snap: Snapshot, index: int, output_json: str, attempt_record: dict[str, Any], now: int
-) -> Snapshot | None:
-    """Record a succeeded attempt and its output; finish the execution after its last step."""
-    step = snap.state.steps[index]
-    events = [{"type": "step_succeeded", "step_index": index, "step": step.name,
-               "attempt": step.attempt, "duration_ms": attempt_record.get("duration_ms")}]
-    events += _finish_events(snap, events, now)
+def _effects(
+    snap: Snapshot, event: Event, after: ExecutionState, now: int,
+    sets: dict[str, Any], unsets: dict[str, str], pushes: dict[str, Any],
+) -> None:
+    """Add what ``event`` stores in the document (beyond the state and the history) to the update."""
+    at = to_dt(now)
+    if isinstance(event, StepClaimed):
+        prefix = f"steps.{event.step_index}."
+        sets[prefix + "current"] = {"n": event.attempt, "worker": event.worker, "fence": event.fence,
+                                    "started_at": at}
+        sets[prefix + "lease_owner"] = event.worker
+        if snap.state.steps[event.step_index].attempt == 0:
+            sets[prefix + "started_at"] = at
+    elif isinstance(event, StepSucceeded):
+        _output(sets, event.step_index, event.output_json, now)
+        _close_attempt(snap, event.step_index, dict(event.record), unsets, pushes)
+    elif isinstance(event, AttemptFailed):
+        sets[f"steps.{event.step_index}.error"] = {"type": event.error_type, "message": event.detail}
+        _close_attempt(snap, event.step_index, dict(event.record), unsets, pushes)
+    elif isinstance(event, AttemptLost):
+        current = snap.doc["steps"][event.step_index].get("current") or {}
+        message = f"lease of worker {current.get('worker')!r} expired before an outcome was recorded"
+        record = {**current, "ended_at": at, "outcome": "lost", "error_type": "AttemptLost",
+                  "message": message}
+        sets[f"steps.{event.step_index}.error"] = {"type": "AttemptLost", "message": message}
+        _close_attempt(snap, event.step_index, record, unsets, pushes)
+    elif isinstance(event, ExecutionSucceeded | Cancelled):
+        sets["finished_at"] = at
+    elif isinstance(event, ExecutionFailed):
+        sets["finished_at"] = at
+        sets["failed_step"] = next(s.name for s in after.steps if s.status is StepStatus.FAILED)
+    elif isinstance(event, Retried | Skipped):
+        if isinstance(event, Retried) and event.input_json is not None:
+            sets[f"steps.{event.step_index}.input_json"] = event.input_json
+        if isinstance(event, Skipped):
+            _output(sets, event.step_index, event.output_json, now)
+        unsets["failed_step"] = unsets["finished_at"] = ""
+
+
+def _output(sets: dict[str, Any], index: int, output_json: str, now: int) -> None:
     prefix = f"steps.{index}."
-    sets = {prefix + "output_json": output_json, prefix + "output_bytes": len(output_json.encode()),
-            prefix + "finished_at": to_dt(now)}
-    return _close_attempt(snap, index, events, now, sets, attempt_record)
-
-
-def record_failure(
-    snap: Snapshot, index: int, error_type: str, message: str, permanent: bool,
-    attempt_record: dict[str, Any], now: int,
-) -> Snapshot | None:
-    """Record a failed attempt; schedule the retry or fail the step as the policy says."""
-    step = snap.state.steps[index]
-    then = failure(snap.state, index, permanent=permanent, now=now)
-    events = [{"type": "attempt_failed", "step_index": index, "step": step.name,
-               "attempt": step.attempt, "error_type": error_type, "message": message[:300],
-               "permanent": permanent, **outcome_fields(then)}]
-    events += _finish_events(snap, events, now)
-    sets = {f"steps.{index}.error": {"type": error_type, "message": message}}
-    return _close_attempt(snap, index, events, now, sets, attempt_record)
-
-
-def record_lost(snap: Snapshot, decision: RecoverLost, now: int) -> Snapshot | None:
-    """Record that a running attempt's lease ran out (its worker died or stalled)."""
-    index = decision.step
-    step = snap.state.steps[index]
-    current = snap.doc["steps"][index].get("current") or {}
-    events = [{"type": "attempt_lost", "step_index": index, "step": step.name,
-               "attempt": step.attempt, "worker": current.get("worker"),
-               **outcome_fields(decision.then)}]
-    events += _finish_events(snap, events, now)
-    message = f"lease of worker {current.get('worker')!r} expired before an outcome was recorded"
-    record = {**current, "ended_at": to_dt(now), "outcome": "lost", "error_type": "AttemptLost",
-              "message": message}
-    sets = {f"steps.{index}.error": {"type": "AttemptLost", "message": message}}
-    return _close_attempt(snap, index, events, now, sets, record)
-
-
-def finish(snap: Snapshot, decision: Finish, now: int) -> Snapshot | None:
-    """End an execution whose steps are all settled."""
-    return commit(snap, [_finish_event(decision)], now, sets=_finish_sets(snap, decision, now))
-
-
-def cancel(snap: Snapshot, by: str, reason: str, now: int) -> Snapshot | None:
-    """Cancel: no further step starts; a running attempt may still finish."""
-    return commit(snap, [{"type": "cancelled", "by": by, "reason": reason}], now,
-                  sets={"finished_at": to_dt(now)})
-
-
-def retry(
-    snap: Snapshot, index: int, by: str, reason: str, now: int,
-    input_json: str | None = None, input_diff: list[dict[str, Any]] | None = None,
-) -> Snapshot | None:
-    """Reopen a failed step with a new attempt budget (and, optionally, its own input)."""
-    step = snap.state.steps[index]
-    event = {"type": "retried", "step_index": index, "step": step.name, "by": by,
-             "reason": reason, "input_diff_json": dumps(input_diff or [])}
-    sets: dict[str, Any] = {}
-    if input_json is not None:
-        sets[f"steps.{index}.input_json"] = input_json
-    return commit(snap, [event], now, sets=sets, unsets=("failed_step", "finished_at"))
-
-
-def skip(
-    snap: Snapshot, index: int, by: str, reason: str, output_json: str, now: int
-) -> Snapshot | None:
-    """Mark a failed step skipped with an operator-given output, so the execution goes on."""
-    step = snap.state.steps[index]
-    event = {"type": "skipped", "step_index": index, "step": step.name, "by": by,
-             "reason": reason}
-    prefix = f"steps.{index}."
-    sets = {prefix + "output_json": output_json, prefix + "output_bytes": len(output_json.encode()),
-            prefix + "finished_at": to_dt(now)}
-    return commit(snap, [event], now, sets=sets, unsets=("failed_step", "finished_at"))
+    sets[prefix + "output_json"] = output_json
+    sets[prefix + "output_bytes"] = len(output_json.encode())
+    sets[prefix + "finished_at"] = to_dt(now)
 
 
 def _close_attempt(
-    snap: Snapshot, index: int, events: list[dict[str, Any]], now: int,
-    sets: dict[str, Any], record: dict[str, Any],
-) -> Snapshot | None:
-    final = next((e for e in events if e["type"].startswith("execution_")), None)
-    if final is not None:
-        sets.update(_finish_sets(snap, Finish(ExecutionStatus(final["type"][10:].upper())), now,
-                                 failed_index=index))
+    snap: Snapshot, index: int, record: dict[str, Any], unsets: dict[str, str], pushes: dict[str, Any]
+) -> None:
     prefix = f"steps.{index}."
-    pushes = {prefix + "attempts": {"$each": [record], "$slice": -store.records_kept(len(snap.state.steps))}}
-    return commit(snap, events, now, sets=sets, unsets=(prefix + "current",), pushes=pushes)
+    unsets[prefix + "current"] = ""
+    pushes[prefix + "attempts"] = {"$each": [record], "$slice": -store.records_kept(len(snap.state.steps))}
 
 
-def _finish_events(snap: Snapshot, events: list[dict[str, Any]], now: int) -> list[dict[str, Any]]:
-    decision = decide(replay(snap.state, events), now)
-    return [_finish_event(decision)] if isinstance(decision, Finish) else []
+def _stored(event: Event) -> dict[str, Any]:
+    return _stored_entry(event.fields())
 
 
-def _finish_event(decision: Finish) -> dict[str, Any]:
-    return {"type": f"execution_{decision.status.value.lower()}"}
-
-
-def _finish_sets(
-    snap: Snapshot, decision: Finish, now: int, failed_index: int | None = None
-) -> dict[str, Any]:
-    sets: dict[str, Any] = {"finished_at": to_dt(now)}
-    if decision.status is ExecutionStatus.FAILED:
-        if failed_index is None:
-            failed_index = next(i for i, s in enumerate(snap.state.steps)
-                                if s.status is StepStatus.FAILED)
-        sets["failed_step"] = snap.state.steps[failed_index].name
-    return sets
-
-
-def outcome_fields(then: Failure) -> dict[str, Any]:
-    if isinstance(then, RetryAt):
-        return {"outcome": "retry", "next_retry_at": then.at}
-    if isinstance(then, FailStep):
-        return {"outcome": "failed"}
-    assert isinstance(then, CancelStep)
-    return {"outcome": "cancelled"}
-
-
-def _stored(event: dict[str, Any]) -> dict[str, Any]:
-    return {k: (to_dt(v) if k in TIME_FIELDS else v) for k, v in event.items()}
+def _stored_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """Return a history entry as stored: its times as BSON dates."""
+    return {k: (to_dt(v) if k in TIME_FIELDS else v) for k, v in entry.items()}
 
 
 def dumps(value: Any) -> str:

@@ -277,3 +277,25 @@ def test_cancel__during_retry_wait_stops_the_pending_retry(worker: Any, define: 
     assert runs_of(eid, "s1") == {1: 1}
     assert runs_of(eid, "s2") == {}
     assert verify(doc) == []
+
+
+# Dry runs and writes build the event in one place.
+
+
+@pytest.mark.parametrize(("action", "arguments"), [
+    ("retry", {"input": {"n": 2}}),
+    ("skip", {"output": {"skipped": True}}),
+])
+def test_action__dry_run_answers_the_event_the_write_stores(
+    worker: Any, define: Any, action: str, arguments: dict[str, Any]
+) -> None:
+    doc = failed_execution(define, f"fails-{action}")
+    act = getattr(operations, action)
+
+    preview = act(doc["_id"], by="erin", reason="looked at it", dry_run=True, **arguments)
+    result = act(doc["_id"], by="erin", reason="looked at it", **arguments)
+
+    kind = {"retry": "retried", "skip": "skipped"}[action]
+    stored = {k: v for k, v in the_event(loaded(doc["_id"]), kind).items() if k not in ("seq", "at")}
+    assert preview.event == result.event == stored
+    assert preview.changes == result.changes

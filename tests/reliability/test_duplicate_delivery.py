@@ -17,6 +17,7 @@ from dramatiq.common import dq_name
 
 from detflow_site import conf
 from executions import operations, runner, store, transitions
+from executions.events import StepClaimed
 from executions.locks import ExecutionLock
 from tests.conftest import running_worker, wait_terminal
 from tests.handlers import LEDGER
@@ -131,16 +132,16 @@ def test_duplicates__with_the_lock_failing__the_version_fence_runs_each_attempt_
         return doc
 
     lost_races: list[str] = []
-    real_claim = transitions.claim
+    real_commit = transitions.commit
 
-    def claim(snap: Any, *args: Any) -> Any:
-        after = real_claim(snap, *args)
-        if after is None:
+    def commit(snap: Any, events: Any, now: int) -> Any:
+        after = real_commit(snap, events, now)
+        if after is None and isinstance(events[0], StepClaimed):
             lost_races.append(snap.state.id)
         return after
 
     monkeypatch.setattr(store, "load_working", load_together)
-    monkeypatch.setattr(transitions, "claim", claim)
+    monkeypatch.setattr(transitions, "commit", commit)
     define("dup", STEPS)
     ids = [operations.start("dup", {"sleep_s": 0.05})[0]["_id"] for _ in range(EXECUTIONS)]
 

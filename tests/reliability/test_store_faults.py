@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pymongo.errors import PyMongoError
 
-from executions import operations, runner, store, transitions
+from executions import engine, operations, runner, store, transitions
 from executions.chaos.storefaults import WRITES, Rule, StoreFaults, installed
 from executions.engine import Claim, decide
 from executions.store import Snapshot, now_ms
@@ -113,7 +113,9 @@ def test_sweep__one_execution_whose_every_write_fails_does_not_stop_the_others(
         snap = Snapshot.of(store.load_working(doc["_id"]))
         decision = decide(snap.state, now_ms())
         assert isinstance(decision, Claim)
-        assert transitions.claim(snap, decision, "dead-worker", now_ms() - 60_000, 1000) is not None
+        then = now_ms() - 60_000
+        claim = engine.claimed(snap.state, decision, "dead-worker", snap.version + 1, then + 1000)
+        assert transitions.commit(snap, claim, then) is not None
         ids.append(doc["_id"])
     broken = ids[0]  # due first: it comes first in every sweep
     faults.add(Rule("before", ops=WRITES, times=None, execution_id=broken))

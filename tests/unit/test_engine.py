@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from executions.backoff import backoff_ms, jitter_fraction
 from executions.engine import (
     DONE_STEP,
     EXECUTION_TRANSITIONS,
@@ -27,12 +28,10 @@ from executions.engine import (
     StepState,
     StepStatus,
     Wait,
-    backoff_ms,
     decide,
     due_at,
     evolve,
     failure,
-    jitter_fraction,
     replay,
 )
 from workflows.spec import RetryPolicy

@@ -1,0 +1,187 @@
+"""The events of an execution's history as typed values: what follows a failure, and each change.
+
+The engine builds them (``executions.engine``: ``claimed``, ``succeeded``, ``failed``, ``lost``,
+``finished``, ``cancelled``, ``retried``, ``skipped``); ``transitions.commit`` stores them. An event's
+:meth:`~Event.fields` are what its history entry holds; a field marked :data:`DATA` goes into the
+execution's document beside it (an output, an edited input, the attempt record) and never into the
+history. Pure: nothing here does I/O.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+# What follows a failed (or lost) attempt.
+
+
+@dataclass(frozen=True)
+class RetryAt:
+    """The failed step runs again at ``at``."""
+
+    at: int
+
+
+@dataclass(frozen=True)
+class FailStep:
+    """The step fails for good, and its execution with it."""
+
+
+@dataclass(frozen=True)
+class CancelStep:
+    """The step ends as cancelled: its execution was cancelled while it ran."""
+
+
+Failure = RetryAt | FailStep | CancelStep
+
+
+def outcome_fields(then: Failure) -> dict[str, Any]:
+    """Return how a history entry records what follows a failure."""
+    if isinstance(then, RetryAt):
+        return {"outcome": "retry", "next_retry_at": then.at}
+    if isinstance(then, FailStep):
+        return {"outcome": "failed"}
+    assert isinstance(then, CancelStep)
+    return {"outcome": "cancelled"}
+
+
+#: Metadata of a field the document stores beside the event, never in the history.
+DATA: Mapping[str, bool] = {"data": True}
+
+
+def _data(default: Any = None) -> Any:
+    return field(default=default, metadata=DATA, repr=False, compare=False)
+
+
+class Event:
+    """An entry of the history; ``type`` names its kind as stored."""
+
+    type: ClassVar[str]
+
+    def fields(self) -> dict[str, Any]:
+        """Return the history entry of this event (without its ``seq`` and time)."""
+        entry: dict[str, Any] = {"type": self.type}
+        for f in fields(self):  # type: ignore[arg-type]
+            if f.metadata.get("data"):
+                continue
+            value = getattr(self, f.name)
+            if f.name == "then":
+                entry.update(outcome_fields(value))
+            else:
+                entry[f.name] = value
+        return entry
+
+
+@dataclass(frozen=True)
+class Created(Event):
+    """The execution was stored."""
+
+    type: ClassVar[str] = "created"
+    by: str | None
+    workflow: str
+    workflow_version: int
+
+
+@dataclass(frozen=True)
+class StepClaimed(Event):
+    """A worker claimed attempt ``attempt`` of a step, until ``lease_expires_at``; its writes are
+    fenced by ``fence``."""
+
+    type: ClassVar[str] = "step_claimed"
+    step_index: int
+    step: str
+    attempt: int
+    worker: str
+    fence: int
+    lease_expires_at: int
+
+
+@dataclass(frozen=True)
+class StepSucceeded(Event):
+    """The running attempt succeeded with ``output_json``."""
+
+    type: ClassVar[str] = "step_succeeded"
+    step_index: int
+    step: str
+    attempt: int
+    duration_ms: int | None
+    output_json: str = _data("")
+    record: Mapping[str, Any] = _data()
+
+
+@dataclass(frozen=True)
+class AttemptFailed(Event):
+    """The running attempt failed; ``then`` follows. ``message`` is the history's cut of ``detail``,
+    which the step keeps as its last error."""
+
+    type: ClassVar[str] = "attempt_failed"
+    step_index: int
+    step: str
+    attempt: int
+    error_type: str
+    message: str
+    permanent: bool
+    then: Failure
+    detail: str = _data("")
+    record: Mapping[str, Any] = _data()
+
+
+@dataclass(frozen=True)
+class AttemptLost(Event):
+    """The running attempt of ``worker`` outlived its lease; ``then`` follows."""
+
+    type: ClassVar[str] = "attempt_lost"
+    step_index: int
+    step: str
+    attempt: int
+    worker: str | None
+    then: Failure
+
+
+@dataclass(frozen=True)
+class ExecutionSucceeded(Event):
+    """Every step succeeded or was skipped."""
+
+    type: ClassVar[str] = "execution_succeeded"
+
+
+@dataclass(frozen=True)
+class ExecutionFailed(Event):
+    """A step failed for good."""
+
+    type: ClassVar[str] = "execution_failed"
+
+
+@dataclass(frozen=True)
+class Cancelled(Event):
+    """An operator cancelled the execution."""
+
+    type: ClassVar[str] = "cancelled"
+    by: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Retried(Event):
+    """An operator reopened the failed step with a new budget (and, given ``input_json``, its own
+    input; ``input_diff_json`` records the difference)."""
+
+    type: ClassVar[str] = "retried"
+    step_index: int
+    step: str
+    by: str
+    reason: str
+    input_diff_json: str
+    input_json: str | None = _data()
+
+
+@dataclass(frozen=True)
+class Skipped(Event):
+    """An operator skipped the failed step, ``output_json`` standing in for its output."""
+
+    type: ClassVar[str] = "skipped"
+    step_index: int
+    step: str
+    by: str
+    reason: str
+    output_json: str = _data("")
