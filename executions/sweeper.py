@@ -121,17 +121,17 @@ def waiting_in_queue() -> set[str] | None:
     """Return the executions that have a message waiting in the engine's queue, not yet fetched
     by any worker; ``None`` when the queue cannot be read (Redis down, or longer than
     ``QUEUE_READ_LIMIT``)."""
-    from executions.broker import broker  # built from settings: imported when first needed
+    from executions.broker import messages_key, queue_key  # the broker is built on first import
 
-    key = f"{broker.namespace}:{conf.get().QUEUE}"
+    queue = conf.get().QUEUE
     client = services.redis_client()
     try:
-        ids = client.lrange(key, 0, QUEUE_READ_LIMIT)
+        ids = client.lrange(queue_key(queue), 0, QUEUE_READ_LIMIT)
         if len(ids) > QUEUE_READ_LIMIT:
             return None
         found: set[str] = set()
         for start in range(0, len(ids), 1000):
-            for body in client.hmget(f"{key}.msgs", ids[start:start + 1000]):
+            for body in client.hmget(messages_key(queue), ids[start:start + 1000]):
                 try:
                     args = json.loads(body).get("args") if body else None
                 except ValueError:  # not one of ours
