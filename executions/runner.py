@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import dataclass
 
 from detflow_site import conf, logs, services
 from executions import dispatch, engine, faults, metrics, store, transitions
@@ -64,7 +65,7 @@ def _advance(execution_id: str, worker: str) -> None:
             lock.release()
             logger.warning("execution %s does not exist; message dropped", execution_id)
             return
-        after, finished, decision, wait_ms, now = _run(Snapshot.of(doc), worker, lock, lease_ms)
+        end = _run(Snapshot.of(doc), worker, lock, lease_ms)
     except faults.SimulatedCrash:
         raise  # a worker that dies leaves its lock behind: the crash tests need exactly that
     except BaseException:
@@ -74,45 +75,61 @@ def _advance(execution_id: str, worker: str) -> None:
         raise
     poked = lock.release()
     faults.hit("released", execution_id)
-    if after is not None:
-        follow_up(after, finished)
-    elif wait_ms:
-        logger.debug("execution %s waits for a concurrency slot", execution_id)
-        dispatch.send(execution_id, delay_ms=wait_ms)
-    elif isinstance(decision, Wait) and decision.reason == "retry":
-        # Early (a clock ahead of ours, or a duplicate): come back when the retry is due.
-        dispatch.send(execution_id, delay_ms=decision.until - now)
-    elif poked:
-        dispatch.send(execution_id)
+    _hand_on(execution_id, end, poked)
     faults.hit("sent", execution_id)
 
 
-def _run(
-    snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int
-) -> tuple[Snapshot | None, bool, Decision | None, int, int]:
+@dataclass
+class RunEnd:
+    """How a run of steps under one message ended."""
+
+    #: The snapshot the run's last write returned (``None``: the run wrote nothing).
+    written: Snapshot | None = None
+    #: Whether a write of the run ended the execution.
+    finished: bool = False
+    #: The engine's last decision, and when it was made.
+    decision: Decision | None = None
+    now: int = 0
+    #: The step to run next had no free concurrency slot: try again after this long.
+    slot_wait_ms: int = 0
+
+
+def _hand_on(execution_id: str, end: RunEnd, poked: bool) -> None:
+    """Send the message the run's end calls for, after the lock is released."""
+    decision = end.decision
+    if end.written is not None:
+        follow_up(end.written, end.finished)
+    elif end.slot_wait_ms:
+        logger.debug("execution %s waits for a concurrency slot", execution_id)
+        dispatch.send(execution_id, delay_ms=end.slot_wait_ms)
+    elif isinstance(decision, Wait) and decision.reason == "retry":
+        # Early (a clock ahead of ours, or a duplicate): come back when the retry is due.
+        dispatch.send(execution_id, delay_ms=decision.until - end.now)
+    elif poked:
+        dispatch.send(execution_id)
+
+
+def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int) -> RunEnd:
     """Run what the engine decides, then go on from the snapshot each write returns while the next
     decision is another step (or the end) and this message's budget lasts: one message, one lock
-    and one read carry a run of steps instead of one each. Return the last snapshot written (if
-    any), whether the run ended the execution, the last decision, a slot wait and the time."""
+    and one read carry a run of steps instead of one each."""
     settings = conf.get()
-    after: Snapshot | None = None
-    finished = False
-    decision: Decision | None = None
-    wait_ms = now = claims = 0
+    end = RunEnd()
+    claims = 0
     while snap is not None:
         execution_id = snap.state.id
         faults.hit("loaded", execution_id)
-        now = now_ms()
-        decision = decide(snap.state, now)
+        end.now = now = now_ms()
+        end.decision = decision = decide(snap.state, now)
         if isinstance(decision, Claim):
-            if after is not None and (
+            if end.written is not None and (
                 claims >= settings.INLINE_STEPS or not lock.fresh() or STOPPING.stopping()
             ):
                 break
             slot = step_slot(snap, decision.step, lease_ms)
             if slot is not None and not slot.acquire(now):
-                if after is None:
-                    wait_ms = SLOT_WAIT_MS
+                if end.written is None:
+                    end.slot_wait_ms = SLOT_WAIT_MS
                     metrics.SLOT_WAITS.labels(snap.doc["workflow"], slot.key.rsplit(":", 1)[-1]).inc()
                 break
             try:
@@ -128,10 +145,10 @@ def _run(
         else:
             break
         if result is not None:
-            after = result
-            finished = finished or result.finished
+            end.written = result
+            end.finished = end.finished or result.finished
         snap = result
-    return after, finished, decision, wait_ms, now
+    return end
 
 
 def step_slot(snap: Snapshot, index: int, lease_ms: int) -> StepSlot | None:
