@@ -45,7 +45,7 @@ demo: install
 	$(BIN)/python manage.py demo
 
 # detflow against a raw Dramatiq chain and a Celery chain: bench/results.json, bench/results.png and
-# the goals table (about 7 minutes; BENCH_ARGS="--quick" for a smoke run). Not part of `make test`.
+# the goals table (about 16 minutes; BENCH_ARGS="--quick" for a smoke run, about 3). Not part of `make test`.
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	touch $(BENCH_STAMP)
