@@ -24,7 +24,7 @@ from executions.locks import ExecutionLock
 from executions.slots import StepSlot
 from executions.store import Snapshot, now_ms, to_dt
 from executions.watchdog import TimeoutInterrupt, Watchdog
-from workflows import masking, registry
+from workflows import jsontext, masking, registry
 from workflows.context import AttemptLog, StepContext
 from workflows.errors import (
     ExecutionOutputsTooLarge,
@@ -41,6 +41,8 @@ TRACEBACK_CHARS = 8000
 MESSAGE_CHARS = 2000
 #: Outcome writes re-read and retry this often when an operator's change moved the version on.
 RECORD_TRIES = 5
+#: What an output's lone surrogate (a file name that is not UTF-8) asks of its handler.
+SURROGATE_HINT = ": decode such names with errors='replace' or os.fsencode them first"
 
 
 @dataclass
@@ -233,20 +235,12 @@ def bounded_record(record: dict[str, Any], cap: int) -> dict[str, Any]:
 
 def _encode_output(result: Any) -> str:
     try:
-        text = transitions.dumps(result)
-    except (TypeError, ValueError) as exc:
-        raise OutputNotSerializable(f"output is not JSON-serialisable: {exc}") from exc
-    try:
-        size = len(text.encode())
-    except UnicodeEncodeError as exc:  # a lone surrogate: neither JSON's UTF-8 nor BSON can hold it
-        raise OutputNotSerializable(
-            "output holds text that is not valid Unicode (a lone surrogate at character "
-            f"{exc.start}, as a file name that is not UTF-8 gives): decode such names with "
-            "errors='replace' or os.fsencode them first") from None
-    cap = conf.get().OUTPUT_CAP_BYTES
-    if size > cap:
-        raise OutputTooLarge(size, cap)
-    return text
+        return jsontext.capped(result, conf.get().OUTPUT_CAP_BYTES)
+    except jsontext.JSONTooLarge as exc:
+        raise OutputTooLarge(exc.size, exc.cap) from None
+    except jsontext.NotJSON as exc:
+        hint = SURROGATE_HINT if "lone surrogate" in str(exc) else ""
+        raise OutputNotSerializable(f"output {exc}{hint}") from None
 
 
 def _type_name(kind: type) -> str:

@@ -21,7 +21,7 @@ from executions.errors import (
 from executions.events import Event
 from executions.followup import follow_up
 from executions.store import Snapshot, now_ms
-from workflows import definitions, masking
+from workflows import definitions, jsontext, masking
 
 #: Largest input accepted at start, in bytes of JSON.
 INPUT_CAP_BYTES = 1024 * 1024
@@ -103,7 +103,7 @@ def retry(
                                INPUT_CAP_BYTES)
             _fits(snap, index, "input", input_json)
             diff = bounded_diff(json_diff(stored, json.loads(input_json)))
-        return engine.retried(snap.state, index, by, reason, transitions.dumps(diff or []), input_json)
+        return engine.retried(snap.state, index, by, reason, jsontext.dumps(diff or []), input_json)
 
     return _act(execution_id, "retry", by, reason, dry_run, plan)
 
@@ -197,13 +197,13 @@ DIFF_BYTES = 4096
 def bounded_diff(diff: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Return ``diff`` as a retry's event records it: whole when small, else its paths alone, cut
     to ``DIFF_BYTES`` with a count of the changes left out."""
-    if len(transitions.dumps(diff).encode()) <= DIFF_BYTES:
+    if len(jsontext.dumps(diff).encode()) <= DIFF_BYTES:
         return diff
     paths = [{"path": str(c["path"])[:200], "op": c["op"], "values": "omitted"} for c in diff]
     kept: list[dict[str, Any]] = []
     size = 2
     for change in paths:
-        size += len(transitions.dumps(change).encode()) + 1
+        size += len(jsontext.dumps(change).encode()) + 1
         if size > DIFF_BYTES - 64:
             break
         kept.append(change)
@@ -214,12 +214,11 @@ def bounded_diff(diff: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _json(value: Any, name: str, cap: int) -> str:
     try:
-        text = transitions.dumps(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(name, f"must be JSON-serialisable: {exc}") from None
-    if len(text.encode()) > cap:
-        raise InvalidArgument(name, f"is {len(text.encode())} bytes of JSON; the cap is {cap}")
-    return text
+        return jsontext.capped(value, cap)
+    except jsontext.NotJSON as exc:
+        raise InvalidArgument(name, str(exc)) from None
+    except jsontext.JSONTooLarge as exc:
+        raise InvalidArgument(name, str(exc)) from None
 
 
 def json_diff(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:

@@ -11,7 +11,6 @@ and this writer changed nothing.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -331,8 +330,3 @@ def _stored(event: Event) -> dict[str, Any]:
 def _stored_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """Return a history entry as stored: its times as BSON dates."""
     return {k: (to_dt(v) if k in TIME_FIELDS else v) for k, v in entry.items()}
-
-
-def dumps(value: Any) -> str:
-    """Return the canonical JSON text detflow stores for inputs and outputs."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
