@@ -4,7 +4,7 @@ Every contender is measured the same way, from its step bodies: the gap between 
 returning and step i+1's body starting (what a user's handler sees). For detflow the issue's own
 definition is measured too: from the moment step i's outcome write returned (SUCCEEDED is stored)
 to the moment step i+1's claim write returned (RUNNING is stored), by wrapping
-``transitions.record_success`` and ``transitions.claim`` in this process.
+``transitions.commit`` in this process (the writes of a ``StepSucceeded`` and a ``StepClaimed``).
 
 No-op steps flatter a Dramatiq worker: its consumer polls Redis with a backoff that grows while
 nothing arrives, up to the worker's idle timeout (``worker_timeout``), so the gap after a step
@@ -32,28 +32,26 @@ BUSY_STEPS = 4
 def write_marks() -> Iterator[tuple[dict[tuple[str, int], float], dict[tuple[str, int], float]]]:
     """Note when each outcome and each claim write of detflow returned, by (execution, step)."""
     from executions import transitions
+    from executions.events import StepClaimed, StepSucceeded
 
     outcomes: dict[tuple[str, int], float] = {}
     claims: dict[tuple[str, int], float] = {}
-    real_claim, real_success = transitions.claim, transitions.record_success
+    real_commit = transitions.commit
 
-    def claim(snap: Any, decision: Any, *args: Any, **kwargs: Any) -> Any:
-        result = real_claim(snap, decision, *args, **kwargs)
-        if result is not None:
-            claims[(snap.state.id, decision.step)] = time.perf_counter()
+    def commit(snap: Any, events: Any, now: int) -> Any:
+        result = real_commit(snap, events, now)
+        if result is not None and events:
+            if isinstance(events[0], StepClaimed):
+                claims[(snap.state.id, events[0].step_index)] = time.perf_counter()
+            elif isinstance(events[0], StepSucceeded):
+                outcomes[(snap.state.id, events[0].step_index)] = time.perf_counter()
         return result
 
-    def record_success(snap: Any, index: int, *args: Any, **kwargs: Any) -> Any:
-        result = real_success(snap, index, *args, **kwargs)
-        if result is not None:
-            outcomes[(snap.state.id, index)] = time.perf_counter()
-        return result
-
-    transitions.claim, transitions.record_success = claim, record_success  # type: ignore[assignment]
+    transitions.commit = commit  # type: ignore[assignment]
     try:
         yield outcomes, claims
     finally:
-        transitions.claim, transitions.record_success = real_claim, real_success  # type: ignore[assignment]
+        transitions.commit = real_commit  # type: ignore[assignment]
 
 
 def gaps(marks: list[tuple[str, int, float, float]]) -> list[float]:
