@@ -92,7 +92,7 @@ def data_bytes(doc: dict[str, Any], index: int, *, output: str | None = None,
     return total
 
 
-#: Largest attempt record, in bytes of BSON (``runner.bounded_record`` cuts one to its share).
+#: Largest attempt record, in bytes of BSON (``attempt.bounded_record`` cuts one to its share).
 RECORD_BYTES = 16 * 1024
 #: All attempt records an execution keeps together, in bytes at most: each step has an equal share
 #: and keeps as many of its newest records as the share holds (``DETFLOW_ATTEMPTS_KEPT`` at most,
