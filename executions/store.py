@@ -72,6 +72,9 @@ EVENTS_KEPT = 400
 HISTORY_CHUNK = 200
 #: Bytes of events (BSON) an execution's document holds at most before its oldest move out.
 EVENTS_BYTES = 1024 * 1024
+#: ... and at most while the history refuses to take them (each write then tries the move again):
+#: past it a write fails as the store failed, rather than let the document grow on.
+EVENTS_BYTES_MAX = EVENTS_BYTES * 3 // 2
 #: Step outputs and the inputs operators gave steps (a retry's edited input), of one execution
 #: together, in bytes of JSON, at most: with the caps below it keeps the document far below 16 MiB.
 DATA_BYTES = 8 * 1024 * 1024

@@ -131,7 +131,16 @@ def commit(snap: Snapshot, events: Sequence[Event], now: int) -> Snapshot | None
     added = len(bson.encode({"events": stamped}))
     held_bytes = snap.doc.get("events_bytes", 0) + added
     if held > store.EVENTS_KEPT + store.HISTORY_CHUNK or held_bytes > store.EVENTS_BYTES:
-        chunk = store.patiently(lambda: _archive(snap, moved))  # idempotent: safe to try again
+        try:
+            chunk = store.patiently(lambda: _archive(snap, moved))  # idempotent: safe to try again
+        except PyMongoError as exc:
+            if held_bytes > store.EVENTS_BYTES_MAX:
+                raise  # the document may not grow on: this write fails as the store failed
+            # The history refused the copy: the events stay in the document for this write (it is
+            # far from the limit) and the next write tries the move again; the outcome is kept.
+            logger.warning("events of %s not moved to the history (%s: %s); the next write tries again",
+                           snap.state.id, type(exc).__name__, exc)
+            chunk = None
         if chunk is not None:
             # The oldest events are in the history now: this write drops them from the document.
             count, size = chunk

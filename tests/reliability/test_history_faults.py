@@ -86,3 +86,27 @@ def test_history_rule__strikes_only_the_collection_it_names(define: Any, faults:
     assert on_history.struck == 1
     faults.clear()
     assert store.history().count_documents({}) == 0, "a write struck before it was sent was applied"
+
+
+def test_history_write__refused_for_good_loses_no_outcome_and_the_next_write_moves_the_events(
+    define: Any, faults: StoreFaults, small_history: None, worker: Any
+) -> None:
+    """A history insert the store refuses for good (no retry mends it) does not fail the outcome
+    write it precedes: a step that succeeded with ``max_attempts`` 1 stays SUCCEEDED, the events
+    stay in the document for that write, and a later write moves them out."""
+    define("long", [{"handler": "test.echo", "retry": {"max_attempts": 1}} for _ in range(60)])
+    doc, _ = operations.start("long", {"n": 1})
+    refused = faults.add(Rule("refuse", ops=frozenset({"insert_one"}), collection=HISTORY, times=3,
+                              execution_id=doc["_id"]))
+
+    done = wait_for(lambda: finished(doc["_id"]), timeout=60, what="the long execution to finish")
+
+    assert refused.struck == 3
+    assert done["status"] == "SUCCEEDED"
+    assert [s["attempt"] for s in done["steps"]] == [1] * 60
+    assert done.get("history_seq", 0) > 0, "the events never moved out after the refusals"
+    whole = store.load(doc["_id"])
+    assert whole is not None
+    assert [e["seq"] for e in whole["events"]] == list(range(1, whole["event_seq"] + 1))
+    assert audit.verify(whole) == []
+    assert_invariants(whole)
