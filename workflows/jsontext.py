@@ -29,6 +29,37 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+def lone_surrogate(value: Any, path: str = "") -> tuple[str, str] | None:
+    """Return where the first lone surrogate of ``value`` sits (``input.items[2]``, a key's own
+    object's path) and what it is, or ``None``: valid JSON (``"\\ud800"``) and a valid Python
+    string, but no UTF-8 text, so no store keeps it."""
+    if isinstance(value, str):
+        return _surrogate_in(value, path, "the text")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = (_surrogate_in(key, path, "a key") if isinstance(key, str) else None) \
+                or lone_surrogate(item, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = lone_surrogate(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def _surrogate_in(text: str, path: str, what: str) -> tuple[str, str] | None:
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        lone = ascii(text[exc.start])[1:-1]
+        return path, f"{what} holds a lone surrogate ({lone}), which is not text: no store can keep it"
+    return None
+
+
 def capped(value: Any, cap: int) -> str:
     """Return the canonical JSON text of ``value`` when its UTF-8 is at most ``cap`` bytes."""
     try:
@@ -37,9 +68,10 @@ def capped(value: Any, cap: int) -> str:
         raise NotJSON(f"is not JSON-serialisable: {exc}") from None
     try:
         size = len(text.encode())
-    except UnicodeEncodeError as exc:  # neither JSON's UTF-8 nor BSON can hold a lone surrogate
-        raise NotJSON(f"holds text that is not valid Unicode (a lone surrogate at character {exc.start}, "
-                      "as a file name that is not UTF-8 gives)") from None
+    except UnicodeEncodeError:  # neither JSON's UTF-8 nor BSON can hold a lone surrogate
+        where, reason = lone_surrogate(value) or ("", "holds a lone surrogate")
+        raise NotJSON(f"{reason} (at {where or 'the top'}; a file name that is not UTF-8 gives one)") \
+            from None
     if size > cap:
         raise JSONTooLarge(size, cap)
     return text

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from workflows import masking
+from workflows import jsontext, masking
 from workflows.errors import DefinitionError
 from workflows.schema import Value
 
@@ -190,13 +190,16 @@ def parse_workflow(
 
 
 def _size(data: Mapping[str, Any]) -> None:
+    found = jsontext.lone_surrogate(data)
+    if found:
+        raise DefinitionError(found[0] or "definition", found[1])
     try:
-        size = len(json.dumps(data, ensure_ascii=False, allow_nan=False).encode())
-    except (TypeError, ValueError):
+        jsontext.capped(data, MAX_DEFINITION_BYTES)
+    except jsontext.JSONTooLarge as exc:
+        raise DefinitionError("definition", f"is {exc.size} bytes of JSON; at most {MAX_DEFINITION_BYTES} "
+                              "are allowed (every execution carries a copy)") from None
+    except jsontext.NotJSON:
         return  # the fields' own checks say what is wrong
-    if size > MAX_DEFINITION_BYTES:
-        raise DefinitionError("definition", f"is {size} bytes of JSON; at most {MAX_DEFINITION_BYTES} "
-                              "are allowed (every execution carries a copy)")
 
 
 def _step(raw: Mapping[str, Any]) -> StepSpec:

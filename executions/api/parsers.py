@@ -14,6 +14,7 @@ from rest_framework.exceptions import ParseError
 
 from detflow_site import conf
 from detflow_site.errors import InvalidArgument, PayloadTooLarge
+from workflows import jsontext
 
 #: Bodies nested deeper than this are refused before decoding (Python's decoder recurses). Fields
 #: holding JSON values have their own, lower limit (``DETFLOW_API_MAX_JSON_DEPTH``) and name the field.
@@ -50,30 +51,14 @@ class JSONParser(parsers.JSONParser):
         return value
 
 
-def refuse_lone_surrogates(value: Any, path: str = "") -> None:
+def refuse_lone_surrogates(value: Any) -> None:
     """Raise ``InvalidArgument`` naming the first string (or key) of ``value`` that holds a lone
-    surrogate: valid JSON (``"\\ud800"``), but no UTF-8 text, so no store can keep it. A pair of
-    escapes that makes one character is decoded to it and passes."""
-    if isinstance(value, str):
-        _check_text(value, path)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_text(key, path or "body", "a key")
-            refuse_lone_surrogates(item, f"{path}.{key}" if path else key)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            refuse_lone_surrogates(item, f"{path}[{index}]")
-
-
-def _check_text(text: str, path: str, what: str = "the text") -> None:
-    if text.isascii():
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        lone = ascii(text[exc.start])[1:-1]
-        raise InvalidArgument(path or "body", f"{what} holds a lone surrogate ({lone}), which is not "
-                              "text: no store can keep it", code="invalid_text") from None
+    surrogate (``jsontext.lone_surrogate``). A pair of escapes that makes one character is decoded
+    to it and passes."""
+    found = jsontext.lone_surrogate(value)
+    if found:
+        where, reason = found
+        raise InvalidArgument(where or "body", reason, code="invalid_text")
 
 
 def nesting(text: str, stop: int) -> int:

@@ -62,3 +62,21 @@ def test_surrogates__an_action_reason_with_a_lone_surrogate_is_400(operator: Any
     assert_error(response, 400, "invalid_text", "reason")
     stored = store.load(started["id"])
     assert stored is not None and stored["status"] != "CANCELLED"
+
+
+def test_surrogates__python_callers_get_the_same_refusal_naming_where() -> None:
+    """``operations.start`` and ``definitions.register`` check what they are given as the API does."""
+    from detflow_site.errors import InvalidArgument
+    from executions import operations
+    from workflows import definitions
+    from workflows.errors import DefinitionError
+
+    with pytest.raises(InvalidArgument, match=r"lone surrogate \(\\ud800\)") as start:
+        operations.start("pay", {"files": ["ok", "bad\ud800"]})
+    with pytest.raises(DefinitionError, match=r"lone surrogate \(\\udfff\)") as register:
+        definitions.register({"name": "w", "description": "x\udfff",
+                              "steps": [{"name": "a", "handler": "test.echo"}]})
+
+    assert start.value.field == "input" and "at files[1]" in start.value.reason
+    assert register.value.field == "description"
+    assert store.collection().count_documents({}) == 0
