@@ -6,14 +6,9 @@ Not a conftest: a test module (or a conftest) takes the fixture ``wire_store`` w
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import re
-import selectors
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +17,9 @@ from typing import Any
 import pymongo
 import pytest
 
+from detflow_site import processes
+
 ROOT = Path(__file__).resolve().parents[1]
-_LISTENING = re.compile(r"^listening on (mongodb://\S+)$")
 
 
 @dataclass
@@ -68,36 +64,8 @@ class WireStore:
 def start_store(directory: Path, *, faults: bool = True, timeout_s: float = 30.0) -> WireStore:
     """Start ``manage.py runstore --port 0`` with ``directory`` as its working and temp directory,
     and return when it prints the port it listens on."""
-    directory.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETFLOW_")}
-    env.update(DJANGO_SETTINGS_MODULE="detflow_site.settings", PYTHONUNBUFFERED="1",
-               TMPDIR=str(directory), DJANGO_SQLITE_PATH=str(directory / "db.sqlite3"))
-    command = [sys.executable, str(ROOT / "manage.py"), "runstore", "--port", "0"]
-    with open(directory / "runstore.err", "w") as errors:
-        process = subprocess.Popen(command + (["--faults"] if faults else []), cwd=directory, env=env,
-                                   stdout=subprocess.PIPE, stderr=errors, text=True,
-                                   start_new_session=True)
-    assert process.stdout is not None
-    seen = []
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(deadline - time.monotonic()):
-                break
-            line = process.stdout.readline()
-            if not line:  # the process ended
-                break
-            seen.append(line)
-            found = _LISTENING.match(line.strip())
-            if found:
-                return WireStore(process, found.group(1), directory)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    process.wait()
-    err = (directory / "runstore.err").read_text(errors="replace")
-    raise RuntimeError(f"runstore did not say where it listens within {timeout_s}s: "
-                       f"{''.join(seen)[-500:]}{err[-1500:]}")
+    process, url = processes.start_store(directory, faults=faults, timeout_s=timeout_s)
+    return WireStore(process, url, directory)
 
 
 @pytest.fixture(scope="module", name="wire_store")

@@ -10,10 +10,9 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import redis
 import requests
 
 from detflow_site.embedded import RedisServer
+from detflow_site.processes import Lines, group_alive, stop
 from tests.integration.test_rundev import free_port
 from tests.wire import WireStore, start_store
 
@@ -32,48 +32,6 @@ LEASE_S = 10
 EXECUTIONS = 100
 #: Where Dramatiq's Redis broker records each consuming process (a broker id per process), on every fetch.
 HEARTBEATS = "detflow:__heartbeats__"
-
-
-def stop(process: subprocess.Popen[Any], timeout_s: float = 15.0) -> int:
-    """SIGTERM ``process`` (SIGKILL after ``timeout_s``); return its exit code."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return int(process.returncode)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-@dataclass
-class Lines:
-    """A child's stderr read by a thread, every line kept (so that its pipe never fills)."""
-
-    lines: list[str] = field(default_factory=list)
-
-    def follow(self, stream: Any) -> threading.Thread:
-        def read() -> None:
-            for line in stream:
-                self.lines.append(line)
-            stream.close()
-
-        thread = threading.Thread(target=read, daemon=True)
-        thread.start()
-        return thread
-
-    def tail(self) -> str:
-        return "".join(self.lines)[-3000:]
 
 
 def wait_for_consumers(socket: Path, wanted: int, worker: subprocess.Popen[Any], log: Lines,
