@@ -63,7 +63,12 @@ def chaos_step(ctx: StepContext) -> dict[str, Any]:
         raise PermanentError("planned permanent failure")
     if "hang" in mine and earlier == 1:
         _sleep(_seconds(plan, "hang_s", 60))
+    # The step's own work, if the run gives it any: half before its effect, half after (a worker
+    # killed in either half leaves the effect undone or done, its outcome unrecorded).
+    work_s = _seconds(plan, "work_s", 0)
+    _sleep(work_s / 2)
     _commit_effect(ctx, plan.get("run"))
+    _sleep(work_s / 2)
     if "pause" in mine and earlier == 1:
         _pause(ctx, index, _seconds(plan, "pause_s", 120))
     return {"step": ctx.step, "attempt": ctx.attempt}
