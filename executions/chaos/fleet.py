@@ -28,7 +28,7 @@ from pathlib import Path
 from pymongo.errors import PyMongoError
 
 from detflow_site import conf, services
-from detflow_site.processes import MANAGE, Child, manage_command
+from detflow_site.processes import Child, manage_command
 from executions import dispatch, operations, store
 from executions.chaos import checker, handlers
 from executions.chaos.report import FleetReport, KillRecord
@@ -168,11 +168,9 @@ def run(options: FleetOptions, say: Callable[[str], None]) -> FleetReport:
     report = FleetReport(options, schedule, SWEEP_INTERVAL_S, RECOVERY_SLACK_S)
     directory = Path(tempfile.mkdtemp(prefix="detflow-chaos-workers-"))
     modules = ",".join(dict.fromkeys((*settings.HANDLER_MODULES, handlers.__name__)))
-    path = os.pathsep.join(filter(None, (str(MANAGE.parent), os.environ.get("PYTHONPATH"))))
     environ = {**os.environ, "DETFLOW_MONGODB_URL": settings.MONGODB_URL or "",
                "DETFLOW_MONGODB_DB": settings.MONGODB_DB, "DETFLOW_REDIS_URL": services.redis_url(),
                "DETFLOW_HANDLER_MODULES": modules, "DETFLOW_LEASE_S": f"{options.lease_s:g}",
-               "PYTHONPATH": path,
                "PYTHONUNBUFFERED": "1", "dramatiq_prom_host": "127.0.0.1", "dramatiq_prom_port": "0"}
     workers = [Worker(i, environ, directory, options.threads) for i in range(options.processes)]
     sweeper = Sweeper(interval_s=SWEEP_INTERVAL_S)

@@ -121,8 +121,10 @@ def topology(tmp_path: Path) -> Iterator[Topology]:
         opened.append(worker_out)
         worker = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "runworker", "--processes", "2", "--threads", "4"],
-            cwd=tmp_path, env=environ, stdout=worker_out, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+            # Without PYTHONPATH, from a directory of its own: as `python /srv/detflow/manage.py
+            # runworker` starts on a deployment (gunicorn, below, needs the path or --chdir).
+            cwd=tmp_path, env={k: v for k, v in environ.items() if k != "PYTHONPATH"},
+            stdout=worker_out, stderr=subprocess.PIPE, text=True, start_new_session=True)
         started.append(worker)
         worker_log = Lines()
         worker_log.follow(worker.stderr)

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from detflow_site import conf, services
@@ -70,6 +71,10 @@ def run(command: list[str], sweeper: bool, out: Any) -> None:
     # Dramatiq's consumers poll Redis and back off up to the worker timeout when idle (1 s by
     # default): a step finishing after a quiet spell would wait that long for its successor.
     environ = {**os.environ, metrics.MULTIPROC_DIR: metrics_dir, _DRAMATIQ_DB: metrics_dir}
+    # The worker processes import the project's modules (executions.worker_boot, the handlers):
+    # started from any directory, they find them as manage.py's own process does.
+    project = str(django_settings.BASE_DIR)
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, (project, os.environ.get("PYTHONPATH"))))
     environ.setdefault("dramatiq_worker_timeout", "100")
     try:
         code = supervise(command, environ, sweeper)
