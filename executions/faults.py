@@ -7,6 +7,11 @@
   the worker's process had stopped (a long GC pause, SIGSTOP); the lock and the lease run out.
 - Broken builds: ``break_("fence")`` drops the ``version`` condition from every write, so that a
   test can show the chaos checker catching what the fence prevents.
+
+No module of the engine calls this one. Each switch acts at a seam: the crash points at the
+runner's (``executions.seams``, installed by the first :func:`arm`), the pauses at the watchdog's
+set of frozen executions (``executions.watchdog.PAUSED``), the broken fence at the store's fenced
+write (``executions.store.fence_broken``).
 """
 from __future__ import annotations
 
@@ -61,18 +66,29 @@ def arm(point: str, times: int = 1, execution_id: str | None = None, skip: int =
     passes when ``execution_id`` is given, of any otherwise)."""
     if point not in POINTS:
         raise ValueError(f"unknown crash point {point!r}; known: {', '.join(POINTS)}")
+    from executions import seams  # the runner's seam: loads the worker, so only when a test arms
+
+    seams.install(_watch)
     with _guard:
         key = (point, execution_id)
         current = _armed.get(key)
         _armed[key] = _Arm(times + (current.times if current else 0), skip)
 
 
+def _watch(point: str, execution_id: str | None) -> None:
+    hit(point, execution_id)  # looked up at each pass: a test may spy on ``hit``
+
+
 def disarm() -> None:
     """Disarm every point, resume every pause, mend every broken mechanism, forget crashes."""
+    from executions import store, watchdog
+
     with _guard:
         _armed.clear()
         _paused.clear()
+        watchdog.PAUSED.clear()
         _broken.clear()
+        store.fence_broken = False
         fired.clear()
 
 
@@ -100,13 +116,19 @@ def hit(point: str, execution_id: str | None = None) -> None:
 
 def pause(execution_id: str) -> None:
     """Freeze the watchdog of the execution's running attempt (no renewal, no interrupt)."""
+    from executions import watchdog
+
     with _guard:
         _paused.add(execution_id)
+        watchdog.PAUSED.add(execution_id)
 
 
 def resume(execution_id: str) -> None:
+    from executions import watchdog
+
     with _guard:
         _paused.discard(execution_id)
+        watchdog.PAUSED.discard(execution_id)
 
 
 def paused(execution_id: str) -> bool:
@@ -117,8 +139,11 @@ def break_(mechanism: str) -> None:
     """Switch a safety mechanism off (tests of the checkers only)."""
     if mechanism not in BREAKABLE:
         raise ValueError(f"unknown mechanism {mechanism!r}; known: {', '.join(BREAKABLE)}")
+    from executions import store
+
     with _guard:
         _broken.add(mechanism)
+        store.fence_broken = True
 
 
 def broken(mechanism: str) -> bool:

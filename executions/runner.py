@@ -7,6 +7,10 @@ A crash between any two of these is recovered (DESIGN: "One step's life"): befor
 next message or sweep, after the claim by the lease running out, after the outcome by the sweeper
 seeing due work. The next message is sent *after* the lock is released, so that it never finds the
 lock still held by the worker that sent it.
+
+Each boundary of a step's life is a call to one of the runner's collaborators (the lock, the
+engine's ``decide``, the ``Attempt``, ``_hand_on``): the crash tests and chaos watch and break them
+there through ``executions.seams``, which wraps those names; the runner itself makes no test call.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import threading
 from dataclasses import dataclass
 
 from detflow_site import conf, logs, services
-from executions import dispatch, engine, faults, metrics, store, transitions
+from executions import dispatch, engine, metrics, store, transitions
 from executions.attempt import Attempt
 from executions.engine import Claim, Decision, Finish, RecoverLost, Wait, decide
 from executions.followup import follow_up, recover_lost
@@ -47,7 +51,6 @@ def advance(execution_id: str, worker: str | None = None) -> None:
 def _advance(execution_id: str, worker: str) -> None:
     settings = conf.get()
     lease_ms = round(settings.LEASE_S * 1000)
-    faults.hit("received", execution_id)
     lock = ExecutionLock(services.redis_client(), execution_id, lease_ms)
     if not lock.acquire():
         # A live holder sees the poke when it releases. A dead one never will: the first to poke
@@ -58,7 +61,6 @@ def _advance(execution_id: str, worker: str) -> None:
             dispatch.send(execution_id, delay_ms=left_ms + 50)
         logger.debug("execution %s is held by another worker; poked it", execution_id)
         return
-    faults.hit("locked", execution_id)
     try:
         doc = store.patiently(lambda: store.load_working(execution_id))
         if doc is None:
@@ -66,17 +68,14 @@ def _advance(execution_id: str, worker: str) -> None:
             logger.warning("execution %s does not exist; message dropped", execution_id)
             return
         end = _run(Snapshot.of(doc), worker, lock, lease_ms)
-    except faults.SimulatedCrash:
-        raise  # a worker that dies leaves its lock behind: the crash tests need exactly that
     except BaseException:
-        # Any other failure (a store that stayed down past every retry) releases the lock: left
-        # behind, it would hold the execution's next message off until it expired.
+        # A failure (a store that stayed down past every retry) releases the lock: left behind, it
+        # would hold the execution's next message off until it expired. (A crash the test seam
+        # raises keeps it: the seam's lock releases nothing once its worker is dead.)
         lock.release()
         raise
     poked = lock.release()
-    faults.hit("released", execution_id)
     _hand_on(execution_id, end, poked)
-    faults.hit("sent", execution_id)
 
 
 @dataclass
@@ -117,8 +116,6 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
     end = RunEnd()
     claims = 0
     while snap is not None:
-        execution_id = snap.state.id
-        faults.hit("loaded", execution_id)
         end.now = now = now_ms()
         end.decision = decision = decide(snap.state, now)
         if isinstance(decision, Claim):
@@ -172,7 +169,6 @@ def run_step(
     if claimed is None:
         logger.info("claim of %s step %d lost a race; leaving it", snap.state.id, decision.step)
         return None
-    faults.hit("claimed", snap.state.id)
     workflow = snap.doc["workflow"]
     logs.bind(step=snap.state.steps[decision.step].name, attempt=decision.attempt)
     due = store.to_ms(snap.doc.get("due_at"))
@@ -181,10 +177,8 @@ def run_step(
     attempt = Attempt(claimed, decision.step, worker)
     try:
         attempt.run(lock, lease_ms, slot)
-        faults.hit("handled", snap.state.id)
         recorded = attempt.record()
     finally:
         if attempt.watchdog is not None:
             attempt.watchdog.finish()
-    faults.hit("recorded", snap.state.id)
     return recorded

@@ -65,6 +65,19 @@ def collection() -> Collection:
     return Execution._get_collection()
 
 
+#: Set by ``executions.faults.break_("fence")`` only (the tests of the chaos checker): the fenced
+#: write below drops its ``version`` condition, to show that the checker notices what it prevents.
+fence_broken = False
+
+
+def update_fenced(query: dict[str, Any], update: dict[str, Any]) -> bool:
+    """Send a version-matched update (``query`` names the ``version`` it moves on); return whether
+    it changed the execution."""
+    if fence_broken:
+        query = {k: v for k, v in query.items() if k != "version"}
+    return collection().update_one(query, update).modified_count == 1
+
+
 #: Events an execution's document holds at most before its oldest ``HISTORY_CHUNK`` move out to
 #: the history collection (by the same fenced write that adds the next ones): the working
 #: document stays small for any history, and every reader sees the whole of it (:func:`load`).

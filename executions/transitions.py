@@ -20,7 +20,7 @@ from typing import Any
 import bson
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from executions import faults, store
+from executions import store
 from executions.engine import TERMINAL, ExecutionState, ExecutionStatus, StepStatus, due_at, replay
 from executions.events import (
     AttemptFailed,
@@ -155,8 +155,6 @@ def commit(snap: Snapshot, events: Sequence[Event], now: int) -> Snapshot | None
     if update_unset:
         update["$unset"] = update_unset
     query: dict[str, Any] = {"_id": snap.state.id, "version": snap.version}
-    if faults.broken("fence"):
-        del query["version"]
     if not _fenced_update(snap, query, update, stamped):
         return None
     version, event_seq = snap.version + 1, snap.event_seq + len(events)
@@ -184,7 +182,7 @@ def _fenced_update(
         try:
             if uncertain and _landed(snap, stamped):
                 return True
-            return store.collection().update_one(query, update).modified_count == 1
+            return store.update_fenced(query, update)
         except PyMongoError as exc:
             if not store.transient(exc) or time.monotonic() + delay > deadline:
                 raise

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pymongo
 
-from executions import faults, transitions
+from executions import transitions
 from executions.locks import ExecutionLock
 from executions.slots import StepSlot
 from executions.store import now_ms
@@ -23,6 +23,10 @@ from executions.ticker import TICKER, Entry
 from workflows.errors import LeaseLost
 
 logger = logging.getLogger("detflow.worker")
+
+#: Executions whose watchdog is frozen (neither renews nor interrupts), as if the worker's process
+#: had stopped: filled by ``executions.faults.pause`` only (tests and chaos), empty in production.
+PAUSED: set[str] = set()
 
 
 class TimeoutInterrupt(BaseException):
@@ -72,7 +76,7 @@ class Watchdog:
         if self._done:
             return
         now = time.monotonic()
-        if faults.paused(self.execution_id):
+        if self.execution_id in PAUSED:
             self._next(now, paused=True)
             return
         if now >= self.deadline and not self._settled:
