@@ -54,8 +54,6 @@ class Fired:
 
 
 _armed: dict[tuple[str, str | None], _Arm] = {}
-_paused: set[str] = set()
-_broken: set[str] = set()
 #: Every crash raised since the last :func:`disarm`.
 fired: list[Fired] = []
 _guard = threading.Lock()
@@ -66,13 +64,20 @@ def arm(point: str, times: int = 1, execution_id: str | None = None, skip: int =
     passes when ``execution_id`` is given, of any otherwise)."""
     if point not in POINTS:
         raise ValueError(f"unknown crash point {point!r}; known: {', '.join(POINTS)}")
-    from executions import seams  # the runner's seam: loads the worker, so only when a test arms
-
-    seams.install(_watch)
+    install_seam()
     with _guard:
         key = (point, execution_id)
         current = _armed.get(key)
         _armed[key] = _Arm(times + (current.times if current else 0), skip)
+
+
+def install_seam() -> None:
+    """Route the runner's boundaries through the crash points from now on (the first :func:`arm`
+    does it; a run that arms while workers run calls it before they start, so that no message in
+    flight began on the unwatched names). It loads the worker, so only tests and chaos call it."""
+    from executions import seams
+
+    seams.install(_watch)
 
 
 def _watch(point: str, execution_id: str | None) -> None:
@@ -85,9 +90,7 @@ def disarm() -> None:
 
     with _guard:
         _armed.clear()
-        _paused.clear()
         watchdog.PAUSED.clear()
-        _broken.clear()
         store.fence_broken = False
         fired.clear()
 
@@ -119,7 +122,6 @@ def pause(execution_id: str) -> None:
     from executions import watchdog
 
     with _guard:
-        _paused.add(execution_id)
         watchdog.PAUSED.add(execution_id)
 
 
@@ -127,12 +129,7 @@ def resume(execution_id: str) -> None:
     from executions import watchdog
 
     with _guard:
-        _paused.discard(execution_id)
         watchdog.PAUSED.discard(execution_id)
-
-
-def paused(execution_id: str) -> bool:
-    return bool(_paused) and execution_id in _paused
 
 
 def break_(mechanism: str) -> None:
@@ -142,9 +139,4 @@ def break_(mechanism: str) -> None:
     from executions import store
 
     with _guard:
-        _broken.add(mechanism)
         store.fence_broken = True
-
-
-def broken(mechanism: str) -> bool:
-    return bool(_broken) and mechanism in _broken

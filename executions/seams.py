@@ -44,10 +44,6 @@ _guard = threading.Lock()
 _life = threading.local()
 
 
-def installed() -> bool:
-    return _watch is not None
-
-
 def install(watch: Watch) -> None:
     """Route the runner's boundaries through ``watch`` from now on (idempotent: the last one wins)."""
     global _watch

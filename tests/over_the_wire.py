@@ -29,6 +29,7 @@ OWN_RUNSTORE = (
     "tests/integration/test_topology.py",
     "tests/integration/test_wire_store.py",
     "tests/integration/test_bench_wire.py",
+    "tests/reliability/test_chaos_processes.py",
 )
 
 

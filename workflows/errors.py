@@ -39,7 +39,12 @@ class WorkflowNotFound(NotFound):
 
 
 class HandlerError(DetflowError):
-    """Base of the errors a handler raises to say how its failure should be treated."""
+    """Base of the errors a handler raises to say how its failure should be treated. It takes
+    arguments as any exception does (``PermanentError("card declined", code)``)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(str(args[0]) if len(args) == 1 else str(args) if args else "")
+        self.args = args
 
 
 class RetryableError(HandlerError):

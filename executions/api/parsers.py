@@ -46,7 +46,10 @@ class JSONParser(parsers.JSONParser):
             value = json.loads(text, parse_constant=_refuse_constant)
         except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
-        if _SURROGATE_ESCAPE.search(text):
+        # From UTF-8 a lone surrogate comes only as an escape; another charset (utf-7, say) can
+        # decode to one directly.
+        utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8")
+        if _SURROGATE_ESCAPE.search(text) or (not utf8 and not text.isascii()):
             refuse_lone_surrogates(value)
         return value
 

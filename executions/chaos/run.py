@@ -154,6 +154,7 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
     report = Report(options=options, schedule=schedule)
     run_id = f"{options.seed}-{secrets.token_hex(4)}"
     faults.disarm()
+    faults.install_seam()  # before any worker runs: every message then passes the crash points
     for mechanism in options.broken:
         faults.break_(mechanism)
     handlers.DEDUPLICATE["enabled"] = options.deduplicate

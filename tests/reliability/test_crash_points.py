@@ -32,6 +32,29 @@ RECOVERY = {
     "handled": "lost", "recorded": "resent", "released": "resent", "sent": None,
 }
 RETRY = {"max_attempts": 3, "initial_delay_s": 0.05, "max_delay_s": 0.2}
+#: Boundaries at which the crashing worker holds the execution's lock: a dead worker releases
+#: nothing, so the lock is still there when the crash has left the runner.
+LOCK_HELD = ("locked", "loaded", "claimed", "handled", "recorded")
+
+
+@pytest.fixture
+def lock_left(monkeypatch: pytest.MonkeyPatch, redis_client: Any) -> list[tuple[str, bool]]:
+    """Return, for each simulated crash, its point and whether the execution's lock was still in
+    Redis once the crash had passed out of the runner (the actor calls ``runner.advance``)."""
+    from executions import runner
+
+    seen: list[tuple[str, bool]] = []
+    real_advance = runner.advance
+
+    def advance(execution_id: str, worker: str | None = None) -> None:
+        try:
+            real_advance(execution_id, worker)
+        except faults.SimulatedCrash as crash:
+            seen.append((str(crash), bool(redis_client.exists(f"detflow:lock:{execution_id}"))))
+            raise
+
+    monkeypatch.setattr(runner, "advance", advance)
+    return seen
 
 
 def start_crashing(define: Any, point: str, step: str) -> str:
@@ -68,7 +91,7 @@ CASES = [
 @pytest.mark.parametrize(("mode", "point", "step"), CASES)
 def test_crash_at__each_boundary__is_recovered_by_the_sweeper(
     mode: str, point: str, step: str, worker: Any, sweeper: Any, crashes: list[str], define: Any,
-    settings: Any,
+    settings: Any, lock_left: list[tuple[str, bool]],
 ) -> None:
     if mode == "message":  # every step a message of its own
         settings.DETFLOW = {**settings.DETFLOW, "INLINE_STEPS": "1"}
@@ -79,6 +102,7 @@ def test_crash_at__each_boundary__is_recovered_by_the_sweeper(
     wait_for(lambda: crashes, what=f"the crash at {point!r} to fire")
 
     assert crashes == [point]
+    assert lock_left == [(point, point in LOCK_HELD)], "a dead worker released its lock, or none was held"
     assert doc["status"] == "SUCCEEDED"
     assert [s["status"] for s in doc["steps"]] == ["SUCCEEDED"] * 3
     recovery = (RECOVERY if mode == "message" else RECOVERY_INLINE)[point]

@@ -80,3 +80,15 @@ def test_surrogates__python_callers_get_the_same_refusal_naming_where() -> None:
     assert start.value.field == "input" and "at files[1]" in start.value.reason
     assert register.value.field == "description"
     assert store.collection().count_documents({}) == 0
+
+
+def test_surrogates__a_charset_that_decodes_to_a_lone_surrogate_is_400(operator: Any) -> None:
+    """utf-7 writes U+D800 as ``+2AA-``: no escape in the text, a lone surrogate once decoded."""
+    started = post(operator, "executions/", '{"workflow": "pay"}').json()
+
+    response = operator.generic("POST", API + f"executions/{started['id']}/cancel/",
+                                b'{"reason": "oops +2AA-"}', content_type="application/json; charset=utf-7")
+
+    assert_error(response, 400, "invalid_text", "reason")
+    stored = store.load(started["id"])
+    assert stored is not None and stored["status"] != "CANCELLED"
