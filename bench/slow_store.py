@@ -4,7 +4,7 @@ Each repetition runs detflow (steps back to back, the default) and ``detflow-msg
 step) twice at the same thread count, as ``bench/throughput.py`` runs them: once as they are (the
 ceiling this process reaches when the store costs only its CPU) and once with ``L`` of latency
 injected before every command on the executions collection, by the store fault seam of chaos
-(``executions.chaos.storefaults``: a ``latency`` rule on every read and write, whose sleep happens
+(``detflow_site.chaos.storefaults``: a ``latency`` rule on every read and write, whose sleep happens
 outside the embedded store's lock, as network time would). The commands are counted in the timed
 window of the same run: those that carried the latency (the rule's strikes) and every MongoDB
 command (``bench/meters.py``; the history collection carries no latency). If the latency of one
@@ -52,7 +52,7 @@ class Slow:
 def slow_run(contender: Contender, threads: int, executions: int, steps: int, latency_s: float,
              meter: meters.StoreMeter) -> Slow:
     """Time one run with ``latency_s`` injected before every command on the executions collection."""
-    from executions.chaos.storefaults import READS, WRITES, Rule, installed
+    from detflow_site.chaos.storefaults import READS, WRITES, Rule, installed
 
     counted: dict[str, Any] = {}
     with installed() as faults:

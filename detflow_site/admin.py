@@ -14,7 +14,7 @@ from django.urls import URLPattern, URLResolver, path
 from django.utils.safestring import SafeString
 
 from detflow_site import docadmin
-from executions.admin import RoleAdmin
+from detflow_site.console.admin import RoleAdmin
 from insights import service
 from insights.errors import NotFinished
 from insights.representation import represent

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import mongoengine
+from mongoengine.connection import DEFAULT_CONNECTION_NAME
 from pymongo import IndexModel
 from pymongo.collection import Collection
 
@@ -68,7 +69,7 @@ class Index:
 
 #: Collections read through pymongo alone (no document class): the events moved out of executions,
 #: read by execution in seq order (``executions.store.history``); the chaos workflow's ledger and
-#: effects, read by run (``executions.chaos.run``). ``chaos_runs`` is read by ``_id`` only.
+#: effects, read by run (``detflow_site.chaos.run``). ``chaos_runs`` is read by ``_id`` only.
 RAW: dict[str, tuple[Index, ...]] = {
     "execution_history": (Index((("execution_id", 1), ("first_seq", 1))),),
     "chaos_ledger": (Index((("run", 1), ("execution_id", 1))),),
@@ -124,9 +125,7 @@ def declared() -> dict[str, tuple[Index, ...]]:
 
 def collection(name: str) -> Collection:
     """Return collection ``name`` of the store detflow is connected to."""
-    from detflow_site.services import ALIAS
-
-    return mongoengine.get_db(ALIAS)[name]
+    return mongoengine.get_db(DEFAULT_CONNECTION_NAME)[name]  # the alias services connects
 
 
 def ensure() -> list[Change]:

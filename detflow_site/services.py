@@ -5,11 +5,12 @@ import functools
 
 import mongoengine
 import redis
+from mongoengine.connection import DEFAULT_CONNECTION_NAME
 
 from detflow_site import conf, embedded
 
 #: The mongoengine alias every document uses.
-ALIAS = "default"
+ALIAS = DEFAULT_CONNECTION_NAME  # mongoengine's default alias: the documents' own
 
 
 def connect_mongo() -> None:

@@ -139,11 +139,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["executions.api.permissions.HasRole"],
-    "DEFAULT_PARSER_CLASSES": ["executions.api.parsers.JSONParser"],
+    "DEFAULT_PERMISSION_CLASSES": ["detflow_site.api.permissions.HasRole"],
+    "DEFAULT_PARSER_CLASSES": ["detflow_site.api.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "EXCEPTION_HANDLER": "executions.api.errors.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "executions.api.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "detflow_site.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "detflow_site.api.openapi.AutoSchema",
 }
 
 SPECTACULAR_SETTINGS = {

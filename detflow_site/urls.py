@@ -4,13 +4,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from executions.api import health
-from insights.api import InsightView
+from detflow_site.api import health
+from detflow_site.api.insight import InsightView
 
 urlpatterns = [
     # Before the API's routes, whose last one answers every other path under api/v1/ with a 404.
     path("api/v1/executions/<str:execution_id>/insight/", InsightView.as_view(), name="execution-insight"),
-    path("api/v1/", include(("executions.api.urls", "api"))),
+    path("api/v1/", include(("detflow_site.api.urls", "api"))),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

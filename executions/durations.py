@@ -1,6 +1,6 @@
 """How long the steps of a stored execution took, and the nearest-rank percentiles of such times.
 
-The admin's statistics (``executions.console.aggregates``) and the post-mortems' step baselines
+The admin's statistics (``detflow_site.console.aggregates``) and the post-mortems' step baselines
 (``insights.baseline``) both read step times here, so that a step's p95 is the same figure in both.
 """
 from __future__ import annotations

@@ -51,7 +51,7 @@ class Execution(me.Document):
         # Created by ``manage.py ensure_indexes`` (detflow_site.indexes), never on first access.
         "auto_create_index": False,
         # The API lists executions by equality on the leading fields and in (created_at, _id)
-        # order: each filter it offers has an index here that serves both (executions.api.filters).
+        # order: each filter it offers has an index here that serves both (detflow_site.api.filters).
         # A partial filter is ``$exists: true``, which an equality on the field implies (the
         # planner uses a partial index only when the query implies its filter; an equality does
         # not imply ``$type``); the engine unsets these fields, it never stores them as null.

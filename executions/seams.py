@@ -2,7 +2,7 @@
 
 The runner makes no test call. Each boundary of a step's life (``executions.faults.POINTS``) is a
 call the runner already makes to one of its collaborators, and :func:`install` wraps those names in
-``executions.runner`` (as ``executions.chaos.storefaults`` wraps the store's collections), so that a
+``executions.runner`` (as ``detflow_site.chaos.storefaults`` wraps the store's collections), so that a
 watcher is called exactly where the runner's code reaches each boundary:
 
 ========== ==========================================================================

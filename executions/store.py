@@ -133,7 +133,7 @@ HISTORY = "execution_history"
 
 
 #: What :func:`history` returns instead of the real collection while the store fault seam is
-#: installed (``executions.chaos.storefaults.installed``, which for the executions collection takes
+#: installed (``detflow_site.chaos.storefaults.installed``, which for the executions collection takes
 #: the place mongoengine caches it in); ``None``, the real collection, everywhere else.
 history_stand_in: Any = None
 

@@ -13,7 +13,8 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from executions import demo, samples
+from detflow_site.demo import run as demo
+from detflow_site.demo import samples
 from workflows.outbox import Outbox
 
 VALID = ("sunset.png", "mandelbrot.jpg", "spinner.gif", "badge.webp", "report.pdf", "orders.csv",

@@ -9,8 +9,8 @@ from typing import Any
 import bson
 import pytest
 
+from detflow_site.api import views  # noqa: F401  (the events page reads across both)
 from executions import audit, operations, runner, store
-from executions.api import views  # noqa: F401  (the events page reads across both)
 from tests.reliability.invariants import assert_invariants
 
 pytestmark = pytest.mark.usefixtures("audited")

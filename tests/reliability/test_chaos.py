@@ -10,11 +10,11 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from detflow_site.chaos.handlers import effects, ledger
+from detflow_site.chaos.run import Options, run
+from detflow_site.chaos.schedule import KINDS, STORE_KINDS
 from detflow_site.conf import DetflowSettings
 from executions import store
-from executions.chaos.handlers import effects, ledger
-from executions.chaos.run import Options, run
-from executions.chaos.schedule import KINDS, STORE_KINDS
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Store faults on the history: a long execution's events move out of its document to
 ``execution_history`` by a write the store fault seam strikes like any other (an error before it is
 applied, or after: an ambiguous write), and the history stays whole: no gap, no event twice, and it
-replays through the engine. Faults come from ``executions.chaos.storefaults``; everything else is
+replays through the engine. Faults come from ``detflow_site.chaos.storefaults``; everything else is
 real (the engine, a Dramatiq worker, Redis)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from detflow_site.chaos.storefaults import HISTORY, Rule, StoreFaults, installed
 from executions import audit, operations, store
-from executions.chaos.storefaults import HISTORY, Rule, StoreFaults, installed
 from tests.conftest import wait_for
 from tests.reliability.invariants import assert_invariants
 

@@ -1,7 +1,7 @@
 """Store failures survived: an ambiguous write is recognised and never applied twice, an election
 during an outcome write loses nothing, a store that stays down releases the lock, and one
 execution that keeps failing never stops a sweep. Faults come from the store seam
-(``executions.chaos.storefaults``), as a replica set would fail; everything else is real."""
+(``detflow_site.chaos.storefaults``), as a replica set would fail; everything else is real."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pymongo.errors import PyMongoError
 
+from detflow_site.chaos.storefaults import WRITES, Rule, StoreFaults, installed
 from executions import engine, operations, runner, store, transitions
-from executions.chaos.storefaults import WRITES, Rule, StoreFaults, installed
 from executions.engine import Claim, decide
 from executions.store import Snapshot, now_ms
 from executions.sweeper import sweep
@@ -191,7 +191,7 @@ def test_api__answers_409_when_the_store_refuses_a_write_for_good(
 def test_message__whose_first_read_meets_an_election_waits_it_out_instead_of_being_dropped(
     define: Any, faults: StoreFaults, redis_client: Any
 ) -> None:
-    from executions.chaos.storefaults import READS
+    from detflow_site.chaos.storefaults import READS
 
     define("read", [{"handler": "test.echo", "retry": {"max_attempts": 1}}])
     doc, _ = operations.start("read", {"n": 1})

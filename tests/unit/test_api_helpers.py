@@ -7,11 +7,11 @@ import pytest
 from rest_framework.exceptions import ErrorDetail
 
 from detflow_site import conf
+from detflow_site.api.errors import flatten
+from detflow_site.api.fields import depth
+from detflow_site.api.filters import decode_cursor, encode_cursor
+from detflow_site.api.parsers import nesting
 from detflow_site.errors import InvalidArgument
-from executions.api.errors import flatten
-from executions.api.fields import depth
-from executions.api.filters import decode_cursor, encode_cursor
-from executions.api.parsers import nesting
 from executions.store import to_dt
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from executions.chaos.schedule import (
+from detflow_site.chaos.schedule import (
     EXECUTION_KINDS,
     GLOBAL_KINDS,
     KINDS,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from executions.console.aggregates import worst_case_s
-from executions.console.timeline import svg
+from detflow_site.console.aggregates import worst_case_s
+from detflow_site.console.timeline import svg
 from executions.store import to_ms
 
 T0 = dt.datetime(2025, 1, 1)

@@ -11,8 +11,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from detflow_site.demo import run as demo
 from detflow_site.errors import DetflowError
-from executions import demo
 from insights import service
 
 
@@ -38,7 +38,7 @@ class Command(BaseCommand):
 
         then = None
         if options["serve"]:
-            from executions.serve import check_port, serve
+            from detflow_site.demo.serve import check_port, serve
 
             port = check_port(options["port"])
 

@@ -59,8 +59,8 @@ def test_list__refuses_a_filter_combination_no_index_serves(console_as: Callable
 
 def test_list__pages_with_a_cursor_and_no_count(console_as: Callable[..., Client], define: Any,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from detflow_site.console import listing
     from executions import operations
-    from executions.console import listing
 
     monkeypatch.setattr(listing, "PAGE_SIZE", 2)
     define("ok", [{"handler": "test.echo"}])
@@ -218,7 +218,7 @@ def test_dashboard__is_cached_between_loads(console_as: Callable[..., Client], d
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from django.core.cache import cache
 
-    from executions.console import aggregates
+    from detflow_site.console import aggregates
 
     failed_execution(define)
     computed = []

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from detflow_site.api.parsers import PARSE_DEPTH
 from executions import store
-from executions.api.parsers import PARSE_DEPTH
 from tests.integration.api.conftest import assert_error
 
 API = "/api/v1/"

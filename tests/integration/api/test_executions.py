@@ -8,8 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from detflow_site.api import filters
 from executions import operations, runner, store
-from executions.api import filters
 from executions.models import Execution
 from tests.conftest import wait_terminal
 from tests.integration.api.conftest import assert_error, failed_execution

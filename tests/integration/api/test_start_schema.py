@@ -7,8 +7,8 @@ import json
 import re
 from typing import Any
 
+from detflow_site.api.serializers import MAX_VERSION
 from executions import operations
-from executions.api.serializers import MAX_VERSION
 from tests.integration.api.conftest import assert_error
 from workflows.builtin import FILE_PROCESSING
 

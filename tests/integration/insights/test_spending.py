@@ -180,7 +180,7 @@ def test_regenerate__an_execution_is_regenerated_once_per_interval_whoever_asks(
 
 
 def test_regenerate__operators_asking_at_once_take_an_execution_s_slot_once(redis_client: Any) -> None:
-    from executions.api.throttles import ExecutionRegenerateThrottle
+    from detflow_site.api.throttles import ExecutionRegenerateThrottle
 
     view = SimpleNamespace(kwargs={"execution_id": "contested"})
     start = threading.Barrier(8)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
-from executions.chaos import handlers
+from detflow_site.chaos import handlers
 from workflows import registry
 from workflows.context import AttemptLog, StepContext
 from workflows.errors import PermanentError

@@ -20,12 +20,12 @@ from django.utils.safestring import SafeString
 from rest_framework.exceptions import ParseError, ValidationError
 
 from detflow_site import docadmin
+from detflow_site.api.fields import JSONValue
+from detflow_site.api.parsers import JSONParser
+from detflow_site.api.views import refuse_server_path
+from detflow_site.console import aggregates, listing, timeline
 from detflow_site.errors import DetflowError, PayloadTooLarge
 from executions import diagnosis, operations, store
-from executions.api.fields import JSONValue
-from executions.api.parsers import JSONParser
-from executions.api.views import refuse_server_path
-from executions.console import aggregates, listing, timeline
 from executions.engine import ExecutionStatus, StepStatus
 from executions.errors import InvalidArgument
 from executions.roles import OPERATORS, VIEWERS, roles_of

@@ -3,7 +3,7 @@
 Every page reads at most ``page_size + 1`` documents through an index declared in
 ``Execution.meta``, and nothing counts the collection:
 
-- The filters are the API's (``executions.api.filters``): equalities on the leading fields of an
+- The filters are the API's (``detflow_site.api.filters``): equalities on the leading fields of an
   index followed by ``(created_at, _id)``, which is both the order and the keyset cursor. A
   combination that no index leads with is refused with the combinations that are (a failed step
   implies ``status=FAILED``, which is then dropped).
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detflow_site import conf
+from detflow_site.api import filters
 from executions import store
-from executions.api import filters
 from executions.errors import InvalidArgument
 from executions.models import Execution
 from executions.store import now_ms, to_dt

@@ -1,6 +1,6 @@
 """``GET, POST /api/v1/executions/{id}/insight/``: an execution's post-mortem; POST writes it again.
 
-Routed from ``detflow_site.urls`` (``executions.api`` may not import insights); the API's role
+Routed from ``detflow_site.urls`` (``detflow_site.api`` may not import insights); the API's role
 permission (viewers read, operators write) and error handler apply as to every other endpoint.
 A GET never asks the model (a missing post-mortem is written by the rules); a POST may, throttled
 per user and per execution, and within the model budget of the hour.
@@ -15,9 +15,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from executions.api.permissions import HasRole
-from executions.api.representations import Error
-from executions.api.throttles import ExecutionRegenerateThrottle, RegenerateThrottle
+from detflow_site.api.permissions import HasRole
+from detflow_site.api.representations import Error
+from detflow_site.api.throttles import ExecutionRegenerateThrottle, RegenerateThrottle
 from insights import service
 from insights.postmortem import ACTIONS, CONFIDENCE
 from insights.representation import represent

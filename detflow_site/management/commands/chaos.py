@@ -1,8 +1,8 @@
 """``manage.py chaos``: a seeded fault run over the chaos workflow, checked; non-zero on violations.
 
 With ``--processes N`` the workers are N real ``runworker`` processes, SIGKILLed on the seeded
-schedule (``executions.chaos.fleet``); without ``DETFLOW_MONGODB_URL`` the command first starts its
-own ``runstore`` and redis-server (``executions.chaos.hosted``).
+schedule (``detflow_site.chaos.fleet``); without ``DETFLOW_MONGODB_URL`` the command first starts its
+own ``runstore`` and redis-server (``detflow_site.chaos.hosted``).
 """
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from detflow_site import services
-from executions.chaos import fleet, hosted
-from executions.chaos.run import Options, prepare, run
-from executions.chaos.schedule import GROUPS, KINDS, expand
+from detflow_site.chaos import fleet, hosted
+from detflow_site.chaos.run import Options, prepare, run
+from detflow_site.chaos.schedule import GROUPS, KINDS, expand
 
 
 class Command(BaseCommand):

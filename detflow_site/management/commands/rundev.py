@@ -15,7 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("--threads", type=int, default=4, help="worker threads (default 4)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from executions import serve
+        from detflow_site.demo import serve
         from executions.workers import WorkerPool
         from workflows.builtin import ensure_file_processing
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from django.utils.dateparse import parse_date, parse_datetime
 
+from detflow_site.api.serializers import MAX_VERSION
 from detflow_site.errors import InvalidArgument
 from detflow_site.times import naive_utc, to_dt, to_ms
 from executions import store
-from executions.api.serializers import MAX_VERSION
 from executions.engine import ExecutionStatus
 
 #: Rows per page unless ``page_size`` says otherwise, and the most it may say.

@@ -7,8 +7,8 @@ from rest_framework.decorators import api_view, authentication_classes, permissi
 from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny
 
-from executions.api import health, uploads, views
-from executions.api.docs import DocsView, SchemaView
+from detflow_site.api import health, uploads, views
+from detflow_site.api.docs import DocsView, SchemaView
 
 
 @extend_schema(exclude=True)

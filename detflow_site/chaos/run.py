@@ -18,10 +18,9 @@ from typing import Any
 from pymongo.errors import PyMongoError
 
 from detflow_site import conf, services
-from executions import faults, operations, store
-from executions.chaos import checker, handlers
-from executions.chaos.nemesis import Nemesis
-from executions.chaos.schedule import (
+from detflow_site.chaos import checker, handlers
+from detflow_site.chaos.nemesis import Nemesis
+from detflow_site.chaos.schedule import (
     HANDLER_KINDS,
     KINDS,
     STORE_EXECUTION_KINDS,
@@ -31,7 +30,8 @@ from executions.chaos.schedule import (
     expand,
     plan,
 )
-from executions.chaos.storefaults import Rule, StoreFaults, installed
+from detflow_site.chaos.storefaults import Rule, StoreFaults, installed
+from executions import faults, operations, store
 from executions.engine import TERMINAL
 from executions.workers import WorkerPool
 from workflows import definitions

@@ -5,7 +5,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from executions.api.fields import Flag, Integer, JSONValue, Text
+from detflow_site.api.fields import Flag, Integer, JSONValue, Text
 
 #: Largest version number a request may name (MongoDB integers are 64-bit; no workflow gets near).
 MAX_VERSION = 2**31 - 1

@@ -10,7 +10,7 @@ from typing import Any
 
 from executions.faults import POINTS
 
-#: Store faults (``executions.chaos.storefaults``): an error before one of an execution's fenced
+#: Store faults (``detflow_site.chaos.storefaults``): an error before one of an execution's fenced
 #: writes is applied or after it was (an ambiguous write), and, for every call while they last, an
 #: election (``NotWritablePrimary``), a fixed latency, and latency spikes.
 STORE_EXECUTION_KINDS = ("store_before", "store_after")

@@ -13,9 +13,8 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
-from executions import diagnosis, operations, store
-from executions.api import filters, representations
-from executions.api.serializers import (
+from detflow_site.api import filters, representations
+from detflow_site.api.serializers import (
     MAX_VERSION,
     ActionRequest,
     DefinitionBody,
@@ -23,7 +22,8 @@ from executions.api.serializers import (
     SkipRequest,
     StartRequest,
 )
-from executions.api.throttles import StartThrottle
+from detflow_site.api.throttles import StartThrottle
+from executions import diagnosis, operations, store
 from executions.engine import ExecutionStatus
 from executions.errors import ExecutionNotFound, IdempotencyConflict, InvalidArgument
 from workflows import definitions, masking, registry

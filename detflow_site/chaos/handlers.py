@@ -3,7 +3,7 @@
 its input plans for it.
 
 Ledger and effects live in MongoDB (``chaos_ledger``, ``chaos_effects``), so a chaos run can check
-workers in other processes too. Only the chaos command (``executions.chaos.run``) and the tests import
+workers in other processes too. Only the chaos command (``detflow_site.chaos.run``) and the tests import
 this module: production processes never register ``chaos.step`` (add it to ``DETFLOW_HANDLER_MODULES``
 for workers of a chaos run in other processes).
 """

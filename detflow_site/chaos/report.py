@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from detflow_site import conf, services
-from executions.chaos import checker
-from executions.chaos.schedule import Schedule
+from detflow_site.chaos import checker
+from detflow_site.chaos.schedule import Schedule
 
 if TYPE_CHECKING:
-    from executions.chaos.fleet import FleetOptions
+    from detflow_site.chaos.fleet import FleetOptions
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from executions.api.fields import JSONText
+from detflow_site.api.fields import JSONText
 from executions.engine import ExecutionStatus, StepStatus
 from workflows import masking
 

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 
 from detflow_site import conf, embedded, services
+from detflow_site.chaos.schedule import STORE_GLOBAL_KINDS, Fault, Schedule
+from detflow_site.chaos.storefaults import READS, WRITES, Rule, StoreFaults
 from executions import dispatch
-from executions.chaos.schedule import STORE_GLOBAL_KINDS, Fault, Schedule
-from executions.chaos.storefaults import READS, WRITES, Rule, StoreFaults
 from executions.store import now_ms
 
 logger = logging.getLogger("detflow.chaos")

@@ -21,10 +21,10 @@ from django.conf import settings as django_settings
 from django.test.utils import override_settings
 
 from detflow_site import conf, services
+from detflow_site.demo.samples import Sample, generate
+from detflow_site.demo.view import Progress, summary_lines
 from detflow_site.errors import DetflowError
 from executions import faults, operations, store
-from executions.demo_view import Progress, summary_lines
-from executions.samples import Sample, generate
 from workflows import storage
 from workflows.builtin import FILE_PROCESSING, FILE_PROCESSING_DEFINITION, ensure_file_processing
 from workflows.outbox import Outbox

@@ -13,12 +13,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from detflow_site import conf
+from detflow_site.api import representations
+from detflow_site.api.parsers import content_length
+from detflow_site.api.serializers import Strict
+from detflow_site.api.throttles import StartThrottle
+from detflow_site.api.views import IDEMPOTENCY_KEY, start
 from detflow_site.errors import PayloadTooLarge
-from executions.api import representations
-from executions.api.parsers import content_length
-from executions.api.serializers import Strict
-from executions.api.throttles import StartThrottle
-from executions.api.views import IDEMPOTENCY_KEY, start
 from executions.errors import IdempotencyConflict
 from workflows import storage
 from workflows.builtin import FILE_PROCESSING

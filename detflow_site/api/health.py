@@ -21,8 +21,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from detflow_site import services
+from detflow_site.api.representations import Health
 from executions import store
-from executions.api.representations import Health
 
 
 def probe(check: Callable[[], Any]) -> dict[str, Any]:

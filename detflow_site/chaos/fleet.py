@@ -28,12 +28,12 @@ from pathlib import Path
 from pymongo.errors import PyMongoError
 
 from detflow_site import conf, services
+from detflow_site.chaos import checker, handlers
+from detflow_site.chaos.report import FleetReport, KillRecord
+from detflow_site.chaos.run import TIMEOUT_S, WORKFLOW, register
+from detflow_site.chaos.schedule import HANDLER_KINDS, Schedule, plan
 from detflow_site.processes import Child, manage_command
 from executions import dispatch, operations, store
-from executions.chaos import checker, handlers
-from executions.chaos.report import FleetReport, KillRecord
-from executions.chaos.run import TIMEOUT_S, WORKFLOW, register
-from executions.chaos.schedule import HANDLER_KINDS, Schedule, plan
 from executions.engine import TERMINAL
 from executions.sweeper import Sweeper
 

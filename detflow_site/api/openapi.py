@@ -10,11 +10,11 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework.permissions import AllowAny
 
 from detflow_site import conf
+from detflow_site.api.fields import JSONValue
+from detflow_site.api.representations import Error
+from detflow_site.api.serializers import DefinitionBody, StartRequest, Strict
+from detflow_site.api.throttles import StartThrottle
 from executions import operations
-from executions.api.fields import JSONValue
-from executions.api.representations import Error
-from executions.api.serializers import DefinitionBody, StartRequest, Strict
-from executions.api.throttles import StartThrottle
 from workflows import spec
 
 #: What each error status means, for the schema.
@@ -97,7 +97,7 @@ class StartSchema(StrictSchema):
     priority = 1
 
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
-        from executions.api.views import RECEIVE  # DRF's settings import this module while views load
+        from detflow_site.api.views import RECEIVE  # DRF's settings import this module while views load
 
         schema = super().map_serializer(auto_schema, direction)
         body = conf.get().API_MAX_BODY_BYTES
