@@ -690,6 +690,17 @@ _server_lock = threading.Lock()
 
 #: Prefix of the servers' directories; the owner's pid follows it.
 _PREFIX = "detflow-redis-"
+#: Longest unix socket path a server may listen on (the kernel's ``sun_path`` holds 108 bytes; a
+#: longer one is cut, and two cut paths can collide): past it the servers live under ``/tmp``.
+SOCKET_PATH_MAX = 100
+
+
+def servers_root() -> Path:
+    """Return where this process's embedded servers get their directories: the temporary
+    directory, or ``/tmp`` when a socket there would be too long (a deep ``TMPDIR``)."""
+    root = Path(tempfile.gettempdir())
+    longest = len(str(root / f"{_PREFIX}{os.getpid()}-xxxxxxxx" / "redis.sock").encode())
+    return root if longest <= SOCKET_PATH_MAX else Path("/tmp")
 
 
 def redis_server() -> RedisServer:
@@ -698,7 +709,7 @@ def redis_server() -> RedisServer:
     with _server_lock:
         if _server is None:
             reap_orphans()
-            directory = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-"))
+            directory = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=servers_root()))
             server = RedisServer(directory)
             server.start()
             atexit.register(_shutdown, server)
@@ -720,7 +731,7 @@ def reap_orphans(root: Path | None = None) -> list[int]:
     else is touched.
     """
     reaped = []
-    for directory in Path(root or tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):
+    for directory in Path(root or servers_root()).glob(f"{_PREFIX}*-*"):
         owner = directory.name[len(_PREFIX):].split("-", 1)[0]
         if not owner.isdigit() or _alive(int(owner)):
             continue

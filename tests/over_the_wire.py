@@ -42,8 +42,7 @@ def main(argv: list[str]) -> int:
             print(f"over the wire: not run: {test}: {reason}", flush=True)
         print(f"over the wire: not run again (they start their own runstore): {', '.join(OWN_RUNSTORE)}",
               flush=True)
-        env = {**os.environ, "DETFLOW_MONGODB_URL": store.url, "DETFLOW_MONGODB_DB": "test_wire",
-               "TMPDIR": str(directory)}
+        env = {**os.environ, "DETFLOW_MONGODB_URL": store.url, "DETFLOW_MONGODB_DB": "test_wire"}
         deselected = [f"--deselect={test}" for test in (*NOT_OVER_THE_WIRE, *OWN_RUNSTORE)]
         try:
             tests = subprocess.run([sys.executable, "-m", "pytest", *deselected, *(argv or SUITES)],

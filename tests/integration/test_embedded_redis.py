@@ -45,7 +45,7 @@ def test_reap_orphans__stops_the_server_of_a_killed_owner_and_leaves_a_live_owne
         time.sleep(0.2)
         assert _alive(killed_server)  # the orphan: nothing stopped it
 
-        reaped = embedded.reap_orphans(tmp_path)
+        reaped = embedded.reap_orphans(killed_dir.parent)
 
         assert reaped == [killed_server]
         deadline = time.monotonic() + 5
@@ -62,3 +62,28 @@ def test_reap_orphans__stops_the_server_of_a_killed_owner_and_leaves_a_live_owne
                 if pipe is not None:
                     pipe.close()
     assert not live_dir.exists()
+
+
+def test_redis_server__under_a_temporary_directory_too_deep_for_a_socket_starts_under_tmp(
+    tmp_path: Path,
+) -> None:
+    """A unix socket path is cut past 108 bytes (two cut paths can collide: "Address already in
+    use"); with a deep TMPDIR the server's directory goes to /tmp, and it answers."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    env = {**os.environ, "TMPDIR": str(deep)}
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             env=env, cwd=Path(__file__).parents[2])
+    try:
+        assert owner.stdout is not None
+        pid, directory = owner.stdout.readline().decode().split()
+        assert Path(directory).parent == Path("/tmp")
+        assert len(str(Path(directory) / "redis.sock")) <= embedded.SOCKET_PATH_MAX
+        assert _alive(int(pid))
+    finally:
+        owner.communicate(b"")
+        for pipe in (owner.stdin, owner.stdout):
+            if pipe is not None:
+                pipe.close()
+    assert owner.returncode == 0
+    assert not Path(directory).exists()

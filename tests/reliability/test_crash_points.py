@@ -102,7 +102,9 @@ def test_crash_at__each_boundary__is_recovered_by_the_sweeper(
     wait_for(lambda: crashes, what=f"the crash at {point!r} to fire")
 
     assert crashes == [point]
-    assert lock_left == [(point, point in LOCK_HELD)], "a dead worker released its lock, or none was held"
+    assert [p for p, _ in lock_left] == [point]
+    if point in LOCK_HELD:  # (after a release another worker may hold the lock again: not checked)
+        assert lock_left == [(point, True)], "the dead worker released the lock it held"
     assert doc["status"] == "SUCCEEDED"
     assert [s["status"] for s in doc["steps"]] == ["SUCCEEDED"] * 3
     recovery = (RECOVERY if mode == "message" else RECOVERY_INLINE)[point]
