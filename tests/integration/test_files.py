@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from executions import operations, samples
+from detflow_site.demo import samples
+from executions import operations
 from tests.conftest import wait_terminal
 from workflows import registry
 from workflows.builtin import FILE_PROCESSING, ensure_file_processing
