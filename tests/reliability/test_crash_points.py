@@ -101,6 +101,8 @@ def test_crash_at__each_boundary__is_recovered_by_the_sweeper(
     # Run back to back, a crash at "released" or "sent" falls after the write that ended it.
     wait_for(lambda: crashes, what=f"the crash at {point!r} to fire")
 
+    # The crash is counted as it is raised; the lock is looked at once it has left the runner.
+    wait_for(lambda: lock_left, what=f"the crash at {point!r} to leave the runner")
     assert crashes == [point]
     assert [p for p, _ in lock_left] == [point]
     if point in LOCK_HELD:  # (after a release another worker may hold the lock again: not checked)
