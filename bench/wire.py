@@ -33,9 +33,7 @@ import contextlib
 import functools
 import json
 import os
-import re
 import secrets
-import selectors
 import signal
 import subprocess
 import sys
@@ -58,7 +56,6 @@ DATABASE = "detflow_bench"
 POLL_S = 0.02
 #: Longest a worker process set may take to say it is ready, in seconds.
 READY_TIMEOUT_S = 90.0
-_LISTENING = re.compile(r"^listening on (mongodb://\S+)$")
 _READY = "Worker process is ready for action"
 
 
@@ -82,30 +79,11 @@ class Server:
 
 
 def start_server(directory: Path, timeout_s: float = 60.0) -> Server:
-    """Start ``manage.py runstore --port 0`` and return when it says where it listens."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETFLOW_")}
-    env.update(DJANGO_SETTINGS_MODULE="detflow_site.settings", PYTHONUNBUFFERED="1",
-               TMPDIR=str(directory), DJANGO_SQLITE_PATH=str(directory / "db.sqlite3"))
-    with open(directory / "runstore.err", "w") as errors:
-        process = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "runstore", "--port", "0"],
-                                   cwd=directory, env=env, stdout=subprocess.PIPE, stderr=errors,
-                                   text=True, start_new_session=True)
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline and selector.select(deadline - time.monotonic()):
-            line = process.stdout.readline()
-            if not line:
-                break
-            found = _LISTENING.match(line.strip())
-            if found:
-                return Server(process, found.group(1))
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    process.wait()
-    raise RuntimeError("runstore did not start: "
-                       + (directory / "runstore.err").read_text(errors="replace")[-1500:])
+    """Start ``manage.py runstore --port 0`` (``detflow_site.processes.start_store``, no fail
+    points) and return when it says where it listens."""
+    from detflow_site.processes import start_store
+
+    return Server(*start_store(directory, faults=False, timeout_s=timeout_s))
 
 
 #: The contenders of the in-process part, by name.
