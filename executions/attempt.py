@@ -25,7 +25,7 @@ from executions.slots import StepSlot
 from executions.store import Snapshot, now_ms, to_dt
 from executions.watchdog import TimeoutInterrupt, Watchdog
 from workflows import jsontext, masking, registry
-from workflows.context import AttemptLog, StepContext
+from workflows.context import AttemptLog, Compensation, StepContext
 from workflows.errors import (
     ExecutionOutputsTooLarge,
     OutputNotSerializable,
@@ -64,7 +64,8 @@ class Attempt:
 
     @property
     def spec(self) -> Mapping[str, Any]:
-        return self.snap.doc["definition"]["steps"][self.index]
+        """The definition of what runs: the step's, or for a compensation what undoes its step."""
+        return store.slot_spec(self.snap.doc, self.index)
 
     @property
     def fence(self) -> int:
@@ -72,10 +73,13 @@ class Attempt:
 
     def context(self, heartbeat: Any) -> StepContext:
         doc = self.snap.doc
-        step = self.snap.state.steps[self.index]
-        stored = doc["steps"][self.index]
+        step = self.snap.state.slot(self.index)
+        undoing = step.undoes is not None
+        stored = doc["steps"][step.undoes if step.undoes is not None else self.index]
         ids = {"execution_id": doc["_id"], "step": step.name, "attempt": step.attempt,
                "worker": self.worker}
+        if undoing:
+            ids["compensation"] = True
         given = json.loads(stored.get("input_json") or doc["input_json"])
         self.secrets = masking.values(given, masking.paths_of(doc))
         self.log = AttemptLog(conf.get().LOG_LINES_CAP, ids, self.secrets)
@@ -85,18 +89,21 @@ class Attempt:
             workflow_version=doc["workflow_version"],
             step=step.name,
             attempt=step.attempt,
-            idempotency_key=f"{doc['_id']}:{step.name}",
+            idempotency_key=f"{doc['_id']}:{step.name}" + (":compensate" if undoing else ""),
             input=given,
-            outputs=Outputs(doc["steps"][: self.index]),
+            # A compensation sees every output of the steps before the rollback, its own step's too.
+            outputs=Outputs(doc["steps"] if undoing else doc["steps"][: self.index]),
             fencing_token=self.fence,
             log=self.log,
             _heartbeat=heartbeat,
+            compensation=_compensation(doc, stored) if undoing else None,
         )
 
     def run(self, lock: ExecutionLock, lease_ms: int, slot: StepSlot | None = None) -> None:
         """Run the handler under the step's timeout, with the lease renewed while it runs."""
         timeout_s = float(self.spec["timeout_s"])
-        watchdog = Watchdog(self.snap.state.id, self.index, self.fence, lock, lease_ms, timeout_s, slot)
+        watchdog = Watchdog(self.snap.state.id, store.slot_path(self.snap.doc, self.index), self.fence,
+                            lock, lease_ms, timeout_s, slot)
         ctx = self.context(watchdog.beat)
         self.watchdog = watchdog
         try:
@@ -140,7 +147,7 @@ class Attempt:
                 self._count(record)
                 return result
             doc = store.load_working(snap.state.id)
-            current = (doc or {}).get("steps", [{}] * (self.index + 1))[self.index]
+            current = store.slot_doc(doc, self.index) if doc is not None else {}
             if (
                 doc is None
                 or current.get("status") != StepStatus.RUNNING.value
@@ -157,7 +164,7 @@ class Attempt:
         return None
 
     def _count(self, record: dict[str, Any]) -> None:
-        workflow, step = self.snap.doc["workflow"], self.snap.state.steps[self.index].name
+        workflow, step = self.snap.doc["workflow"], metrics.step_label(self.snap.state, self.index)
         metrics.STEP_ATTEMPTS.labels(workflow, step, record["outcome"]).inc()
         metrics.STEP_DURATION.labels(workflow, step).observe(record["duration_ms"] / 1000)
 
@@ -173,7 +180,7 @@ class Attempt:
         return _type_name(type(exc)), message[:MESSAGE_CHARS], permanent
 
     def _record(self, now: int) -> dict[str, Any]:
-        step = self.snap.state.steps[self.index]
+        step = self.snap.state.slot(self.index)
         record: dict[str, Any] = {
             "n": step.attempt, "worker": self.worker, "fence": self.fence,
             "started_at": to_dt(self.started_ms), "ended_at": to_dt(now),
@@ -191,7 +198,16 @@ class Attempt:
         if self.log is not None:
             record["logs"] = self.log.lines
             record["logs_dropped"] = self.log.dropped
-        return bounded_record(record, store.record_bytes(len(self.snap.state.steps)))
+        state = self.snap.state
+        return bounded_record(record, store.record_bytes(len(state.steps) + len(state.compensations)))
+
+
+def _compensation(doc: Mapping[str, Any], stored: Mapping[str, Any]) -> Compensation:
+    rollback = doc.get("rollback") or {}
+    output = stored.get("output_json")
+    return Compensation(step_output=json.loads(output) if output is not None else None,
+                        cause=dict(rollback.get("cause") or {}), by=rollback.get("by"),
+                        reason=rollback.get("reason", ""))
 
 
 class Outputs(Mapping[str, Any]):

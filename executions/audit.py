@@ -19,11 +19,13 @@ from executions.engine import (
     Finish,
     IllegalTransition,
     RecoverLost,
+    Rollback,
     decide,
     evolve,
     failure,
+    rollback_plan,
 )
-from executions.events import outcome_fields
+from executions.events import COMPENSATION_KINDS, outcome_fields
 from executions.store import to_ms
 from executions.transitions import TIME_FIELDS
 
@@ -45,7 +47,7 @@ def verify(doc: Mapping[str, Any]) -> list[Divergence]:
     """Return every divergence between a stored execution and a replay of its history."""
     execution_id = doc["_id"]
     found: list[Divergence] = []
-    state = store.initial_state(execution_id, doc["definition"]["steps"])
+    state = store.initial_state(execution_id, doc["definition"])
     expected_seq = 1
     for stored_event in doc.get("events", []):
         seq = stored_event.get("seq")
@@ -79,9 +81,25 @@ def _check_decision(state: ExecutionState, event: Mapping[str, Any]) -> str | No
     if not isinstance(at, int):
         return "event has no time"
     index = event.get("step_index")
-    if kind == "step_claimed":
-        expected: Any = Claim(index, event.get("attempt"))  # type: ignore[arg-type]
-        actual: Any = decide(state, at)
+    if kind in COMPENSATION_KINDS:
+        # A compensation's decisions are checked as its step's would be, at its slot.
+        k = event.get("compensation_index")
+        if not isinstance(k, int):
+            return f"compensation index {k!r} is not a number"
+        kind, index = COMPENSATION_KINDS[str(kind)], len(state.steps) + k
+    expected: Any
+    actual: Any
+    if kind == "rollback_started" and event.get("by") is None:
+        actual = decide(state, at)
+        expected = Rollback(tuple(event.get("plan") or ()))
+    elif kind == "rollback_started":  # an operator's: a plan of steps that are done, newest first
+        plan = tuple(event.get("plan") or ())
+        if not set(plan) <= set(rollback_plan(state, include_skipped=True)):
+            return f"rollback plan {list(plan)} undoes a step that is not done or names no compensation"
+        return None
+    elif kind == "step_claimed":
+        expected = Claim(index, event.get("attempt"))  # type: ignore[arg-type]
+        actual = decide(state, at)
     elif kind == "attempt_lost":
         actual = decide(state, at)
         if not isinstance(actual, RecoverLost) or actual.step != index:
@@ -91,15 +109,15 @@ def _check_decision(state: ExecutionState, event: Mapping[str, Any]) -> str | No
             return f"lost attempt recorded {recorded}, engine says {engine_says}"
         return None
     elif kind == "attempt_failed":
-        if not isinstance(index, int) or not 0 <= index < len(state.steps):
+        if not isinstance(index, int) or not 0 <= index < len(state.steps) + len(state.compensations):
             return f"step index {index!r} out of range"
         then = failure(state, index, permanent=bool(event.get("permanent")), now=at)
         if outcome_fields(then) != _recorded_outcome(event):
             return f"failure recorded {_recorded_outcome(event)}, engine says {outcome_fields(then)}"
         return None
-    elif kind in ("execution_succeeded", "execution_failed"):
+    elif kind in FINISHES:
         actual = decide(state, at)
-        expected = Finish(ExecutionStatus(kind[10:].upper()))
+        expected = Finish(FINISHES[kind])
     else:
         return None
     if actual != expected:
@@ -107,18 +125,32 @@ def _check_decision(state: ExecutionState, event: Mapping[str, Any]) -> str | No
     return None
 
 
+#: The events that end an execution, and the status each ends it as.
+FINISHES = {"execution_succeeded": ExecutionStatus.SUCCEEDED, "execution_failed": ExecutionStatus.FAILED,
+            "execution_compensated": ExecutionStatus.COMPENSATED,
+            "compensation_failed": ExecutionStatus.COMPENSATION_FAILED}
+
+
 def _check_final(execution_id: str, state: ExecutionState, doc: Mapping[str, Any]) -> list[Divergence]:
     found = []
     if state.status.value != doc.get("status"):
         found.append(Divergence(execution_id, None,
                                 f"status is {doc.get('status')}, history gives {state.status}"))
-    for replayed, stored in zip(state.steps, doc.get("steps", []), strict=False):
+    pairs = [("step", replayed, stored)
+             for replayed, stored in zip(state.steps, doc.get("steps", []), strict=False)]
+    stored_undo = doc.get("compensations") or []
+    if len(stored_undo) != len(state.compensations):
+        found.append(Divergence(execution_id, None, f"{len(stored_undo)} compensations stored, history "
+                                                    f"gives {len(state.compensations)}"))
+    pairs += [("compensation of", replayed, stored)
+              for replayed, stored in zip(state.compensations, stored_undo, strict=False)]
+    for what, replayed, stored in pairs:
         for name in ("status", "attempt", "budget_base"):
             want = getattr(replayed, name)
             got = stored.get(name)
             if (want.value if hasattr(want, "value") else want) != got:
                 found.append(Divergence(execution_id, None,
-                                        f"step {replayed.name!r} {name} is {got}, history gives {want}"))
+                                        f"{what} {replayed.name!r} {name} is {got}, history gives {want}"))
     return found
 
 

@@ -23,6 +23,7 @@ from executions.engine import (
     Finish,
     Idle,
     RecoverLost,
+    Rollback,
     Wait,
     decide,
 )
@@ -110,29 +111,40 @@ def diagnose(execution_id: str, now: int | None = None) -> Diagnosis:
     return found
 
 
+def _slots(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps, then the compensations (``ExecutionState.slot``'s order), as stored."""
+    return [*doc["steps"], *(doc.get("compensations") or [])]
+
+
 def _next(doc: dict[str, Any], decision: Decision) -> dict[str, Any]:
-    steps = doc["steps"]
+    slots_ = _slots(doc)
+    compensating = doc["status"] == ExecutionStatus.COMPENSATING
     if isinstance(decision, Claim):
-        return {"action": "claim", "step": steps[decision.step]["name"], "attempt": decision.attempt,
+        return {"action": "compensate" if decision.step >= len(doc["steps"]) else "claim",
+                "step": slots_[decision.step]["name"], "attempt": decision.attempt,
                 "at": None, "reason": None}
     if isinstance(decision, Wait):
-        running = next((s["name"] for s in steps if s["status"] in ("RUNNING", "RETRY_WAIT")), None)
+        running = next((s["name"] for s in (doc.get("compensations") or [] if compensating else doc["steps"])
+                        if s["status"] in ("RUNNING", "RETRY_WAIT")), None)
         return {"action": "wait", "step": running, "attempt": None, "at": to_dt(decision.until),
                 "reason": decision.reason}
     if isinstance(decision, RecoverLost):
-        return {"action": "recover_lost", "step": steps[decision.step]["name"],
-                "attempt": steps[decision.step].get("attempt"), "at": None,
+        return {"action": "recover_lost", "step": slots_[decision.step]["name"],
+                "attempt": slots_[decision.step].get("attempt"), "at": None,
                 "reason": outcome_fields(decision.then)["outcome"]}
     if isinstance(decision, Finish):
         return {"action": "finish", "step": None, "attempt": None, "at": None,
                 "reason": decision.status.value}
+    if isinstance(decision, Rollback):
+        return {"action": "rollback", "step": None, "attempt": None, "at": None,
+                "reason": ", ".join(doc["steps"][i]["name"] for i in decision.plan)}
     assert isinstance(decision, Idle)
     return {"action": "none", "step": None, "attempt": None, "at": None, "reason": decision.reason}
 
 
 def _concurrency(client: Any, doc: dict[str, Any], decision: Decision, now: int) -> dict[str, Any] | None:
-    if not isinstance(decision, Claim):
-        return None
+    if not isinstance(decision, Claim) or decision.step >= len(doc["steps"]):
+        return None  # a compensation has no concurrency limit
     limit = doc["definition"]["steps"][decision.step].get("max_concurrency")
     if not limit:
         return None
@@ -141,7 +153,7 @@ def _concurrency(client: Any, doc: dict[str, Any], decision: Decision, now: int)
 
 
 def _lease(doc: dict[str, Any], now: int) -> dict[str, Any] | None:
-    for step in doc["steps"]:
+    for step in _slots(doc):
         if step["status"] == "RUNNING":
             current = step.get("current") or {}
             expires = to_ms(step.get("lease_expires_at"))
@@ -209,13 +221,21 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
                             "detail": f"retry it (POST executions/{doc['_id']}/retry/, optionally "
                                       "with an edited input) or skip it (POST "
                                       f"executions/{doc['_id']}/skip/ with an output)"}
+        elif doc["status"] == ExecutionStatus.COMPENSATION_FAILED:
+            step = doc.get("failed_compensation")
+            found.summary = (f"the compensation of step {step!r} failed for good; the rollback waits "
+                             "for an operator (the steps before it in the plan are not undone yet)")
+            found.repair = {"action": "operator", "command": None,
+                            "detail": f"retry the compensation (POST executions/{doc['_id']}/retry/) or, "
+                                      "once it is undone by other means, skip it (POST "
+                                      f"executions/{doc['_id']}/skip/)"}
         else:
             found.summary = f"the execution is {doc['status']}; nothing more will happen to it"
         return
     if not found.redis.get("reachable"):
         found.summary = ("Redis is unreachable: no message can be sent or received; the state is safe "
                          "in MongoDB and the sweeper resumes the execution once Redis is back")
-        found.stuck = isinstance(decision, RecoverLost | Claim | Finish)
+        found.stuck = isinstance(decision, RecoverLost | Claim | Finish | Rollback)
         found.repair = {"action": "redis", "command": None,
                         "detail": "bring Redis back; nothing else is needed"}
         return
@@ -231,7 +251,9 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
                               "still fences any other runner")
         found.repair = wait
     elif isinstance(decision, Wait):
-        found.summary = f"step {found.next.get('step')!r} waits for its retry at {_iso(found.next.get('at'))}"
+        what = "the compensation of step" if doc["status"] == ExecutionStatus.COMPENSATING else "step"
+        at = _iso(found.next.get("at"))
+        found.summary = f"{what} {found.next.get('step')!r} waits for its retry at {at}"
         if not messages.delayed:
             found.summary += "; no delayed message is waiting, the sweeper sends one when it is due"
         found.repair = wait
@@ -243,7 +265,10 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
                          "attempt is to be recorded lost and retried or failed per the step's policy")
         found.repair = sweep
     elif messages.waiting:
-        what = f"step {found.next.get('step')!r}" if isinstance(decision, Claim) else "the finish"
+        name = found.next.get("step")
+        what = (f"the compensation of step {name!r}" if found.next.get("action") == "compensate"
+                else f"step {name!r}" if isinstance(decision, Claim)
+                else "the rollback" if isinstance(decision, Rollback) else "the finish")
         found.summary = f"{what} is due and a message for it is waiting for a worker"
         found.repair = wait
         if (messages.waited_ms or 0) >= grace_ms:

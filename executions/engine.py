@@ -14,18 +14,28 @@ from typing import Any
 
 from executions.backoff import backoff_ms
 from executions.events import (
+    COMPENSATION_KINDS,
     AttemptFailed,
     AttemptLost,
     Cancelled,
     CancelStep,
+    CompensationAttemptFailed,
+    CompensationAttemptLost,
+    CompensationClaimed,
+    CompensationFailed,
+    CompensationRetried,
+    CompensationSkipped,
+    CompensationSucceeded,
     Created,
     Event,
+    ExecutionCompensated,
     ExecutionFailed,
     ExecutionSucceeded,
     FailStep,
     Failure,
     Retried,
     RetryAt,
+    RollbackStarted,
     Skipped,
     StepClaimed,
     StepSucceeded,
@@ -39,6 +49,10 @@ class ExecutionStatus(enum.StrEnum):
     SUCCEEDED = "SUCCEEDED"  #: every step succeeded or was skipped
     FAILED = "FAILED"  #: a step failed for good; an operator may retry or skip it
     CANCELLED = "CANCELLED"  #: an operator cancelled it; no further step starts
+    COMPENSATING = "COMPENSATING"  #: rolled back: its completed steps' compensations run, newest first
+    COMPENSATED = "COMPENSATED"  #: every compensation succeeded (or an operator skipped it)
+    #: a compensation failed for good; an operator may retry or skip it
+    COMPENSATION_FAILED = "COMPENSATION_FAILED"
 
 
 class StepStatus(enum.StrEnum):
@@ -55,11 +69,17 @@ class StepStatus(enum.StrEnum):
 EXECUTION_TRANSITIONS: Mapping[ExecutionStatus, frozenset[ExecutionStatus]] = {
     ExecutionStatus.PENDING: frozenset({ExecutionStatus.RUNNING, ExecutionStatus.CANCELLED}),
     ExecutionStatus.RUNNING: frozenset(
-        {ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
+        {ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED,
+         ExecutionStatus.COMPENSATING}
     ),
-    ExecutionStatus.FAILED: frozenset({ExecutionStatus.RUNNING}),
+    ExecutionStatus.FAILED: frozenset({ExecutionStatus.RUNNING, ExecutionStatus.COMPENSATING}),
     ExecutionStatus.SUCCEEDED: frozenset(),
-    ExecutionStatus.CANCELLED: frozenset(),
+    ExecutionStatus.CANCELLED: frozenset({ExecutionStatus.COMPENSATING}),
+    ExecutionStatus.COMPENSATING: frozenset(
+        {ExecutionStatus.COMPENSATED, ExecutionStatus.COMPENSATION_FAILED}
+    ),
+    ExecutionStatus.COMPENSATED: frozenset(),
+    ExecutionStatus.COMPENSATION_FAILED: frozenset({ExecutionStatus.COMPENSATING}),
 }
 
 #: Every legal change of a step's status.
@@ -77,7 +97,13 @@ STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
 
 #: Execution statuses an operator may cancel from.
 CANCELLABLE = frozenset({ExecutionStatus.PENDING, ExecutionStatus.RUNNING})
-TERMINAL = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+#: Execution statuses an operator may roll back from.
+COMPENSABLE = frozenset({ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+TERMINAL = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED,
+                      ExecutionStatus.COMPENSATED, ExecutionStatus.COMPENSATION_FAILED})
+#: Statuses in which nothing happens until an operator acts (``decide`` is ``Idle``).
+SETTLED = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.COMPENSATED,
+                     ExecutionStatus.COMPENSATION_FAILED})
 DONE_STEP = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
 
 
@@ -98,6 +124,10 @@ class StepState:
     budget_base: int = 0
     next_retry_at: int | None = None
     lease_expires_at: int | None = None
+    #: A step: the retry policy of what undoes it (``None``: nothing does). A compensation: the
+    #: index of the step it undoes.
+    compensate: RetryPolicy | None = None
+    undoes: int | None = None
 
     @property
     def used(self) -> int:
@@ -112,6 +142,19 @@ class ExecutionState:
     id: str
     status: ExecutionStatus
     steps: tuple[StepState, ...]
+    #: The rollback's compensations, in the order they run (empty until a rollback starts).
+    compensations: tuple[StepState, ...] = ()
+    #: What a step failing for good leads to: ``stop`` or ``compensate``.
+    on_failure: str = "stop"
+
+    def slot(self, index: int) -> StepState:
+        """Return what runs at ``index``: the steps first, then the compensations (the index a
+        :class:`Claim` or :class:`RecoverLost` names)."""
+        n = len(self.steps)
+        return self.steps[index] if index < n else self.compensations[index - n]
+
+    def is_compensation(self, index: int) -> bool:
+        return index >= len(self.steps)
 
 
 # Decisions.
@@ -119,7 +162,8 @@ class ExecutionState:
 
 @dataclass(frozen=True)
 class Claim:
-    """Run attempt ``attempt`` of step ``step`` now."""
+    """Run attempt ``attempt`` of step ``step`` now (an index of ``ExecutionState.slot``: a
+    compensation when past the steps)."""
 
     step: int
     attempt: int
@@ -149,47 +193,90 @@ class Finish:
 
 
 @dataclass(frozen=True)
+class Rollback:
+    """A step failed for good and the workflow compensates: start the compensations of ``plan``."""
+
+    plan: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Idle:
     """Nothing will ever happen without an operator (``reason`` says why)."""
 
     reason: str
 
 
-Decision = Claim | Wait | RecoverLost | Finish | Idle
+Decision = Claim | Wait | RecoverLost | Finish | Rollback | Idle
 
 
 def decide(state: ExecutionState, now: int) -> Decision:
     """Return what must happen next to ``state`` at time ``now`` (milliseconds)."""
-    if state.status in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED):
+    if state.status in SETTLED:
         return Idle("terminal")
+    if state.status is ExecutionStatus.COMPENSATING:
+        return _decide_rollback(state, now)
     cancelled = state.status is ExecutionStatus.CANCELLED
     for index, step in enumerate(state.steps):
         if step.status in DONE_STEP:
             continue
         if step.status is StepStatus.RUNNING:
-            lease = step.lease_expires_at if step.lease_expires_at is not None else now
-            if now >= lease:
-                return RecoverLost(index, failure(state, index, permanent=False, now=now))
-            return Wait(lease, "lease")
+            return _running(state, index, now)
         if cancelled or step.status is StepStatus.CANCELLED:
             return Idle("cancelled")
         if step.status is StepStatus.FAILED:
-            return Finish(ExecutionStatus.FAILED)
-        retry_at = step.next_retry_at
-        if step.status is StepStatus.RETRY_WAIT and retry_at is not None and now < retry_at:
-            return Wait(retry_at, "retry")
-        return Claim(index, step.attempt + 1)
+            plan = rollback_plan(state) if state.on_failure == "compensate" else ()
+            return Rollback(plan) if plan else Finish(ExecutionStatus.FAILED)
+        return _next_attempt(index, step, now)
     return Idle("cancelled") if cancelled else Finish(ExecutionStatus.SUCCEEDED)
 
 
+def _decide_rollback(state: ExecutionState, now: int) -> Decision:
+    """The compensations run in their plan's order, each after the one before it succeeded (or
+    was skipped): strict order, as the steps (DESIGN invariant 1)."""
+    n = len(state.steps)
+    for k, undo in enumerate(state.compensations):
+        if undo.status in DONE_STEP:
+            continue
+        if undo.status is StepStatus.RUNNING:
+            return _running(state, n + k, now)
+        if undo.status is StepStatus.FAILED:
+            return Finish(ExecutionStatus.COMPENSATION_FAILED)
+        return _next_attempt(n + k, undo, now)
+    return Finish(ExecutionStatus.COMPENSATED)
+
+
+def _running(state: ExecutionState, index: int, now: int) -> Decision:
+    step = state.slot(index)
+    lease = step.lease_expires_at if step.lease_expires_at is not None else now
+    if now >= lease:
+        return RecoverLost(index, failure(state, index, permanent=False, now=now))
+    return Wait(lease, "lease")
+
+
+def _next_attempt(index: int, step: StepState, now: int) -> Decision:
+    retry_at = step.next_retry_at
+    if step.status is StepStatus.RETRY_WAIT and retry_at is not None and now < retry_at:
+        return Wait(retry_at, "retry")
+    return Claim(index, step.attempt + 1)
+
+
+def rollback_plan(state: ExecutionState, include_skipped: bool = False) -> tuple[int, ...]:
+    """Return the steps a rollback undoes, in the order their compensations run: newest first,
+    each that SUCCEEDED (or, when asked, that an operator SKIPPED) and names a compensation."""
+    done = {StepStatus.SUCCEEDED, StepStatus.SKIPPED} if include_skipped else {StepStatus.SUCCEEDED}
+    return tuple(i for i in reversed(range(len(state.steps)))
+                 if state.steps[i].compensate is not None and state.steps[i].status in done)
+
+
 def failure(state: ExecutionState, index: int, *, permanent: bool, now: int) -> Failure:
-    """Return what follows a failed (or lost) attempt of step ``index`` at ``now``."""
-    step = state.steps[index]
+    """Return what follows a failed (or lost) attempt at ``index`` (a step or a compensation)."""
+    step = state.slot(index)
     if state.status is ExecutionStatus.CANCELLED:
         return CancelStep()
     if permanent or step.used >= step.policy.max_attempts:
         return FailStep()
-    return RetryAt(now + backoff_ms(step.policy, state.id, step.name, step.used, step.attempt))
+    name = f"{step.name}:compensate" if state.is_compensation(index) else step.name
+    return RetryAt(now + backoff_ms(step.policy, state.id, name, step.used, step.attempt))
 
 
 # Outcomes into events: the one place each event is built. The runner, the sweeper and the
@@ -209,43 +296,98 @@ def claimed(
 ) -> list[Event]:
     """Return the events of ``worker`` claiming what ``decision`` says, fenced by ``fence`` (the
     version the claim's write makes)."""
-    step = state.steps[decision.step]
-    return [StepClaimed(decision.step, step.name, decision.attempt, worker, fence, lease_expires_at)]
+    step, at = _at(state, decision.step)
+    if at is None:
+        return [StepClaimed(decision.step, step.name, decision.attempt, worker, fence, lease_expires_at)]
+    return [CompensationClaimed(_undoes(step), step.name, decision.attempt, worker, fence,
+                                lease_expires_at, compensation_index=at)]
 
 
 def succeeded(
     state: ExecutionState, index: int, output_json: str, record: Mapping[str, Any], now: int
 ) -> list[Event]:
-    """Return the events of step ``index``'s running attempt succeeding (and the execution's end,
-    after its last step)."""
-    step = state.steps[index]
-    return _and_finish(state, [StepSucceeded(index, step.name, step.attempt, record.get("duration_ms"),
-                                             output_json=output_json, record=record)], now)
+    """Return the events of the running attempt at ``index`` succeeding (and the execution's end,
+    after its last step or compensation)."""
+    step, at = _at(state, index)
+    duration = record.get("duration_ms")
+    event = (StepSucceeded(index, step.name, step.attempt, duration, output_json=output_json,
+                           record=record) if at is None else
+             CompensationSucceeded(_undoes(step), step.name, step.attempt, duration,
+                                   output_json=output_json, record=record, compensation_index=at))
+    return _and_finish(state, [event], now)
 
 
 def failed(
     state: ExecutionState, index: int, error_type: str, message: str, permanent: bool,
     record: Mapping[str, Any], now: int,
 ) -> list[Event]:
-    """Return the events of step ``index``'s running attempt failing: a retry or the step failed
-    as its policy says (and the execution's end with it)."""
-    step = state.steps[index]
+    """Return the events of the running attempt at ``index`` failing: a retry or the step failed
+    as its policy says (and what follows: the execution's end, or its rollback)."""
+    step, at = _at(state, index)
     then = failure(state, index, permanent=permanent, now=now)
-    return _and_finish(state, [AttemptFailed(index, step.name, step.attempt, error_type,
-                                             message[:EVENT_MESSAGE_CHARS], permanent, then,
-                                             detail=message, record=record)], now)
+    cut = message[:EVENT_MESSAGE_CHARS]
+    event = (AttemptFailed(index, step.name, step.attempt, error_type, cut, permanent, then,
+                           detail=message, record=record) if at is None else
+             CompensationAttemptFailed(_undoes(step), step.name, step.attempt, error_type, cut,
+                                       permanent, then, detail=message, record=record,
+                                       compensation_index=at))
+    return _and_finish(state, [event], now, cause=(step.name, error_type, cut))
 
 
 def lost(state: ExecutionState, decision: RecoverLost, worker: str | None, now: int) -> list[Event]:
     """Return the events of ``worker``'s attempt recorded lost, then what ``decision`` says."""
-    step = state.steps[decision.step]
-    return _and_finish(state, [AttemptLost(decision.step, step.name, step.attempt, worker,
-                                           decision.then)], now)
+    step, at = _at(state, decision.step)
+    event = (AttemptLost(decision.step, step.name, step.attempt, worker, decision.then) if at is None
+             else CompensationAttemptLost(_undoes(step), step.name, step.attempt, worker, decision.then,
+                                          compensation_index=at))
+    message = f"lease of worker {worker!r} expired before an outcome was recorded"
+    return _and_finish(state, [event], now, cause=(step.name, "AttemptLost", message))
 
 
 def finished(decision: Finish) -> list[Event]:
     """Return the events of the execution ending as ``decision`` says."""
-    return [ExecutionSucceeded() if decision.status is ExecutionStatus.SUCCEEDED else ExecutionFailed()]
+    return [{ExecutionStatus.SUCCEEDED: ExecutionSucceeded, ExecutionStatus.FAILED: ExecutionFailed,
+             ExecutionStatus.COMPENSATED: ExecutionCompensated,
+             ExecutionStatus.COMPENSATION_FAILED: CompensationFailed}[decision.status]()]
+
+
+def rollback(
+    state: ExecutionState, plan: tuple[int, ...], by: str | None, reason: str,
+    cause: tuple[str | None, str, str],
+) -> list[Event]:
+    """Return the events of a rollback of ``plan`` (see :func:`rollback_plan`) starting for
+    ``cause`` (``(step, error type, message)``), and of its end when there is nothing to undo."""
+    started = RollbackStarted(list(plan), [state.steps[i].name for i in plan], by, reason, cause[0],
+                              cause[1], cause[2][:EVENT_MESSAGE_CHARS])
+    return [started] + ([] if plan else [ExecutionCompensated()])
+
+
+def compensation_retried(state: ExecutionState, k: int, by: str, reason: str) -> list[Event]:
+    """Return the events of an operator's retry of the failed compensation ``k``."""
+    undo = state.compensations[k]
+    return [CompensationRetried(_undoes(undo), undo.name, by, reason, "[]", compensation_index=k)]
+
+
+def compensation_skipped(state: ExecutionState, k: int, by: str, reason: str) -> list[Event]:
+    """Return the events of an operator's skip of the failed compensation ``k``."""
+    undo = state.compensations[k]
+    return [CompensationSkipped(_undoes(undo), undo.name, by, reason, compensation_index=k)]
+
+
+def failed_compensation(state: ExecutionState) -> int | None:
+    """Return the place of the compensation that failed for good (what an operator retries or skips)."""
+    return next((k for k, c in enumerate(state.compensations) if c.status is StepStatus.FAILED), None)
+
+
+def _at(state: ExecutionState, index: int) -> tuple[StepState, int | None]:
+    """Return what runs at ``index`` and, for a compensation, its place in the plan."""
+    n = len(state.steps)
+    return state.slot(index), (index - n if index >= n else None)
+
+
+def _undoes(step: StepState) -> int:
+    assert step.undoes is not None
+    return step.undoes
 
 
 def cancelled(by: str, reason: str) -> list[Event]:
@@ -271,8 +413,13 @@ def failed_step(state: ExecutionState) -> int | None:
     return next((i for i, s in enumerate(state.steps) if s.status is StepStatus.FAILED), None)
 
 
-def _and_finish(state: ExecutionState, events: list[Event], now: int) -> list[Event]:
+def _and_finish(
+    state: ExecutionState, events: list[Event], now: int,
+    cause: tuple[str | None, str, str] = (None, "", ""),
+) -> list[Event]:
     decision = decide(replay(state, [e.fields() for e in events]), now)
+    if isinstance(decision, Rollback):
+        return events + rollback(state, decision.plan, None, "on_failure: compensate", cause)
     return events + finished(decision) if isinstance(decision, Finish) else events
 
 
@@ -283,19 +430,16 @@ def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
     """Return ``state`` after ``event``; raise :class:`IllegalTransition` for a forbidden change."""
     kind = event["type"]
     index = event.get("step_index")
+    if kind in COMPENSATION_KINDS:
+        return _evolve_compensation(state, COMPENSATION_KINDS[kind], event)
     if kind == "step_claimed":
         state = _step(state, index, status=StepStatus.RUNNING, attempt=event["attempt"],
                       next_retry_at=None, lease_expires_at=event["lease_expires_at"])
         if state.status is ExecutionStatus.PENDING:
             state = _status(state, ExecutionStatus.RUNNING)
         return state
-    if kind == "step_succeeded":
-        return _step(state, index, status=StepStatus.SUCCEEDED, lease_expires_at=None)
-    if kind in ("attempt_failed", "attempt_lost"):
-        status = {"retry": StepStatus.RETRY_WAIT, "failed": StepStatus.FAILED,
-                  "cancelled": StepStatus.CANCELLED}[event["outcome"]]
-        return _step(state, index, status=status, lease_expires_at=None,
-                     next_retry_at=event.get("next_retry_at"))
+    if kind in ("step_succeeded", "attempt_failed", "attempt_lost"):
+        return _step(state, index, **_outcome(kind, event))
     if kind == "execution_succeeded":
         return _status(state, ExecutionStatus.SUCCEEDED)
     if kind == "execution_failed":
@@ -313,9 +457,63 @@ def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
     if kind == "skipped":
         state = _step(state, index, status=StepStatus.SKIPPED)
         return _status(state, ExecutionStatus.RUNNING)
+    if kind == "rollback_started":
+        return _rollback(state, event["plan"])
+    if kind == "execution_compensated":
+        return _status(state, ExecutionStatus.COMPENSATED)
+    if kind == "compensation_failed":
+        return _status(state, ExecutionStatus.COMPENSATION_FAILED)
     if kind == "created":
         return state
     raise IllegalTransition(f"unknown event type {kind!r}")
+
+
+def _outcome(kind: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the change an attempt's outcome makes to its step (or compensation)."""
+    if kind == "step_succeeded":
+        return {"status": StepStatus.SUCCEEDED, "lease_expires_at": None}
+    status = {"retry": StepStatus.RETRY_WAIT, "failed": StepStatus.FAILED,
+              "cancelled": StepStatus.CANCELLED}[event["outcome"]]
+    return {"status": status, "lease_expires_at": None, "next_retry_at": event.get("next_retry_at")}
+
+
+def _rollback(state: ExecutionState, plan: Any) -> ExecutionState:
+    if state.compensations:
+        raise IllegalTransition("a rollback has started already")
+    if not isinstance(plan, list):
+        raise IllegalTransition(f"rollback plan {plan!r} is not a list")
+    undo = []
+    for i in plan:
+        step = state.steps[_index(state, i)]
+        if step.compensate is None or step.status not in DONE_STEP:
+            raise IllegalTransition(f"step {step.name!r} ({step.status}) has nothing to undo")
+        undo.append(StepState(name=step.name, status=StepStatus.PENDING, policy=step.compensate, undoes=i))
+    if len(set(plan)) != len(plan) or list(plan) != sorted(plan, reverse=True):
+        raise IllegalTransition(f"rollback plan {plan!r} is not newest step first, each once")
+    return replace(_status(state, ExecutionStatus.COMPENSATING), compensations=tuple(undo))
+
+
+def _evolve_compensation(state: ExecutionState, kind: str, event: Mapping[str, Any]) -> ExecutionState:
+    """Apply a compensation's event: its forward counterpart's change, made to the compensation."""
+    k = event.get("compensation_index")
+    if not isinstance(k, int) or not 0 <= k < len(state.compensations):
+        raise IllegalTransition(f"compensation index {k!r} is out of range")
+    if state.compensations[k].undoes != event.get("step_index"):
+        raise IllegalTransition(f"compensation {k} does not undo step {event.get('step_index')!r}")
+    slot = len(state.steps) + k
+    if kind == "step_claimed":
+        if state.status is not ExecutionStatus.COMPENSATING:
+            raise IllegalTransition(f"a compensation is claimed in a {state.status} execution")
+        return _step(state, slot, status=StepStatus.RUNNING, attempt=event["attempt"],
+                     next_retry_at=None, lease_expires_at=event["lease_expires_at"])
+    if kind in ("step_succeeded", "attempt_failed", "attempt_lost"):
+        return _step(state, slot, **_outcome(kind, event))
+    undo = state.compensations[k]
+    if kind == "retried":
+        state = _step(state, slot, status=StepStatus.PENDING, budget_base=undo.attempt)
+    else:
+        state = _step(state, slot, status=StepStatus.SKIPPED)
+    return _status(state, ExecutionStatus.COMPENSATING)
 
 
 def replay(state: ExecutionState, events: Iterable[Mapping[str, Any]]) -> ExecutionState:
@@ -338,11 +536,21 @@ def _index(state: ExecutionState, index: Any) -> int:
 
 
 def _step(state: ExecutionState, index: Any, **changes: Any) -> ExecutionState:
-    index = _index(state, index)
-    step = state.steps[index]
+    """Change the step (or, past the steps, the compensation) at ``index``."""
+    n = len(state.steps)
+    if isinstance(index, int) and n <= index < n + len(state.compensations):
+        step = state.compensations[index - n]
+    else:
+        index = _index(state, index)
+        step = state.steps[index]
     status = changes.get("status", step.status)
     if "status" in changes and status not in STEP_TRANSITIONS[step.status]:
-        raise IllegalTransition(f"step {step.name!r} {step.status} -> {status} is not allowed")
+        what = "compensation of" if index >= n else "step"
+        raise IllegalTransition(f"{what} {step.name!r} {step.status} -> {status} is not allowed")
+    if index >= n:
+        undo = list(state.compensations)
+        undo[index - n] = replace(step, **changes)
+        return replace(state, compensations=tuple(undo))
     steps = list(state.steps)
     steps[index] = replace(step, **changes)
     return replace(state, steps=tuple(steps))

@@ -185,3 +185,100 @@ class Skipped(Event):
     by: str
     reason: str
     output_json: str = _data("")
+
+
+# Rollback: the compensations of completed steps, newest first. A compensation's events are its
+# forward counterparts' with the compensation's place in the plan (``compensation_index``) beside the
+# step it undoes (``step_index``); the engine replays them onto the compensation, not the step.
+
+
+@dataclass(frozen=True)
+class RollbackStarted(Event):
+    """The execution is rolled back: the compensations of steps ``plan`` (indexes, in the order they
+    run) start, for ``cause`` (the failure, or an operator's request: ``by`` and ``reason``)."""
+
+    type: ClassVar[str] = "rollback_started"
+    plan: list[int]
+    steps: list[str]
+    by: str | None
+    reason: str
+    cause_step: str | None
+    cause_type: str
+    cause_message: str
+
+
+@dataclass(frozen=True)
+class CompensationClaimed(StepClaimed):
+    """A worker claimed an attempt of a compensation."""
+
+    type: ClassVar[str] = "compensation_claimed"
+    compensation_index: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class CompensationSucceeded(StepSucceeded):
+    """A compensation's running attempt succeeded: its step is undone."""
+
+    type: ClassVar[str] = "compensation_succeeded"
+    compensation_index: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class CompensationAttemptFailed(AttemptFailed):
+    """A compensation's running attempt failed; ``then`` follows."""
+
+    type: ClassVar[str] = "compensation_attempt_failed"
+    compensation_index: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class CompensationAttemptLost(AttemptLost):
+    """A compensation's running attempt outlived its lease; ``then`` follows."""
+
+    type: ClassVar[str] = "compensation_attempt_lost"
+    compensation_index: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class CompensationRetried(Retried):
+    """An operator reopened the failed compensation with a new budget."""
+
+    type: ClassVar[str] = "compensation_retried"
+    compensation_index: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class CompensationSkipped(Event):
+    """An operator skipped the failed compensation: its step stays as it is, the rollback goes on."""
+
+    type: ClassVar[str] = "compensation_skipped"
+    step_index: int
+    step: str
+    by: str
+    reason: str
+    compensation_index: int = field(default=0, kw_only=True)
+
+
+@dataclass(frozen=True)
+class ExecutionCompensated(Event):
+    """Every compensation of the plan succeeded (or an operator skipped it)."""
+
+    type: ClassVar[str] = "execution_compensated"
+
+
+@dataclass(frozen=True)
+class CompensationFailed(Event):
+    """A compensation failed for good: the rollback stops until an operator retries or skips it."""
+
+    type: ClassVar[str] = "compensation_failed"
+
+
+#: The forward kind each compensation kind replays as.
+COMPENSATION_KINDS: Mapping[str, str] = {
+    CompensationClaimed.type: StepClaimed.type,
+    CompensationSucceeded.type: StepSucceeded.type,
+    CompensationAttemptFailed.type: AttemptFailed.type,
+    CompensationAttemptLost.type: AttemptLost.type,
+    CompensationRetried.type: Retried.type,
+    CompensationSkipped.type: Skipped.type,
+}

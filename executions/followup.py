@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 
-from executions import dispatch, engine, metrics, signals, transitions
-from executions.engine import Claim, Decision, Finish, RecoverLost, Wait, decide
+from executions import dispatch, engine, metrics, signals, store, transitions
+from executions.engine import Claim, Decision, Finish, RecoverLost, Rollback, Wait, decide
 from executions.store import Snapshot, now_ms
 
 logger = logging.getLogger("detflow.worker")
@@ -24,7 +24,7 @@ def follow_up(snap: Snapshot, finished: bool | None = None) -> None:
         ):
             if isinstance(error, Exception):
                 logger.error("execution_finished receiver %r failed: %s", receiver, error)
-    if isinstance(decision, Claim | RecoverLost | Finish):
+    if isinstance(decision, Claim | RecoverLost | Finish | Rollback):
         dispatch.send(snap.state.id)
     elif isinstance(decision, Wait) and decision.reason == "retry":
         dispatch.send(snap.state.id, delay_ms=decision.until - now)
@@ -33,9 +33,9 @@ def follow_up(snap: Snapshot, finished: bool | None = None) -> None:
 def recover_lost(snap: Snapshot, decision: RecoverLost, now: int) -> Snapshot | None:
     """Record that a running attempt's lease ran out (its worker died or stalled), then what
     ``decision`` says follows; count it. ``None`` when another writer changed the execution first."""
-    current = snap.doc["steps"][decision.step].get("current") or {}
+    current = store.slot_doc(snap.doc, decision.step).get("current") or {}
     after = transitions.commit(snap, engine.lost(snap.state, decision, current.get("worker"), now), now)
     if after is not None:
-        metrics.STEP_ATTEMPTS.labels(snap.doc["workflow"], snap.state.steps[decision.step].name,
+        metrics.STEP_ATTEMPTS.labels(snap.doc["workflow"], metrics.step_label(snap.state, decision.step),
                                      "lost").inc()
     return after

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Histogram
+
+if TYPE_CHECKING:
+    from executions.engine import ExecutionState
 
 #: The variable prometheus_client reads: when set, each process writes its metrics to files there.
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -73,3 +77,9 @@ SLOT_WAITS = Counter(
     "detflow_slot_waits_total", "Claims put off because the step had no free concurrency slot.",
     ["workflow", "step"],
 )
+
+
+def step_label(state: ExecutionState, index: int) -> str:
+    """Return the ``step`` label of the step (or compensation: ``<step>:compensate``) at ``index``."""
+    name = state.slot(index).name
+    return f"{name}:compensate" if state.is_compensation(index) else name

@@ -1,4 +1,4 @@
-"""What services and operators do to executions: start, cancel, retry, skip.
+"""What services and operators do to executions: start, cancel, retry, skip, compensate.
 
 Each operator action needs a reason, records who did it and why as an event, and has a dry run
 that returns what it would change without changing anything.
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from executions import dispatch, engine, metrics, store, transitions
-from executions.engine import CANCELLABLE, ExecutionStatus, replay
+from executions.engine import CANCELLABLE, COMPENSABLE, ExecutionStatus, StepStatus, replay
 from executions.errors import (
     ConcurrentChange,
     ExecutionNotFound,
@@ -63,6 +63,8 @@ def start(
               "description": stored.description, "steps": stored.steps}
     if stored.secret_inputs:
         pinned["secret_inputs"] = list(stored.secret_inputs)
+    if stored.on_failure != "stop":
+        pinned["on_failure"] = stored.on_failure
     doc, created = transitions.create(pinned, input_json, idempotency_key, now_ms(),
                                       engine.created(by, stored.name, stored.version), by)
     if created:
@@ -88,12 +90,18 @@ def cancel(execution_id: str, by: str, reason: str, dry_run: bool = False) -> Ac
 def retry(
     execution_id: str, by: str, reason: str, input: Any = _UNSET, dry_run: bool = False
 ) -> ActionResult:
-    """Retry a FAILED execution from its failed step with a new attempt budget.
+    """Retry a FAILED execution from its failed step with a new attempt budget (or, in a
+    COMPENSATION_FAILED execution, its failed compensation: the rollback goes on).
 
     ``input``, when given, replaces the input of that step alone; the difference is recorded.
     """
 
     def plan(snap: Snapshot) -> list[Event]:
+        if snap.state.status is ExecutionStatus.COMPENSATION_FAILED:
+            if input is not _UNSET:
+                raise InvalidArgument("input", "a compensation runs with its step's input; it takes no "
+                                               "input of its own")
+            return engine.compensation_retried(snap.state, _failed_compensation(snap), by, reason)
         index = _failed_step(snap, "retried")
         input_json = diff = None
         if input is not _UNSET:
@@ -112,9 +120,19 @@ def skip(
     execution_id: str, by: str, reason: str, output: Any = None, step: str | None = None,
     dry_run: bool = False,
 ) -> ActionResult:
-    """Skip the failed step with ``output`` standing in for its result, and go on."""
+    """Skip the failed step with ``output`` standing in for its result, and go on (or, in a
+    COMPENSATION_FAILED execution, skip its failed compensation: its step stays undone by
+    detflow, the operator having seen to it, and the rollback goes on; ``output`` is refused)."""
 
     def plan(snap: Snapshot) -> list[Event]:
+        if snap.state.status is ExecutionStatus.COMPENSATION_FAILED:
+            k = _failed_compensation(snap)
+            name = snap.state.compensations[k].name
+            if step is not None and step != name:
+                raise InvalidArgument("step", f"the failed compensation is {name!r}'s, not {step!r}'s")
+            if output is not None:
+                raise InvalidArgument("output", "a skipped compensation has no output")
+            return engine.compensation_skipped(snap.state, k, by, reason)
         index = _failed_step(snap, "skipped")
         name = snap.state.steps[index].name
         if step is not None and step != name:
@@ -126,6 +144,76 @@ def skip(
         return engine.skipped(snap.state, index, by, reason, output_json)
 
     return _act(execution_id, "skip", by, reason, dry_run, plan)
+
+
+@dataclass(frozen=True)
+class PlannedCompensation:
+    """One compensation of a rollback's plan, in the order it runs."""
+
+    step: str
+    step_index: int
+    handler: str
+    #: The step's status, and its output (as the API and the admin show it: secrets masked).
+    status: str
+    output: Any
+
+
+def compensate(
+    execution_id: str, by: str, reason: str, dry_run: bool = False, include_skipped: bool = False,
+) -> tuple[ActionResult, list[PlannedCompensation]]:
+    """Roll back a FAILED or CANCELLED execution: run the compensations of its steps that
+    SUCCEEDED (and, with ``include_skipped``, that an operator SKIPPED), newest first. Returns the
+    action and its plan; a dry run returns both and changes nothing."""
+    planned: list[PlannedCompensation] = []
+
+    def plan(snap: Snapshot) -> list[Event]:
+        state = snap.state
+        if state.status not in COMPENSABLE:
+            raise OperationNotAllowed(
+                f"execution {execution_id} is {state.status}; only a FAILED or CANCELLED execution "
+                "can be compensated")
+        running = [s.name for s in state.steps if s.status is StepStatus.RUNNING]
+        if running:
+            raise OperationNotAllowed(f"step {running[0]!r} of execution {execution_id} is still running; "
+                                      "compensate once its attempt has ended")
+        order = engine.rollback_plan(state, include_skipped=include_skipped)
+        if not order:
+            raise OperationNotAllowed(f"execution {execution_id} has nothing to undo: no step that "
+                                      "succeeded" + (" or was skipped" if include_skipped else "")
+                                      + " names a compensation")
+        specs, secrets = snap.doc["definition"]["steps"], masking.secret_values(snap.doc)
+        planned[:] = [PlannedCompensation(
+            step=state.steps[i].name, step_index=i, handler=specs[i]["compensate"]["handler"],
+            status=state.steps[i].status.value, output=_shown_output(snap.doc["steps"][i], secrets))
+            for i in order]
+        cause = _cause(snap)
+        return engine.rollback(state, order, by, reason, cause)
+
+    result = _act(execution_id, "compensate", by, reason, dry_run, plan)
+    return result, planned
+
+
+def _shown_output(stored: dict[str, Any], secrets: set[str]) -> Any:
+    text = stored.get("output_json")
+    return None if text is None else json.loads(masking.scrub(text, secrets) if secrets else text)
+
+
+def _cause(snap: Snapshot) -> tuple[str | None, str, str]:
+    """Return what an operator's rollback undoes the execution for: its failed step's last error,
+    or its cancellation."""
+    index = engine.failed_step(snap.state)
+    if index is not None:
+        stored = snap.doc["steps"][index]
+        error = stored.get("error") or {}
+        return stored["name"], error.get("type", ""), error.get("message", "")
+    return None, "Cancelled", "the execution was cancelled"
+
+
+def _failed_compensation(snap: Snapshot) -> int:
+    k = engine.failed_compensation(snap.state)
+    if k is None:
+        raise OperationNotAllowed(f"execution {snap.state.id} has no failed compensation")
+    return k
 
 
 def _act(
@@ -176,6 +264,13 @@ def _changes(snap: Snapshot, events: list[Event]) -> dict[str, tuple[str, str]]:
     for old, new in zip(snap.state.steps, after.steps, strict=True):
         if old.status is not new.status:
             changes[f"steps.{old.name}"] = (old.status.value, new.status.value)
+    if len(snap.state.compensations) == len(after.compensations):
+        for old, new in zip(snap.state.compensations, after.compensations, strict=True):
+            if old.status is not new.status:
+                changes[f"compensations.{old.name}"] = (old.status.value, new.status.value)
+    else:  # a rollback starts
+        for new in after.compensations:
+            changes[f"compensations.{new.name}"] = ("", new.status.value)
     return changes
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from detflow_site import conf, logs, services
 from executions import dispatch, engine, metrics, store, transitions
 from executions.attempt import Attempt
-from executions.engine import Claim, Decision, Finish, RecoverLost, Wait, decide
+from executions.engine import Claim, Decision, Finish, RecoverLost, Rollback, Wait, decide
 from executions.followup import follow_up, recover_lost
 from executions.locks import ExecutionLock
 from executions.middleware import STOPPING
@@ -139,6 +139,8 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
             result = recover_lost(snap, decision, now)
         elif isinstance(decision, Finish):
             result = transitions.commit(snap, engine.finished(decision), now)
+        elif isinstance(decision, Rollback):
+            result = transitions.commit(snap, rollback_events(snap, decision), now)
         else:
             break
         if result is not None:
@@ -148,8 +150,21 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
     return end
 
 
+def rollback_events(snap: Snapshot, decision: Rollback) -> list[engine.Event]:
+    """Return the events of the rollback ``decision`` starts, its cause read from the failed step
+    (a rollback is written with the failure that causes it; this is for one that was not)."""
+    index = engine.failed_step(snap.state)
+    stored = snap.doc["steps"][index] if index is not None else {}
+    error = stored.get("error") or {}
+    return engine.rollback(snap.state, decision.plan, None, "on_failure: compensate",
+                           (stored.get("name"), error.get("type", ""), error.get("message", "")))
+
+
 def step_slot(snap: Snapshot, index: int, lease_ms: int) -> StepSlot | None:
-    """Return a slot to take before running step ``index``, or ``None`` if it has no limit."""
+    """Return a slot to take before running step ``index``, or ``None`` if it has no limit (a
+    compensation never has one: a rollback is not held back by the forward traffic)."""
+    if snap.state.is_compensation(index):
+        return None
     limit = snap.doc["definition"]["steps"][index].get("max_concurrency")
     if not limit:
         return None
@@ -170,7 +185,7 @@ def run_step(
         logger.info("claim of %s step %d lost a race; leaving it", snap.state.id, decision.step)
         return None
     workflow = snap.doc["workflow"]
-    logs.bind(step=snap.state.steps[decision.step].name, attempt=decision.attempt)
+    logs.bind(step=snap.state.slot(decision.step).name, attempt=decision.attempt)
     due = store.to_ms(snap.doc.get("due_at"))
     if due is not None:
         metrics.QUEUE_LAG.labels(workflow).observe(max(now_ms() - due, 0) / 1000)

@@ -8,7 +8,7 @@ milliseconds, and the engine works in integer milliseconds, so a stored time rou
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -96,9 +96,10 @@ DATA_BYTES = 8 * 1024 * 1024
 def data_bytes(doc: dict[str, Any], index: int, *, output: str | None = None,
                input: str | None = None) -> int:
     """Return the bytes of the step outputs and step inputs a working document would hold with
-    step ``index``'s output or input (JSON text) replaced by the one given."""
+    the output or input (JSON text) at ``index`` (a step, or past the steps a compensation)
+    replaced by the one given."""
     total = 0
-    for at, step in enumerate(doc.get("steps") or []):
+    for at, step in enumerate([*(doc.get("steps") or []), *(doc.get("compensations") or [])]):
         out_bytes = step.get("output_bytes", 0)
         in_json = step.get("input_json") or ""
         if at == index:
@@ -148,7 +149,7 @@ def history() -> Collection:
 #: What a worker, the sweeper and an operator action read: everything but the history and the
 #: attempt records, which no decision needs (the event count is ``event_seq``) and which make up
 #: most of a long execution's document.
-WORKING_FIELDS = {"events": 0, "steps.attempts": 0}
+WORKING_FIELDS = {"events": 0, "steps.attempts": 0, "compensations.attempts": 0}
 
 
 def load(execution_id: str) -> dict[str, Any] | None:
@@ -194,37 +195,68 @@ def load_working(execution_id: str) -> dict[str, Any] | None:
     return collection().find_one({"_id": execution_id}, WORKING_FIELDS)
 
 
-def initial_state(execution_id: str, definition_steps: list[dict[str, Any]]) -> ExecutionState:
-    """Return the state of a new execution of the given (pinned) steps."""
+def initial_state(execution_id: str, definition: Mapping[str, Any]) -> ExecutionState:
+    """Return the state of a new execution of the given (pinned) definition."""
     return ExecutionState(
         id=execution_id,
         status=ExecutionStatus.PENDING,
-        steps=tuple(
-            StepState(name=s["name"], status=StepStatus.PENDING, policy=RetryPolicy(**s["retry"]))
-            for s in definition_steps
-        ),
+        steps=tuple(StepState(name=s["name"], status=StepStatus.PENDING, policy=RetryPolicy(**s["retry"]),
+                              compensate=_undo_policy(s))
+                    for s in definition["steps"]),
+        on_failure=definition.get("on_failure", "stop"),
     )
 
 
 def to_state(doc: dict[str, Any]) -> ExecutionState:
     """Return the engine's view of a stored execution."""
     specs = doc["definition"]["steps"]
-    return ExecutionState(
-        id=doc["_id"],
-        status=ExecutionStatus(doc["status"]),
-        steps=tuple(
-            StepState(
-                name=step["name"],
-                status=StepStatus(step["status"]),
-                policy=RetryPolicy(**spec["retry"]),
-                attempt=step.get("attempt", 0),
-                budget_base=step.get("budget_base", 0),
-                next_retry_at=to_ms(step.get("next_retry_at")),
-                lease_expires_at=to_ms(step.get("lease_expires_at")),
-            )
-            for step, spec in zip(doc["steps"], specs, strict=True)
-        ),
+    steps = tuple(_slot_state(step, RetryPolicy(**spec["retry"]), compensate=_undo_policy(spec))
+                  for step, spec in zip(doc["steps"], specs, strict=True))
+    compensations = tuple(
+        _slot_state(undo, steps[undo["step_index"]].compensate or RetryPolicy(), undoes=undo["step_index"])
+        for undo in doc.get("compensations") or ()
     )
+    return ExecutionState(id=doc["_id"], status=ExecutionStatus(doc["status"]), steps=steps,
+                          compensations=compensations,
+                          on_failure=doc["definition"].get("on_failure", "stop"))
+
+
+def _slot_state(stored: Mapping[str, Any], policy: RetryPolicy, **more: Any) -> StepState:
+    return StepState(
+        name=stored["name"],
+        status=StepStatus(stored["status"]),
+        policy=policy,
+        attempt=stored.get("attempt", 0),
+        budget_base=stored.get("budget_base", 0),
+        next_retry_at=to_ms(stored.get("next_retry_at")),
+        lease_expires_at=to_ms(stored.get("lease_expires_at")),
+        **more,
+    )
+
+
+def _undo_policy(spec: Mapping[str, Any]) -> RetryPolicy | None:
+    undo = spec.get("compensate")
+    return RetryPolicy(**undo["retry"]) if undo else None
+
+
+def slot_path(doc: Mapping[str, Any], index: int) -> str:
+    """Return the document path of the step (or, past the steps, the compensation) at ``index``."""
+    n = len(doc["steps"])
+    return f"steps.{index}" if index < n else f"compensations.{index - n}"
+
+
+def slot_doc(doc: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """Return the stored step (or compensation) at ``index``."""
+    n = len(doc["steps"])
+    return doc["steps"][index] if index < n else doc["compensations"][index - n]
+
+
+def slot_spec(doc: Mapping[str, Any], index: int) -> dict[str, Any]:
+    """Return the definition of what runs at ``index``: the step's, or what undoes it."""
+    steps = doc["definition"]["steps"]
+    if index < len(steps):
+        return steps[index]
+    return steps[doc["compensations"][index - len(steps)]["step_index"]]["compensate"]
 
 
 @dataclass(frozen=True)

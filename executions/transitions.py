@@ -26,10 +26,15 @@ from executions.events import (
     AttemptFailed,
     AttemptLost,
     Cancelled,
+    CompensationFailed,
+    CompensationRetried,
+    CompensationSkipped,
     Event,
+    ExecutionCompensated,
     ExecutionFailed,
     ExecutionSucceeded,
     Retried,
+    RollbackStarted,
     Skipped,
     StepClaimed,
     StepSucceeded,
@@ -101,10 +106,16 @@ def commit(snap: Snapshot, events: Sequence[Event], now: int) -> Snapshot | None
     pushes: dict[str, Any] = {}
     if new_state.status is not snap.state.status:
         update_set["status"] = new_state.status.value
-    for index, (old, new) in enumerate(zip(snap.state.steps, new_state.steps, strict=True)):
+    changed = [(f"steps.{i}.", old, new)
+               for i, (old, new) in enumerate(zip(snap.state.steps, new_state.steps, strict=True))]
+    if snap.state.compensations:
+        changed += [(f"compensations.{k}.", old, new) for k, (old, new)
+                    in enumerate(zip(snap.state.compensations, new_state.compensations, strict=True))]
+    elif new_state.compensations:  # a rollback starts: its compensations are stored whole
+        update_set["compensations"] = _compensations(snap, new_state)
+    for prefix, old, new in changed:
         if old is new or old == new:  # evolve keeps the steps it does not change
             continue
-        prefix = f"steps.{index}."
         update_set[prefix + "status"] = new.status.value
         update_set[prefix + "attempt"] = new.attempt
         update_set[prefix + "budget_base"] = new.budget_base
@@ -260,13 +271,15 @@ def applied(doc: dict[str, Any], sets: Mapping[str, Any], unsets: Mapping[str, A
     return new
 
 
-def renew_lease(execution_id: str, index: int, fence: int, now: int, lease_ms: int) -> bool:
+def renew_lease(execution_id: str, path: str, fence: int, now: int, lease_ms: int) -> bool:
     """Extend a running attempt's lease; ``False`` when the attempt is no longer the current claim.
 
-    Not a state change (no status moves, no event): it is matched on the claim's fencing token
-    instead of the version, so that a heartbeat never makes an outcome write stale.
+    ``path`` is the step's (or compensation's) place in the document: ``steps.3``, as
+    ``store.slot_path`` says. Not a state change (no status moves, no event): it is matched on the
+    claim's fencing token instead of the version, so that a heartbeat never makes an outcome write
+    stale.
     """
-    prefix = f"steps.{index}."
+    prefix = f"{path}."
     result = store.collection().update_one(
         {"_id": execution_id, prefix + "status": StepStatus.RUNNING.value,
          prefix + "current.fence": fence},
@@ -276,58 +289,91 @@ def renew_lease(execution_id: str, index: int, fence: int, now: int, lease_ms: i
     return result.matched_count == 1
 
 
+def _compensations(snap: Snapshot, state: ExecutionState) -> list[dict[str, Any]]:
+    specs = snap.doc["definition"]["steps"]
+    return [{"step_index": undo.undoes, "name": undo.name,
+             "handler": specs[undo.undoes]["compensate"]["handler"],  # type: ignore[index]
+             "status": undo.status.value, "attempt": 0, "budget_base": 0, "attempts": []}
+            for undo in state.compensations]
+
+
+def _slot(snap: Snapshot, event: Event) -> int:
+    """Return the slot index (``ExecutionState.slot``) ``event`` is about."""
+    k = getattr(event, "compensation_index", None)
+    return event.step_index if k is None else len(snap.state.steps) + k  # type: ignore[attr-defined]
+
+
+def _prefix(event: Event) -> str:
+    """Return the document path (with its dot) of the step or compensation ``event`` is about."""
+    k = getattr(event, "compensation_index", None)
+    return f"compensations.{k}." if k is not None else f"steps.{event.step_index}."  # type: ignore[attr-defined]
+
+
 def _effects(
     snap: Snapshot, event: Event, after: ExecutionState, now: int,
     sets: dict[str, Any], unsets: dict[str, str], pushes: dict[str, Any],
 ) -> None:
     """Add what ``event`` stores in the document (beyond the state and the history) to the update."""
     at = to_dt(now)
+    slots = len(snap.state.steps) + len(after.compensations)
     if isinstance(event, StepClaimed):
-        prefix = f"steps.{event.step_index}."
+        prefix = _prefix(event)
         sets[prefix + "current"] = {"n": event.attempt, "worker": event.worker, "fence": event.fence,
                                     "started_at": at}
         sets[prefix + "lease_owner"] = event.worker
-        if snap.state.steps[event.step_index].attempt == 0:
+        if event.attempt == 1:
             sets[prefix + "started_at"] = at
     elif isinstance(event, StepSucceeded):
-        _output(sets, event.step_index, event.output_json, now)
-        _close_attempt(snap, event.step_index, dict(event.record), unsets, pushes)
+        _output(sets, _prefix(event), event.output_json, now)
+        _close_attempt(_prefix(event), slots, dict(event.record), unsets, pushes)
     elif isinstance(event, AttemptFailed):
-        sets[f"steps.{event.step_index}.error"] = {"type": event.error_type, "message": event.detail}
-        _close_attempt(snap, event.step_index, dict(event.record), unsets, pushes)
+        sets[_prefix(event) + "error"] = {"type": event.error_type, "message": event.detail}
+        _close_attempt(_prefix(event), slots, dict(event.record), unsets, pushes)
     elif isinstance(event, AttemptLost):
-        current = snap.doc["steps"][event.step_index].get("current") or {}
+        stored = store.slot_doc(snap.doc, _slot(snap, event))
+        current = stored.get("current") or {}
         message = f"lease of worker {current.get('worker')!r} expired before an outcome was recorded"
         record = {**current, "ended_at": at, "outcome": "lost", "error_type": "AttemptLost",
                   "message": message}
-        sets[f"steps.{event.step_index}.error"] = {"type": "AttemptLost", "message": message}
-        _close_attempt(snap, event.step_index, record, unsets, pushes)
-    elif isinstance(event, ExecutionSucceeded | Cancelled):
+        sets[_prefix(event) + "error"] = {"type": "AttemptLost", "message": message}
+        _close_attempt(_prefix(event), slots, record, unsets, pushes)
+    elif isinstance(event, ExecutionSucceeded | Cancelled | ExecutionCompensated):
         sets["finished_at"] = at
     elif isinstance(event, ExecutionFailed):
         sets["finished_at"] = at
         sets["failed_step"] = next(s.name for s in after.steps if s.status is StepStatus.FAILED)
+    elif isinstance(event, CompensationFailed):
+        sets["finished_at"] = at
+        sets["failed_compensation"] = next(c.name for c in after.compensations
+                                           if c.status is StepStatus.FAILED)
+    elif isinstance(event, RollbackStarted):
+        sets["rollback"] = {"by": event.by, "reason": event.reason, "started_at": at,
+                            "cause": {"step": event.cause_step, "error_type": event.cause_type,
+                                      "message": event.cause_message}}
+        if event.cause_step is not None:
+            sets["failed_step"] = event.cause_step  # the step whose failure is being undone
+        unsets["finished_at"] = ""
+    elif isinstance(event, CompensationRetried | CompensationSkipped):
+        unsets["failed_compensation"] = unsets["finished_at"] = ""
     elif isinstance(event, Retried | Skipped):
         if isinstance(event, Retried) and event.input_json is not None:
             sets[f"steps.{event.step_index}.input_json"] = event.input_json
         if isinstance(event, Skipped):
-            _output(sets, event.step_index, event.output_json, now)
+            _output(sets, f"steps.{event.step_index}.", event.output_json, now)
         unsets["failed_step"] = unsets["finished_at"] = ""
 
 
-def _output(sets: dict[str, Any], index: int, output_json: str, now: int) -> None:
-    prefix = f"steps.{index}."
+def _output(sets: dict[str, Any], prefix: str, output_json: str, now: int) -> None:
     sets[prefix + "output_json"] = output_json
     sets[prefix + "output_bytes"] = len(output_json.encode())
     sets[prefix + "finished_at"] = to_dt(now)
 
 
 def _close_attempt(
-    snap: Snapshot, index: int, record: dict[str, Any], unsets: dict[str, str], pushes: dict[str, Any]
+    prefix: str, slots: int, record: dict[str, Any], unsets: dict[str, str], pushes: dict[str, Any]
 ) -> None:
-    prefix = f"steps.{index}."
     unsets[prefix + "current"] = ""
-    pushes[prefix + "attempts"] = {"$each": [record], "$slice": -store.records_kept(len(snap.state.steps))}
+    pushes[prefix + "attempts"] = {"$each": [record], "$slice": -store.records_kept(slots)}
 
 
 def _stored(event: Event) -> dict[str, Any]:

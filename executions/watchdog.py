@@ -43,11 +43,12 @@ class Watchdog:
     """
 
     def __init__(
-        self, execution_id: str, index: int, fence: int, lock: ExecutionLock, lease_ms: int,
+        self, execution_id: str, path: str, fence: int, lock: ExecutionLock, lease_ms: int,
         timeout_s: float, slot: StepSlot | None = None,
     ):
         self.execution_id = execution_id
-        self.index = index
+        #: The running step's (or compensation's) place in the document (``store.slot_path``).
+        self.path = path
         self.fence = fence
         self.lock = lock
         self.slot = slot
@@ -105,7 +106,7 @@ class Watchdog:
         try:
             with pymongo.timeout(self.interval):
                 renewed = transitions.renew_lease(
-                    execution_id, self.index, self.fence, now_ms(), self.lease_ms
+                    execution_id, self.path, self.fence, now_ms(), self.lease_ms
                 )
         except Exception as exc:  # the store is down: try again next beat; the lease decides
             logger.warning("lease renewal of %s failed: %s", execution_id, exc)

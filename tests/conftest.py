@@ -68,7 +68,7 @@ def clean(request: pytest.FixtureRequest) -> Iterator[None]:
     """Empty the store, Redis and the ledger; disarm every crash point."""
     from executions import faults, store
     from executions.models import Execution
-    from tests.handlers import LEDGER
+    from tests.handlers import LEDGER, UNDONE
     from workflows.models import WorkflowDefinition
 
     Execution._get_collection().delete_many({})
@@ -77,6 +77,7 @@ def clean(request: pytest.FixtureRequest) -> Iterator[None]:
     if "redis_client" in request.fixturenames or "worker" in request.fixturenames:
         request.getfixturevalue("redis_client").flushdb()
     LEDGER.clear()
+    UNDONE.clear()
     faults.disarm()
     yield
     faults.disarm()
@@ -170,12 +171,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
 
 
 def wait_terminal(*execution_ids: str, timeout: float = 20.0) -> list[dict[str, Any]]:
-    """Wait until every execution is SUCCEEDED, FAILED or CANCELLED; return their documents."""
+    """Wait until every execution is terminal (SUCCEEDED, FAILED, CANCELLED, COMPENSATED or
+    COMPENSATION_FAILED) with nothing due; return their documents."""
     from executions import store
+    from executions.engine import TERMINAL
 
     def done() -> list[dict[str, Any]] | None:
         docs = [store.load(i) for i in execution_ids]
-        if all(d and d["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and not d.get("due_at")
+        if all(d and d["status"] in TERMINAL and not d.get("due_at")
                for d in docs):
             return docs  # type: ignore[return-value]
         return None

@@ -176,3 +176,39 @@ def noisy(ctx: StepContext) -> dict[str, Any]:
     if ctx.input.get("fail"):
         raise PermanentError("noisy failure: " + text * 4)
     return {"step": ctx.step}
+
+
+#: (execution id, step undone, attempt, the undone step's output, the rollback's cause) of every
+#: run of a compensation handler below, in the order they ran.
+UNDONE: list[tuple[str, str, int, Any, dict[str, Any]]] = []
+
+
+def _undo_note(ctx: StepContext) -> None:
+    _note(ctx)
+    assert ctx.compensation is not None, "a compensation handler runs with ctx.compensation"
+    with _guard:
+        UNDONE.append((ctx.execution_id, ctx.step, ctx.attempt, ctx.compensation.step_output,
+                       dict(ctx.compensation.cause)))
+
+
+@step("test.undo")
+def undo(ctx: StepContext) -> dict[str, Any]:
+    """Undo a step: record it, return what was undone."""
+    _undo_note(ctx)
+    return {"undone": ctx.step, "key": ctx.idempotency_key}
+
+
+@step("test.undo_flaky")
+def undo_flaky(ctx: StepContext) -> dict[str, Any]:
+    """Fail until attempt ``input["undo_succeed_on"]`` (counted per compensation), then undo."""
+    _undo_note(ctx)
+    if ctx.attempt < int(ctx.input.get("undo_succeed_on", 1)):
+        raise RetryableError(f"undo failed on attempt {ctx.attempt}")
+    return {"undone": ctx.step}
+
+
+@step("test.undo_refused")
+def undo_refused(ctx: StepContext) -> None:
+    """A compensation that can never succeed (the outside world refuses it)."""
+    _undo_note(ctx)
+    raise PermanentError(f"{ctx.step} cannot be undone")

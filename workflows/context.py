@@ -60,6 +60,20 @@ class AttemptLog:
         self.log(logging.ERROR, message, *args)
 
 
+@dataclass(frozen=True)
+class Compensation:
+    """What a compensation handler undoes, and why."""
+
+    #: The output of the step it undoes (what that step did: a charge id, a reservation).
+    step_output: Any
+    #: The failure that started the rollback: ``{"step", "error_type", "message"}`` (for an
+    #: operator's rollback of a cancelled execution, ``error_type`` is ``Cancelled``).
+    cause: Mapping[str, Any]
+    #: Who asked for the rollback (``None``: the workflow's ``on_failure``), and why.
+    by: str | None = None
+    reason: str = ""
+
+
 @dataclass
 class StepContext:
     """Everything a handler may know about the attempt it runs in."""
@@ -80,6 +94,10 @@ class StepContext:
     fencing_token: int
     log: AttemptLog
     _heartbeat: Callable[[], None] = field(repr=False, default=lambda: None)
+    #: For a compensation handler, what it undoes and why; ``None`` for a step's own handler. Its
+    #: ``idempotency_key`` is then ``<execution id>:<step name>:compensate`` and ``outputs`` holds
+    #: every step's output, its own step's too.
+    compensation: Compensation | None = None
 
     def heartbeat(self) -> None:
         """Renew the attempt's lease now; raise ``LeaseLost`` when a successor owns the step."""

@@ -30,6 +30,7 @@ def register(data: Any | WorkflowSpec) -> tuple[WorkflowDefinition, bool]:
             description=spec.description,
             steps=spec.to_dict()["steps"],
             secret_inputs=list(spec.secret_inputs),
+            on_failure=spec.on_failure,
             fingerprint=fingerprint,
             created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
         )

@@ -16,6 +16,8 @@ class WorkflowDefinition(me.Document):
     steps = me.ListField(me.DictField(), required=True)
     #: Input fields (dotted paths) shown as ``[secret]`` everywhere but to handlers.
     secret_inputs = me.ListField(me.StringField(), default=list)
+    #: What a step failing for good leads to: ``stop`` or ``compensate`` (``workflows.spec.ON_FAILURE``).
+    on_failure = me.StringField(default="stop")
     #: Hash of the content: equal definitions have equal fingerprints.
     fingerprint = me.StringField(required=True)
     created_at = me.DateTimeField(required=True)

@@ -72,6 +72,24 @@ class StepSpec:
     #: Attempts of this step (all executions of the workflow) running at once, at most; ``None``:
     #: no limit.
     max_concurrency: int | None = None
+    #: What undoes this step once it SUCCEEDED, run when its execution is rolled back; ``None``:
+    #: nothing to undo.
+    compensate: CompensateSpec | None = None
+
+
+@dataclass(frozen=True)
+class CompensateSpec:
+    """The handler that undoes a step, with a retry policy and a timeout of its own."""
+
+    handler: str
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    non_retryable: tuple[str, ...] = ()
+
+
+#: What an execution does when a step fails for good: ``stop`` (it ends FAILED, an operator may retry
+#: or skip the step) or ``compensate`` (the compensations of its completed steps run, newest first).
+ON_FAILURE = ("stop", "compensate")
 
 
 @dataclass(frozen=True)
@@ -83,19 +101,24 @@ class WorkflowSpec:
     description: str = ""
     #: Input fields (dotted paths) shown as ``[secret]`` everywhere but to handlers.
     secret_inputs: tuple[str, ...] = ()
+    #: What a step failing for good leads to: one of :data:`ON_FAILURE`.
+    on_failure: str = "stop"
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the plain-data form that :func:`parse_workflow` reads back."""
+        """Return the plain-data form that :func:`parse_workflow` reads back.
+
+        Fields at their defaults that older definitions lack (``secret_inputs``, ``on_failure``,
+        a step's ``max_concurrency`` and ``compensate``) are left out, so that those keep their
+        fingerprint.
+        """
         data = asdict(self)
         if self.secret_inputs:
             data["secret_inputs"] = list(self.secret_inputs)
         else:
-            del data["secret_inputs"]  # absent, so that definitions without any keep their fingerprint
-        data["steps"] = [
-            {k: (list(v) if k == "non_retryable" else v) for k, v in step.items()
-             if not (k == "max_concurrency" and v is None)}
-            for step in data["steps"]
-        ]
+            del data["secret_inputs"]
+        if self.on_failure == "stop":
+            del data["on_failure"]
+        data["steps"] = [_step_dict(step) for step in data["steps"]]
         return data
 
     def fingerprint(self) -> str:
@@ -130,22 +153,33 @@ RETRY = Value(
                         help="Fraction of the delay taken off at most (0: none, 1: up to all of it)."),
     },
 )
+_HANDLER = Value("string", min_length=1, max_length=MAX_HANDLER_NAME,
+                 help="A registered handler (see GET handlers/).")
+_TIMEOUT = Value("number", above=0, maximum=MAX_TIMEOUT_S, unit=_S, default=DEFAULT_TIMEOUT_S,
+                 help="An attempt running longer than this is interrupted, in seconds.")
+_NON_RETRYABLE = Value(
+    "array", default=[], max_items=MAX_NON_RETRYABLE, noun="exception type names",
+    items=Value("string", min_length=1, max_length=MAX_TYPE_NAME),
+    help="Exception type names (class name or dotted path) that fail the step without a retry.")
+COMPENSATE = Value(
+    "object", required=("handler",),
+    help="What undoes this step once it succeeded: run, newest step first, when the execution is "
+         "rolled back (on_failure 'compensate', or an operator's compensate); a durable step of its "
+         "own, with the idempotency key '<execution id>:<step>:compensate'.",
+    properties={"handler": _HANDLER, "retry": RETRY, "timeout_s": _TIMEOUT, "non_retryable": _NON_RETRYABLE},
+)
 STEP = Value(
     "object", required=("name", "handler"),
     properties={
         "name": _NAME,
-        "handler": Value("string", min_length=1, max_length=MAX_HANDLER_NAME,
-                         help="A registered handler (see GET handlers/)."),
+        "handler": _HANDLER,
         "retry": RETRY,
-        "timeout_s": Value("number", above=0, maximum=MAX_TIMEOUT_S, unit=_S, default=DEFAULT_TIMEOUT_S,
-                           help="An attempt running longer than this is interrupted, in seconds."),
-        "non_retryable": Value(
-            "array", default=[], max_items=MAX_NON_RETRYABLE, noun="exception type names",
-            items=Value("string", min_length=1, max_length=MAX_TYPE_NAME),
-            help="Exception type names (class name or dotted path) that fail the step without a retry."),
+        "timeout_s": _TIMEOUT,
+        "non_retryable": _NON_RETRYABLE,
         "max_concurrency": Value("integer", nullable=True, minimum=1, maximum=MAX_CONCURRENCY,
                                  help="Attempts of this step running at once, across every worker; "
                                       "null or absent: no limit."),
+        "compensate": COMPENSATE,
     },
 )
 DEFINITION = Value(
@@ -155,6 +189,11 @@ DEFINITION = Value(
         "description": Value("string", max_length=MAX_DESCRIPTION, default=""),
         "steps": Value("array", items=STEP, min_items=1, max_items=MAX_STEPS, noun="steps",
                        help="The steps, run in this order."),
+        "on_failure": Value("string", enum=ON_FAILURE, default="stop",
+                            help="When a step fails for good: 'stop' (the execution ends FAILED; an "
+                                 "operator may retry or skip the step) or 'compensate' (the "
+                                 "compensations of the steps that succeeded run in reverse order; the "
+                                 "execution ends COMPENSATED, or COMPENSATION_FAILED)."),
         "secret_inputs": Value(
             "array", default=[], max_items=masking.MAX_PATHS, unique=True, noun="input paths",
             items=Value("string", min_length=1, max_length=MAX_SECRET_PATH, pattern=masking.PATH_RE,
@@ -164,6 +203,15 @@ DEFINITION = Value(
                  "logs and post-mortems; handlers receive them as given."),
     },
 )
+
+
+def _step_dict(step: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: (list(v) if k == "non_retryable" else v) for k, v in step.items()
+                           if not (k in ("max_concurrency", "compensate") and v is None)}
+    undo = out.get("compensate")
+    if undo:
+        out["compensate"] = {**undo, "non_retryable": list(undo["non_retryable"])}
+    return out
 
 
 def parse_workflow(
@@ -184,9 +232,12 @@ def parse_workflow(
         seen.add(raw["name"])
         if known_handlers is not None:
             known_handlers(raw["handler"], f"steps[{index}].handler")
+            if "compensate" in raw:
+                known_handlers(raw["compensate"]["handler"], f"steps[{index}].compensate.handler")
         steps.append(_step(raw))
     return WorkflowSpec(name=data["name"], description=data.get("description", ""), steps=tuple(steps),
-                        secret_inputs=tuple(data.get("secret_inputs", ())))
+                        secret_inputs=tuple(data.get("secret_inputs", ())),
+                        on_failure=data.get("on_failure", "stop"))
 
 
 def _size(data: Mapping[str, Any]) -> None:
@@ -204,16 +255,25 @@ def _size(data: Mapping[str, Any]) -> None:
 
 def _step(raw: Mapping[str, Any]) -> StepSpec:
     """Build a checked step's spec, defaults filled in."""
-    retry = raw.get("retry", {})
+    undo = raw.get("compensate")
     return StepSpec(
         name=raw["name"],
         handler=raw["handler"],
-        retry=RetryPolicy(
-            max_attempts=retry.get("max_attempts", _POLICY.max_attempts),
-            **{key: float(retry.get(key, getattr(_POLICY, key)))
-               for key in ("initial_delay_s", "multiplier", "max_delay_s", "jitter")},
-        ),
+        retry=_policy(raw.get("retry", {})),
         timeout_s=float(raw.get("timeout_s", DEFAULT_TIMEOUT_S)),
         non_retryable=tuple(raw.get("non_retryable", ())),
         max_concurrency=raw.get("max_concurrency"),
+        compensate=None if undo is None else CompensateSpec(
+            handler=undo["handler"], retry=_policy(undo.get("retry", {})),
+            timeout_s=float(undo.get("timeout_s", DEFAULT_TIMEOUT_S)),
+            non_retryable=tuple(undo.get("non_retryable", ())),
+        ),
+    )
+
+
+def _policy(retry: Mapping[str, Any]) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=retry.get("max_attempts", _POLICY.max_attempts),
+        **{key: float(retry.get(key, getattr(_POLICY, key)))
+           for key in ("initial_delay_s", "multiplier", "max_delay_s", "jitter")},
     )

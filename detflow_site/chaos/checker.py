@@ -83,7 +83,7 @@ def check_history(doc: Mapping[str, Any]) -> list[Violation]:
     seqs = [e.get("seq") for e in doc["events"]]
     if seqs != list(range(1, len(seqs) + 1)):
         flag("contiguous", f"event sequence numbers are {_gaps(seqs)}")
-    state = store.initial_state(execution_id, doc["definition"]["steps"])
+    state = store.initial_state(execution_id, doc["definition"])
     claim: dict[int, tuple[int, int]] = {}  # step index -> (attempt, seq) of its current claim
     last_fence = 0
     for event in doc["events"]:

@@ -341,6 +341,9 @@ EXECUTION_EVENTS: dict[ExecutionStatus, dict[str, Any]] = {
     E.SUCCEEDED: {"type": "execution_succeeded"},
     E.FAILED: {"type": "execution_failed"},
     E.CANCELLED: {"type": "cancelled"},
+    E.COMPENSATING: {"type": "rollback_started", "plan": []},
+    E.COMPENSATED: {"type": "execution_compensated"},
+    E.COMPENSATION_FAILED: {"type": "compensation_failed"},
 }
 
 
