@@ -56,6 +56,8 @@ class DetflowSettings:
     MAX_IMAGE_PIXELS: int = 40_000_000
     #: URL that ``files.notify`` posts each processed file to; unset: the outbox file only.
     NOTIFY_URL: str | None = None
+    #: Base URL of the payment gateway the ``payments`` workflow's handlers call; unset: they fail.
+    PAYMENTS_URL: str | None = None
     #: Start requests (``POST executions/``, ``POST files/``) one API user may make: ``N/minute`` etc.
     API_START_RATE: str = "600/minute"
     #: Largest JSON request body the API reads, in bytes; a larger one is answered 413.
@@ -214,6 +216,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "MAX_FILE_BYTES": _number(int, 1, inclusive=True),
     "MAX_IMAGE_PIXELS": _number(int, 1, inclusive=True),
     "NOTIFY_URL": _url("http", "https"),
+    "PAYMENTS_URL": _url("http", "https"),
     "API_START_RATE": _rate,
     "API_MAX_BODY_BYTES": _number(int, 1, inclusive=True),
     "API_MAX_JSON_DEPTH": _depth,

@@ -1,10 +1,12 @@
-"""The workflows detflow ships: ``file-processing``, which the demo and ``rundev`` register."""
+"""The workflows detflow ships: ``file-processing``, which the demo and ``rundev`` register, and
+``payments``, which ``demo --workflow payments`` registers."""
 from __future__ import annotations
 
 from typing import Any
 
 from workflows import definitions
 from workflows.models import WorkflowDefinition
+from workflows.payments import PAYMENTS_DEFINITION
 
 #: Name of the built-in file-processing workflow.
 FILE_PROCESSING = "file-processing"
@@ -33,4 +35,10 @@ FILE_PROCESSING_DEFINITION: dict[str, Any] = {
 def ensure_file_processing() -> WorkflowDefinition:
     """Register ``file-processing`` unless the same definition is stored already; return it."""
     stored, _ = definitions.register(FILE_PROCESSING_DEFINITION)
+    return stored
+
+
+def ensure_payments() -> WorkflowDefinition:
+    """Register ``payments`` unless the same definition is stored already; return it."""
+    stored, _ = definitions.register(PAYMENTS_DEFINITION)
     return stored

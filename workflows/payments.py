@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
 
+from detflow_site import conf
 from workflows.context import StepContext
 from workflows.errors import PermanentError, RetryableError
 from workflows.registry import step
@@ -37,8 +37,7 @@ _RETRY = {"max_attempts": 4, "initial_delay_s": 0.2, "multiplier": 2.0, "max_del
 _UNDO_RETRY = {**_RETRY, "max_attempts": 8}
 
 #: The definition: reserve, charge, capture, receipt; a failure rolls back by refunding the charge,
-#: then releasing the reservation. Not registered here (the schema takes ``compensate`` and
-#: ``on_failure`` once the engine runs compensations).
+#: then releasing the reservation (``workflows.builtin.ensure_payments`` registers it).
 PAYMENTS_DEFINITION: dict[str, Any] = {
     "name": PAYMENTS,
     "description": "Reserve an order's amount, charge it, capture the charge and issue a receipt; "
@@ -56,15 +55,13 @@ PAYMENTS_DEFINITION: dict[str, Any] = {
 
 
 def gateway_url() -> str:
-    """Return the payment gateway's base URL, from ``DETFLOW_PAYMENTS_URL``."""
-    url = os.environ.get("DETFLOW_PAYMENTS_URL")
+    """Return the payment gateway's base URL, the ``DETFLOW_PAYMENTS_URL`` setting (never the input:
+    data is never a URL a worker calls)."""
+    url = conf.get().PAYMENTS_URL
     if not url:
         raise PermanentError("DETFLOW_PAYMENTS_URL is not set: point it at the payment gateway "
                              "(such as http://127.0.0.1:8070) in the workers' environment")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PermanentError(f"DETFLOW_PAYMENTS_URL {url!r} is not an http:// or https:// URL")
-    return url.rstrip("/")
+    return url.rstrip("/")  # an http(s) URL: the setting's parser refuses any other
 
 
 @step("payments.reserve")
@@ -113,7 +110,7 @@ def receipt(ctx: StepContext) -> dict[str, Any]:
 def release(ctx: StepContext) -> dict[str, Any]:
     """Undo ``reserve``: give the held amount back (after ``refund`` undid the charge)."""
     order = _order(ctx)
-    reservation = _earlier(ctx, "reserve", "reservation_id")
+    reservation = _undone(ctx, "reserve", "reservation_id")
     answer = _call(ctx, f"/reservations/{_segment(reservation)}/release", {"order_id": order["order_id"]})
     ctx.log.info("reservation %s released", reservation)
     return {"reservation_id": reservation, "status": answer["status"]}
@@ -123,12 +120,21 @@ def release(ctx: StepContext) -> dict[str, Any]:
 def refund(ctx: StepContext) -> dict[str, Any]:
     """Undo ``charge``: refund it, captured or only authorised; a refusal is permanent."""
     order = _order(ctx)
-    charge_id = _earlier(ctx, "charge", "charge_id")
+    charge_id = _undone(ctx, "charge", "charge_id")
     answer = _call(ctx, f"/charges/{_segment(charge_id)}/refund", {"order_id": order["order_id"]},
                    refused=f"the gateway refused to refund charge {charge_id} of order "
                            f"{order['order_id']}: the money stays charged; refund it by hand")
     ctx.log.info("charge %s refunded", charge_id)
     return {"charge_id": charge_id, "status": answer["status"]}
+
+
+def _undone(ctx: StepContext, step_name: str, key: str) -> Any:
+    """Return ``key`` of the output of the step a compensation undoes (``ctx.compensation``), or of
+    that step's output by name when the handler is called outside a rollback."""
+    undo = ctx.compensation
+    if undo is not None and isinstance(undo.step_output, dict) and key in undo.step_output:
+        return undo.step_output[key]
+    return _earlier(ctx, step_name, key)
 
 
 def _order(ctx: StepContext) -> dict[str, Any]:

@@ -40,8 +40,6 @@ class Value:
     max_length: int | None = None
     pattern: re.Pattern[str] | None = None
     pattern_text: str = ""
-    #: Strings: the only values allowed, when given.
-    enum: tuple[str, ...] = ()
     #: Arrays: what each item is, how many there may be (``noun`` names them) and whether they differ.
     items: Value | None = None
     min_items: int | None = None
@@ -92,8 +90,6 @@ class Value:
     def _check_string(self, data: Any, where: str) -> None:
         if not isinstance(data, str):
             raise DefinitionError(where, "must be text")
-        if self.enum and data not in self.enum:
-            raise DefinitionError(where, "must be one of " + ", ".join(repr(v) for v in self.enum))
         if self.pattern is not None and not self.pattern.fullmatch(data):
             raise DefinitionError(where, f"must be {self.pattern_text}")
         if len(data) < (self.min_length or 0) or len(data) > (self.max_length or math.inf):
@@ -149,8 +145,6 @@ class Value:
         if self.pattern is not None:
             # A JSON Schema pattern searches; anchored, it must match the whole string, as ``check`` does.
             schema["pattern"] = f"^(?:{self.pattern.pattern})$"
-        if self.enum:
-            schema["enum"] = list(self.enum)
         if self.items is not None:
             schema["items"] = self.items.openapi()
         if self.unique:

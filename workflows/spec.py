@@ -189,7 +189,8 @@ DEFINITION = Value(
         "description": Value("string", max_length=MAX_DESCRIPTION, default=""),
         "steps": Value("array", items=STEP, min_items=1, max_items=MAX_STEPS, noun="steps",
                        help="The steps, run in this order."),
-        "on_failure": Value("string", enum=ON_FAILURE, default="stop",
+        "on_failure": Value("string", pattern=re.compile("|".join(ON_FAILURE)), default="stop",
+                            pattern_text=" or ".join(repr(v) for v in ON_FAILURE),
                             help="When a step fails for good: 'stop' (the execution ends FAILED; an "
                                  "operator may retry or skip the step) or 'compensate' (the "
                                  "compensations of the steps that succeeded run in reverse order; the "

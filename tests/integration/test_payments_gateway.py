@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 
 from detflow_site.demo import balance
 from detflow_site.demo.gateway import Gateway
@@ -32,11 +33,18 @@ def gateway() -> Iterator[Gateway]:
 
 
 @pytest.fixture
-def url(gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> str:
+def url(gateway: Gateway, settings: Any) -> str:
     """The gateway's URL, set as DETFLOW_PAYMENTS_URL for the handlers."""
     assert gateway.url is not None
-    monkeypatch.setenv("DETFLOW_PAYMENTS_URL", gateway.url)
+    point_at(settings, gateway.url)
     return gateway.url
+
+
+def point_at(settings: Any, url: str | None) -> None:
+    """Set DETFLOW_PAYMENTS_URL (``None``: unset it) for this test."""
+    settings.DETFLOW = {k: v for k, v in settings.DETFLOW.items() if k != "PAYMENTS_URL"}
+    if url is not None:
+        settings.DETFLOW = {**settings.DETFLOW, "PAYMENTS_URL": url}
 
 
 def post(url: str, path: str, body: Any = None, key: str | None = "k") -> tuple[int, dict[str, Any]]:
@@ -346,10 +354,10 @@ def test_handlers__a_503_is_retryable_and_the_next_attempt_succeeds(gateway: Gat
 
 
 def test_handlers__a_lost_answer_is_retryable_and_the_rerun_applies_nothing_again(
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
 ) -> None:
     with Gateway(Faults(lose_first={"charge": {"o-1"}})) as url:
-        monkeypatch.setenv("DETFLOW_PAYMENTS_URL", url)
+        point_at(settings, url)
         outputs = forward(upto="reserve")
         with pytest.raises(RetryableError, match="cannot reach the payment gateway"):
             payments.charge(context("charge", outputs))
@@ -359,10 +367,10 @@ def test_handlers__a_lost_answer_is_retryable_and_the_rerun_applies_nothing_agai
         assert list(ledger(url)["charges"]) == [outputs["charge"]["charge_id"]]
 
 
-def test_handlers__an_unreachable_gateway_is_retryable(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_handlers__an_unreachable_gateway_is_retryable(settings: Any) -> None:
     with Gateway() as url:
         pass
-    monkeypatch.setenv("DETFLOW_PAYMENTS_URL", url)
+    point_at(settings, url)
 
     with pytest.raises(RetryableError, match="cannot reach the payment gateway"):
         payments.reserve(context("reserve"))
@@ -401,10 +409,10 @@ def test_handlers__the_refund_sent_twice_with_the_same_key_is_applied_once(
 
 
 def test_handlers__a_refund_whose_answer_is_lost_is_retried_and_applied_once(
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Any,
 ) -> None:
     with Gateway(Faults(lose_first={"refund": {"o-1"}})) as url:
-        monkeypatch.setenv("DETFLOW_PAYMENTS_URL", url)
+        point_at(settings, url)
         outputs = forward(upto="capture")
         with pytest.raises(RetryableError):
             payments.refund(context("charge", outputs, compensate=True))
@@ -447,12 +455,12 @@ def test_handlers__a_missing_earlier_output_is_a_permanent_error(url: str) -> No
         payments.refund(context("charge", {}, compensate=True))
 
 
-def test_handlers__the_gateway_url_comes_from_the_environment_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DETFLOW_PAYMENTS_URL", raising=False)
+def test_handlers__the_gateway_url_comes_from_the_setting_only(settings: Any) -> None:
+    point_at(settings, None)
     with pytest.raises(PermanentError, match="DETFLOW_PAYMENTS_URL is not set"):
         payments.reserve(context("reserve", data={**ORDER, "url": "http://127.0.0.1:1"}))
-    monkeypatch.setenv("DETFLOW_PAYMENTS_URL", "file:///etc/passwd")
-    with pytest.raises(PermanentError, match="not an http:// or https:// URL"):
+    point_at(settings, "file:///etc/passwd")
+    with pytest.raises(ImproperlyConfigured, match="DETFLOW_PAYMENTS_URL='file:///etc/passwd' must start"):
         payments.gateway_url()
 
 
