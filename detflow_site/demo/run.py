@@ -78,7 +78,7 @@ def run(
     else:
         planned = [Planned(path) for path in mine]
     overrides = {**django_settings.DETFLOW, **DEMO_SETTINGS, "STORAGE_DIR": str(workdir / "storage")}
-    with override_settings(DETFLOW=overrides), _quiet_logs():
+    with override_settings(DETFLOW=overrides), quiet_logs():
         ensure_file_processing()
         _start(planned)
         view = Progress(out, [p.path.name for p in planned], enabled=not as_json)
@@ -306,7 +306,7 @@ def _show(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
+def quiet_logs() -> Iterator[None]:
     """Keep worker chatter (and the injected crash's traceback) out of the demo's output."""
     levels = {name: logging.getLogger(name).level for name in ("dramatiq", "detflow")}
     logging.getLogger("dramatiq").setLevel(logging.CRITICAL)

@@ -1,5 +1,6 @@
-"""``manage.py demo``: real files through the file-processing workflow, in this process, and the
-post-mortem of each execution that failed.
+"""``manage.py demo``: real files through the file-processing workflow (or, with ``--workflow
+payments``, orders through the payments workflow against a local payment gateway), in this process,
+and the post-mortem of each execution that failed or was rolled back.
 
 The command lives in the project package because it joins two apps: ``executions`` runs the demo,
 ``insights`` explains its failures, and ``executions`` may not import ``insights``.
@@ -11,6 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from detflow_site.demo import payments
 from detflow_site.demo import run as demo
 from detflow_site.errors import DetflowError
 from insights import service
@@ -19,9 +21,15 @@ from insights import service
 class Command(BaseCommand):
     help = ("Generate sample files (or take yours), process each through the file-processing workflow "
             "with worker threads in this process, inject a transient failure and a worker crash, "
-            "and print a summary with the post-mortem of each failed execution.")
+            "and print a summary with the post-mortem of each failed execution. With --workflow "
+            "payments: orders against a local payment gateway, with declines rolled back, an outage, "
+            "a refused refund and a crash inside a compensation, checked against the gateway's ledger.")
 
     def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--workflow", choices=("file-processing", "payments"), default="file-processing",
+                            help="which built-in workflow to show (default file-processing)")
+        parser.add_argument("--orders", type=int, default=20,
+                            help=f"payments: orders to run, 5 to {payments.MAX_ORDERS} (default 20)")
         parser.add_argument("--files", type=Path, help="process the files of this directory instead "
                                                        "of the generated samples (no injected faults)")
         parser.add_argument("--json", action="store_true", help="print only a JSON summary")
@@ -36,6 +44,16 @@ class Command(BaseCommand):
         def explain(execution_id: str) -> dict[str, Any]:
             return service.compact(service.postmortem(execution_id))
 
+        if options["workflow"] == "payments":
+            if options["files"] or options["serve"]:
+                raise CommandError("--files and --serve go with the file-processing demo, not payments")
+            try:
+                summary = payments.run(self.stdout, orders=options["orders"], threads=options["threads"],
+                                       as_json=options["json"], explain=explain)
+            except DetflowError as exc:
+                raise CommandError(str(exc)) from None
+            self._fail_on(summary)
+            return
         then = None
         if options["serve"]:
             from detflow_site.demo.serve import check_port, serve
@@ -52,6 +70,9 @@ class Command(BaseCommand):
             )
         except DetflowError as exc:
             raise CommandError(str(exc)) from None
+        self._fail_on(summary)
+
+    def _fail_on(self, summary: dict[str, Any]) -> None:
         failed = [c["check"] for c in summary["checks"] if not c["ok"]]
         if failed:
             raise CommandError(f"{len(failed)} demo check(s) failed: " + "; ".join(failed))
