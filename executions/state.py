@@ -1,0 +1,259 @@
+"""An execution's state as the engine sees it: statuses, the transition tables that bound them, and
+``evolve``, which applies one history entry (``replay``: many) and refuses a forbidden change.
+
+Pure: ``executions.engine`` decides from these, ``transitions.commit`` computes the state a write
+leads to with ``replay``, and ``verify`` replays a stored history through the same code.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from executions.events import COMPENSATION_KINDS
+from workflows.spec import RetryPolicy
+
+
+class ExecutionStatus(enum.StrEnum):
+    PENDING = "PENDING"  #: stored; no step claimed yet
+    RUNNING = "RUNNING"  #: a step has been claimed and the execution has not finished
+    SUCCEEDED = "SUCCEEDED"  #: every step succeeded or was skipped
+    FAILED = "FAILED"  #: a step failed for good; an operator may retry or skip it
+    CANCELLED = "CANCELLED"  #: an operator cancelled it; no further step starts
+    COMPENSATING = "COMPENSATING"  #: rolled back: its completed steps' compensations run, newest first
+    COMPENSATED = "COMPENSATED"  #: every compensation succeeded (or an operator skipped it)
+    #: a compensation failed for good; an operator may retry or skip it
+    COMPENSATION_FAILED = "COMPENSATION_FAILED"
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "PENDING"  #: not started yet, or reopened by an operator's retry
+    RUNNING = "RUNNING"  #: claimed by a worker whose lease has not run out
+    RETRY_WAIT = "RETRY_WAIT"  #: an attempt failed; the next one is due at ``next_retry_at``
+    SUCCEEDED = "SUCCEEDED"  #: its output is stored; it is never claimed again
+    FAILED = "FAILED"  #: failed for good (permanent error or budget exhausted)
+    SKIPPED = "SKIPPED"  #: an operator skipped it with an output of their choosing
+    CANCELLED = "CANCELLED"  #: its execution was cancelled before the step finished
+
+
+#: Every legal change of an execution's status.
+EXECUTION_TRANSITIONS: Mapping[ExecutionStatus, frozenset[ExecutionStatus]] = {
+    ExecutionStatus.PENDING: frozenset({ExecutionStatus.RUNNING, ExecutionStatus.CANCELLED}),
+    ExecutionStatus.RUNNING: frozenset(
+        {ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED,
+         ExecutionStatus.COMPENSATING}
+    ),
+    ExecutionStatus.FAILED: frozenset({ExecutionStatus.RUNNING, ExecutionStatus.COMPENSATING}),
+    ExecutionStatus.SUCCEEDED: frozenset(),
+    ExecutionStatus.CANCELLED: frozenset({ExecutionStatus.COMPENSATING}),
+    ExecutionStatus.COMPENSATING: frozenset(
+        {ExecutionStatus.COMPENSATED, ExecutionStatus.COMPENSATION_FAILED}
+    ),
+    ExecutionStatus.COMPENSATED: frozenset(),
+    ExecutionStatus.COMPENSATION_FAILED: frozenset({ExecutionStatus.COMPENSATING}),
+}
+
+#: Every legal change of a step's status.
+STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
+    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.CANCELLED}),
+    StepStatus.RUNNING: frozenset(
+        {StepStatus.SUCCEEDED, StepStatus.RETRY_WAIT, StepStatus.FAILED, StepStatus.CANCELLED}
+    ),
+    StepStatus.RETRY_WAIT: frozenset({StepStatus.RUNNING, StepStatus.CANCELLED}),
+    StepStatus.FAILED: frozenset({StepStatus.PENDING, StepStatus.SKIPPED}),
+    StepStatus.SUCCEEDED: frozenset(),
+    StepStatus.SKIPPED: frozenset(),
+    StepStatus.CANCELLED: frozenset(),
+}
+
+#: Execution statuses an operator may cancel from.
+CANCELLABLE = frozenset({ExecutionStatus.PENDING, ExecutionStatus.RUNNING})
+#: Execution statuses an operator may roll back from.
+COMPENSABLE = frozenset({ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+TERMINAL = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED,
+                      ExecutionStatus.COMPENSATED, ExecutionStatus.COMPENSATION_FAILED})
+#: Statuses in which nothing happens until an operator acts (``decide`` is ``Idle``).
+SETTLED = frozenset({ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.COMPENSATED,
+                     ExecutionStatus.COMPENSATION_FAILED})
+DONE_STEP = frozenset({StepStatus.SUCCEEDED, StepStatus.SKIPPED})
+
+
+class IllegalTransition(ValueError):
+    """An event asks for a change the transition tables forbid."""
+
+
+@dataclass(frozen=True)
+class StepState:
+    """What the engine knows of one step."""
+
+    name: str
+    status: StepStatus
+    policy: RetryPolicy
+    #: Attempts started, over every budget.
+    attempt: int = 0
+    #: ``attempt`` when the current budget opened (0, or the count at an operator's retry).
+    budget_base: int = 0
+    next_retry_at: int | None = None
+    lease_expires_at: int | None = None
+    #: A step: the retry policy of what undoes it (``None``: nothing does). A compensation: the
+    #: index of the step it undoes.
+    compensate: RetryPolicy | None = None
+    undoes: int | None = None
+
+    @property
+    def used(self) -> int:
+        """Attempts used in the current budget."""
+        return self.attempt - self.budget_base
+
+
+@dataclass(frozen=True)
+class ExecutionState:
+    """What the engine knows of one execution."""
+
+    id: str
+    status: ExecutionStatus
+    steps: tuple[StepState, ...]
+    #: The rollback's compensations, in the order they run (empty until a rollback starts).
+    compensations: tuple[StepState, ...] = ()
+    #: What a step failing for good leads to: ``stop`` or ``compensate``.
+    on_failure: str = "stop"
+
+    def slot(self, index: int) -> StepState:
+        """Return what runs at ``index``: the steps first, then the compensations (the index a
+        :class:`Claim` or :class:`RecoverLost` names)."""
+        n = len(self.steps)
+        return self.steps[index] if index < n else self.compensations[index - n]
+
+    def is_compensation(self, index: int) -> bool:
+        return index >= len(self.steps)
+
+
+def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
+    """Return ``state`` after ``event``; raise :class:`IllegalTransition` for a forbidden change."""
+    kind = event["type"]
+    index = event.get("step_index")
+    if kind in COMPENSATION_KINDS:
+        return _evolve_compensation(state, COMPENSATION_KINDS[kind], event)
+    if kind == "step_claimed":
+        state = _step(state, index, status=StepStatus.RUNNING, attempt=event["attempt"],
+                      next_retry_at=None, lease_expires_at=event["lease_expires_at"])
+        if state.status is ExecutionStatus.PENDING:
+            state = _status(state, ExecutionStatus.RUNNING)
+        return state
+    if kind in ("step_succeeded", "attempt_failed", "attempt_lost"):
+        return _step(state, index, **_outcome(kind, event))
+    if kind == "execution_succeeded":
+        return _status(state, ExecutionStatus.SUCCEEDED)
+    if kind == "execution_failed":
+        return _status(state, ExecutionStatus.FAILED)
+    if kind == "cancelled":
+        state = _status(state, ExecutionStatus.CANCELLED)
+        for i, step in enumerate(state.steps):
+            if step.status in (StepStatus.PENDING, StepStatus.RETRY_WAIT):
+                state = _step(state, i, status=StepStatus.CANCELLED, next_retry_at=None)
+        return state
+    if kind == "retried":
+        step = state.steps[_index(state, index)]
+        state = _step(state, index, status=StepStatus.PENDING, budget_base=step.attempt)
+        return _status(state, ExecutionStatus.RUNNING)
+    if kind == "skipped":
+        state = _step(state, index, status=StepStatus.SKIPPED)
+        return _status(state, ExecutionStatus.RUNNING)
+    if kind == "rollback_started":
+        return _rollback(state, event["plan"])
+    if kind == "execution_compensated":
+        return _status(state, ExecutionStatus.COMPENSATED)
+    if kind == "compensation_failed":
+        return _status(state, ExecutionStatus.COMPENSATION_FAILED)
+    if kind == "created":
+        return state
+    raise IllegalTransition(f"unknown event type {kind!r}")
+
+
+def _outcome(kind: str, event: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the change an attempt's outcome makes to its step (or compensation)."""
+    if kind == "step_succeeded":
+        return {"status": StepStatus.SUCCEEDED, "lease_expires_at": None}
+    status = {"retry": StepStatus.RETRY_WAIT, "failed": StepStatus.FAILED,
+              "cancelled": StepStatus.CANCELLED}[event["outcome"]]
+    return {"status": status, "lease_expires_at": None, "next_retry_at": event.get("next_retry_at")}
+
+
+def _rollback(state: ExecutionState, plan: Any) -> ExecutionState:
+    if state.compensations:
+        raise IllegalTransition("a rollback has started already")
+    if not isinstance(plan, list):
+        raise IllegalTransition(f"rollback plan {plan!r} is not a list")
+    undo = []
+    for i in plan:
+        step = state.steps[_index(state, i)]
+        if step.compensate is None or step.status not in DONE_STEP:
+            raise IllegalTransition(f"step {step.name!r} ({step.status}) has nothing to undo")
+        undo.append(StepState(name=step.name, status=StepStatus.PENDING, policy=step.compensate, undoes=i))
+    if len(set(plan)) != len(plan) or list(plan) != sorted(plan, reverse=True):
+        raise IllegalTransition(f"rollback plan {plan!r} is not newest step first, each once")
+    return replace(_status(state, ExecutionStatus.COMPENSATING), compensations=tuple(undo))
+
+
+def _evolve_compensation(state: ExecutionState, kind: str, event: Mapping[str, Any]) -> ExecutionState:
+    """Apply a compensation's event: its forward counterpart's change, made to the compensation."""
+    k = event.get("compensation_index")
+    if not isinstance(k, int) or not 0 <= k < len(state.compensations):
+        raise IllegalTransition(f"compensation index {k!r} is out of range")
+    if state.compensations[k].undoes != event.get("step_index"):
+        raise IllegalTransition(f"compensation {k} does not undo step {event.get('step_index')!r}")
+    slot = len(state.steps) + k
+    if kind == "step_claimed":
+        if state.status is not ExecutionStatus.COMPENSATING:
+            raise IllegalTransition(f"a compensation is claimed in a {state.status} execution")
+        return _step(state, slot, status=StepStatus.RUNNING, attempt=event["attempt"],
+                     next_retry_at=None, lease_expires_at=event["lease_expires_at"])
+    if kind in ("step_succeeded", "attempt_failed", "attempt_lost"):
+        return _step(state, slot, **_outcome(kind, event))
+    undo = state.compensations[k]
+    if kind == "retried":
+        state = _step(state, slot, status=StepStatus.PENDING, budget_base=undo.attempt)
+    else:
+        state = _step(state, slot, status=StepStatus.SKIPPED)
+    return _status(state, ExecutionStatus.COMPENSATING)
+
+
+def replay(state: ExecutionState, events: Iterable[Mapping[str, Any]]) -> ExecutionState:
+    """Fold ``events`` into ``state``."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def _status(state: ExecutionState, status: ExecutionStatus) -> ExecutionState:
+    if status not in EXECUTION_TRANSITIONS[state.status]:
+        raise IllegalTransition(f"execution {state.status} -> {status} is not allowed")
+    return replace(state, status=status)
+
+
+def _index(state: ExecutionState, index: Any) -> int:
+    if not isinstance(index, int) or not 0 <= index < len(state.steps):
+        raise IllegalTransition(f"step index {index!r} is out of range")
+    return index
+
+
+def _step(state: ExecutionState, index: Any, **changes: Any) -> ExecutionState:
+    """Change the step (or, past the steps, the compensation) at ``index``."""
+    n = len(state.steps)
+    if isinstance(index, int) and n <= index < n + len(state.compensations):
+        step = state.compensations[index - n]
+    else:
+        index = _index(state, index)
+        step = state.steps[index]
+    status = changes.get("status", step.status)
+    if "status" in changes and status not in STEP_TRANSITIONS[step.status]:
+        what = "compensation of" if index >= n else "step"
+        raise IllegalTransition(f"{what} {step.name!r} {step.status} -> {status} is not allowed")
+    if index >= n:
+        undo = list(state.compensations)
+        undo[index - n] = replace(step, **changes)
+        return replace(state, compensations=tuple(undo))
+    steps = list(state.steps)
+    steps[index] = replace(step, **changes)
+    return replace(state, steps=tuple(steps))
