@@ -199,7 +199,7 @@ class Attempt:
             record["logs"] = self.log.lines
             record["logs_dropped"] = self.log.dropped
         state = self.snap.state
-        return bounded_record(record, store.record_bytes(len(state.steps) + len(state.compensations)))
+        return bounded_record(record, store.record_bytes(store.record_slots(state)))
 
 
 def _compensation(doc: Mapping[str, Any], stored: Mapping[str, Any]) -> Compensation:

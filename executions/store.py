@@ -111,10 +111,17 @@ def data_bytes(doc: dict[str, Any], index: int, *, output: str | None = None,
 
 #: Largest attempt record, in bytes of BSON (``attempt.bounded_record`` cuts one to its share).
 RECORD_BYTES = 16 * 1024
-#: All attempt records an execution keeps together, in bytes at most: each step has an equal share
+#: All attempt records an execution keeps together, in bytes at most: each step (and each compensation
+#: a step names: ``record_slots``) has an equal share
 #: and keeps as many of its newest records as the share holds (``DETFLOW_ATTEMPTS_KEPT`` at most,
 #: one at least, cut to the share when it is smaller than ``RECORD_BYTES``).
 RECORDS_BUDGET = 2 * 1024 * 1024
+
+
+def record_slots(state: ExecutionState) -> int:
+    """Return how many places of an execution keep attempt records: its steps, and a compensation
+    for each step that names one (counted from the start, so that the shares never change)."""
+    return len(state.steps) + sum(1 for step in state.steps if step.compensate is not None)
 
 
 def record_bytes(steps: int) -> int:

@@ -315,7 +315,7 @@ def _effects(
 ) -> None:
     """Add what ``event`` stores in the document (beyond the state and the history) to the update."""
     at = to_dt(now)
-    slots = len(snap.state.steps) + len(after.compensations)
+    slots = store.record_slots(snap.state)
     if isinstance(event, StepClaimed):
         prefix = _prefix(event)
         sets[prefix + "current"] = {"n": event.attempt, "worker": event.worker, "fence": event.fence,
