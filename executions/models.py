@@ -42,6 +42,12 @@ class Execution(me.Document):
     failed_step = me.StringField()
     #: One dict per step: status, attempt counters, lease, output, current attempt, attempt records.
     steps = me.ListField(me.DictField(), required=True)
+    #: A rollback's compensations, in the order they run (as steps: status, attempts, output, ...),
+    #: why it started (``{by, reason, started_at, cause}``), and the step whose compensation failed
+    #: for good.
+    compensations = me.ListField(me.DictField())
+    rollback = me.DictField()
+    failed_compensation = me.StringField()
     #: The history: ``{"seq", "at", "type", ...}`` dicts, appended by the same update as each change.
     events = me.ListField(me.DictField(), required=True)
 
