@@ -31,7 +31,7 @@ PARAMETERS = ("status", "workflow", "version", "created_after", "created_before"
               "ordering", "cursor", "page_size")
 #: Fields the list shows; the rest (steps, events) stays in MongoDB.
 SUMMARY_FIELDS = ("workflow", "workflow_version", "status", "idempotency_key", "failed_step",
-                  "created_at", "updated_at", "finished_at")
+                  "failed_compensation", "created_at", "updated_at", "finished_at")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from rest_framework import serializers
 from detflow_site.api.fields import JSONText
 from executions.engine import ExecutionStatus, StepStatus
 from workflows import masking
+from workflows.spec import ON_FAILURE
 
 
 def _time(**kwargs: Any) -> serializers.DateTimeField:
@@ -39,6 +40,13 @@ class RetryPolicy(serializers.Serializer):
     jitter = serializers.FloatField()
 
 
+class CompensateDefinition(serializers.Serializer):
+    handler = serializers.CharField()
+    retry = RetryPolicy()
+    timeout_s = serializers.FloatField()
+    non_retryable = serializers.ListField(child=serializers.CharField())
+
+
 class StepDefinition(serializers.Serializer):
     name = serializers.CharField()
     handler = serializers.CharField()
@@ -46,6 +54,8 @@ class StepDefinition(serializers.Serializer):
     timeout_s = serializers.FloatField()
     non_retryable = serializers.ListField(child=serializers.CharField())
     max_concurrency = serializers.IntegerField(allow_null=True, help_text="null: no limit.")
+    compensate = CompensateDefinition(allow_null=True,
+                                      help_text="What undoes this step in a rollback; null: nothing.")
 
 
 class WorkflowVersion(serializers.Serializer):
@@ -53,6 +63,10 @@ class WorkflowVersion(serializers.Serializer):
     version = serializers.IntegerField()
     description = serializers.CharField(allow_blank=True)
     steps = StepDefinition(many=True)
+    on_failure = serializers.ChoiceField(
+        choices=list(ON_FAILURE), default="stop",
+        help_text="When a step fails for good: stop (the execution ends FAILED) or compensate "
+                  "(the compensations of the steps that succeeded run, newest first).")
     secret_inputs = serializers.ListField(
         child=serializers.CharField(), required=False, default=list,
         help_text="Input fields (dotted paths) shown as [secret] everywhere but to handlers.")
@@ -142,13 +156,56 @@ class Step(serializers.Serializer):
     attempts = Attempt(many=True, help_text="The latest attempt records, oldest first.")
 
 
+class Compensation(serializers.Serializer):
+    """What undoes one step in a rollback: a durable step of its own, with its own attempts."""
+
+    name = serializers.CharField(help_text="The step it undoes.")
+    step_index = serializers.IntegerField(help_text="That step's place in `steps`.")
+    handler = serializers.CharField()
+    status = serializers.ChoiceField(choices=[s.value for s in StepStatus])
+    attempt = serializers.IntegerField(help_text="Attempts started, over every budget.")
+    budget_base = serializers.IntegerField(help_text="`attempt` when the current budget opened.")
+    started_at = _time()
+    finished_at = _time()
+    next_retry_at = _time()
+    lease_expires_at = _time()
+    heartbeat_at = _time()
+    current = CurrentAttempt(allow_null=True, help_text="The running attempt, if any.")
+    output = JSONText(source="output_json", allow_null=True)
+    output_bytes = serializers.IntegerField(allow_null=True)
+    error = StepError(allow_null=True, help_text="The last failure; null once it succeeded.")
+    attempts = Attempt(many=True, help_text="The latest attempt records, oldest first.")
+
+    def to_representation(self, stored: dict[str, Any]) -> Any:
+        shown = super().to_representation(stored)
+        if stored.get("status") == StepStatus.SUCCEEDED:
+            shown["error"] = None  # an attempt that failed before the one that succeeded
+        return shown
+
+
+class RollbackCause(serializers.Serializer):
+    step = serializers.CharField(allow_null=True, help_text="The step that failed; null: a cancellation.")
+    error_type = serializers.CharField(allow_blank=True)
+    message = serializers.CharField(allow_blank=True)
+
+
+class Rollback(serializers.Serializer):
+    by = serializers.CharField(allow_null=True, help_text="The operator; null: the workflow's on_failure.")
+    reason = serializers.CharField(allow_null=True, allow_blank=True)
+    started_at = serializers.DateTimeField()
+    cause = RollbackCause(help_text="What the execution is rolled back for.")
+
+
 class ExecutionSummary(serializers.Serializer):
     id = serializers.CharField(source="_id")
     workflow = serializers.CharField()
     workflow_version = serializers.IntegerField()
     status = serializers.ChoiceField(choices=[s.value for s in ExecutionStatus])
     idempotency_key = serializers.CharField(allow_null=True)
-    failed_step = serializers.CharField(allow_null=True)
+    failed_step = serializers.CharField(
+        allow_null=True, help_text="The step that failed for good (kept while its failure is rolled back).")
+    failed_compensation = serializers.CharField(
+        allow_null=True, help_text="The step whose compensation failed for good, while COMPENSATION_FAILED.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     finished_at = _time()
@@ -160,6 +217,10 @@ class Execution(ExecutionSummary):
     created_by = serializers.SerializerMethodField()
     input = JSONText(source="input_json")
     steps = Step(many=True)
+    compensations = Compensation(many=True, default=list,
+                                 help_text="A rollback's compensations, in the order they run; "
+                                           "empty unless one started.")
+    rollback = Rollback(allow_null=True, help_text="Who started the rollback, why and for what.")
     event_count = serializers.IntegerField(source="event_seq")
 
     def to_representation(self, doc: dict[str, Any]) -> Any:
@@ -198,7 +259,7 @@ class EventPage(serializers.Serializer):
 
 
 class Change(serializers.Serializer):
-    before = serializers.CharField()
+    before = serializers.CharField(allow_blank=True, help_text="Empty for a compensation a rollback adds.")
     after = serializers.CharField()
 
 
@@ -207,13 +268,28 @@ class ActionResult(serializers.Serializer):
     action = serializers.CharField()
     dry_run = serializers.BooleanField()
     changes = serializers.DictField(child=Change(),
-                                    help_text='"execution" and "steps.<name>" status changes.')
+                                    help_text='"execution", "steps.<name>" and "compensations.<name>" '
+                                              'status changes.')
     event = serializers.DictField(help_text="The event recorded (or that would be).")
     execution = ExecutionSummary(help_text="The execution after the action (unchanged by a dry run).")
 
 
+class PlannedCompensation(serializers.Serializer):
+    step = serializers.CharField(help_text="The step it undoes.")
+    step_index = serializers.IntegerField()
+    handler = serializers.CharField()
+    status = serializers.ChoiceField(choices=[s.value for s in StepStatus], help_text="The step's.")
+    output = serializers.JSONField(allow_null=True, help_text="The step's output, which the handler gets.")
+
+
+class CompensateResult(ActionResult):
+    plan = PlannedCompensation(many=True, help_text="The compensations, in the order they run.")
+
+
 class NextAction(serializers.Serializer):
-    action = serializers.ChoiceField(choices=["claim", "wait", "recover_lost", "finish", "none"])
+    action = serializers.ChoiceField(
+        choices=["claim", "compensate", "wait", "recover_lost", "finish", "rollback", "none"],
+        help_text="compensate: claim a compensation; rollback: start one.")
     step = serializers.CharField(allow_null=True)
     attempt = serializers.IntegerField(allow_null=True)
     at = _time(help_text="Until when it waits.")

@@ -51,7 +51,8 @@ class RetryRequest(ActionRequest):
     """``POST executions/{id}/retry/``."""
 
     input = JSONValue(required=False, allow_null=True,
-                      help_text="A new input for the failed step alone; the difference is recorded.")
+                      help_text="A new input for the failed step alone; the difference is recorded. "
+                                "Refused for a failed compensation (it runs with its step's input).")
 
 
 class SkipRequest(ActionRequest):
@@ -59,7 +60,16 @@ class SkipRequest(ActionRequest):
 
     step = Text(required=False, max_length=100, help_text="The failed step (checked when given).")
     output = JSONValue(required=False, allow_null=True, default=None,
-                       help_text="Stands in for the skipped step's output.")
+                       help_text="Stands in for the skipped step's output. Refused for a failed "
+                                 "compensation (a skipped compensation has none).")
+
+
+class CompensateRequest(ActionRequest):
+    """``POST executions/{id}/compensate/``."""
+
+    include_skipped = Flag(required=False, default=False,
+                           help_text="Also undo the steps an operator skipped (when they name a "
+                                     "compensation).")
 
 
 class DefinitionBody(serializers.Serializer):

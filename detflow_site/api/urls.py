@@ -36,6 +36,8 @@ urlpatterns = [
     path("executions/<str:execution_id>/cancel/", views.CancelView.as_view(), name="execution-cancel"),
     path("executions/<str:execution_id>/retry/", views.RetryView.as_view(), name="execution-retry"),
     path("executions/<str:execution_id>/skip/", views.SkipView.as_view(), name="execution-skip"),
+    path("executions/<str:execution_id>/compensate/", views.CompensateView.as_view(),
+         name="execution-compensate"),
     path("files/", uploads.UploadView.as_view(), name="files"),
     path("health/", health.HealthView.as_view(), name="health"),
     path("schema/", SchemaView.as_view(), name="schema"),

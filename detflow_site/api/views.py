@@ -1,6 +1,7 @@
 """Workflows, handlers, executions and operator actions."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
@@ -17,6 +18,7 @@ from detflow_site.api import filters, representations
 from detflow_site.api.serializers import (
     MAX_VERSION,
     ActionRequest,
+    CompensateRequest,
     DefinitionBody,
     RetryRequest,
     SkipRequest,
@@ -244,7 +246,12 @@ class ActionView(APIView):
         checked.is_valid(raise_exception=True)
         data = dict(checked.validated_data)
         by = request.user.get_username()
-        if action == "cancel":
+        more: dict[str, Any] = {}
+        if action == "compensate":
+            result, planned = operations.compensate(execution_id, by, data["reason"], dry_run=data["dry_run"],
+                                                    include_skipped=data["include_skipped"])
+            more["plan"] = [dataclasses.asdict(p) for p in planned]
+        elif action == "cancel":
             result = operations.cancel(execution_id, by, data["reason"], dry_run=data["dry_run"])
         elif action == "retry":
             edited = {"input": data["input"]} if "input" in data else {}
@@ -256,17 +263,22 @@ class ActionView(APIView):
                                      step=data.get("step"), dry_run=data["dry_run"])
         doc = store.collection().find_one({"_id": execution_id},
                                           {**dict.fromkeys(filters.SUMMARY_FIELDS, 1), **masking.PROJECTION})
-        return Response(representations.ActionResult({
+        shape = representations.CompensateResult if action == "compensate" else representations.ActionResult
+        return Response(shape({
             "execution_id": result.execution_id, "action": result.action, "dry_run": result.dry_run,
             "changes": {k: {"before": old, "after": new} for k, (old, new) in result.changes.items()},
-            "event": masking.event(doc or {}, result.event), "execution": doc,
+            "event": masking.event(doc or {}, result.event), "execution": doc, **more,
         }).data)
 
 
 def refuse_server_path(execution_id: str, edited: Any) -> None:
-    """Refuse a retry's edited input that points ``files.receive`` at a path on the server."""
+    """Refuse a retry's edited input that points ``files.receive`` at a path on the server.
+
+    Only a FAILED execution's step takes an edited input (a failed compensation takes none, and
+    the retry itself says so)."""
     if isinstance(edited, dict) and "path" in edited:
-        failed = (store.load(execution_id) or {}).get("steps", [])
+        doc = store.load(execution_id) or {}
+        failed = doc.get("steps", []) if doc.get("status") == ExecutionStatus.FAILED else []
         if any(s["status"] == "FAILED" and s["handler"] == RECEIVE for s in failed):
             raise InvalidArgument("input.path", f"{RECEIVE} would read this path on the server; "
                                   "send the file as content_b64", "forbidden")
@@ -281,13 +293,23 @@ class CancelView(ActionView):
 
 class RetryView(ActionView):
     @extend_schema(request=RetryRequest, responses=representations.ActionResult,
-                   summary="Retry a FAILED execution from its failed step, with a new attempt budget")
+                   summary="Retry a FAILED execution from its failed step, with a new attempt budget "
+                           "(or, COMPENSATION_FAILED, its failed compensation: the rollback goes on)")
     def post(self, request: Request, execution_id: str) -> Response:
         return self.act(request, execution_id, RetryRequest, "retry")
 
 
 class SkipView(ActionView):
     @extend_schema(request=SkipRequest, responses=representations.ActionResult,
-                   summary="Skip the failed step, with an output standing in for its result")
+                   summary="Skip the failed step, with an output standing in for its result (or, "
+                           "COMPENSATION_FAILED, its failed compensation, without an output)")
     def post(self, request: Request, execution_id: str) -> Response:
         return self.act(request, execution_id, SkipRequest, "skip")
+
+
+class CompensateView(ActionView):
+    @extend_schema(request=CompensateRequest, responses=representations.CompensateResult,
+                   summary="Roll back a FAILED or CANCELLED execution: run the compensations of its "
+                           "succeeded steps, newest first (the plan answered; a dry run changes nothing)")
+    def post(self, request: Request, execution_id: str) -> Response:
+        return self.act(request, execution_id, CompensateRequest, "compensate")

@@ -28,6 +28,8 @@ ENDPOINTS = [
     ("POST", "executions/{pending}/cancel/", {"reason": "not needed"}, 200),
     ("POST", "executions/{failed}/retry/", {"reason": "fixed"}, 200),
     ("POST", "executions/{failed}/skip/", {"reason": "done by hand"}, 200),
+    # Its failed step names no compensation: an operator is refused by its state, not by the role.
+    ("POST", "executions/{failed}/compensate/", {"reason": "undo"}, 409),
     ("POST", "files/", "upload", 201),
 ]
 #: Open to anyone: health for probes, the schema and its page.

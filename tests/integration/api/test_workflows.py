@@ -28,8 +28,23 @@ def test_workflows__register_twice_gives_one_version_and_a_change_the_next(opera
     assert first.json()["steps"][1]["max_concurrency"] == 2
     assert first.json()["steps"][0] == {
         "name": "charge", "handler": "test.echo", "timeout_s": 30.0, "non_retryable": [],
-        "max_concurrency": None,
+        "max_concurrency": None, "compensate": None,
         "retry": {"max_attempts": 5, "initial_delay_s": 1.0, "multiplier": 2.0, "max_delay_s": 60.0,
+                  "jitter": 0.1},
+    }
+    assert first.json()["on_failure"] == "stop"
+
+
+def test_workflows__a_compensation_and_on_failure_are_shown_with_their_defaults(operator: Any) -> None:
+    undoing = {**DEFINITION, "on_failure": "compensate",
+               "steps": [{**DEFINITION["steps"][0], "compensate": {"handler": "test.undo"}}]}
+
+    body = operator.post(API + "workflows/", undoing, format="json").json()
+
+    assert body["on_failure"] == "compensate"
+    assert body["steps"][0]["compensate"] == {
+        "handler": "test.undo", "timeout_s": 60.0, "non_retryable": [],
+        "retry": {"max_attempts": 3, "initial_delay_s": 1.0, "multiplier": 2.0, "max_delay_s": 60.0,
                   "jitter": 0.1},
     }
 
