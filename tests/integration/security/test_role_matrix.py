@@ -65,6 +65,7 @@ MATRIX = [
     Row(EX + "cancel/", "POST", "/api/v1/executions/{pending}/cancel/", {"reason": "not needed"}, 200),
     Row(EX + "retry/", "POST", "/api/v1/executions/{failed}/retry/", {"reason": "fixed"}, 200),
     Row(EX + "skip/", "POST", "/api/v1/executions/{failed}/skip/", {"reason": "done by hand"}, 200),
+    Row(EX + "compensate/", "POST", "/api/v1/executions/{failed}/compensate/", {"reason": "undo"}, 409),
     Row("api/v1/files/", "POST", "/api/v1/files/", "upload", 201),
     Row("api/v1/health/", "GET", "/api/v1/health/", None, 200, access="public"),
     Row("api/v1/schema/", "GET", "/api/v1/schema/", None, 200, access="public"),
