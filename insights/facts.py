@@ -1,7 +1,8 @@
 """The fact sheet of a finished execution: its data model.
 
 A :class:`FactSheet` is what the writers may say about an execution: its steps and their attempts,
-the failure or the cancellation, and the facts in sentences. ``insights.fold.compute`` builds one
+the failure or the cancellation, the rollback (what was undone, what could not be), and the facts in
+sentences. ``insights.fold.compute`` builds one
 from a stored execution (pure); ``insights.wording`` says its facts in English. Every :class:`Fact`
 names the event sequence numbers it rests on, so that a post-mortem can cite them and a reader can
 check them in the history.
@@ -58,8 +59,9 @@ class Attempt:
 
 @dataclass(frozen=True)
 class OperatorAction:
-    """A retry or a skip an operator recorded."""
+    """A retry or a skip an operator recorded (of a step, or of a failed compensation)."""
 
+    #: retry, skip, retry_compensation or skip_compensation.
     action: str
     step: str
     by: str | None
@@ -132,6 +134,68 @@ class Cancellation:
 
 
 @dataclass(frozen=True)
+class Compensation:
+    """One compensation of a rollback: what undoes a step, its attempts, and how it ended."""
+
+    #: Its place in the plan (the order compensations run in: newest step first).
+    place: int
+    #: The step it undoes, by name and index.
+    step: str
+    step_index: int
+    handler: str
+    #: As stored: SUCCEEDED, SKIPPED, FAILED, PENDING, ...
+    status: str
+    #: undone (it SUCCEEDED), skipped (by an operator), failed (for good), not_reached (the rollback
+    #: stopped before it), or, while the rollback runs, pending, running or retry_wait.
+    outcome: str
+    max_attempts: int
+    timeout_s: float
+    attempts: tuple[Attempt, ...] = ()
+    attempts_omitted: int = 0
+    budget_base: int = 0
+    #: The last error of a failed compensation.
+    error_type: str | None = None
+    message: str | None = None
+    #: Who skipped it, and why (``compensation_skipped``).
+    by: str | None = None
+    reason: str | None = None
+    #: The event that settled it: its success, its skip, or the attempt that failed it for good.
+    seq: int | None = None
+
+    @property
+    def budget(self) -> tuple[Attempt, ...]:
+        return tuple(a for a in self.attempts if a.n > self.budget_base)
+
+    @property
+    def seqs(self) -> tuple[int, ...]:
+        return tuple(s for s in (self.seq,) if s is not None)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """Why an execution was rolled back, who asked, the plan, and each compensation's end."""
+
+    #: Who asked: an operator, or ``None`` (the workflow's ``on_failure: compensate``).
+    by: str | None
+    reason: str
+    #: The ``rollback_started`` event.
+    seq: int | None
+    #: What is undone: the step that failed for good (``None`` after a cancel), its error.
+    cause_step: str | None
+    cause_type: str
+    cause_message: str
+    #: The steps undone, in the order their compensations run.
+    plan: tuple[str, ...]
+    compensations: tuple[Compensation, ...]
+    #: ``execution_compensated`` or the (last) ``compensation_failed`` event.
+    end_seq: int | None = None
+
+    def having(self, *outcomes: str) -> tuple[Compensation, ...]:
+        """Return the compensations that ended with one of ``outcomes``, in plan order."""
+        return tuple(c for c in self.compensations if c.outcome in outcomes)
+
+
+@dataclass(frozen=True)
 class AttemptLog:
     """What an attempt left behind: its error, the tail of its traceback and its last log lines."""
 
@@ -172,6 +236,10 @@ class FactSheet:
     facts: tuple[Fact, ...]
     failure: Failure | None = None
     cancellation: Cancellation | None = None
+    rollback: Rollback | None = None
+    #: A FAILED or CANCELLED execution not rolled back: the steps an operator's compensate would
+    #: undo (they succeeded and name a compensation), newest first.
+    undoable: tuple[str, ...] = ()
     slowest: str | None = None
     slow_steps: tuple[str, ...] = ()
     operator: tuple[OperatorAction, ...] = ()

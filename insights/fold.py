@@ -1,8 +1,9 @@
 """The fact sheet of a finished execution, computed from its stored history.
 
 Pure: a stored execution document and its steps' baselines in, a :class:`FactSheet` out; no query,
-no clock, no guess. The events are folded step by step into attempts, then the failure, the
-cancellation, the slow steps and the logs that explain them are picked; ``insights.wording`` puts
+no clock, no guess. The events are folded step by step into attempts (a compensation's events into
+its compensation, as its forward counterparts into a step), then the failure, the cancellation, the
+rollback, the slow steps and the logs that explain them are picked; ``insights.wording`` puts
 the facts into sentences.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from detflow_site.times import to_ms
+from executions.events import COMPENSATION_KINDS
 from insights import wording
 from insights.facts import (
     MIN_SAMPLES,
@@ -23,9 +25,11 @@ from insights.facts import (
     AttemptLog,
     Baseline,
     Cancellation,
+    Compensation,
     FactSheet,
     Failure,
     OperatorAction,
+    Rollback,
     Step,
 )
 
@@ -45,11 +49,18 @@ def compute(doc: Mapping[str, Any], baselines: Mapping[str, Baseline] | None = N
     specs = doc["definition"]["steps"]
     builders = [_StepBuilder(i, spec, stored)
                 for i, (spec, stored) in enumerate(zip(specs, doc["steps"], strict=True))]
+    undoers = [_StepBuilder(k, _undo_spec(specs, stored), stored, name=str(stored.get("name", "")))
+               for k, stored in enumerate(doc.get("compensations") or ())]
     operator: list[OperatorAction] = []
+    skips: dict[int, Mapping[str, Any]] = {}
     cancel: dict[str, Any] | None = None
     terminal: dict[str, Any] | None = None
+    started: dict[str, Any] | None = None
     for event in events:
         kind = event["type"]
+        if kind in COMPENSATION_KINDS:
+            _compensation_event(event, undoers, operator, skips)
+            continue
         index = event.get("step_index")
         builder = builders[index] if isinstance(index, int) and 0 <= index < len(builders) else None
         if kind == "step_claimed" and builder:
@@ -62,18 +73,28 @@ def compute(doc: Mapping[str, Any], baselines: Mapping[str, Baseline] | None = N
                                            event.get("by"), event.get("reason"), event["seq"]))
         elif kind == "cancelled":
             cancel = terminal = event
-        elif kind in ("execution_succeeded", "execution_failed"):
+        elif kind == "rollback_started":
+            started = event
+        elif kind in ("execution_succeeded", "execution_failed", "execution_compensated",
+                      "compensation_failed"):
             terminal = event
     steps = [b.build(baselines.get(b.name)) for b in builders]
+    rollback = _rollback(doc, started, terminal, undoers, skips) if started or doc.get("rollback") else None
+    status = doc["status"]
     created = events[0] if events and events[0]["type"] == "created" else None
     duration = _ms_between(created, terminal) if created and terminal else None
+    failed_cause = rollback is not None and rollback.cause_step is not None
     sheet = FactSheet(
         execution_id=str(doc["_id"]), workflow=doc["workflow"],
-        workflow_version=int(doc["workflow_version"]), status=doc["status"],
+        workflow_version=int(doc["workflow_version"]), status=status,
         version=int(doc["version"]), duration_ms=duration,
         terminal_seq=terminal["seq"] if terminal else None, steps=tuple(steps), facts=(),
-        failure=_failure(steps) if doc["status"] == "FAILED" else None,
-        cancellation=_cancellation(cancel, steps) if cancel and doc["status"] == "CANCELLED" else None,
+        failure=_failure(steps) if status == "FAILED" or failed_cause else None,
+        cancellation=(_cancellation(cancel, steps) if cancel and (status == "CANCELLED" or rollback)
+                      else None),
+        rollback=rollback,
+        undoable=(_undoable(specs, steps) if status in ("FAILED", "CANCELLED") and rollback is None
+                  else ()),
         slowest=_slowest(steps), slow_steps=tuple(s.name for s in steps if s.slow),
         operator=tuple(operator),
         running=tuple(s.name for s in steps if s.attempts and s.attempts[-1].outcome == "running"),
@@ -84,10 +105,90 @@ def compute(doc: Mapping[str, Any], baselines: Mapping[str, Baseline] | None = N
     return replace(sheet, facts=tuple(wording.facts(sheet)))
 
 
+def _undo_spec(specs: list[Mapping[str, Any]], stored: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Return the definition of a compensation: the ``compensate`` of the step it undoes."""
+    index = stored.get("step_index")
+    spec = specs[index] if isinstance(index, int) and 0 <= index < len(specs) else {}
+    return {"handler": stored.get("handler", ""), **(spec.get("compensate") or {})}
+
+
+def _compensation_event(event: Mapping[str, Any], undoers: list[_StepBuilder],
+                        operator: list[OperatorAction], skips: dict[int, Mapping[str, Any]]) -> None:
+    """Fold a compensation's event into it, as its forward counterpart folds into a step."""
+    k = event.get("compensation_index")
+    if not isinstance(k, int) or not 0 <= k < len(undoers):
+        return
+    builder, kind = undoers[k], COMPENSATION_KINDS[event["type"]]
+    if kind == "step_claimed":
+        builder.claim(event)
+    elif kind in ("step_succeeded", "attempt_failed", "attempt_lost"):
+        builder.close(event, kind)
+    else:
+        builder.operator(event, kind)
+        if kind == "skipped":
+            skips[k] = event
+        operator.append(OperatorAction(f"{'retry' if kind == 'retried' else 'skip'}_compensation",
+                                       builder.name, event.get("by"), event.get("reason"), event["seq"]))
+
+
+def _rollback(doc: Mapping[str, Any], started: Mapping[str, Any] | None, end: Mapping[str, Any] | None,
+              undoers: list[_StepBuilder], skips: Mapping[int, Mapping[str, Any]]) -> Rollback:
+    """Return the rollback as the stored document records it (``rollback``, ``compensations``) and
+    its history tells it (``rollback_started``, each compensation's events)."""
+    stored = doc.get("rollback") or {}
+    started = started or {}
+    cause = stored.get("cause") or {}
+    compensations = []
+    for builder in undoers:
+        run = builder.build(None)
+        last = run.attempts[-1] if run.attempts else None
+        status = run.status
+        outcome = _UNDO_OUTCOMES.get(status, status.lower())
+        if outcome == "not_reached" and run.attempts:  # reopened by an operator's retry
+            outcome = "pending"
+        skip = skips.get(builder.index) or {}
+        error = builder.stored.get("error") or {}
+        seq = skip.get("seq") if outcome == "skipped" else last.end_seq if last else None
+        compensations.append(Compensation(
+            place=builder.index, step=builder.name, step_index=int(builder.stored.get("step_index", -1)),
+            handler=run.handler, status=status, outcome=outcome, max_attempts=run.max_attempts,
+            timeout_s=run.timeout_s, attempts=run.attempts, attempts_omitted=run.attempts_omitted,
+            budget_base=run.budget_base,
+            error_type=(last.error_type if last and last.error_type else error.get("type"))
+            if outcome == "failed" else None,
+            message=(last.message if last and last.message else error.get("message"))
+            if outcome == "failed" else None,
+            by=skip.get("by"), reason=skip.get("reason"), seq=seq,
+        ))
+    plan = started.get("steps") or [c.step for c in compensations]
+    return Rollback(
+        by=stored.get("by", started.get("by")), reason=str(stored.get("reason", started.get("reason")) or ""),
+        seq=started.get("seq"),
+        cause_step=cause.get("step", started.get("cause_step")),
+        cause_type=str(cause.get("error_type", started.get("cause_type")) or ""),
+        cause_message=str(cause.get("message", started.get("cause_message")) or ""),
+        plan=tuple(str(name) for name in plan), compensations=tuple(compensations),
+        end_seq=end["seq"] if end and end["type"] in ("execution_compensated", "compensation_failed")
+        else None,
+    )
+
+
+#: A compensation's outcome by its stored status (any other: the status in lower case; a PENDING one
+#: with attempts, which an operator's retry reopened, is ``pending``).
+_UNDO_OUTCOMES = {"SUCCEEDED": "undone", "SKIPPED": "skipped", "FAILED": "failed",
+                  "PENDING": "not_reached"}
+
+
+def _undoable(specs: list[Mapping[str, Any]], steps: list[Step]) -> tuple[str, ...]:
+    return tuple(s.name for s in reversed(steps)
+                 if s.status == "SUCCEEDED" and (specs[s.index].get("compensate") or None))
+
+
 class _StepBuilder:
-    def __init__(self, index: int, spec: Mapping[str, Any], stored: Mapping[str, Any]) -> None:
+    def __init__(self, index: int, spec: Mapping[str, Any], stored: Mapping[str, Any],
+                 name: str | None = None) -> None:
         self.index = index
-        self.name = str(spec["name"])
+        self.name = str(spec["name"]) if name is None else name
         self.spec = spec
         self.stored = stored
         self.attempts: list[dict[str, Any]] = []
@@ -101,14 +202,15 @@ class _StepBuilder:
                               "outcome": "running", "claim_seq": event["seq"], "started_ms": at,
                               "worker": event.get("worker")})
 
-    def close(self, event: Mapping[str, Any]) -> None:
+    def close(self, event: Mapping[str, Any], kind: str | None = None) -> None:
+        """Record an attempt's outcome; ``kind`` is the event's forward type (a compensation's)."""
         n = int(event.get("attempt") or 0)
         if not self.attempts or self.attempts[-1]["n"] != n or self.attempts[-1]["outcome"] != "running":
             self.attempts.append({"n": n, "outcome": "running"})
         attempt = self.attempts[-1]
         at = _ms(event.get("at"))
         attempt.update(end_seq=event["seq"], ended_ms=at)
-        kind = event["type"]
+        kind = kind or event["type"]
         if kind == "step_succeeded":
             attempt.update(outcome="succeeded", handler_ms=event.get("duration_ms"))
             return
@@ -127,8 +229,8 @@ class _StepBuilder:
         if retry_at is not None and at is not None:
             attempt["retry_delay_ms"] = max(retry_at - at, 0)
 
-    def operator(self, event: Mapping[str, Any]) -> None:
-        if event["type"] == "retried":
+    def operator(self, event: Mapping[str, Any], kind: str | None = None) -> None:
+        if (kind or event["type"]) == "retried":
             self.budget_base = max((a["n"] for a in self.attempts), default=0)
 
     def build(self, baseline: Baseline | None) -> Step:
@@ -208,28 +310,37 @@ def _slowest(steps: list[Step]) -> str | None:
 
 def _logs(sheet: FactSheet, doc: Mapping[str, Any]) -> tuple[AttemptLog, ...]:
     """Pick the attempts whose logs explain the outcome: the failing budget, the attempt running
-    at a cancel, the slow steps' attempts; the newest first, at most ``LOGS_KEPT``."""
-    wanted: list[tuple[Step, Attempt]] = []
+    at a cancel, the slow steps' attempts, then a failed compensation's budget and the failed
+    attempts of the others; the newest first, at most ``LOGS_KEPT`` (compensations kept first)."""
+    wanted: list[tuple[str, Mapping[str, Any], Attempt]] = []
+    records = {(i, r.get("n")): r
+               for i, stored in enumerate(doc["steps"]) for r in stored.get("attempts") or ()}
     for step in sheet.steps:
         if sheet.failure and step.name == sheet.failure.step:
-            wanted += [(step, a) for a in step.budget]
+            chosen = step.budget
         elif step.slow or (sheet.cancellation and step.name in sheet.cancellation.running):
-            wanted += [(step, a) for a in step.attempts]
-        elif step.status == "SUCCEEDED" and any(a.outcome != "succeeded" for a in step.attempts):
-            wanted += [(step, a) for a in step.attempts if a.outcome != "succeeded"]
-    records = {
-        (i, r.get("n")): r
-        for i, stored in enumerate(doc["steps"]) for r in stored.get("attempts") or ()
-    }
+            chosen = step.attempts
+        elif step.status == "SUCCEEDED":
+            chosen = tuple(a for a in step.attempts if a.outcome != "succeeded")
+        else:
+            chosen = ()
+        wanted += [(step.name, records.get((step.index, a.n)) or {}, a) for a in chosen]
+    if sheet.rollback:
+        stored_undos = doc.get("compensations") or ()
+        for undo in sheet.rollback.compensations:
+            kept = stored_undos[undo.place].get("attempts") or () if undo.place < len(stored_undos) else ()
+            by_n = {r.get("n"): r for r in kept}
+            chosen = (undo.budget if undo.outcome == "failed"
+                      else tuple(a for a in undo.attempts if a.outcome != "succeeded"))
+            wanted += [(f"{undo.step}:compensate", by_n.get(a.n) or {}, a) for a in chosen]
     logs = []
-    for step, attempt in reversed(wanted[-LOGS_KEPT:]):
-        record = records.get((step.index, attempt.n)) or {}
+    for label, record, attempt in reversed(wanted[-LOGS_KEPT:]):
         lines = [f"{line.get('level', '')} {line.get('message', '')}".strip()
                  for line in record.get("logs") or ()]
         dropped = int(record.get("logs_dropped") or 0) + max(len(lines) - LOG_LINES_SHOWN, 0)
         traceback = record.get("traceback")
         logs.append(AttemptLog(
-            step=step.name, attempt=attempt.n, event_seq=attempt.end_seq, outcome=attempt.outcome,
+            step=label, attempt=attempt.n, event_seq=attempt.end_seq, outcome=attempt.outcome,
             error_type=attempt.error_type, message=record.get("message") or attempt.message,
             traceback=traceback[-TRACEBACK_CHARS:] if isinstance(traceback, str) else None,
             lines=tuple(lines[-LOG_LINES_SHOWN:]), dropped=dropped,

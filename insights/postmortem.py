@@ -14,14 +14,18 @@ from typing import Any
 
 from insights.errors import InvalidAnswer
 
-#: Operator actions a suggestion maps to; ``other`` when none fits.
-ACTIONS = ("retry", "retry_with_edited_input", "skip", "cancel", "code_change", "other")
+#: Operator actions a suggestion maps to; ``other`` when none fits. ``compensate`` rolls a FAILED
+#: or CANCELLED execution back; on a COMPENSATION_FAILED one, ``retry`` and ``skip`` act on its
+#: failed compensation.
+ACTIONS = ("retry", "retry_with_edited_input", "skip", "cancel", "compensate", "code_change", "other")
 #: Actions an operator can take on an execution in each terminal status (``code_change`` and
 #: ``other`` fit any): a suggestion of another action is kept as ``other``.
 APPLICABLE = {
-    "FAILED": frozenset({"retry", "retry_with_edited_input", "skip"}),
+    "FAILED": frozenset({"retry", "retry_with_edited_input", "skip", "compensate"}),
     "SUCCEEDED": frozenset(),
-    "CANCELLED": frozenset(),
+    "CANCELLED": frozenset({"compensate"}),
+    "COMPENSATED": frozenset(),
+    "COMPENSATION_FAILED": frozenset({"retry", "skip"}),
 }
 CONFIDENCE = ("low", "medium", "high")
 FIELDS = ("summary", "root_cause", "evidence", "impact", "suggested_actions", "confidence")

@@ -3,9 +3,9 @@
 The data is one JSON document between ``<execution_data>`` markers, built only from the redacted
 execution (``insights.redact``). ``<`` and ``>`` inside it are written as ``\\u003c`` and
 ``\\u003e``, so that nothing in a log line can close the quote. Sections go in by priority (the
-execution, the facts, the events they cite, the attempt logs, the step table, the other events,
-the input) until ``DETFLOW_INSIGHTS_PROMPT_CHARS`` is reached; what did not fit is counted in
-``omitted``.
+execution, the facts, the events they cite, the attempt logs, the compensations of a rollback, the
+step table, the other events, the input) until ``DETFLOW_INSIGHTS_PROMPT_CHARS`` is reached;
+what did not fit is counted in ``omitted``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from executions.store import to_ms
-from insights.facts import AttemptLog, FactSheet
+from insights.facts import AttemptLog, Compensation, FactSheet
 from insights.postmortem import ACTIONS, SCHEMA
 
 OPEN, CLOSE = "<execution_data>", "</execution_data>"
@@ -36,7 +36,11 @@ causes or numbers. When the data does not show the cause, say so and lower the c
 3. Cite evidence only by the seq of events present in the data; say what each event shows.
 4. Map each suggested action to one of: {", ".join(ACTIONS)}. retry runs the failed step again \
 with a new attempt budget; retry_with_edited_input does so with a corrected input; skip marks the \
-failed step done with an output the operator gives; these three apply to FAILED executions only. \
+failed step done with an output the operator gives; these three apply to FAILED executions. \
+compensate rolls a FAILED or CANCELLED execution back: the compensations of its completed steps run, \
+newest first. A COMPENSATED execution was rolled back and is final. On a COMPENSATION_FAILED \
+execution a compensation failed for good and the steps not undone keep their effects: retry runs \
+that compensation again with a new budget, skip marks it done (the operator undid it by hand). \
 code_change is a change to handler code, the workflow definition or infrastructure; other when \
 nothing fits. Nothing you write is executed: operators decide.
 5. Answer with one JSON object and nothing else, matching this JSON schema: \
@@ -73,6 +77,8 @@ def build(sheet: FactSheet, doc: Mapping[str, Any], limit: int) -> Prompt:
                    for f in sheet.facts]),
         ("events", [e for e in events if e["seq"] in cited]),
         ("attempt_logs", [_log(log) for log in sheet.logs]),
+        ("compensations", [_compensation(c) for c in sheet.rollback.compensations]
+         if sheet.rollback else []),
         ("steps", [_step(s) for s in sheet.steps]),
         ("events", [e for e in reversed(events) if e["seq"] not in cited]),
     ]
@@ -123,8 +129,9 @@ def _event(event: Mapping[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"seq": event.get("seq"), "type": event.get("type")}
     if at is not None and start is not None:
         out["t_ms"] = at - start
-    for key in ("step", "attempt", "error_type", "message", "permanent", "outcome", "worker", "by",
-                "reason", "duration_ms"):
+    for key in ("step", "compensation_index", "attempt", "error_type", "message", "permanent", "outcome",
+                "worker", "by", "reason", "duration_ms", "steps", "cause_step", "cause_type",
+                "cause_message"):
         if event.get(key) is not None:
             value = event[key]
             out[key] = _cut(value, MESSAGE_CHARS) if isinstance(value, str) else value
@@ -142,6 +149,18 @@ def _log(log: AttemptLog) -> dict[str, Any]:
     if log.message:
         data["message"] = _cut(log.message, MESSAGE_CHARS)
     return data
+
+
+def _compensation(undo: Compensation) -> dict[str, Any]:
+    out: dict[str, Any] = {"place": undo.place, "undoes": undo.step, "handler": undo.handler,
+                           "status": undo.status, "outcome": undo.outcome,
+                           "attempts": len(undo.attempts) + undo.attempts_omitted,
+                           "max_attempts": undo.max_attempts}
+    for key in ("error_type", "message", "by", "reason"):
+        value = getattr(undo, key)
+        if value is not None:
+            out[key] = _cut(value, MESSAGE_CHARS)
+    return out
 
 
 def _step(step: Any) -> dict[str, Any]:

@@ -12,6 +12,11 @@ logger = logging.getLogger("detflow.insights")
 def execution_finished(sender: Any, execution_id: str, status: str, **kwargs: Any) -> None:
     """Queue the post-mortem of an execution that just became terminal (``DETFLOW_INSIGHTS_AUTO``).
 
+    Any terminal status: FAILED, CANCELLED, COMPENSATED and COMPENSATION_FAILED are written up, a
+    SUCCEEDED one when a step was slow (``service.on_finished`` decides). An execution that ends
+    again (an operator's retry, or a rollback of a FAILED or CANCELLED one) is sent again, and its
+    post-mortem is rewritten for the new end.
+
     Runs in the writer's thread: it only sends a message. A failed send loses that post-mortem
     alone (it can still be asked for); it never reaches the engine.
     """

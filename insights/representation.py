@@ -9,6 +9,12 @@ HOW = {
     "retry_with_edited_input": "POST /api/v1/executions/{id}/retry/ with an \"input\"",
     "skip": "POST /api/v1/executions/{id}/skip/ with an \"output\"",
     "cancel": "POST /api/v1/executions/{id}/cancel/",
+    "compensate": "POST /api/v1/executions/{id}/compensate/",
+}
+#: The same on a COMPENSATION_FAILED execution: a retry or a skip acts on its failed compensation.
+HOW_COMPENSATION = {
+    "retry": "POST /api/v1/executions/{id}/retry/ (the failed compensation)",
+    "skip": "POST /api/v1/executions/{id}/skip/ without an \"output\" (the failed compensation)",
 }
 
 
@@ -16,6 +22,7 @@ def represent(record: dict[str, Any], current: bool) -> dict[str, Any]:
     """Return a stored post-mortem as the API shows it; ``current``: the execution has not changed
     since it was written."""
     execution_id = record["execution_id"]
+    how = {**HOW, **HOW_COMPENSATION} if record["execution_status"] == "COMPENSATION_FAILED" else HOW
     return {
         "execution_id": execution_id,
         "workflow": record["workflow"],
@@ -30,7 +37,7 @@ def represent(record: dict[str, Any], current: bool) -> dict[str, Any]:
         "impact": record["impact"],
         "suggested_actions": [
             {"action": a["action"], "detail": a["detail"],
-             "how": HOW[a["action"]].format(id=execution_id) if a["action"] in HOW else None}
+             "how": how[a["action"]].format(id=execution_id) if a["action"] in how else None}
             for a in record["suggested_actions"]
         ],
         "confidence": record["confidence"],

@@ -9,7 +9,9 @@ The model is spent deliberately: only the automatic writer (:func:`on_finished`)
 write (:func:`postmortem`: regenerate, the demo) may ask it, each call counted against
 ``DETFLOW_INSIGHTS_MODEL_CALLS_PER_HOUR`` in Redis; a read (:func:`shown`: the API's GET, the admin)
 writes at most a rule-based post-mortem. A write never replaces the post-mortem of a later version
-of the execution.
+of the execution; any later version replaces it: an execution that finishes again (an operator's
+retry, or a rollback of a FAILED or CANCELLED execution that ends COMPENSATED) gets a post-mortem
+of its new end.
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ _TERMINAL = frozenset(s.value for s in TERMINAL)
 #: the automatic writer replaces it with the model's when the execution finishes.
 ON_READ = ("written when it was read: the model is asked only when an execution finishes or on "
            "regenerate; the rules wrote this")
+#: When a post-mortem can be written, as the refusals say.
+WRITTEN_ONCE = ("a post-mortem is written once it is SUCCEEDED, FAILED or CANCELLED (or, rolled back, "
+                "COMPENSATED or COMPENSATION_FAILED)")
 #: Redis key counting the model calls of one clock hour (``{window}``: hours since the epoch).
 BUDGET_KEY = "detflow:insights:model-calls:{window}"
 #: How long a window's counter outlives its hour, in seconds.
@@ -64,8 +69,7 @@ def postmortem(execution_id: str, regenerate: bool = False) -> dict[str, Any]:
     wrote it on a read, or when ``regenerate``."""
     doc = _load(execution_id)
     if doc["status"] not in _TERMINAL:
-        raise NotFinished(f"execution {execution_id} is {doc['status']}; a post-mortem is written once "
-                          "it is SUCCEEDED, FAILED or CANCELLED")
+        raise NotFinished(f"execution {execution_id} is {doc['status']}; {WRITTEN_ONCE}")
     existing = find(execution_id)
     if existing is not None and not regenerate and _current(existing, doc):
         return existing
@@ -86,8 +90,7 @@ def shown(execution_id: str) -> tuple[dict[str, Any], bool]:
             return existing, True
         return write(doc, model=False), True
     if existing is None:
-        raise NotFinished(f"execution {execution_id} is {doc['status']}; a post-mortem is written once "
-                          "it is SUCCEEDED, FAILED or CANCELLED")
+        raise NotFinished(f"execution {execution_id} is {doc['status']}; {WRITTEN_ONCE}")
     return existing, False
 
 

@@ -1,13 +1,23 @@
 """The facts of a fact sheet in English: one sentence each, citing the events it rests on.
 
 The rules writer and the prompt both use these sentences; ``retry_pattern`` and ``seconds`` are the
-wording the writers reuse for a step's attempts and for a duration.
+wording the writers reuse for a step's (or a compensation's) attempts and for a duration,
+``rollback_cause`` and ``undo_result`` for why a rollback ran and how each compensation ended.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from insights.facts import MIN_SAMPLES, Cancellation, Fact, FactSheet, Failure, Step
+from insights.facts import (
+    MIN_SAMPLES,
+    Cancellation,
+    Compensation,
+    Fact,
+    FactSheet,
+    Failure,
+    Rollback,
+    Step,
+)
 
 
 def facts(sheet: FactSheet) -> list[Fact]:
@@ -17,6 +27,11 @@ def facts(sheet: FactSheet) -> list[Fact]:
         found.append(_failure_fact(sheet.failure, sheet.steps[sheet.failure.index]))
     if sheet.cancellation:
         found.append(_cancel_fact(sheet.cancellation))
+    if sheet.rollback:
+        found += _rollback_facts(sheet.rollback)
+    elif sheet.undoable:
+        found.append(Fact("undoable", "no rollback was asked for; an operator's compensate would undo, "
+                          f"newest first: {', '.join(sheet.undoable)}", _seqs([sheet.terminal_seq])))
     for step in sheet.steps:
         if len(step.attempts) > 1 or any(a.outcome not in ("succeeded", "running") for a in step.attempts):
             found.append(Fact("retry_pattern", f"step {step.name!r}: {retry_pattern(step)}",
@@ -30,9 +45,7 @@ def facts(sheet: FactSheet) -> list[Fact]:
             "lease ran out",
             _seqs(a.end_seq for _, a in lost)))
     for action in sheet.operator:
-        verb = "retried" if action.action == "retry" else "skipped"
-        found.append(Fact("operator_action",
-                          f"{action.by or 'an operator'} {verb} step {action.step!r}"
+        found.append(Fact("operator_action", operator_action(action.action, action.by, action.step)
                           + (f" ({action.reason!r})" if action.reason else ""),
                           (action.seq,), action.step))
     for step in sheet.steps:
@@ -66,6 +79,16 @@ def facts(sheet: FactSheet) -> list[Fact]:
 def _outcome(sheet: FactSheet) -> Fact:
     took = f" after {seconds(sheet.duration_ms)}" if sheet.duration_ms is not None else ""
     seqs = _seqs([sheet.terminal_seq])
+    if sheet.rollback and sheet.status in ("COMPENSATED", "COMPENSATION_FAILED"):
+        r = sheet.rollback
+        text = f"{sheet.status}{took}: rolled back {rollback_cause(r)}; "
+        undone, skipped = r.having("undone"), r.having("skipped")
+        text += f"{len(undone)} of {len(r.compensations)} compensation(s) undid their step"
+        if skipped:
+            text += f", {len(skipped)} skipped by an operator"
+        for undo in r.having("failed"):
+            text += f"; the compensation of {undo.step!r} failed for good"
+        return Fact("outcome", text, _seqs([sheet.terminal_seq, r.seq]), r.cause_step)
     if sheet.status == "FAILED" and sheet.failure:
         f = sheet.failure
         return Fact("outcome", f"FAILED{took}: step {f.step!r} failed for good on attempt "
@@ -103,7 +126,69 @@ def _cancel_fact(c: Cancellation) -> Fact:
     return Fact("cancelled", text, (c.seq, *(seq for _, _, seq in c.ended_after)))
 
 
-def retry_pattern(step: Step) -> str:
+def rollback_cause(r: Rollback) -> str:
+    """Say why and at whose request: ``after step 'capture' failed for good (PermanentError:
+    'declined'), at the request of ops ('order withdrawn')``."""
+    if r.cause_step is not None:
+        text = (f"after step {r.cause_step!r} failed for good "
+                f"({short(r.cause_type)}: {_clip(r.cause_message, 120)!r})")
+    elif r.cause_type == "Cancelled":
+        text = "after the execution was cancelled"
+    else:
+        text = f"for {_clip(r.cause_message, 120)!r}" if r.cause_message else "at an operator's request"
+    if r.by is None:
+        return text + ", as the workflow's on_failure: compensate says"
+    return text + f", at the request of {r.by}" + (f" ({_clip(r.reason, 120)!r})" if r.reason else "")
+
+
+def undo_result(undo: Compensation) -> str:
+    """Say how one compensation ended, in a clause: ``undone by payments.refund on attempt 1 of 3``."""
+    if undo.outcome == "undone":
+        last = undo.attempts[-1].n if undo.attempts else 1
+        if undo.budget_base:
+            return (f"undone by {undo.handler} on attempt {last - undo.budget_base} of "
+                    f"{undo.max_attempts} of the budget an operator's retry opened ({last} in all)")
+        return f"undone by {undo.handler} on attempt {last} of {undo.max_attempts}"
+    if undo.outcome == "skipped":
+        return (f"its compensation was skipped by {undo.by or 'an operator'}"
+                + (f" ({_clip(undo.reason or '', 120)!r})" if undo.reason else "")
+                + ": detflow did not undo it")
+    if undo.outcome == "failed":
+        return (f"its compensation ({undo.handler}) failed for good with "
+                f"{short(undo.error_type or 'Error')}: {_clip(undo.message or '', 120)!r} after "
+                f"{len(undo.budget)} attempt(s) of max_attempts={undo.max_attempts}: it is not undone, "
+                "an operator must retry or skip it")
+    if undo.outcome == "not_reached":
+        return "not undone: the rollback stopped before its compensation ran"
+    return f"its compensation is {undo.status}"
+
+
+def _rollback_facts(r: Rollback) -> list[Fact]:
+    found = [Fact("rollback", f"rolled back {rollback_cause(r)}; the plan, newest step first: "
+                  + (", ".join(r.plan) or "nothing to undo"), _seqs([r.seq]), r.cause_step)]
+    for undo in r.compensations:
+        found.append(Fact("compensation", f"step {undo.step!r}: {undo_result(undo)}",
+                          _seqs([undo.seq] if undo.seq is not None else [r.seq]), undo.step))
+        if len(undo.attempts) > 1 or any(a.outcome not in ("succeeded", "running") for a in undo.attempts):
+            found.append(Fact("compensation_retry_pattern",
+                              f"the compensation of {undo.step!r}: {retry_pattern(undo)}",
+                              _seqs(a.end_seq for a in undo.attempts), undo.step))
+    return found
+
+
+def operator_action(action: str, by: str | None, step: str) -> str:
+    """Say an operator's action: ``alice retried step 'a'``, ``bob skipped the compensation of 'b'``."""
+    verb = "retried" if action.startswith("retry") else "skipped"
+    what = f"the compensation of {step!r}" if action.endswith("_compensation") else f"step {step!r}"
+    return f"{by or 'an operator'} {verb} {what}"
+
+
+def short(error_type: str) -> str:
+    """Return an error type without its module: ``PermanentError``."""
+    return error_type.rsplit(".", 1)[-1]
+
+
+def retry_pattern(step: Step | Compensation) -> str:
     """Describe a step's attempts in one line: each outcome, the delays, the time spent waiting."""
     parts = []
     for a in step.attempts:

@@ -19,10 +19,10 @@ import openai
 from detflow_site import conf
 from insights import redact
 from insights.errors import InvalidAnswer, WriterFailed
-from insights.facts import FactSheet, Failure, Step
+from insights.facts import Compensation, FactSheet, Failure, Rollback, Step
 from insights.postmortem import SCHEMA
 from insights.prompt import Prompt
-from insights.wording import retry_pattern, seconds
+from insights.wording import retry_pattern, rollback_cause, seconds, undo_result
 
 #: Error types (the last part of the name) that usually mean bad input or a bug, not an outage.
 INPUT_OR_BUG = frozenset({"KeyError", "ValueError", "TypeError", "AttributeError", "IndexError",
@@ -40,6 +40,8 @@ class RulesWriter:
     source = "rules"
 
     def write(self, sheet: FactSheet) -> dict[str, Any]:
+        if sheet.status in ("COMPENSATED", "COMPENSATION_FAILED") and sheet.rollback is not None:
+            return _rolled_back(sheet, sheet.rollback)
         if sheet.status == "FAILED" and sheet.failure is not None:
             return _failed(sheet, sheet.failure, sheet.steps[sheet.failure.index])
         if sheet.status == "CANCELLED" and sheet.cancellation is not None:
@@ -117,6 +119,7 @@ def _failed(sheet: FactSheet, f: Failure, step: Step) -> dict[str, Any]:
         if _short(f.error_type) in INPUT_OR_BUG:
             actions.insert(1, ("retry_with_edited_input",
                                "If the input is at fault, retry with a corrected input."))
+    actions += _compensate_action(sheet)
     hint = _hint(f.error_type)
     if hint:
         cause += f" {hint}"
@@ -168,7 +171,7 @@ def _cancelled(sheet: FactSheet) -> dict[str, Any]:
     evidence += [(a.end_seq, f"{s.name!r} attempt {a.n} ended {a.outcome} ({a.error_type})")
                  for s, a in failed[-3:] if a.end_seq is not None]
     actions = [("other", "If the work is still needed, start a new execution: a cancelled one "
-                         "cannot be retried.")]
+                         "cannot be retried."), *_compensate_action(sheet)]
     return _answer(summary, cause, evidence, impact, actions, "high")
 
 
@@ -228,10 +231,154 @@ def _succeeded(sheet: FactSheet) -> dict[str, Any]:
     return _answer(summary, cause, evidence + _operator_evidence(sheet), impact, actions, confidence)
 
 
+def _rolled_back(sheet: FactSheet, r: Rollback) -> dict[str, Any]:
+    """Say what the rollback undid, what it could not, and what an operator can do about the rest."""
+    undone, skipped = r.having("undone"), r.having("skipped")
+    failed, unreached = r.having("failed"), r.having("not_reached")
+    summary = f"{sheet.status}: rolled back {rollback_cause(r)}"
+    summary += ": undone " + (", ".join(
+        f"{u.step!r} ({u.handler}, {_attempts(u)})" for u in undone) if undone else "nothing")
+    if skipped:
+        summary += "; compensation skipped by an operator: " + ", ".join(
+            f"{u.step!r} ({u.by or 'an operator'}" + (f": {_quote(u.reason, 80)})" if u.reason else ")")
+            for u in skipped)
+    for u in failed:
+        left = [u.step] + [n.step for n in unreached]
+        summary += (f"; the compensation of {u.step!r} ({u.handler}) failed for good: "
+                    f"{_short(u.error_type or 'Error')}: {_quote(u.message, 120)}, so "
+                    + " and ".join(repr(n) for n in left)
+                    + f" {'is' if len(left) == 1 else 'are'} not undone; an operator must retry or skip it")
+    summary += "."
+    f, c = sheet.failure, sheet.cancellation
+    if f is not None and f.step == r.cause_step:
+        step = sheet.steps[f.index]
+        cause = (f"The rollback undoes the failure of {f.step!r}: {step.handler} raised {f.error_type}: "
+                 f"{_quote(f.message)} on attempt {f.attempts_used} of {f.max_attempts}, "
+                 + ("a permanent error." if f.kind == "permanent" else
+                    "and no attempts were left."))
+    elif c is not None:
+        cause = (f"The rollback undoes a cancelled execution: {c.by or 'an operator'} cancelled it"
+                 + (f" ({_quote(c.reason)})." if c.reason else "."))
+    else:
+        cause = (f"The rollback undoes {r.cause_step or 'the execution'}: {r.cause_type}: "
+                 f"{_quote(r.cause_message)}.")
+    if r.by is None:
+        cause += (" The workflow's on_failure is compensate, so the rollback started as soon as the step "
+                  "failed for good.")
+    else:
+        cause += (f" {r.by} asked for the rollback" + (f" ({_quote(r.reason)})" if r.reason else "")
+                  + " after the execution had ended.")
+    cause += " Compensations run newest step first, each after the one before it: " + ", ".join(
+        f"{u.step!r} {u.outcome.replace('_', ' ')}" for u in r.compensations) + "."
+    for u in failed:
+        cause += f" {u.step!r}: {undo_result(u)}; {_why_undo_failed(u)}"
+        hint = _hint(u.error_type or "")
+        if hint:
+            cause += f" {hint}"
+    for u in r.compensations:
+        if len(u.attempts) > 1:
+            cause += f" Attempts of the compensation of {u.step!r}: {retry_pattern(u)}."
+    kept = [s.name for s in sheet.steps if s.status in ("SUCCEEDED", "SKIPPED") and s.name not in r.plan]
+    never = [s.name for s in sheet.steps if s.status in ("PENDING", "CANCELLED") and not s.attempts]
+    if failed:
+        impact = ("Not undone: " + ", ".join(
+            f"{u.step!r} ({'its compensation failed for good' if u.outcome == 'failed' else 'not reached'})"
+            for u in failed + unreached)
+                  + ": their effects stay in place until an operator retries or skips the "
+                  f"compensation of {failed[0].step!r}; the rollback then goes on.")
+        if undone:
+            impact += f" Undone: {', '.join(repr(u.step) for u in undone)}."
+    else:
+        impact = (f"Undone: {', '.join(repr(u.step) for u in undone)}." if undone
+                  else "Nothing was undone by detflow.")
+        if skipped:
+            impact += (" Not undone by detflow (an operator skipped the compensation): "
+                       + ", ".join(repr(u.step) for u in skipped) + ".")
+        impact += " The execution is final: it cannot be retried or rolled back again."
+    if kept:
+        impact += f" Steps that ran and have no compensation keep their effects: {', '.join(kept)}."
+    if never:
+        impact += f" Never run: {', '.join(never)}."
+    evidence: list[tuple[int, str]] = []
+    if r.seq is not None:
+        evidence.append((r.seq, ("the rollback started (on_failure: compensate)" if r.by is None
+                                 else f"{r.by} started the rollback") + f"; plan: {', '.join(r.plan)}"))
+    if f is not None and f.step == r.cause_step:
+        evidence.append((f.seq, f"{f.step!r} failed for good ({f.error_type}): the cause of the rollback"))
+    elif c is not None:
+        evidence.append((c.seq, f"{c.by or 'an operator'} cancelled the execution"))
+    for u in r.compensations:
+        if u.seq is None:
+            continue
+        evidence.append((u.seq, {
+            "undone": f"the compensation of {u.step!r} succeeded: {u.step!r} is undone",
+            "skipped": f"{u.by or 'an operator'} skipped the compensation of {u.step!r}",
+            "failed": f"attempt {u.attempts[-1].n if u.attempts else '?'} of the compensation of "
+                      f"{u.step!r} ended {u.attempts[-1].outcome if u.attempts else 'failed'} "
+                      f"({u.error_type}) and the compensation failed for good",
+        }.get(u.outcome, f"the compensation of {u.step!r} is {u.status}")))
+    evidence += _operator_evidence(sheet)
+    if sheet.terminal_seq is not None:
+        evidence.append((sheet.terminal_seq, "every compensation succeeded or was skipped: the execution "
+                         "is COMPENSATED" if sheet.status == "COMPENSATED" else
+                         "a compensation failed for good: the execution is COMPENSATION_FAILED"))
+    actions: list[tuple[str, str]] = []
+    for u in failed:
+        rest = [n.step for n in unreached]
+        actions += [
+            ("retry", f"Once what made the compensation of {u.step!r} fail is fixed, retry it: it runs "
+                      f"{u.handler} again with a new budget of {u.max_attempts} attempt(s)"
+                      + (f", then the rollback goes on with {', '.join(rest)}." if rest else ".")),
+            ("skip", f"If {u.step!r} was undone by hand, skip its compensation (no output): the rollback "
+                     "goes on" + (f" with {', '.join(rest)}." if rest else " and ends COMPENSATED.")),
+            ("code_change", f"If {u.handler} cannot undo {u.step!r} this way, change it or its retry "
+                            f"policy (max_attempts={u.max_attempts})."),
+        ]
+    if not failed:
+        actions.append(("other", "Nothing is left to undo; if the work is still needed, start a new "
+                                 "execution."))
+        if f is not None and f.step == r.cause_step and _short(f.error_type) in INPUT_OR_BUG:
+            actions.append(("code_change", f"{f.error_type} in {f.step!r} usually comes from the input or "
+                                           "a bug: fix it so that later executions do not roll back."))
+    permanent = all(u.budget and u.budget[-1].permanent for u in failed)
+    confidence = "high" if permanent else "medium"
+    return _answer(summary, cause, evidence, impact, actions, confidence)
+
+
+def _attempts(u: Compensation) -> str:
+    n = len(u.attempts) + u.attempts_omitted
+    return f"{n} attempt{'s' if n != 1 else ''}"
+
+
+def _why_undo_failed(u: Compensation) -> str:
+    last = u.budget[-1] if u.budget else None
+    if last is None:
+        return "no attempt of it is recorded."
+    if last.permanent:
+        return ("the error is permanent (a PermanentError, or a type in its non_retryable), so it was "
+                "not retried.")
+    if last.outcome == "timed_out":
+        return f"its last attempt ran past timeout_s={u.timeout_s:g}."
+    if last.outcome == "lost":
+        return "its last attempt was lost: its worker stopped before recording an outcome."
+    return f"every attempt of its budget (max_attempts={u.max_attempts}) failed."
+
+
+def _compensate_action(sheet: FactSheet) -> list[tuple[str, str]]:
+    if not sheet.undoable:
+        return []
+    return [("compensate", "To undo what the execution did instead of finishing it, compensate it: "
+                           f"{', '.join(repr(n) for n in sheet.undoable)} would be undone, newest first.")]
+
+
 def _operator_evidence(sheet: FactSheet) -> list[tuple[int, str]]:
-    return [(a.seq, f"{a.by or 'an operator'} {'retried' if a.action == 'retry' else 'skipped'} "
-                    f"{a.step!r}" + (f" ({_quote(a.reason)})" if a.reason else ""))
-            for a in sheet.operator]
+    evidence = []
+    for a in sheet.operator:
+        what = f"the compensation of {a.step!r}" if a.action.endswith("_compensation") else repr(a.step)
+        verb = "retried" if a.action.startswith("retry") else "skipped"
+        evidence.append((a.seq, f"{a.by or 'an operator'} {verb} {what}"
+                         + (f" ({_quote(a.reason)})" if a.reason else "")))
+    return evidence
 
 
 def _answer(summary: str, cause: str, evidence: list[tuple[int, str]], impact: str,

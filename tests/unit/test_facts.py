@@ -212,3 +212,165 @@ def test_baseline__median_and_nearest_rank_p95() -> None:
     assert summarize([5, 1, 3]) == Baseline(median_ms=3, p95_ms=5, samples=3)
     assert summarize(list(range(1, 101))) == Baseline(median_ms=50, p95_ms=95, samples=100)
     assert summarize([7]) == Baseline(7, 7, 1)
+
+
+def _undo(k: int, step: int, **more: Any) -> dict[str, Any]:
+    """Fields of a compensation event: compensation ``k`` undoes step ``step``."""
+    return {"step_index": step, "step": "abc"[step], "compensation_index": k, **more}
+
+
+def rolled_back(status: str, steps: list[str], undos: list[tuple[int, str]], events: list[dict[str, Any]],
+                by: str | None = None, reason: str = "on_failure: compensate",
+                cause: tuple[str | None, str, str] = ("c", "workflows.errors.PermanentError", "declined"),
+                ) -> dict[str, Any]:
+    """Return a rolled-back execution of steps a, b (each undone by ``h.undo_<name>``) and c;
+    ``undos``: the compensations stored, in plan order, as ``(step index, status)``."""
+    doc = execution(status, steps, events, rollback={
+        "by": by, "reason": reason, "started_at": at(0),
+        "cause": {"step": cause[0], "error_type": cause[1], "message": cause[2]}})
+    for spec in doc["definition"]["steps"][:2]:
+        spec["compensate"] = {"handler": f"h.undo_{spec['name']}", "retry": {"max_attempts": 2},
+                              "timeout_s": 5}
+    doc["definition"]["on_failure"] = "compensate"
+    doc["compensations"] = [
+        {"step_index": i, "name": "ab"[i], "handler": f"h.undo_{'ab'[i]}", "status": s, "attempts": []}
+        for i, s in undos]
+    return doc
+
+
+ROLLBACK = [
+    (10, "step_claimed", claimed(0, 1)), (20, "step_succeeded", succeeded(0, 1)),
+    (30, "step_claimed", claimed(1, 1)), (40, "step_succeeded", succeeded(1, 1)),
+    (50, "step_claimed", claimed(2, 1)),
+    (60, "attempt_failed", failed_(2, 1, "failed", error="workflows.errors.PermanentError", permanent=True)),
+    (60, "rollback_started", {"plan": [1, 0], "steps": ["b", "a"], "by": None,
+                              "reason": "on_failure: compensate", "cause_step": "c",
+                              "cause_type": "workflows.errors.PermanentError", "cause_message": "declined"}),
+]
+
+
+def test_facts__a_rollback_names_its_cause_plan_and_each_compensation_from_the_history() -> None:
+    doc = rolled_back("COMPENSATION_FAILED", ["SUCCEEDED", "SUCCEEDED", "FAILED"],
+                      [(1, "SUCCEEDED"), (0, "FAILED")], history(*ROLLBACK,
+        (70, "compensation_claimed", _undo(0, 1, attempt=1, worker="w1")),
+        (80, "compensation_succeeded", _undo(0, 1, attempt=1, duration_ms=5)),
+        (90, "compensation_claimed", _undo(1, 0, attempt=1, worker="w1")),
+        (95, "compensation_attempt_lost", _undo(1, 0, attempt=1, worker="w1", outcome="retry",
+                                                next_retry_at=120)),
+        (130, "compensation_claimed", _undo(1, 0, attempt=2, worker="w2")),
+        (140, "compensation_attempt_failed", _undo(1, 0, attempt=2, error_type="RefundRefused",
+                                                   message="refused", permanent=False, outcome="failed")),
+        (140, "compensation_failed", {}),
+    ))
+
+    sheet = compute(doc)
+
+    r = sheet.rollback
+    assert r is not None and (r.by, r.cause_step, r.plan, r.seq, r.end_seq) == (None, "c", ("b", "a"), 8, 15)
+    b, a = r.compensations
+    assert (b.step, b.step_index, b.handler, b.outcome, b.seq) == ("b", 1, "h.undo_b", "undone", 10)
+    assert [(x.n, x.outcome) for x in a.attempts] == [(1, "lost"), (2, "failed")]
+    assert (a.outcome, a.error_type, a.message, a.seq, a.max_attempts) == (
+        "failed", "RefundRefused", "refused", 14, 2)
+    assert r.having("failed") == (a,) and r.having("not_reached") == ()
+    # The forward steps' attempts are theirs alone: the compensations' events do not reach them.
+    assert [len(s.attempts) for s in sheet.steps] == [1, 1, 1]
+    assert sheet.failure is not None and sheet.failure.step == "c" and sheet.terminal_seq == 15
+    assert sheet.duration_ms == 140
+    assert sheet.facts[0].text == (
+        "COMPENSATION_FAILED after 140 ms: rolled back after step 'c' failed for good (PermanentError: "
+        "'declined'), as the workflow's on_failure: compensate says; 1 of 2 compensation(s) undid their "
+        "step; the compensation of 'a' failed for good")
+    texts = [f.text for f in sheet.facts if f.kind == "compensation"]
+    assert texts == ["step 'b': undone by h.undo_b on attempt 1 of 2",
+                     "step 'a': its compensation (h.undo_a) failed for good with RefundRefused: 'refused' "
+                     "after 2 attempt(s) of max_attempts=2: it is not undone, an operator must retry or "
+                     "skip it"]
+    [pattern] = [f for f in sheet.facts if f.kind == "compensation_retry_pattern"]
+    assert pattern.step == "a" and pattern.seqs == (12, 14)
+    for fact in sheet.facts:
+        assert fact.seqs and set(fact.seqs) <= sheet.event_seqs, fact
+    answer = validate(RulesWriter().write(sheet), sheet.event_seqs, sheet.status)
+    assert "the compensation of 'a' (h.undo_a) failed for good: RefundRefused: 'refused'" in answer.summary
+    assert "undone 'b' (h.undo_b, 1 attempt)" in answer.summary
+    assert [x.action for x in answer.suggested_actions] == ["retry", "skip", "code_change"]
+    assert answer.confidence == "medium"  # not a permanent error: the facts do not say why
+
+
+def test_facts__an_operator_retry_and_skip_of_a_compensation_are_facts_and_end_it() -> None:
+    doc = rolled_back("COMPENSATED", ["SUCCEEDED", "SUCCEEDED", "FAILED"], [(1, "SKIPPED"), (0, "SUCCEEDED")],
+                      history(*ROLLBACK,
+        (70, "compensation_claimed", _undo(0, 1, attempt=1)),
+        (80, "compensation_attempt_failed", _undo(0, 1, attempt=1, error_type="E", message="no",
+                                                  permanent=True, outcome="failed")),
+        (80, "compensation_failed", {}),
+        (500, "compensation_retried", _undo(0, 1, by="ann", reason="gateway back", input_diff_json="[]")),
+        (510, "compensation_claimed", _undo(0, 1, attempt=2)),
+        (520, "compensation_attempt_failed", _undo(0, 1, attempt=2, error_type="E", message="no",
+                                                   permanent=True, outcome="failed")),
+        (520, "compensation_failed", {}),
+        (900, "compensation_skipped", _undo(0, 1, by="bob", reason="refunded by hand")),
+        (910, "compensation_claimed", _undo(1, 0, attempt=1)),
+        (920, "compensation_succeeded", _undo(1, 0, attempt=1, duration_ms=3)),
+        (920, "execution_compensated", {}),
+    ))
+
+    sheet = compute(doc)
+
+    r = sheet.rollback
+    assert r is not None
+    b, a = r.compensations
+    assert (b.outcome, b.by, b.reason, b.seq, b.budget_base) == ("skipped", "bob", "refunded by hand", 16, 1)
+    assert (a.outcome, a.seq, r.end_seq, sheet.terminal_seq) == ("undone", 18, 19, 19)
+    assert [(x.action, x.step, x.by, x.seq) for x in sheet.operator] == [
+        ("retry_compensation", "b", "ann", 12), ("skip_compensation", "b", "bob", 16)]
+    operator = [f.text for f in sheet.facts if f.kind == "operator_action"]
+    assert operator == ["ann retried the compensation of 'b' ('gateway back')",
+                        "bob skipped the compensation of 'b' ('refunded by hand')"]
+    answer = validate(RulesWriter().write(sheet), sheet.event_seqs, sheet.status)
+    assert answer.summary.endswith("undone 'a' (h.undo_a, 1 attempt); compensation skipped by an operator: "
+                                   "'b' (bob: 'refunded by hand').")
+    assert {(e.event_seq, e.shows) for e in answer.evidence} >= {
+        (12, "ann retried the compensation of 'b' ('gateway back')"),
+        (16, "bob skipped the compensation of 'b'")}
+    assert [x.action for x in answer.suggested_actions] == ["other"]
+
+
+def test_facts__a_rollback_of_a_cancelled_execution_undoes_the_cancel() -> None:
+    doc = rolled_back("COMPENSATED", ["SUCCEEDED", "CANCELLED", "PENDING"], [(0, "SUCCEEDED")], history(
+        (10, "step_claimed", claimed(0, 1)), (20, "step_succeeded", succeeded(0, 1)),
+        (30, "step_claimed", claimed(1, 1)), (40, "cancelled", {"by": "bob", "reason": "dup"}),
+        (45, "attempt_failed", failed_(1, 1, "cancelled")),
+        (900, "rollback_started", {"plan": [0], "steps": ["a"], "by": "ops", "reason": "give it back",
+                                   "cause_step": None, "cause_type": "Cancelled",
+                                   "cause_message": "the execution was cancelled"}),
+        (910, "compensation_claimed", _undo(0, 0, attempt=1)),
+        (920, "compensation_succeeded", _undo(0, 0, attempt=1)),
+        (920, "execution_compensated", {}),
+    ), by="ops", reason="give it back", cause=(None, "Cancelled", "the execution was cancelled"))
+
+    sheet = compute(doc)
+
+    assert sheet.rollback is not None and sheet.rollback.cause_step is None
+    assert sheet.failure is None and sheet.cancellation is not None and sheet.cancellation.by == "bob"
+    assert sheet.facts[0].text.startswith(
+        "COMPENSATED after 920 ms: rolled back after the execution was cancelled, at the request of ops "
+        "('give it back'); 1 of 1 compensation(s) undid their step")
+    answer = validate(RulesWriter().write(sheet), sheet.event_seqs, sheet.status)
+    assert answer.root_cause.startswith(
+        "The rollback undoes a cancelled execution: bob cancelled it ('dup'). ops asked for the rollback "
+        "('give it back')")
+    assert [e.event_seq for e in answer.evidence][:2] == [7, 5]
+
+
+def test_facts__a_failed_execution_not_rolled_back_says_what_a_compensate_would_undo() -> None:
+    doc = rolled_back("FAILED", ["SUCCEEDED", "SUCCEEDED", "FAILED"], [],
+                      history(*ROLLBACK[:-1], (60, "execution_failed", {})))
+    del doc["compensations"], doc["rollback"], doc["definition"]["on_failure"]
+
+    sheet = compute(doc)
+
+    assert sheet.rollback is None and sheet.undoable == ("b", "a")
+    assert any(f.kind == "undoable" and f.text.endswith("newest first: b, a") for f in sheet.facts)
+    answer = validate(RulesWriter().write(sheet), sheet.event_seqs, sheet.status)
+    assert answer.suggested_actions[-1].action == "compensate"

@@ -54,6 +54,11 @@ def test_validate__drops_evidence_that_cites_no_event_and_duplicates() -> None:
 @pytest.mark.parametrize(("status", "action", "kept"), [
     ("FAILED", "skip", "skip"), ("FAILED", "cancel", "other"), ("SUCCEEDED", "retry", "other"),
     ("CANCELLED", "retry_with_edited_input", "other"), ("SUCCEEDED", "code_change", "code_change"),
+    ("FAILED", "compensate", "compensate"), ("CANCELLED", "compensate", "compensate"),
+    ("COMPENSATION_FAILED", "retry", "retry"), ("COMPENSATION_FAILED", "skip", "skip"),
+    ("COMPENSATION_FAILED", "retry_with_edited_input", "other"),
+    ("COMPENSATION_FAILED", "compensate", "other"), ("COMPENSATED", "retry", "other"),
+    ("COMPENSATED", "compensate", "other"),
 ])
 def test_validate__an_action_that_does_not_apply_becomes_other(status: str, action: str, kept: str) -> None:
     result = validate(answer(suggested_actions=[{"action": action, "detail": "d"}]), SEQS, status)

@@ -57,3 +57,37 @@ def test_prompt__carries_the_execution_the_events_and_times() -> None:
                                  "permanent": False, "outcome": "retry", "retry_in_ms": 200}
     assert at(0) == EXHAUSTED["events"][0]["at"]
     assert "omitted" not in data
+
+
+def test_prompt__carries_the_rollback_its_compensations_and_what_retry_and_skip_do_then() -> None:
+    from tests.unit.test_facts import ROLLBACK, _undo, rolled_back
+
+    doc = rolled_back("COMPENSATION_FAILED", ["SUCCEEDED", "SUCCEEDED", "FAILED"],
+                      [(1, "SUCCEEDED"), (0, "FAILED")], history(
+        *ROLLBACK,
+        (70, "compensation_claimed", _undo(0, 1, attempt=1)),
+        (80, "compensation_succeeded", _undo(0, 1, attempt=1, duration_ms=5)),
+        (90, "compensation_claimed", _undo(1, 0, attempt=1)),
+        (95, "compensation_attempt_failed", _undo(1, 0, attempt=1, error_type="RefundRefused",
+                                                  message="refused", permanent=True, outcome="failed")),
+        (95, "compensation_failed", {})))
+    doc["compensations"][1]["attempts"] = [{"n": 1, "logs": [{"level": "ERROR", "message": "403 refund"}]}]
+
+    prompt = build(compute(doc), doc, 24_000)
+
+    assert "COMPENSATION_FAILED" in prompt.system and "compensate rolls a FAILED" in prompt.system
+    data = data_of(prompt.user)
+    kinds = [f["kind"] for f in data["facts"]]
+    assert kinds[:3] == ["outcome", "failing_step", "rollback"] and kinds.count("compensation") == 2
+    assert data["compensations"] == [
+        {"place": 0, "undoes": "b", "handler": "h.undo_b", "status": "SUCCEEDED", "outcome": "undone",
+         "attempts": 1, "max_attempts": 2},
+        {"place": 1, "undoes": "a", "handler": "h.undo_a", "status": "FAILED", "outcome": "failed",
+         "attempts": 1, "max_attempts": 2, "error_type": "RefundRefused", "message": "refused"}]
+    started = next(e for e in data["events"] if e["type"] == "rollback_started")
+    assert (started["steps"], started["cause_step"]) == (["b", "a"], "c")
+    assert started["cause_message"] == "declined"
+    failed = next(e for e in data["events"] if e["type"] == "compensation_attempt_failed")
+    assert (failed["step"], failed["compensation_index"], failed["error_type"]) == ("a", 1, "RefundRefused")
+    [log] = [entry for entry in data["attempt_logs"] if entry["step"] == "a:compensate"]
+    assert log["lines"] == ["ERROR 403 refund"] and log["event_seq"] == 12
