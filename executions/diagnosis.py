@@ -26,6 +26,7 @@ from executions.engine import (
     Rollback,
     Wait,
     decide,
+    rollback_plan,
 )
 from executions.errors import ExecutionNotFound
 from executions.events import outcome_fields
@@ -114,6 +115,13 @@ def diagnose(execution_id: str, now: int | None = None) -> Diagnosis:
 def _slots(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The steps, then the compensations (``ExecutionState.slot``'s order), as stored."""
     return [*doc["steps"], *(doc.get("compensations") or [])]
+
+
+def _undo(doc: dict[str, Any], name: Any) -> str:
+    """Return how a summary names the compensation of step ``name``: with its place in the plan."""
+    names = [c["name"] for c in doc.get("compensations") or []]
+    place = f" ({names.index(name) + 1} of {len(names)})" if name in names else ""
+    return f"the compensation of step {name!r}{place}"
 
 
 def _next(doc: dict[str, Any], decision: Decision) -> dict[str, Any]:
@@ -217,18 +225,27 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
         if doc["status"] == ExecutionStatus.FAILED:
             step = doc.get("failed_step")
             found.summary = f"step {step!r} failed for good; the execution waits for an operator"
-            found.repair = {"action": "operator", "command": None,
-                            "detail": f"retry it (POST executions/{doc['_id']}/retry/, optionally "
-                                      "with an edited input) or skip it (POST "
-                                      f"executions/{doc['_id']}/skip/ with an output)"}
+            detail = (f"retry it (POST executions/{doc['_id']}/retry/, optionally "
+                      "with an edited input) or skip it (POST "
+                      f"executions/{doc['_id']}/skip/ with an output)")
+            if rollback_plan(store.to_state(doc), include_skipped=True):
+                detail += (", or undo the steps it completed instead: Compensate on its page in the "
+                           f"admin (POST executions/{doc['_id']}/compensate/)")
+            found.repair = {"action": "operator", "command": None, "detail": detail}
         elif doc["status"] == ExecutionStatus.COMPENSATION_FAILED:
             step = doc.get("failed_compensation")
-            found.summary = (f"the compensation of step {step!r} failed for good; the rollback waits "
-                             "for an operator (the steps before it in the plan are not undone yet)")
+            after = [c["name"] for c in doc.get("compensations") or []
+                     if c["status"] == "PENDING"]
+            found.summary = (f"{_undo(doc, step)} failed for good; the rollback waits for an operator"
+                             + (f" (not undone yet: {', '.join(repr(n) for n in after)}, whose "
+                                "compensations come after it in the plan)" if after else ""))
             found.repair = {"action": "operator", "command": None,
-                            "detail": f"retry the compensation (POST executions/{doc['_id']}/retry/) or, "
-                                      "once it is undone by other means, skip it (POST "
-                                      f"executions/{doc['_id']}/skip/)"}
+                            "detail": f"on its page in the admin, 'Retry the compensation of {step}' "
+                                      "(a new attempt budget, the same input) or, once the step is "
+                                      f"undone by other means, 'Skip the compensation of {step} "
+                                      "(undone by hand)'; then the rollback goes on. Over the API: "
+                                      f"POST executions/{doc['_id']}/retry/ or POST "
+                                      f"executions/{doc['_id']}/skip/ (with no output)"}
         else:
             found.summary = f"the execution is {doc['status']}; nothing more will happen to it"
         return
@@ -241,9 +258,11 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
         return
     assert messages is not None
     lease = found.lease or {}
+    compensating = doc["status"] == ExecutionStatus.COMPENSATING
     if isinstance(decision, Wait) and decision.reason == "lease":
         beat = lease.get("since_heartbeat_ms")
-        found.summary = (f"step {lease.get('step')!r} attempt {lease.get('attempt')} is running on "
+        what = _undo(doc, lease.get("step")) if compensating else f"step {lease.get('step')!r}"
+        found.summary = (f"{what} attempt {lease.get('attempt')} is running on "
                          f"{lease.get('worker')}; last heartbeat {beat} ms ago; its lease runs until "
                          f"{_iso(found.next.get('at'))}")
         if found.lock and not found.lock["held"]:
@@ -251,25 +270,30 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
                               "still fences any other runner")
         found.repair = wait
     elif isinstance(decision, Wait):
-        what = "the compensation of step" if doc["status"] == ExecutionStatus.COMPENSATING else "step"
         at = _iso(found.next.get("at"))
-        found.summary = f"{what} {found.next.get('step')!r} waits for its retry at {at}"
+        name = found.next.get("step")
+        found.summary = (f"the rollback waits for the retry of {_undo(doc, name)} at {at}" if compensating
+                         else f"step {name!r} waits for its retry at {at}")
         if not messages.delayed:
             found.summary += "; no delayed message is waiting, the sweeper sends one when it is due"
         found.repair = wait
     elif isinstance(decision, RecoverLost):
         found.stuck = True
-        found.summary = (f"the lease of step {lease.get('step')!r} attempt {lease.get('attempt')} on "
+        what = _undo(doc, lease.get("step")) if compensating else f"step {lease.get('step')!r}"
+        found.summary = (f"the lease of {what} attempt {lease.get('attempt')} on "
                          f"{lease.get('worker')} expired at {_iso(lease.get('expires_at'))} (last heartbeat "
                          f"{lease.get('since_heartbeat_ms')} ms ago): its worker died or stalled; the "
                          "attempt is to be recorded lost and retried or failed per the step's policy")
         found.repair = sweep
     elif messages.waiting:
         name = found.next.get("step")
-        what = (f"the compensation of step {name!r}" if found.next.get("action") == "compensate"
-                else f"step {name!r}" if isinstance(decision, Claim)
-                else "the rollback" if isinstance(decision, Rollback) else "the finish")
-        found.summary = f"{what} is due and a message for it is waiting for a worker"
+        if found.next.get("action") == "compensate":
+            found.summary = (f"the rollback runs {_undo(doc, name)}: it is due and a message for it "
+                             "is waiting for a worker")
+        else:
+            what = (f"step {name!r}" if isinstance(decision, Claim)
+                    else "the rollback" if isinstance(decision, Rollback) else "the finish")
+            found.summary = f"{what} is due and a message for it is waiting for a worker"
         found.repair = wait
         if (messages.waited_ms or 0) >= grace_ms:
             found.stuck = True
@@ -284,6 +308,8 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
         found.repair = sweep
     else:
         found.summary = "due now; its message is on its way (the sweeper re-sends it after the grace period)"
+        if found.next.get("action") == "compensate":
+            found.summary = f"the rollback runs {_undo(doc, found.next.get('step'))}: " + found.summary
         found.repair = wait
 
 

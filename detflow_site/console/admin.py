@@ -1,8 +1,9 @@
 """The admin console of executions and workflows, on detflow's document admin glue.
 
-Viewers and operators (``executions.roles``) read every page; operators also cancel, retry and
-skip, each with a reason, a dry-run preview and a confirmation. The actions are the API's own
-services (``executions.operations``), so they record the same events.
+Viewers and operators (``executions.roles``) read every page; operators also cancel, retry, skip
+and compensate (roll back), each with a reason, a dry-run preview and a confirmation. The actions
+are the API's own services (``executions.operations``), so they record the same events. On a
+COMPENSATION_FAILED execution retry and skip act on its failed compensation, and say so.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from detflow_site.api.views import refuse_server_path
 from detflow_site.console import aggregates, listing, timeline
 from detflow_site.errors import DetflowError, PayloadTooLarge
 from executions import diagnosis, operations, store
-from executions.engine import ExecutionStatus, StepStatus
+from executions.engine import ExecutionStatus, StepStatus, rollback_plan
 from executions.errors import InvalidArgument
 from executions.roles import OPERATORS, VIEWERS, roles_of
 from executions.store import now_ms, to_dt, to_ms
@@ -36,9 +37,35 @@ from workflows.errors import WorkflowNotFound
 #: The operator actions, what each asks for, and the statuses it applies to.
 ACTIONS = {
     "cancel": {"label": "Cancel", "statuses": ("PENDING", "RUNNING")},
-    "retry": {"label": "Retry", "statuses": ("FAILED",)},
-    "skip": {"label": "Skip the failed step", "statuses": ("FAILED",)},
+    "retry": {"label": "Retry", "statuses": ("FAILED", "COMPENSATION_FAILED")},
+    "skip": {"label": "Skip the failed step", "statuses": ("FAILED", "COMPENSATION_FAILED")},
+    "compensate": {"label": "Compensate", "statuses": ("FAILED", "CANCELLED")},
 }
+
+
+def offered(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return the actions (name, label) that apply to stored execution ``doc``: Compensate only when
+    it has something to undo (a step that succeeded, or was skipped, and names a compensation)."""
+    found = []
+    for name, action in ACTIONS.items():
+        if doc["status"] not in action["statuses"]:
+            continue
+        if name == "compensate" and not rollback_plan(store.to_state(doc), include_skipped=True):
+            continue
+        found.append((name, action_label(name, doc)))
+    return found
+
+
+def action_label(action: str, doc: dict[str, Any]) -> str:
+    """Return what action ``action`` is called on ``doc``'s page: on a COMPENSATION_FAILED execution
+    retry and skip name the compensation they act on."""
+    failed = doc.get("failed_compensation")
+    if doc["status"] == ExecutionStatus.COMPENSATION_FAILED and failed:
+        if action == "retry":
+            return f"Retry the compensation of {failed}"
+        if action == "skip":
+            return f"Skip the compensation of {failed} (undone by hand)"
+    return str(ACTIONS[action]["label"])
 
 
 class RoleAdmin(docadmin.DocumentAdmin):
@@ -110,14 +137,20 @@ class ExecutionAdmin(RoleAdmin):
         doc = masking.execution(doc)
         now = now_ms()
         found = diagnosis.diagnose(execution_id, now)
+        specs = doc["definition"]["steps"]
+        compensations = doc.get("compensations") or []
+        undone = {c["step_index"]: c["status"] for c in compensations}
         return self.render(request, "admin/executions/execution_detail.html", {
             "title": f"Execution {execution_id}", "doc": doc, "input": _pretty(doc["input_json"]),
             "duration_ms": _duration(doc, now), "created_by": (doc["events"] or [{}])[0].get("by"),
-            "steps": [_step(step, spec, now) for step, spec in zip(doc["steps"], doc["definition"]["steps"],
-                                                                   strict=True)],
+            "steps": [{**_step(step, spec, now), "undone": undone.get(i)}
+                      for i, (step, spec) in enumerate(zip(doc["steps"], specs, strict=True))],
+            "rollback": doc.get("rollback"),
+            "compensations": [{**_step(c, specs[c["step_index"]]["compensate"], now), "place": k + 1}
+                              for k, c in enumerate(compensations)],
             "events": [_event(e) for e in doc["events"]], "timeline": timeline.svg(doc, now),
             "diagnosis": found, "panels": self.panels(request, doc),
-            "actions": [(name, a["label"]) for name, a in ACTIONS.items() if doc["status"] in a["statuses"]],
+            "actions": offered(doc),
             "workflow_url": _workflow_url(self, doc["workflow"]),
         })
 
@@ -128,42 +161,63 @@ class ExecutionAdmin(RoleAdmin):
         if doc is None:
             raise Http404(f"execution {execution_id} does not exist")
         doc = masking.execution(doc)  # a secret left masked in an edited input keeps its value
-        form = {"reason": "", "input": "", "output": "null"}
-        context: dict[str, Any] = {"title": f"{ACTIONS[action]['label']}: execution {execution_id}",
-                                   "doc": doc, "action": action, "label": ACTIONS[action]["label"],
+        form = {"reason": "", "input": "", "output": "null", "include_skipped": ""}
+        named = action_label(action, doc)
+        # On a COMPENSATION_FAILED execution retry and skip act on the failed compensation: no edited
+        # input, no output (operations refuses both).
+        compensation = doc["status"] == ExecutionStatus.COMPENSATION_FAILED and action in ("retry", "skip")
+        context: dict[str, Any] = {"title": f"{named}: execution {execution_id}",
+                                   "doc": doc, "action": action, "label": named,
+                                   "phrase": named[:1].lower() + named[1:],  # a step's name as it is
+                                   "compensation": doc.get("failed_compensation") if compensation else None,
                                    "detail_url": self.url("detail", execution_id),
                                    "current_input": _pretty(_failed_input(doc))}
         if request.method == "POST":
             form = {k: request.POST.get(k, "") for k in form}
             confirm = request.POST.get("stage") == "confirm"
             try:
-                result = _perform(action, execution_id, request.user.get_username(), form,
-                                  dry_run=not confirm)
+                result, plan = _perform(action, execution_id, request.user.get_username(), form,
+                                        dry_run=not confirm)
             except DetflowError as exc:
                 context.update(form=form, error=str(exc))
                 return self.render(request, "admin/executions/action.html", context, status=400)
             if confirm:
                 event = ", ".join(f"{k}={v}" for k, v in result.event.items() if k != "input_diff_json")
-                messages.success(request, f"{ACTIONS[action]['label']} done; recorded: {event}")
+                messages.success(request, f"{named} done; recorded: {event}")
                 return HttpResponseRedirect(self.url("detail", execution_id))
-            context.update(form=form, preview=result, changes=sorted(result.changes.items()))
+            context.update(form=form, preview=result, changes=sorted(result.changes.items()),
+                           plan=None if plan is None else [_planned(p) for p in plan])
             return self.render(request, "admin/executions/action.html", context)
         context["form"] = form
         return self.render(request, "admin/executions/action.html", context)
 
 
-def _perform(action: str, execution_id: str, by: str, form: dict[str, str], dry_run: bool) -> Any:
+def _perform(action: str, execution_id: str, by: str, form: dict[str, str],
+             dry_run: bool) -> tuple[operations.ActionResult, list[operations.PlannedCompensation] | None]:
+    """Run ``action`` from the form's fields; return its result and, for a rollback, its plan."""
     reason = form["reason"].strip()
     if action == "cancel":
-        return operations.cancel(execution_id, by, reason, dry_run=dry_run)
+        return operations.cancel(execution_id, by, reason, dry_run=dry_run), None
+    if action == "compensate":
+        return operations.compensate(execution_id, by, reason, dry_run=dry_run,
+                                     include_skipped=bool(form["include_skipped"]))
     if action == "retry":
         edited = {}
         if form["input"].strip():
             edited["input"] = _json_field(form["input"], "input")
             refuse_server_path(execution_id, edited["input"])
-        return operations.retry(execution_id, by, reason, dry_run=dry_run, **edited)
+        return operations.retry(execution_id, by, reason, dry_run=dry_run, **edited), None
+    # The form of a compensation's skip sends no output (an absent one is null); one sent anyway is refused.
     return operations.skip(execution_id, by, reason, output=_json_field(form["output"] or "null", "output"),
-                           dry_run=dry_run)
+                           dry_run=dry_run), None
+
+
+def _planned(planned: operations.PlannedCompensation) -> dict[str, Any]:
+    """Return one compensation of a rollback's plan as the preview shows it."""
+    output = None if planned.output is None else json.dumps(planned.output, indent=2, ensure_ascii=False,
+                                                            sort_keys=True)
+    return {"step": planned.step, "step_index": planned.step_index, "handler": planned.handler,
+            "status": planned.status, "output": output}
 
 
 def _json_field(text: str, name: str) -> Any:
@@ -247,9 +301,11 @@ def _filters(params: dict[str, str], query_string: Any, workflow: str | None) ->
                     "selected": params.get(key) == value} for value, label in values])
 
     names = [d.name for d in definitions.latest_versions()]
+    statuses = choices("status", [(s.value, s.value) for s in ExecutionStatus], failed_step=None)
+    for choice in statuses[1:]:
+        choice["status"] = choice["label"]  # shown as its badge, in the colour it has everywhere
     found = [
-        {"title": "status", "choices": choices("status", [(s.value, s.value) for s in ExecutionStatus],
-                                               failed_step=None)},
+        {"title": "status", "choices": statuses},
         {"title": "workflow", "choices": choices("workflow", [(n, n) for n in names], version=None,
                                                  failed_step=None)},
     ]

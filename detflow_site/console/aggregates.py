@@ -16,7 +16,7 @@ from django.core.cache import cache
 from detflow_site import conf
 from executions import store
 from executions.durations import STEP_FIELDS, percentile, step_durations
-from executions.engine import ExecutionStatus, backoff_ms
+from executions.engine import TERMINAL, ExecutionStatus, backoff_ms
 from executions.store import now_ms, to_dt, to_ms
 from workflows import definitions
 from workflows.spec import RetryPolicy
@@ -108,7 +108,8 @@ def _version(name: str, version: int) -> dict[str, Any]:
     by_status = {s.value: executions.count_documents(
         {"workflow": name, "workflow_version": version, "status": s.value}, limit=COUNT_CAP)
         for s in ExecutionStatus}
-    finished = by_status["SUCCEEDED"] + by_status["FAILED"] + by_status["CANCELLED"]
+    # A rolled-back execution has finished too, and not with success.
+    finished = sum(by_status[s.value] for s in TERMINAL)
     rows = (executions.find({"workflow": name, "workflow_version": version, "status": "SUCCEEDED"},
                             {"created_at": 1, "finished_at": 1})
             .sort([("created_at", -1), ("_id", -1)]).limit(DURATION_SAMPLE))

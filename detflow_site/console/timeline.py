@@ -2,11 +2,15 @@
 
 One row per step, one bar per recorded attempt from its start to its end (the running one to now),
 coloured by outcome; a dashed line from a failed attempt to the next one is the retry wait (to
-``next_retry_at`` while the step waits). Every text in it is escaped.
+``next_retry_at`` while the step waits). A rollback gets a lane of its own below the forward steps:
+a tinted band headed "rollback" (with a dashed mark where it started), one row per compensation in
+plan order, its bars outlined and classed ``undo`` (not ``attempt``), so that undoing a step never
+reads as a retry of it. Every text in it is escaped.
 """
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from django.utils.html import escape
@@ -22,49 +26,83 @@ TOP = 22
 #: Bar colour by attempt outcome.
 COLOURS = {"succeeded": "#2e7d32", "failed": "#c62828", "timed_out": "#ef6c00", "lost": "#757575",
            "running": "#1565c0"}
+#: The rollback lane's band and the outline of its bars.
+LANE_FILL = "#fbe9f0"
+UNDO_STROKE = "#4a148c"
 
 
 def svg(doc: dict[str, Any], now: int) -> SafeString:
     """Return the timeline of stored execution ``doc`` at ``now`` (milliseconds)."""
     start = to_ms(doc["created_at"]) or 0
     end = to_ms(doc.get("finished_at")) or now
-    rows = [_bars(step, now) for step in doc["steps"]]
+    steps = doc["steps"]
+    compensations = doc.get("compensations") or []
+    rows = [_bars(slot, now) for slot in [*steps, *compensations]]
+    rollback_at = to_ms((doc.get("rollback") or {}).get("started_at"))
     for bars, waits in rows:
         end = max([end] + [bar["end"] for bar in bars] + [until for _, until in waits])
+    if rollback_at is not None:
+        end = max(end, rollback_at)
     span = max(end - start, 1)
     scale = (WIDTH - LABEL_W - 10) / span
 
     def x(ms: int) -> float:
         return round(LABEL_W + (ms - start) * scale, 1)
 
-    height = TOP + ROW_H * len(rows) + 6
+    lane = ROW_H if compensations else 0  # the rollback lane's heading
+    height = TOP + ROW_H * len(rows) + lane + 6
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="detflow-timeline" width="{WIDTH}" '
            f'height="{height}" viewBox="0 0 {WIDTH} {height}" role="img" '
            f'aria-label="timeline of execution {escape(doc["_id"])}">',
            f'<text x="{LABEL_W}" y="14" font-size="11" fill="#666">0 s</text>',
            f'<text x="{WIDTH - 10}" y="14" font-size="11" fill="#666" text-anchor="end">'
            f'{span / 1000:.3f} s</text>']
-    for index, (step, (bars, waits)) in enumerate(zip(doc["steps"], rows, strict=True)):
-        y = TOP + index * ROW_H
-        mid = y + ROW_H / 2
+    for index, (step, row) in enumerate(zip(steps, rows[: len(steps)], strict=True)):
         label = f'{step["name"]} ({step["status"].lower()})'
-        out.append(f'<text x="4" y="{mid + 4}" font-size="12" class="step-label">{escape(label)}</text>')
-        out.append(f'<line x1="{LABEL_W}" y1="{mid}" x2="{WIDTH - 10}" y2="{mid}" stroke="#eee"/>')
-        for wait_start, wait_end in waits:
-            out.append(f'<line class="wait" x1="{x(wait_start)}" y1="{mid}" x2="{x(wait_end)}" y2="{mid}" '
-                       f'stroke="#999" stroke-width="2" stroke-dasharray="4 3">'
-                       f'<title>retry wait {(wait_end - wait_start) / 1000:.3f} s</title></line>')
-        for bar in bars:
-            left, right = x(bar["start"]), x(bar["end"])
-            title = (f'{step["name"]} attempt {bar["n"]}: {bar["outcome"]}, '
-                     f'{(bar["end"] - bar["start"]) / 1000:.3f} s on {bar["worker"]}')
-            if bar["error"]:
-                title += f' - {bar["error"]}'
-            out.append(f'<rect class="attempt {escape(bar["outcome"])}" x="{left}" y="{mid - BAR_H / 2}" '
-                       f'width="{max(right - left, 2)}" height="{BAR_H}" rx="2" '
-                       f'fill="{COLOURS.get(bar["outcome"], "#555")}"><title>{escape(title)}</title></rect>')
+        out += _row(TOP + index * ROW_H, label, step["name"], row, x, undo=False)
+    if compensations:
+        top = TOP + len(steps) * ROW_H
+        out.append(f'<g class="rollback-lane"><rect x="0" y="{top}" width="{WIDTH}" '
+                   f'height="{lane + ROW_H * len(compensations)}" fill="{LANE_FILL}"/>'
+                   f'<text x="4" y="{top + ROW_H / 2 + 4}" font-size="12" font-weight="bold" '
+                   f'class="lane-label">rollback, newest step first</text>')
+        if rollback_at is not None:
+            out.append(f'<line class="rollback-start" x1="{x(rollback_at)}" y1="{TOP}" '
+                       f'x2="{x(rollback_at)}" y2="{height - 6}" stroke="{UNDO_STROKE}" '
+                       f'stroke-dasharray="2 2"><title>rollback started</title></line>')
+        for k, (undo, row) in enumerate(zip(compensations, rows[len(steps):], strict=True)):
+            label = f'\u21a9 {undo["name"]} ({undo["status"].lower()})'
+            out += _row(top + lane + k * ROW_H, label, f'undo {undo["name"]}', row, x, undo=True)
+        out.append("</g>")
     out.append("</svg>")
     return mark_safe("".join(out))  # every text in it is escaped above
+
+
+def _row(y: float, label: str, what: str, row: tuple[list[dict[str, Any]], list[tuple[int, int]]],
+         x: Callable[[int], float], undo: bool) -> list[str]:
+    """Return the SVG of one row: its label, its track, its waits and its bars."""
+    bars, waits = row
+    mid = y + ROW_H / 2
+    kind = "undo" if undo else "attempt"
+    out = [f'<text x="4" y="{mid + 4}" font-size="12" class="{"undo" if undo else "step"}-label">'
+           f'{escape(label)}</text>',
+           f'<line x1="{LABEL_W}" y1="{mid}" x2="{WIDTH - 10}" y2="{mid}" stroke="#eee"/>']
+    for wait_start, wait_end in waits:
+        out.append(f'<line class="wait" x1="{x(wait_start)}" y1="{mid}" x2="{x(wait_end)}" y2="{mid}" '
+                   f'stroke="#999" stroke-width="2" stroke-dasharray="4 3">'
+                   f'<title>retry wait {(wait_end - wait_start) / 1000:.3f} s</title></line>')
+    outline = f' stroke="{UNDO_STROKE}" stroke-width="1.5"' if undo else ""
+    for bar in bars:
+        left, right = x(bar["start"]), x(bar["end"])
+        title = (f'{what} attempt {bar["n"]}: {bar["outcome"]}, '
+                 f'{(bar["end"] - bar["start"]) / 1000:.3f} s on {bar["worker"]}')
+        if bar["error"]:
+            title += f' - {bar["error"]}'
+        out.append(f'<rect class="{kind} {escape(bar["outcome"])}" x="{left}" y="{mid - BAR_H / 2}" '
+                   f'width="{max(right - left, 2)}" height="{BAR_H}" rx="2" '
+                   f'fill="{COLOURS.get(bar["outcome"], "#555")}"{outline}>'
+                   f'<title>{escape(title)}</title></rect>')
+    return out
 
 
 def _bars(step: dict[str, Any], now: int) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:

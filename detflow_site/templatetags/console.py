@@ -12,9 +12,12 @@ from detflow_site.times import naive_utc
 
 register = template.Library()
 
-#: Badge colour by execution, step or attempt status.
+#: Badge colour by execution, step or attempt status (white text on each: contrast 4.5:1 or more).
 BADGES = {"PENDING": "#6d6d6d", "RUNNING": "#1565c0", "RETRY_WAIT": "#ef6c00", "SUCCEEDED": "#2e7d32",
-          "FAILED": "#c62828", "SKIPPED": "#8e24aa", "CANCELLED": "#455a64"}
+          "FAILED": "#c62828", "SKIPPED": "#8e24aa", "CANCELLED": "#455a64",
+          # A rollback's own: running (teal), done (brown: undone, not a success), stopped for an
+          # operator (crimson, apart from a forward step's failure).
+          "COMPENSATING": "#00695c", "COMPENSATED": "#6d4c41", "COMPENSATION_FAILED": "#ad1457"}
 
 
 @register.filter

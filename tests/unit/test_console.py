@@ -69,3 +69,46 @@ def test_worst_case__is_every_attempt_to_its_timeout_plus_the_longest_delays(
     retry: dict[str, Any], timeout_s: float, expected: float,
 ) -> None:
     assert worst_case_s({"name": "s", "retry": retry, "timeout_s": timeout_s}) == pytest.approx(expected)
+
+
+def test_timeline__draws_the_compensations_in_a_lane_of_their_own_after_the_forward_steps() -> None:
+    stored = execution(
+        {"name": "reserve", "status": "SUCCEEDED", "attempts": [attempt(1, 0, 100, "succeeded")]},
+        {"name": "charge", "status": "SUCCEEDED", "attempts": [attempt(1, 100, 200, "succeeded")]},
+        {"name": "capture", "status": "FAILED", "attempts": [attempt(1, 200, 300, "failed")]},
+        finished=900)
+    stored["rollback"] = {"started_at": at(300)}
+    stored["compensations"] = [
+        {"name": "charge", "status": "SUCCEEDED", "attempts": [
+            attempt(1, 300, 400, "failed", error_type="E", message="gateway"),
+            attempt(2, 500, 600, "succeeded")]},
+        {"name": "reserve", "status": "RUNNING", "attempts": [],
+         "current": {"n": 1, "worker": "w2", "started_at": at(650)}},
+    ]
+    picture = svg(stored, now=now(1000))
+
+    forward, lane = picture.split('<g class="rollback-lane">')
+    assert re.findall(r'class="step-label">(\w+)', forward) == ["reserve", "charge", "capture"]
+    assert re.findall(r'class="attempt (\w+)"', forward) == ["succeeded", "succeeded", "failed"]
+    assert 'class="attempt' not in lane  # undoing a step is not another attempt of it
+    assert re.findall(r'class="undo-label">\u21a9 (\w+) \((\w+)\)', lane) == [
+        ("charge", "succeeded"), ("reserve", "running")]
+    assert re.findall(r'class="undo (\w+)"', lane) == ["failed", "succeeded", "running"]
+    assert lane.count('class="wait"') == 1 and lane.count('class="rollback-start"') == 1
+    assert "undo charge attempt 1: failed" in lane
+
+
+def test_timeline__of_an_execution_never_rolled_back_has_no_rollback_lane() -> None:
+    picture = svg(execution({"name": "a", "status": "FAILED", "attempts": [attempt(1, 0, 10, "failed")]},
+                            finished=10), now=now(20))
+    assert "rollback" not in picture and "undo" not in picture
+
+
+def test_badges__give_each_status_of_a_rollback_a_colour_of_its_own() -> None:
+    from detflow_site.templatetags.console import BADGES, badge
+    from executions.engine import ExecutionStatus, StepStatus
+
+    assert {s.value for s in [*ExecutionStatus, *StepStatus]} <= set(BADGES)
+    assert len(set(BADGES.values())) == len(BADGES)  # no two statuses look alike
+    assert badge("COMPENSATION_FAILED") == ('<span class="detflow-badge status-compensation_failed" '
+                                            'style="background:#ad1457">COMPENSATION_FAILED</span>')
