@@ -64,7 +64,8 @@ class DetflowSettings:
     API_MAX_BODY_BYTES: int = 2 * 1024 * 1024
     #: Deepest nesting of a JSON value (an ``input``, an ``output``) the API accepts.
     API_MAX_JSON_DEPTH: int = 32
-    #: Write a post-mortem when an execution finishes (FAILED, CANCELLED, or slow); off: on request only.
+    #: Write a post-mortem when an execution finishes (FAILED, CANCELLED, rolled back, or slow); off:
+    #: on request only.
     INSIGHTS_AUTO: bool = True
     #: Model asked for post-mortems when ``OPENAI_API_KEY`` is set.
     INSIGHTS_MODEL: str = "gpt-4o-mini"

@@ -1,7 +1,7 @@
 """Who may do what: the ``viewers`` and ``operators`` Django groups, and API tokens for their members.
 
 Viewers read workflows and executions; operators also register workflows, start executions and
-uploads, and cancel, retry and skip. A superuser has both roles.
+uploads, and cancel, retry, skip and compensate. A superuser has both roles.
 """
 from __future__ import annotations
 
