@@ -1,4 +1,4 @@
-"""Handlers the fault-injection tests steer: one arms a crash point, one blocks until released.
+"""Handlers the fault-injection tests steer: some arm a crash point, one blocks until released.
 
 They note their runs in ``tests.handlers.LEDGER`` like every test handler, so that a test can
 check that each attempt ran its handler once.
@@ -12,7 +12,7 @@ from typing import Any
 from executions import faults
 from tests.handlers import _note
 from workflows.context import StepContext
-from workflows.errors import LeaseLost
+from workflows.errors import LeaseLost, PermanentError
 from workflows.registry import step
 
 #: Longest a gated handler waits for its gate; a test that forgets to open it fails, not hangs.
@@ -26,6 +26,62 @@ def arm_crash(ctx: StepContext) -> dict[str, Any]:
     if ctx.step == ctx.input.get("arm_in") and ctx.attempt == 1:
         faults.arm(ctx.input["point"])
     return {"step": ctx.step, "attempt": ctx.attempt}
+
+
+def _arms(ctx: StepContext) -> None:
+    """Arm crash point ``input["point"]`` on attempt 1 of what ``input["arm_in"]`` names: a step
+    (``s2``) or the compensation of one (``s2:compensate``)."""
+    here = f"{ctx.step}:compensate" if ctx.compensation is not None else ctx.step
+    if here == ctx.input.get("arm_in") and ctx.attempt == 1:
+        faults.arm(ctx.input["point"])
+
+
+@step("test.arm_crash_then_fail")
+def arm_crash_then_fail(ctx: StepContext) -> None:
+    """Arm as ``test.arm_crash`` does, then fail for good (a rollback's cause)."""
+    _note(ctx)
+    _arms(ctx)
+    raise PermanentError(f"{ctx.step} refused for good")
+
+
+class Refunds:
+    """What a payment gateway does with refunds: each applied once per idempotency key, however
+    often it is asked (every request counted)."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        #: Every request: (idempotency key, attempt), in the order they came.
+        self.requests: list[tuple[str, int]] = []
+        #: Refunds applied, by idempotency key.
+        self.applied: defaultdict[str, int] = defaultdict(int)
+
+    def refund(self, key: str, attempt: int) -> bool:
+        """Apply the refund of ``key`` unless it was applied; return whether this request did."""
+        with self._guard:
+            self.requests.append((key, attempt))
+            if self.applied[key]:
+                return False
+            self.applied[key] += 1
+            return True
+
+    def reset(self) -> None:
+        with self._guard:
+            self.requests.clear()
+            self.applied.clear()
+
+
+#: The refunds ``test.undo_arm_crash`` asks for.
+REFUNDS = Refunds()
+
+
+@step("test.undo_arm_crash")
+def undo_arm_crash(ctx: StepContext) -> dict[str, Any]:
+    """Compensate: ask for the refund under the idempotency key (its side effect), then arm as
+    ``test.arm_crash`` does (a point after the claim then falls after the effect)."""
+    _note(ctx)
+    applied = REFUNDS.refund(ctx.idempotency_key, ctx.attempt)
+    _arms(ctx)
+    return {"undone": ctx.step, "key": ctx.idempotency_key, "applied": applied}
 
 
 class Gates:
