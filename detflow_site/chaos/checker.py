@@ -6,6 +6,13 @@ most once and each recorded outcome had a run, that no step committed its side e
 no attempt was both recorded and recorded lost, and that no attempt whose handler committed its
 effect was recorded lost unless a crash or a pause was planned for its execution (the store's
 faults, elections included, end within a lease: an outcome they delay is late, never lost).
+
+A rollback is held to the same, its compensations as slots after the steps (``ExecutionState.slot``;
+ledger runs and side effects of a compensation are named ``<step>:compensate``), and to its own
+promises: the plan names only steps that completed and have a compensation, newest first, every one
+that succeeded; each compensation is claimed only after the ones before it in the plan SUCCEEDED or
+were SKIPPED (strict reverse order); each commits its outcome once; no forward step is claimed once
+the rollback started; COMPENSATED only when every compensation SUCCEEDED or was SKIPPED.
 """
 from __future__ import annotations
 
@@ -15,11 +22,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from executions import audit, store
-from executions.engine import DONE_STEP, TERMINAL, IllegalTransition, StepStatus, evolve
+from executions.engine import (
+    DONE_STEP,
+    TERMINAL,
+    ExecutionState,
+    IllegalTransition,
+    StepStatus,
+    evolve,
+    rollback_plan,
+)
+from executions.events import COMPENSATION_KINDS
 
 #: Planned faults that may lose an attempt whose handler committed its effect: a worker that dies
 #: after the handler ran, or stalls past its lease.
 LOSING_KINDS = frozenset({"crash", "pause"})
+#: Events that close a running attempt (their compensation kinds map onto them).
+OUTCOMES = ("step_succeeded", "attempt_failed", "attempt_lost")
+#: What a compensation's ledger runs and side effects are named after its step.
+UNDO_SUFFIX = ":compensate"
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,12 @@ class Findings:
     violations: list[Violation] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
     lost_attempts: int = 0
+    #: Executions whose rollback started, and the compensations their plans named.
+    rollbacks: int = 0
+    compensations: int = 0
+    #: Compensation attempts claimed, and those of them recorded lost.
+    compensation_attempts: int = 0
+    lost_compensations: int = 0
 
 
 def check(
@@ -63,6 +89,11 @@ def check(
     for doc in docs:
         findings.statuses[doc["status"]] += 1
         findings.lost_attempts += sum(1 for e in doc["events"] if e["type"] == "attempt_lost")
+        kinds_seen = Counter(e["type"] for e in doc["events"])
+        findings.rollbacks += kinds_seen["rollback_started"] > 0
+        findings.compensations += len(doc.get("compensations") or ())
+        findings.compensation_attempts += kinds_seen["compensation_claimed"]
+        findings.lost_compensations += kinds_seen["compensation_attempt_lost"]
         findings.violations += check_history(doc)
         findings.violations += _check_ledger(doc, runs_by_attempt, effects_by_step)
         kinds = (planned or {}).get(doc["_id"], ())
@@ -84,38 +115,128 @@ def check_history(doc: Mapping[str, Any]) -> list[Violation]:
     if seqs != list(range(1, len(seqs) + 1)):
         flag("contiguous", f"event sequence numbers are {_gaps(seqs)}")
     state = store.initial_state(execution_id, doc["definition"])
-    claim: dict[int, tuple[int, int]] = {}  # step index -> (attempt, seq) of its current claim
+    claim: dict[int, tuple[int, int]] = {}  # slot -> (attempt, seq) of its current claim
+    committed: Counter[int] = Counter()  # slot -> outcomes committed as succeeded
     last_fence = 0
+    rollback: int | None = None  # seq of rollback_started
     for event in doc["events"]:
-        seq, kind, index = event.get("seq", 0), event["type"], event.get("step_index")
-        if kind == "step_claimed":
-            step = state.steps[index]
-            blocking = [s.name for s in state.steps[:index] if s.status not in DONE_STEP]
-            if blocking:
-                flag("strict order", f"step {step.name!r} claimed before {blocking} finished", seq)
-            if step.status is StepStatus.SUCCEEDED:
-                flag("no re-run", f"succeeded step {step.name!r} claimed again", seq)
-            if event["attempt"] - step.budget_base > step.policy.max_attempts:
-                flag("attempt budget", f"step {step.name!r} attempt {event['attempt']} exceeds "
-                     f"max_attempts={step.policy.max_attempts}", seq)
+        seq = event.get("seq", 0)
+        kind, index = slot_event(state, event)
+        if kind == "rollback_started":
+            if rollback is not None:
+                flag("rollback plan", f"a second rollback (the first at event {rollback})", seq)
+            rollback = seq
+            found.extend(Violation(execution_id, "rollback plan", detail, (seq,))
+                         for detail in _plan_problems(state, event.get("plan") or [], event.get("by")))
+        elif kind == "step_claimed":
+            step = state.slot(index) if _exists(state, index) else None
+            if step is None:
+                flag("legal transitions", f"{event['type']} of a step or compensation that does not "
+                     f"exist (slot {index})", seq)
+            elif state.is_compensation(index):
+                k = index - len(state.steps)
+                blocking = [c.name for c in state.compensations[:k] if c.status not in DONE_STEP]
+                if blocking:
+                    flag("rollback order", f"compensation of {step.name!r} claimed before the "
+                         f"compensation(s) of {blocking} succeeded or were skipped", seq)
+            else:
+                if rollback is not None:
+                    flag("forward after rollback", f"step {step.name!r} claimed after the rollback "
+                         f"started (event {rollback})", seq)
+                blocking = [s.name for s in state.steps[:index] if s.status not in DONE_STEP]
+                if blocking:
+                    flag("strict order", f"step {step.name!r} claimed before {blocking} finished", seq)
+            if step is not None:
+                what = _what(state, index)
+                if step.status is StepStatus.SUCCEEDED:
+                    flag("no re-run", f"succeeded {what} claimed again", seq)
+                if event["attempt"] - step.budget_base > step.policy.max_attempts:
+                    flag("attempt budget", f"{what} attempt {event['attempt']} exceeds "
+                         f"max_attempts={step.policy.max_attempts}", seq)
             if event.get("fence", 0) <= last_fence:
                 flag("one writer", f"claim fence {event.get('fence')} not above {last_fence}", seq)
             last_fence = event.get("fence", 0)
             claim[index] = (event["attempt"], seq)
-        elif kind in ("step_succeeded", "attempt_failed", "attempt_lost"):
+        elif kind in OUTCOMES:
             current = claim.get(index)
             if current is None or current[0] != event.get("attempt"):
-                flag("one runner", f"outcome of attempt {event.get('attempt')} of step "
-                     f"{event.get('step')!r} recorded while attempt {current and current[0]} held "
+                flag("one runner", f"outcome of attempt {event.get('attempt')} of "
+                     f"{_what(state, index)} recorded while attempt {current and current[0]} held "
                      "the claim", *(x for x in (current and current[1], seq) if x))
+            if kind == "step_succeeded":
+                committed[index] += 1
+                if committed[index] > 1 and state.is_compensation(index):
+                    flag("compensated once", f"{_what(state, index)} committed its outcome "
+                         f"{committed[index]} times", seq)
+        elif kind == "execution_compensated":
+            undone = [c.name for c in state.compensations if c.status not in DONE_STEP]
+            if undone:
+                flag("compensated early", f"COMPENSATED while the compensation(s) of {undone} "
+                     "neither succeeded nor were skipped", seq)
         try:
             state = evolve(state, audit.engine_event(event))
         except (IllegalTransition, KeyError, TypeError, IndexError) as exc:
-            flag("legal transitions", f"{kind}: {exc}", seq)
+            flag("legal transitions", f"{event['type']}: {exc}", seq)
             break
+    if doc["status"] == "COMPENSATED":
+        undone = [c.get("name") for c in doc.get("compensations") or ()
+                  if c.get("status") not in {s.value for s in DONE_STEP}]
+        if undone:
+            flag("compensated early", f"stored COMPENSATED with the compensation(s) of {undone} "
+                 "neither succeeded nor skipped")
     found.extend(Violation(execution_id, "verify", str(d), (d.seq,) if d.seq else ())
                  for d in audit.verify(doc))
     return found
+
+
+def slot_event(state: ExecutionState, event: Mapping[str, Any]) -> tuple[str, int]:
+    """Return ``event``'s forward kind and the slot it is about: a compensation's is past the steps
+    (``ExecutionState.slot``), a step's is its index."""
+    kind = event["type"]
+    if kind in COMPENSATION_KINDS:
+        return COMPENSATION_KINDS[kind], len(state.steps) + int(event.get("compensation_index", 0))
+    return kind, event.get("step_index", -1)
+
+
+def _exists(state: ExecutionState, index: int) -> bool:
+    return isinstance(index, int) and 0 <= index < len(state.steps) + len(state.compensations)
+
+
+def _what(state: ExecutionState, index: int) -> str:
+    if not _exists(state, index):
+        return f"slot {index}"
+    name = state.slot(index).name
+    return f"compensation of {name!r}" if state.is_compensation(index) else f"step {name!r}"
+
+
+def _plan_problems(state: ExecutionState, plan: list[int], by: str | None) -> list[str]:
+    """What is wrong with a rollback ``plan`` started on ``state``: a step that never completed or
+    has no compensation, an order other than newest first, or a succeeded step left out (an
+    operator's plan may name skipped steps too; the engine's, on failure, never does)."""
+    problems = []
+    steps = state.steps
+    wrong = [steps[i].name if 0 <= i < len(steps) else str(i) for i in plan
+             if not 0 <= i < len(steps) or steps[i].status not in DONE_STEP or steps[i].compensate is None]
+    if wrong:
+        problems.append(f"plan names {wrong}, which never completed or have no compensation")
+    if plan != sorted(set(plan), reverse=True):
+        problems.append(f"plan {plan} is not the completed steps newest first")
+    allowed = rollback_plan(state, include_skipped=by is not None)
+    missed = [steps[i].name for i in rollback_plan(state) if i not in plan]
+    if missed:
+        problems.append(f"plan {plan} leaves out {missed}, which succeeded")
+    elif not wrong and not set(plan) <= set(allowed):
+        problems.append(f"plan {plan} names steps an on_failure rollback never undoes")
+    return problems
+
+
+def _named(event: Mapping[str, Any]) -> str:
+    """Return the name a ledger run or side effect of ``event``'s slot carries."""
+    return event["step"] + (UNDO_SUFFIX if event["type"] in COMPENSATION_KINDS else "")
+
+
+def _kind(event: Mapping[str, Any]) -> str:
+    return COMPENSATION_KINDS.get(event["type"], event["type"])
 
 
 def _check_ledger(
@@ -125,10 +246,10 @@ def _check_ledger(
 ) -> list[Violation]:
     execution_id = doc["_id"]
     found = []
-    claimed = {(e["step"], e["attempt"]): e["seq"] for e in doc["events"]
-               if e["type"] == "step_claimed"}
-    recorded = {(e["step"], e["attempt"]): e["seq"] for e in doc["events"]
-                if e["type"] in ("step_succeeded", "attempt_failed")}
+    claimed = {(_named(e), e["attempt"]): e["seq"] for e in doc["events"]
+               if _kind(e) == "step_claimed"}
+    recorded = {(_named(e), e["attempt"]): e["seq"] for e in doc["events"]
+                if _kind(e) in ("step_succeeded", "attempt_failed")}
     for (run_execution, step, attempt), count in runs.items():
         if run_execution != execution_id:
             continue
@@ -142,14 +263,16 @@ def _check_ledger(
         if runs[(execution_id, step, attempt)] == 0:
             found.append(Violation(execution_id, "ledger", f"outcome of attempt {attempt} of "
                                    f"{step!r} recorded, but its handler never ran", (seq,)))
-    for step in doc["steps"]:
-        count = effects[(execution_id, step["name"])]
+    slots = [("step", s["name"], s) for s in doc["steps"]] + [
+        ("compensation", c["name"] + UNDO_SUFFIX, c) for c in doc.get("compensations") or ()]
+    for what, name, stored in slots:
+        count = effects[(execution_id, name)]
         if count > 1:
             found.append(Violation(execution_id, "side effects",
-                                   f"step {step['name']!r} committed its side effect {count} times"))
-        if step["status"] == StepStatus.SUCCEEDED.value and count == 0:
+                                   f"{what} {name!r} committed its side effect {count} times"))
+        if stored["status"] == StepStatus.SUCCEEDED.value and count == 0:
             found.append(Violation(execution_id, "side effects",
-                                   f"step {step['name']!r} succeeded without its side effect"))
+                                   f"{what} {name!r} succeeded without its side effect"))
     return found
 
 
@@ -160,12 +283,12 @@ def _check_lost(
     was planned) an attempt recorded lost whose handler committed its effect."""
     execution_id = doc["_id"]
     found = []
-    outcomes = {(e["step"], e["attempt"]): e["seq"] for e in doc["events"]
-                if e["type"] in ("step_succeeded", "attempt_failed")}
+    outcomes = {(_named(e), e["attempt"]): e["seq"] for e in doc["events"]
+                if _kind(e) in ("step_succeeded", "attempt_failed")}
     for event in doc["events"]:
-        if event["type"] != "attempt_lost":
+        if _kind(event) != "attempt_lost":
             continue
-        step, attempt, seq = event["step"], event["attempt"], event["seq"]
+        step, attempt, seq = _named(event), event["attempt"], event["seq"]
         if (step, attempt) in outcomes:
             found.append(Violation(execution_id, "lost and recorded", f"attempt {attempt} of "
                                    f"{step!r} was recorded and recorded lost",

@@ -11,6 +11,8 @@ that a recovered step never waits behind a backlog: its recovery is the lease an
 keep pace with the kills (a share of the executions per kill), so that every kill falls inside the
 work. One kill at a time: a kill waits until the steps the last one left RUNNING are claimed again,
 for its victim and a peer to be ready, and up to ``AIM_S`` for its victim to hold a RUNNING attempt.
+A share of the executions rolls back (``FleetOptions.rollbacks``, as ``run`` does), so kills fall in
+compensations too: a RUNNING compensation is named ``<step>:compensate`` in the kill's record.
 """
 from __future__ import annotations
 
@@ -24,13 +26,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pymongo.errors import PyMongoError
 
 from detflow_site import conf, services
 from detflow_site.chaos import checker, handlers
+from detflow_site.chaos.checker import UNDO_SUFFIX
 from detflow_site.chaos.report import FleetReport, KillRecord
-from detflow_site.chaos.run import TIMEOUT_S, WORKFLOW, register
+from detflow_site.chaos.run import TIMEOUT_S, handler_faults, register_all, target, workflow_of
 from detflow_site.chaos.schedule import HANDLER_KINDS, Schedule, plan
 from detflow_site.processes import Child, manage_command
 from executions import dispatch, operations, store
@@ -74,6 +78,8 @@ class FleetOptions:
     #: recovered step's message is taken at once).
     in_flight: int | None = None
     drain_timeout: float = 300.0
+    #: Share of the executions that roll back (a step of theirs fails for good).
+    rollbacks: float = 0.25
 
     def kill_count(self) -> int:
         return self.kills if self.kills is not None else max(3, self.executions // 22)
@@ -161,10 +167,11 @@ def run(options: FleetOptions, say: Callable[[str], None]) -> FleetReport:
     if services.is_embedded_store():
         raise ValueError("chaos on worker processes needs a store they share: DETFLOW_MONGODB_URL")
     settings = conf.get()
-    schedule = plan(options.seed, options.executions, options.steps, options.faults)
+    schedule = plan(options.seed, options.executions, options.steps, options.faults,
+                    rollbacks=options.rollbacks)
     kills = plan_kills(options.seed, options.kill_count(), options.processes, options.kill_interval_s)
     run_id = f"{options.seed}-{secrets.token_hex(4)}"
-    stored = register(options.steps)
+    versions = register_all(options.steps)
     report = FleetReport(options, schedule, SWEEP_INTERVAL_S, RECOVERY_SLACK_S)
     directory = Path(tempfile.mkdtemp(prefix="detflow-chaos-workers-"))
     modules = ",".join(dict.fromkeys((*settings.HANDLER_MODULES, handlers.__name__)))
@@ -183,7 +190,7 @@ def run(options: FleetOptions, say: Callable[[str], None]) -> FleetReport:
         for worker in workers:
             worker.start()
         sweeper.start()
-        ids = _drive(options, schedule, kills, stored.version, run_id, workers, report, say)
+        ids = _drive(options, schedule, kills, versions, run_id, workers, report, say)
     finally:
         sweeper.stop()
         for worker in workers:
@@ -198,7 +205,7 @@ def run(options: FleetOptions, say: Callable[[str], None]) -> FleetReport:
     return report
 
 
-def _drive(options: FleetOptions, schedule: Schedule, kills: list[PlannedKill], version: int,
+def _drive(options: FleetOptions, schedule: Schedule, kills: list[PlannedKill], versions: dict[str, int],
            run_id: str, workers: list[Worker], report: FleetReport,
            say: Callable[[str], None]) -> list[str]:
     """Start the executions as room frees up, kill on schedule, until every one has finished."""
@@ -229,7 +236,7 @@ def _drive(options: FleetOptions, schedule: Schedule, kills: list[PlannedKill], 
         else:
             cap = options.executions
         while len(ids) < cap and len(in_flight) < limit:
-            execution_id = _start(schedule, len(ids), version, run_id, options.work_s, report)
+            execution_id = _start(schedule, len(ids), versions, run_id, options.work_s, report)
             ids.append(execution_id)
             in_flight.add(execution_id)
         # A kill waits for its victim and a peer to be ready: a kill hits a working process,
@@ -274,13 +281,14 @@ def _unfinished(ids: set[str]) -> set[str]:
     return {doc["_id"] for doc in found}
 
 
-def _start(schedule: Schedule, index: int, version: int, run_id: str, work_s: float,
+def _start(schedule: Schedule, index: int, versions: dict[str, int], run_id: str, work_s: float,
            report: FleetReport) -> str:
     """Start execution ``index`` with its handler faults in its input, then send its extra messages."""
     mine = schedule.for_execution(index)
-    planted = [{"kind": f.kind, "step": f.step, "count": f.count} for f in mine if f.kind in HANDLER_KINDS]
-    chaos = {"run": run_id, "faults": planted, "hang_s": TIMEOUT_S * 3, "work_s": work_s}
-    doc, _ = operations.start(WORKFLOW, {"chaos": chaos}, version=version, by="chaos")
+    chaos = {"run": run_id, "faults": handler_faults(schedule, index), "hang_s": TIMEOUT_S * 3,
+             "work_s": work_s}
+    workflow = workflow_of(schedule, index, chaos)
+    doc, _ = operations.start(workflow, {"chaos": chaos}, version=versions[workflow], by="chaos")
     for fault in mine:
         if fault.kind == "duplicate":
             sent = sum(dispatch.send(doc["_id"]) for _ in range(fault.count))
@@ -312,16 +320,23 @@ def _recovered(last: list[KillRecord]) -> bool:
         return True
     try:
         docs = {d["_id"]: d for d in store.collection().find(
-            {"_id": {"$in": sorted({r[0] for r in running})}}, {"steps": 1, "status": 1})}
+            {"_id": {"$in": sorted({r[0] for r in running})}},
+            {"steps": 1, "compensations": 1, "status": 1})}
     except PyMongoError:
         return False
     for execution_id, name, attempt in running:
         doc = docs.get(execution_id)
         if doc is None or doc["status"] in {s.value for s in TERMINAL}:
             continue
-        if any(s["name"] == name and s.get("attempt", 0) <= attempt for s in doc["steps"]):
+        if any(slot_name == name and s.get("attempt", 0) <= attempt for slot_name, s in _slots(doc)):
             return False
     return True
+
+
+def _slots(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Return the stored steps and compensations, each with the name its ledger runs carry."""
+    return [(s["name"], s) for s in doc.get("steps") or ()] + [
+        (c["name"] + UNDO_SUFFIX, c) for c in doc.get("compensations") or ()]
 
 
 def _running(worker: Worker, in_flight: set[str]) -> bool:
@@ -338,13 +353,24 @@ def _held(pids: list[int], in_flight: set[str]) -> list[tuple[str, str, int]]:
     """Return ``(execution id, step, attempt)`` of the attempts RUNNING in processes ``pids``."""
     running = []
     owners = {str(pid) for pid in pids}
-    for doc in store.collection().find({"_id": {"$in": sorted(in_flight)}, "status": "RUNNING"},
-                                       {"steps": 1}):
-        for step in doc["steps"]:
+    for doc in store.collection().find(
+            {"_id": {"$in": sorted(in_flight)}, "status": {"$in": ["RUNNING", "COMPENSATING"]}},
+            {"steps": 1, "compensations": 1}):
+        for name, step in _slots(doc):
             owner = (step.get("lease_owner") or "").split(":")
             if step.get("status") == "RUNNING" and len(owner) > 1 and owner[1] in owners:
-                running.append((doc["_id"], step["name"], int(step.get("attempt", 0))))
+                running.append((doc["_id"], name, int(step.get("attempt", 0))))
     return running
+
+
+#: A claim and a lost attempt, of a step or of a compensation.
+CLAIMS = ("step_claimed", "compensation_claimed")
+LOST = ("attempt_lost", "compensation_attempt_lost")
+
+
+def _named(event: dict[str, Any]) -> str:
+    """Return the ledger name of the step (or compensation) ``event`` is about."""
+    return event["step"] + (UNDO_SUFFIX if event["type"].startswith("compensation_") else "")
 
 
 def _check(report: FleetReport, ids: list[str], run_id: str) -> None:
@@ -359,26 +385,29 @@ def _check(report: FleetReport, ids: list[str], run_id: str) -> None:
         kinds = planned.setdefault(
             doc["_id"], {f.kind for f in report.schedule.for_execution(position[doc["_id"]])})
         # An attempt recorded lost whose worker was SIGKILLed lost its outcome to the kill.
-        if any(e["type"] == "attempt_lost" and (e.get("worker") or "::").split(":")[1] in killed
+        if any(e["type"] in LOST and (e.get("worker") or "::").split(":")[1] in killed
                for e in doc["events"]):
             kinds.add("crash")
     report.findings = checker.check(docs, runs, effects, planned)
     report.effects = len(effects)
     report.succeeded_steps = sum(1 for d in docs for s in d["steps"] if s["status"] == "SUCCEEDED")
+    report.succeeded_compensations = sum(1 for d in docs for c in d.get("compensations") or ()
+                                         if c["status"] == "SUCCEEDED")
     first_runs = {(r["execution_id"], r["step"]) for r in runs}
     by_id = {d["_id"]: d for d in docs}
     for index, execution_id in enumerate(ids):
         for fault in report.schedule.for_execution(index):
-            if fault.kind in HANDLER_KINDS and (execution_id, f"step-{(fault.step or 0) + 1}") in first_runs:
+            if fault.kind in HANDLER_KINDS and (execution_id, target(fault)) in first_runs:
                 report.injected[fault.kind] += 1
     for kill in report.kills:
         for execution_id, name, attempt in kill.running:
-            claims = [store.to_ms(e["at"]) or 0 for e in by_id.get(execution_id, {}).get("events", [])
-                      if e["type"] == "step_claimed" and e["step"] == name and e["attempt"] > attempt]
+            events = by_id.get(execution_id, {}).get("events", [])
+            claims = [store.to_ms(e["at"]) or 0 for e in events
+                      if e["type"] in CLAIMS and _named(e) == name and e["attempt"] > attempt]
             kill.recovered_ms.append(min(claims) - kill.at_ms if claims else None)
             # What the retry policy made the step wait once it was recorded lost (a backoff).
-            lost = [e for e in by_id.get(execution_id, {}).get("events", [])
-                    if e["type"] == "attempt_lost" and e["step"] == name and e["attempt"] == attempt]
+            lost = [e for e in events
+                    if e["type"] in LOST and _named(e) == name and e["attempt"] == attempt]
             retry_at = store.to_ms(lost[0].get("next_retry_at")) if lost else None
             kill.backoff_ms.append(max(0, retry_at - (store.to_ms(lost[0]["at"]) or 0))
                                    if lost and retry_at else 0)

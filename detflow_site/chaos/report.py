@@ -8,10 +8,26 @@ from typing import TYPE_CHECKING, Any
 
 from detflow_site import conf, services
 from detflow_site.chaos import checker
+from detflow_site.chaos.checker import UNDO_SUFFIX
 from detflow_site.chaos.schedule import Schedule
 
 if TYPE_CHECKING:
     from detflow_site.chaos.fleet import FleetOptions
+
+
+def rollback_counts(schedule: Schedule, findings: checker.Findings, struck: int) -> dict[str, int]:
+    """Return what the run's rollbacks did: planned, started, compensations named, attempts
+    claimed and recorded lost; ``struck``: the crashes (or kills) that fell in them."""
+    return {"planned": len(schedule.rollbacks), "started": findings.rollbacks,
+            "compensations": findings.compensations,
+            "compensation_attempts": findings.compensation_attempts,
+            "compensation_attempts_lost": findings.lost_compensations, "struck": struck}
+
+
+def rollback_line(counts: dict[str, int]) -> str:
+    return (f"rollbacks: {counts['started']} started of {counts['planned']} planned, "
+            f"{counts['compensations']} compensations, {counts['compensation_attempts']} compensation "
+            f"attempts ({counts['compensation_attempts_lost']} recorded lost)")
 
 
 @dataclass
@@ -68,11 +84,16 @@ class FleetReport:
     sweeps: dict[str, int] = field(default_factory=dict)
     effects: int = 0
     succeeded_steps: int = 0
+    succeeded_compensations: int = 0
     findings: checker.Findings = field(default_factory=checker.Findings)
 
     @property
     def bound_ms(self) -> int:
         return round((self.options.lease_s + self.sweep_interval_s + self.slack_s) * 1000)
+
+    def kills_in_rollbacks(self) -> int:
+        """Count the kills that left a compensation RUNNING."""
+        return sum(1 for k in self.kills if any(name.endswith(UNDO_SUFFIX) for _, name, _ in k.running))
 
     def recoveries(self) -> list[int]:
         """Every recovery less its retry backoff, fastest first (what the bound holds to)."""
@@ -106,7 +127,9 @@ class FleetReport:
                             "max": times[-1] if times else None, "bound": self.bound_ms,
                             "never_claimed_again": never},
             "statuses": dict(self.findings.statuses),
-            "side_effects": {"committed": self.effects, "succeeded_steps": self.succeeded_steps},
+            "rollbacks": rollback_counts(self.schedule, self.findings, self.kills_in_rollbacks()),
+            "side_effects": {"committed": self.effects, "succeeded_steps": self.succeeded_steps,
+                             "succeeded_compensations": self.succeeded_compensations},
             "lost_attempts_recorded": self.findings.lost_attempts,
             "sweeper": self.sweeps,
             "violations": [str(v) for v in self.findings.violations],
@@ -138,9 +161,12 @@ class FleetReport:
                    f"(bound: lease + sweep + {self.slack_s:g}s = {rec['bound']})"
                    + (f"; {n} never claimed again" if (n := rec["never_claimed_again"]) else ""))
         out.append("final statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(data["statuses"].items())))
+        out.append(rollback_line(data["rollbacks"])
+                   + f"; kills with a compensation RUNNING {data['rollbacks']['struck']}")
         effects = data["side_effects"]
         out.append(f"side effects committed: {effects['committed']} for {effects['succeeded_steps']} "
-                   f"succeeded steps; lost attempts recorded: {data['lost_attempts_recorded']}")
+                   f"succeeded steps and {effects['succeeded_compensations']} succeeded compensations; "
+                   f"lost attempts recorded: {data['lost_attempts_recorded']}")
         for exit_ in self.unexpected_exits:
             out.append(f"worker exited on its own: ...{exit_[-800:]}")
         if self.findings.violations:

@@ -1,6 +1,10 @@
 """A chaos run: start N executions with planted faults, run them on this process's worker
 threads while the nemesis strikes, drain, and check.
 
+A share of the executions (``Options.rollbacks``) runs the rolling-back workflow: the same steps,
+each but one naming a compensation, ``on_failure: compensate``, and one step that fails for good,
+so that their compensations run under the same faults.
+
 Crash points, pauses and broken mechanisms act on this process's threads only: run chaos with no
 other worker consuming the queue.
 """
@@ -20,6 +24,7 @@ from pymongo.errors import PyMongoError
 from detflow_site import conf, services
 from detflow_site.chaos import checker, handlers
 from detflow_site.chaos.nemesis import Nemesis
+from detflow_site.chaos.report import rollback_counts, rollback_line
 from detflow_site.chaos.schedule import (
     HANDLER_KINDS,
     KINDS,
@@ -27,6 +32,7 @@ from detflow_site.chaos.schedule import (
     STORE_KINDS,
     Fault,
     Schedule,
+    compensated,
     expand,
     plan,
 )
@@ -36,8 +42,10 @@ from executions.engine import TERMINAL
 from executions.workers import WorkerPool
 from workflows import definitions
 
-#: The chaos workflow's name.
+#: The chaos workflow's name, and the rolling-back one's.
 WORKFLOW = "chaos"
+ROLLBACK_WORKFLOW = "chaos-rollback"
+WORKFLOWS = (WORKFLOW, ROLLBACK_WORKFLOW)
 #: A step's timeout; a planted hang sleeps three times as long.
 TIMEOUT_S = 2.0
 
@@ -53,6 +61,8 @@ class Options:
     #: Test-only: safety mechanisms switched off to show that the checker notices.
     broken: tuple[str, ...] = ()
     deduplicate: bool = True
+    #: Share of the executions that roll back (a step of theirs fails for good).
+    rollbacks: float = 0.25
 
 
 @dataclass
@@ -70,6 +80,8 @@ class Report:
     #: Store calls the store faults struck, by mode (``before``, ``after``, ``not_primary``,
     #: ``latency``; ``spike``: the latency calls that were spikes).
     store_calls: dict[str, int] = field(default_factory=dict)
+    #: Crashes that fell in an execution's rollback (after its rollback started).
+    crashes_in_rollbacks: int = 0
     findings: checker.Findings = field(default_factory=checker.Findings)
 
     @property
@@ -98,6 +110,7 @@ class Report:
                        for k in self.options.faults},
             "store_calls_struck": dict(sorted(self.store_calls.items())),
             "statuses": dict(self.findings.statuses),
+            "rollbacks": rollback_counts(self.schedule, self.findings, self.crashes_in_rollbacks),
             "recoveries": self.recoveries,
             "recovery_latency_ms": self.latency(),
             "violations": [str(v) for v in self.findings.violations],
@@ -115,6 +128,7 @@ class Report:
             out.append("store calls struck: " + ", ".join(
                 f"{k} {v}" for k, v in data["store_calls_struck"].items()))
         out.append("final statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(data["statuses"].items())))
+        out.append(rollback_line(data["rollbacks"]) + f"; crashes in them {self.crashes_in_rollbacks}")
         out.append("recoveries: " + ", ".join(f"{k} {v}" for k, v in data["recoveries"].items()))
         lat = data["recovery_latency_ms"]
         out.append(f"recovery latency, crash to next claim (ms): n={lat['count']} p50={lat['p50']} "
@@ -132,7 +146,8 @@ class Report:
 def prepare(options: Options) -> Schedule:
     """Return the run's schedule; raise ``ValueError`` for an unknown kind or an election too long
     for the lease (one must end while the claims it catches still hold, so that it loses nothing)."""
-    schedule = plan(options.seed, options.executions, options.steps, expand(options.faults))
+    schedule = plan(options.seed, options.executions, options.steps, expand(options.faults),
+                    rollbacks=options.rollbacks)
     lease_s = conf.get().LEASE_S
     # The last renewal before an election may be a renewal interval (a third of the lease) old,
     # and the write that follows it waits up to a backoff step more.
@@ -191,6 +206,7 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
     report.injected.update(_struck(planted + nemesis.rules))
     recoveries = _recoveries(fired, docs)
     report.latencies_ms = [latency for latency, _ in recoveries]
+    report.crashes_in_rollbacks = _in_rollbacks(fired, docs)
     if recoveries:
         latency, crash = max(recoveries, key=lambda r: r[0])
         report.slowest = (crash.point, crash.execution_id or "?", latency)
@@ -206,15 +222,15 @@ def _start(
     """Start the run's executions with their planted faults: the handler's in its input, crash
     points armed, store rules added to ``seam``. Return the ids and the store rules by fault."""
     settings = conf.get()
-    stored = register(options.steps)
+    versions = register_all(options.steps)
     pause_s = settings.LEASE_S * 3 + settings.SWEEP_INTERVAL_S + settings.SWEEP_GRACE_S + 10
     ids: list[str] = []
     rules: list[tuple[Fault, Rule]] = []
     for index in range(options.executions):
-        planted = [{"kind": f.kind, "step": f.step, "count": f.count}
-                   for f in schedule.for_execution(index) if f.kind in HANDLER_KINDS]
+        planted = handler_faults(schedule, index)
         chaos = {"run": run_id, "faults": planted, "hang_s": TIMEOUT_S * 3, "pause_s": pause_s}
-        doc, _ = operations.start(WORKFLOW, {"chaos": chaos}, version=stored.version, by="chaos")
+        workflow = workflow_of(schedule, index, chaos)
+        doc, _ = operations.start(workflow, {"chaos": chaos}, version=versions[workflow], by="chaos")
         ids.append(doc["_id"])
         for fault in schedule.for_execution(index):
             if fault.kind == "crash" and fault.point:
@@ -228,17 +244,50 @@ def _start(
     return ids, rules
 
 
-def register(steps: int) -> Any:
-    """Register (or find) the chaos workflow with ``steps`` steps."""
+#: The retry policy of every chaos step and compensation.
+RETRY = {"max_attempts": 6, "initial_delay_s": 0.2, "multiplier": 2, "max_delay_s": 2, "jitter": 0.2}
+
+
+def register(steps: int, rollback: bool = False) -> Any:
+    """Register (or find) the chaos workflow with ``steps`` steps (with ``rollback``, the
+    rolling-back one: the steps ``schedule.compensated`` names have a compensation)."""
+    undo = {"handler": handlers.UNDO_HANDLER, "timeout_s": TIMEOUT_S, "retry": RETRY}
     stored, _ = definitions.register({
-        "name": WORKFLOW,
-        "description": "detflow's chaos workflow: every step records its runs and side effect",
+        "name": ROLLBACK_WORKFLOW if rollback else WORKFLOW,
+        "description": "detflow's chaos workflow: every step records its runs and side effect"
+                       + ("; a failure for good rolls back" if rollback else ""),
         "steps": [{"name": f"step-{i + 1}", "handler": handlers.HANDLER, "timeout_s": TIMEOUT_S,
-                   "retry": {"max_attempts": 6, "initial_delay_s": 0.2, "multiplier": 2,
-                             "max_delay_s": 2, "jitter": 0.2}}
+                   "retry": RETRY, **({"compensate": undo} if rollback and i in compensated(steps) else {})}
                   for i in range(steps)],
+        **({"on_failure": "compensate"} if rollback else {}),
     })
     return stored
+
+
+def register_all(steps: int) -> dict[str, int]:
+    """Register both chaos workflows; return the version of each by name."""
+    return {WORKFLOW: register(steps).version, ROLLBACK_WORKFLOW: register(steps, rollback=True).version}
+
+
+def handler_faults(schedule: Schedule, index: int) -> list[dict[str, Any]]:
+    """Return the faults execution ``index``'s handlers inject (its input's ``chaos.faults``)."""
+    return [{"kind": f.kind, "step": f.step, "count": f.count, **({"undo": True} if f.undo else {})}
+            for f in schedule.for_execution(index) if f.kind in HANDLER_KINDS]
+
+
+def workflow_of(schedule: Schedule, index: int, chaos: dict[str, Any]) -> str:
+    """Return the workflow execution ``index`` runs; one that rolls back gets its failing step in
+    ``chaos`` (``fail_at``)."""
+    fails_at = schedule.fails_at(index)
+    if fails_at is None:
+        return WORKFLOW
+    chaos["fail_at"] = fails_at
+    return ROLLBACK_WORKFLOW
+
+
+def target(fault: Fault) -> str:
+    """Return the ledger name of what a handler fault hits: a step, or its compensation."""
+    return f"step-{(fault.step or 0) + 1}" + (checker.UNDO_SUFFIX if fault.undo else "")
 
 
 def _drain(ids: list[str], timeout_s: float, say: Callable[[str], None]) -> None:
@@ -249,8 +298,9 @@ def _drain(ids: list[str], timeout_s: float, say: Callable[[str], None]) -> None
         # mongomock would check against each stored document on every poll.
         try:
             left = store.collection().count_documents(
-                {"workflow": WORKFLOW, "$or": [{"status": {"$nin": [s.value for s in TERMINAL]}},
-                                               {"due_at": {"$exists": True}}]}
+                {"workflow": {"$in": list(WORKFLOWS)},
+                 "$or": [{"status": {"$nin": [s.value for s in TERMINAL]}},
+                         {"due_at": {"$exists": True}}]}
             )
         except PyMongoError:  # an election the nemesis holds: ask again
             time.sleep(0.1)
@@ -273,9 +323,8 @@ def _injected(fired: list[faults.Fired], nemesis: Nemesis, runs: list[dict[str, 
                   if not i.detail.startswith("failed") and i.kind not in STORE_KINDS)
     first_runs = {(r["execution_id"], r["step"]) for r in runs}
     for fault in schedule.faults:
-        target = None if fault.execution is None else (ids[fault.execution],
-                                                        f"step-{(fault.step or 0) + 1}")
-        if fault.kind in HANDLER_KINDS and target in first_runs:
+        hit = None if fault.execution is None else (ids[fault.execution], target(fault))
+        if fault.kind in HANDLER_KINDS and hit in first_runs:
             counts[fault.kind] += 1
     return counts
 
@@ -291,10 +340,18 @@ def _recoveries(fired: list[faults.Fired], docs: list[dict[str, Any]]) -> list[t
     claims: dict[str, list[int]] = {}
     for doc in docs:
         claims[doc["_id"]] = sorted(store.to_ms(e["at"]) or 0 for e in doc["events"]
-                                    if e["type"] == "step_claimed")
+                                    if e["type"] in ("step_claimed", "compensation_claimed"))
     latencies = []
     for crash in fired:
         later = [at for at in claims.get(crash.execution_id or "", []) if at >= crash.at_ms]
         if later:
             latencies.append((later[0] - crash.at_ms, crash))
     return latencies
+
+
+def _in_rollbacks(fired: list[faults.Fired], docs: list[dict[str, Any]]) -> int:
+    """Count the crashes that fell in a rollback: after its execution's rollback started."""
+    started = {doc["_id"]: store.to_ms(e["at"]) or 0 for doc in docs for e in doc["events"]
+               if e["type"] == "rollback_started"}
+    return sum(1 for crash in fired
+               if crash.execution_id in started and crash.at_ms >= started[crash.execution_id])

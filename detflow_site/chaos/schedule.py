@@ -1,11 +1,17 @@
 """The fault schedule: which faults hit which execution, step and moment, drawn from a seed.
 
+A share of the executions (``plan(..., rollbacks=...)``) rolls back: one of their steps fails for
+good on every run, so the compensations of the steps before it run, newest first. The faults drawn
+for such an execution are then aimed at its rollback half the time: a crash at a pass (a store
+fault at a write) that falls among its compensations', a handler fault at a compensation
+(``undo``), so that every kind strikes compensations as it strikes steps.
+
 Pure: the same seed and options always give the same schedule (``describe()`` compares equal).
 """
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from executions.faults import POINTS
@@ -50,6 +56,8 @@ class Fault:
     delay_s: float = 0.0
     #: How long an election, a latency or spikes last, in seconds.
     duration_s: float = 0.0
+    #: A handler fault that hits the compensation of step ``step`` instead of the step.
+    undo: bool = False
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,13 @@ class Schedule:
     executions: int
     steps: int
     faults: tuple[Fault, ...]
+    #: ``(execution index, step index)``: the executions that roll back, and the step that fails
+    #: for good in each (every step before it has run; those with a compensation are undone).
+    rollbacks: tuple[tuple[int, int], ...] = ()
+
+    def fails_at(self, index: int) -> int | None:
+        """Return the step that fails for good in execution ``index`` (``None``: it does not roll back)."""
+        return dict(self.rollbacks).get(index)
 
     def for_execution(self, index: int) -> list[Fault]:
         return [f for f in self.faults if f.execution == index]
@@ -86,11 +101,20 @@ def expand(kinds: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(named))
 
 
+def compensated(steps: int) -> tuple[int, ...]:
+    """Return the steps of the rolling-back workflow that name a compensation: all but the second
+    when there are three or more (a rollback then passes over a step it has nothing to undo for)."""
+    return tuple(i for i in range(steps) if steps < 3 or i != 1)
+
+
 def plan(
-    seed: int, executions: int, steps: int, kinds: tuple[str, ...] = KINDS, rate: float = 0.5
+    seed: int, executions: int, steps: int, kinds: tuple[str, ...] = KINDS, rate: float = 0.5,
+    rollbacks: float = 0.0,
 ) -> Schedule:
     """Draw a schedule: every chosen kind at least once (when there are executions enough), then
-    each further execution gets one fault with probability ``rate``."""
+    each further execution gets one fault with probability ``rate``; a share ``rollbacks`` of the
+    executions (at least one when it is above 0 and there are two steps) rolls back. The faults of
+    the others are the same with or without rollbacks."""
     kinds = expand(kinds)
     rng = random.Random(seed)
     local = [k for k in EXECUTION_KINDS if k in kinds]
@@ -108,8 +132,42 @@ def plan(
     for kind in GLOBAL_KINDS:
         if kind in kinds:
             faults.append(_draw_global(rng, kind))
+    chosen = _draw_rollbacks(random.Random(f"rollbacks-{seed}"), executions, steps, rollbacks)
+    aim = random.Random(f"rollback-faults-{seed}")
+    faults = [_aim_at_rollback(aim, f, chosen[f.execution], steps) if f.execution in chosen else f
+              for f in faults]
     faults.sort(key=lambda f: (f.execution if f.execution is not None else -1, f.kind, f.at_s))
-    return Schedule(seed=seed, executions=executions, steps=steps, faults=tuple(faults))
+    return Schedule(seed=seed, executions=executions, steps=steps, faults=tuple(faults),
+                    rollbacks=tuple(sorted(chosen.items())))
+
+
+def _draw_rollbacks(rng: random.Random, executions: int, steps: int, share: float) -> dict[int, int]:
+    """Return, for each execution that rolls back, the step that fails for good (never the first:
+    something is always there to undo)."""
+    if share <= 0 or steps < 2 or executions < 1:
+        return {}
+    chosen = {i: rng.randrange(1, steps) for i in range(executions) if rng.random() < share}
+    return chosen or {0: rng.randrange(1, steps)}
+
+
+def _aim_at_rollback(rng: random.Random, fault: Fault, fails_at: int, steps: int) -> Fault:
+    """Aim a fault of a rolling-back execution at its compensations half the time; keep it among
+    the steps that run otherwise."""
+    undone = [i for i in compensated(steps) if i < fails_at]
+    claims = fails_at + 1  # the claims before the rollback starts (no retries)
+    slots = claims + len(undone)
+    at_rollback = rng.random() < 0.5
+    if fault.kind == "crash":
+        nth = rng.randint(claims + 1, slots) if at_rollback else min(fault.nth, claims)
+        return replace(fault, nth=nth)
+    if fault.kind in STORE_EXECUTION_KINDS:  # a claim and an outcome each: two fenced writes a slot
+        nth = rng.randint(2 * claims + 1, 2 * slots) if at_rollback else min(fault.nth, 2 * claims)
+        return replace(fault, nth=nth)
+    if fault.kind in HANDLER_KINDS:
+        if at_rollback:
+            return replace(fault, step=rng.choice(undone), undo=True)
+        return replace(fault, step=min(fault.step or 0, fails_at))
+    return fault
 
 
 def _draw(rng: random.Random, kind: str, index: int, steps: int) -> Fault:

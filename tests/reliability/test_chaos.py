@@ -11,10 +11,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from detflow_site.chaos.handlers import effects, ledger
-from detflow_site.chaos.run import Options, run
+from detflow_site.chaos.run import WORKFLOWS, Options, run
 from detflow_site.chaos.schedule import KINDS, STORE_KINDS
 from detflow_site.conf import DetflowSettings
 from executions import store
+
+#: How a chaos execution may end: a failure for good either stops it or rolls it back.
+ENDINGS = {"SUCCEEDED", "FAILED", "COMPENSATED", "COMPENSATION_FAILED"}
 
 
 @pytest.fixture
@@ -31,7 +34,7 @@ def default_timing(settings: Any) -> DetflowSettings:
 def forget_broken_runs(redis_client: Any) -> Iterator[None]:
     """Remove a broken build's executions after the test: they break invariants on purpose."""
     yield
-    store.collection().delete_many({"workflow": "chaos"})
+    store.collection().delete_many({"workflow": {"$in": list(WORKFLOWS)}})
     ledger().delete_many({})
     effects().delete_many({})
 
@@ -49,7 +52,13 @@ def test_chaos__ci_sized_run_keeps_every_invariant_with_the_default_settings(
 
     assert summary["violations"] == []
     assert sum(summary["statuses"].values()) == 200
-    assert set(summary["statuses"]) <= {"SUCCEEDED", "FAILED"}
+    assert set(summary["statuses"]) <= ENDINGS
+    # A quarter of the executions roll back, every rollback under the same faults as the steps.
+    rollbacks = summary["rollbacks"]
+    assert rollbacks["planned"] >= 30 and rollbacks["started"] >= rollbacks["planned"]
+    assert summary["statuses"]["COMPENSATED"] >= 1
+    assert rollbacks["struck"] >= 1, "no crash fell in a rollback"
+    print(f"\nchaos CI-sized: {rollbacks}, statuses {summary['statuses']}")
     for kind in KINDS:
         assert summary["faults"][kind]["injected"] >= 1, f"{kind} was never injected"
     bound_ms = (default_timing.LEASE_S + default_timing.SWEEP_INTERVAL_S + 2) * 1000
@@ -82,7 +91,9 @@ def test_chaos__store_faults_lose_nothing_and_every_kind_strikes(
     summary = report.as_dict()
 
     assert summary["violations"] == []
-    assert summary["statuses"] == {"SUCCEEDED": 60}
+    # Nothing fails for good but the planned causes of the rollbacks, which all complete.
+    assert summary["statuses"] == {"SUCCEEDED": 60 - summary["rollbacks"]["planned"],
+                                   "COMPENSATED": summary["rollbacks"]["planned"]}
     assert set(summary["faults"]) == set(STORE_KINDS)
     for kind in STORE_KINDS:
         assert summary["faults"][kind]["injected"] >= 1, f"{kind} was never injected"
@@ -120,6 +131,59 @@ def test_chaos__checker_reports_double_side_effects_without_deduplication(
     assert {v.check for v in report.findings.violations} == {"side effects"}
 
 
+def test_chaos__every_execution_rolling_back_under_crashes_and_faults_keeps_every_invariant(
+    redis_client: Any,
+) -> None:
+    # Every execution rolls back, and half of each one's faults are aimed at its compensations:
+    # crashes at every boundary, pauses, transient and permanent failures, hangs, store errors.
+    report = run(Options(executions=40, steps=4, threads=8, seed=21, rollbacks=1.0,
+                         faults=("crash", "pause", "retryable", "permanent", "hang", "store_before",
+                                 "store_after", "duplicate"), drain_timeout=120))
+    summary = report.as_dict()
+
+    assert summary["violations"] == []
+    rollbacks = summary["rollbacks"]
+    assert rollbacks["planned"] == 40
+    # A permanent failure planted before a step that has something to undo rolls back early; one
+    # planted in a compensation ends the rollback COMPENSATION_FAILED.
+    assert set(summary["statuses"]) <= {"COMPENSATED", "COMPENSATION_FAILED", "FAILED"}
+    assert summary["statuses"]["COMPENSATED"] >= 30
+    assert rollbacks["struck"] >= 1 and rollbacks["compensation_attempts_lost"] >= 1, rollbacks
+    assert any(line.startswith("rollbacks: 40 started of 40 planned") for line in report.lines())
+    print(f"\nchaos, every execution rolling back: {rollbacks}, statuses {summary['statuses']}")
+
+
+def test_chaos__crashes_aimed_at_compensations_leave_every_rollback_completed_once(
+    redis_client: Any,
+) -> None:
+    report = run(Options(executions=60, steps=4, threads=8, seed=33, rollbacks=1.0,
+                         faults=("crash",), drain_timeout=120))
+    summary = report.as_dict()
+
+    assert summary["violations"] == []
+    assert summary["statuses"] == {"COMPENSATED": 60}
+    rollbacks = summary["rollbacks"]
+    # Half the crashes are aimed at a pass through their point among the compensations'.
+    assert rollbacks["struck"] >= 5 and rollbacks["compensation_attempts_lost"] >= 1, rollbacks
+    print(f"\nchaos, crashes in rollbacks: {rollbacks}, crashes {summary['faults']['crash']}")
+
+
+def test_chaos__checker_reports_a_compensated_execution_with_a_compensation_undone_when_the_fence_is_off(
+    redis_client: Any, forget_broken_runs: None
+) -> None:
+    # Pauses aimed at compensations: a stalled runner's outcome (timed out) lands after its
+    # successor's success and the execution's end, which only the fence would refuse; the
+    # execution stays COMPENSATED with that compensation back in RETRY_WAIT.
+    report = run(Options(executions=8, steps=2, threads=4, seed=5, faults=("pause",), rollbacks=1.0,
+                         broken=("fence",), drain_timeout=60))
+
+    found = report.findings.violations
+    assert not report.ok
+    early = [v for v in found if v.check == "compensated early"]
+    assert early and all("compensation(s) of ['step-1'] neither succeeded" in v.detail for v in early)
+    assert any(v.check == "one runner" and "compensation of 'step-1'" in v.detail for v in found)
+
+
 def test_chaos_command__prints_a_json_report_and_passes(redis_client: Any) -> None:
     out = StringIO()
     call_command("chaos", "--executions", "8", "--steps", "2", "--threads", "4", "--seed", "3",
@@ -127,7 +191,9 @@ def test_chaos_command__prints_a_json_report_and_passes(redis_client: Any) -> No
     report = json.loads(out.getvalue())
     assert report["ok"] is True
     assert report["violations"] == []
-    assert report["statuses"] == {"SUCCEEDED": 8}
+    rolled_back = report["rollbacks"]["planned"]
+    assert rolled_back >= 1 and report["rollbacks"]["started"] == rolled_back
+    assert report["statuses"] == {"SUCCEEDED": 8 - rolled_back, "COMPENSATED": rolled_back}
     assert set(report["faults"]) == {"retryable", "duplicate", "late", "redis_flush"}
     assert report["faults"]["redis_flush"] == {"planned": 1, "injected": 1}
 
