@@ -19,7 +19,10 @@ from executions.engine import (
     Finish,
     IllegalTransition,
     RecoverLost,
+    Resume,
     Rollback,
+    StartWait,
+    WakeUp,
     decide,
     evolve,
     failure,
@@ -96,6 +99,18 @@ def _check_decision(state: ExecutionState, event: Mapping[str, Any]) -> str | No
         plan = tuple(event.get("plan") or ())
         if not set(plan) <= set(rollback_plan(state, include_skipped=True)):
             return f"rollback plan {list(plan)} undoes a step that is not done or names no compensation"
+        return None
+    elif kind == "wait_started":
+        expected, actual = StartWait(index), decide(state, at)  # type: ignore[arg-type]
+    elif kind == "signal_consumed":
+        expected = Resume(index, event.get("signal_index"))  # type: ignore[arg-type]
+        actual = decide(state, at)
+    elif kind == "wait_ended":
+        actual = decide(state, at)
+        if not isinstance(actual, WakeUp) or actual.step != index:
+            return f"recorded the end of the wait of step {index}, engine decides {actual}"
+        if event.get("outcome") != "refused" and actual.ends != event.get("ends"):
+            return f"wait of step {index} recorded ending {event.get('ends')}, engine says {actual.ends}"
         return None
     elif kind == "step_claimed":
         expected = Claim(index, event.get("attempt"))  # type: ignore[arg-type]

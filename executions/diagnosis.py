@@ -23,8 +23,12 @@ from executions.engine import (
     Finish,
     Idle,
     RecoverLost,
+    Resume,
     Rollback,
+    Settle,
+    StartWait,
     Wait,
+    WakeUp,
     decide,
     rollback_plan,
 )
@@ -133,7 +137,7 @@ def _next(doc: dict[str, Any], decision: Decision) -> dict[str, Any]:
                 "at": None, "reason": None}
     if isinstance(decision, Wait):
         running = next((s["name"] for s in (doc.get("compensations") or [] if compensating else doc["steps"])
-                        if s["status"] in ("RUNNING", "RETRY_WAIT")), None)
+                        if s["status"] in ("RUNNING", "RETRY_WAIT", "WAITING")), None)
         return {"action": "wait", "step": running, "attempt": None, "at": to_dt(decision.until),
                 "reason": decision.reason}
     if isinstance(decision, RecoverLost):
@@ -146,6 +150,12 @@ def _next(doc: dict[str, Any], decision: Decision) -> dict[str, Any]:
     if isinstance(decision, Rollback):
         return {"action": "rollback", "step": None, "attempt": None, "at": None,
                 "reason": ", ".join(doc["steps"][i]["name"] for i in decision.plan)}
+    if isinstance(decision, StartWait | Resume | WakeUp):
+        action, reason = ("start_wait", None) if isinstance(decision, StartWait) else \
+            ("take_signal", doc["signals"][decision.signal]["name"]) if isinstance(decision, Resume) else \
+            ("wake", decision.ends)
+        return {"action": action, "step": doc["steps"][decision.step]["name"], "attempt": None,
+                "at": None, "reason": reason}
     assert isinstance(decision, Idle)
     return {"action": "none", "step": None, "attempt": None, "at": None, "reason": decision.reason}
 
@@ -252,7 +262,7 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
     if not found.redis.get("reachable"):
         found.summary = ("Redis is unreachable: no message can be sent or received; the state is safe "
                          "in MongoDB and the sweeper resumes the execution once Redis is back")
-        found.stuck = isinstance(decision, RecoverLost | Claim | Finish | Rollback)
+        found.stuck = isinstance(decision, RecoverLost | Claim | Settle)
         found.repair = {"action": "redis", "command": None,
                         "detail": "bring Redis back; nothing else is needed"}
         return
@@ -269,6 +279,17 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
             found.summary += ("; its Redis lock is gone (Redis restarted?), the lease in MongoDB "
                               "still fences any other runner")
         found.repair = wait
+    elif isinstance(decision, Wait) and decision.reason in ("signal", "sleep"):
+        found.summary = _waiting(doc, decision)
+        found.repair = wait
+        if decision.reason == "signal":
+            signal = _waited_for(doc)
+            found.repair = {"action": "wait", "command": None,
+                            "detail": f"it moves on when the signal {signal!r} comes (POST executions/"
+                                      f"{doc['_id']}/signals/{signal}/, or the admin's button on its "
+                                      "page) or at its timeout"}
+        if not messages.delayed:
+            found.summary += "; no delayed message is waiting, the sweeper sends one when it is due"
     elif isinstance(decision, Wait):
         at = _iso(found.next.get("at"))
         name = found.next.get("step")
@@ -292,6 +313,8 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
                              "is waiting for a worker")
         else:
             what = (f"step {name!r}" if isinstance(decision, Claim)
+                    else f"the {_WAIT_ACTIONS[found.next['action']]} of step {name!r}"
+                    if found.next.get("action") in _WAIT_ACTIONS
                     else "the rollback" if isinstance(decision, Rollback) else "the finish")
             found.summary = f"{what} is due and a message for it is waiting for a worker"
         found.repair = wait
@@ -311,6 +334,27 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
         if found.next.get("action") == "compensate":
             found.summary = f"the rollback runs {_undo(doc, found.next.get('step'))}: " + found.summary
         found.repair = wait
+
+
+#: What a worker does for a sleep or a wait, in words.
+_WAIT_ACTIONS = {"start_wait": "start", "take_signal": "signal", "wake": "wake-up"}
+
+
+def _waited_for(doc: dict[str, Any]) -> str:
+    step = next(i for i, s in enumerate(doc["steps"]) if s["status"] == "WAITING")
+    return str(doc["definition"]["steps"][step]["wait"]["signal"])
+
+
+def _waiting(doc: dict[str, Any], decision: Wait) -> str:
+    """'step 'approval' waits for signal 'approved' until ..., 2 signals kept' (or sleeps until ...)."""
+    name = next(s["name"] for s in doc["steps"] if s["status"] == "WAITING")
+    until = _iso(to_dt(decision.until))
+    if decision.reason == "sleep":
+        return f"step {name!r} sleeps until {until}; no worker, lock or lease is held meanwhile"
+    kept = [s for s in doc.get("signals") or [] if s.get("consumed_by") is None]
+    return (f"step {name!r} waits for signal {_waited_for(doc)!r} until {until} (then its on_timeout "
+            f"rule applies), {len(kept)} signal{'' if len(kept) == 1 else 's'} kept and not taken; no "
+            "worker, lock or lease is held meanwhile")
 
 
 def _iso(value: dt.datetime | None) -> str:

@@ -35,9 +35,13 @@ from executions.events import (
     Retried,
     RetryAt,
     RollbackStarted,
+    SignalConsumed,
+    SignalReceived,
     Skipped,
     StepClaimed,
     StepSucceeded,
+    WaitEnded,
+    WaitStarted,
 )
 
 # The state and its changes, re-exported: callers read them here, beside the decisions.
@@ -51,6 +55,7 @@ from executions.state import TERMINAL as TERMINAL
 from executions.state import ExecutionState as ExecutionState
 from executions.state import ExecutionStatus as ExecutionStatus
 from executions.state import IllegalTransition as IllegalTransition
+from executions.state import SignalState as SignalState
 from executions.state import StepState as StepState
 from executions.state import StepStatus as StepStatus
 from executions.state import evolve as evolve
@@ -99,13 +104,39 @@ class Rollback:
 
 
 @dataclass(frozen=True)
+class StartWait:
+    """Step ``step`` sleeps or waits: start it (no worker holds it while it waits)."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The waiting step ``step`` takes the signal ``signal`` (its place among the signals)."""
+
+    step: int
+    signal: int
+
+
+@dataclass(frozen=True)
+class WakeUp:
+    """The waiting step ``step`` reached its ``wake_at``: a sleep ends, a wait times out (``ends``:
+    ``succeeded``, ``failed`` or ``skipped``, as its ``on_timeout`` says)."""
+
+    step: int
+    ends: str
+
+
+@dataclass(frozen=True)
 class Idle:
     """Nothing will ever happen without an operator (``reason`` says why)."""
 
     reason: str
 
 
-Decision = Claim | Wait | RecoverLost | Finish | Rollback | Idle
+Decision = Claim | Wait | RecoverLost | Finish | Rollback | StartWait | Resume | WakeUp | Idle
+#: The decisions a worker carries out by writing events, with no handler to run.
+Settle = Finish | Rollback | StartWait | Resume | WakeUp
 
 
 def decide(state: ExecutionState, now: int) -> Decision:
@@ -125,6 +156,10 @@ def decide(state: ExecutionState, now: int) -> Decision:
         if step.status is StepStatus.FAILED:
             plan = rollback_plan(state) if state.on_failure == "compensate" else ()
             return Rollback(plan) if plan else Finish(ExecutionStatus.FAILED)
+        if step.kind != "handler":
+            return _waiting(state, index, step, now)
+        if step.status is StepStatus.WAITING:
+            return Idle("inconsistent: a handler's step cannot wait")
         return _next_attempt(index, step, now)
     return Idle("cancelled") if cancelled else Finish(ExecutionStatus.SUCCEEDED)
 
@@ -142,6 +177,24 @@ def _decide_rollback(state: ExecutionState, now: int) -> Decision:
             return Finish(ExecutionStatus.COMPENSATION_FAILED)
         return _next_attempt(n + k, undo, now)
     return Finish(ExecutionStatus.COMPENSATED)
+
+
+#: What a wait's timeout rule makes of its step.
+TIMEOUT_ENDS = {"fail": "failed", "continue": "succeeded", "skip": "skipped"}
+
+
+def _waiting(state: ExecutionState, index: int, step: StepState, now: int) -> Decision:
+    """A sleep or a wait: start it, or end it (its signal came, or its time), or wait for either."""
+    if step.status is not StepStatus.WAITING:
+        return StartWait(index)
+    if step.kind == "wait":
+        k = state.signal_for(step)
+        if k is not None:
+            return Resume(index, k)
+    wake = step.wake_at if step.wake_at is not None else now
+    if now >= wake:
+        return WakeUp(index, "succeeded" if step.kind == "sleep" else TIMEOUT_ENDS[step.on_timeout])
+    return Wait(wake, "signal" if step.kind == "wait" else "sleep")
 
 
 def _running(state: ExecutionState, index: int, now: int) -> Decision:
@@ -271,6 +324,46 @@ def compensation_skipped(state: ExecutionState, k: int, by: str, reason: str) ->
     """Return the events of an operator's skip of the failed compensation ``k``."""
     undo = state.compensations[k]
     return [CompensationSkipped(_undoes(undo), undo.name, by, reason, compensation_index=k)]
+
+
+def wait_started(state: ExecutionState, decision: StartWait, wake_at: int) -> list[Event]:
+    """Return the events of a sleep or wait step starting, to end at ``wake_at``."""
+    step = state.steps[decision.step]
+    return [WaitStarted(decision.step, step.name, step.kind, step.signal, wake_at)]
+
+
+def sleep_refused(state: ExecutionState, decision: StartWait, message: str, now: int) -> list[Event]:
+    """Return the events of a sleep whose time could not be read: started and failed at once (and
+    what follows: the execution's end, or its rollback)."""
+    step = state.steps[decision.step]
+    started = WaitStarted(decision.step, step.name, step.kind, step.signal, now)
+    after = replay(state, [started.fields()])
+    ended = WaitEnded(decision.step, step.name, "refused", "failed", message[:EVENT_MESSAGE_CHARS])
+    return [started, *_and_finish(after, [ended], now, cause=(step.name, "SleepUntilInvalid", message))]
+
+
+def resumed(state: ExecutionState, decision: Resume, payload_json: str, now: int) -> list[Event]:
+    """Return the events of a waiting step taking its signal, whose payload is its output."""
+    step = state.steps[decision.step]
+    assert step.signal is not None
+    return _and_finish(state, [SignalConsumed(decision.step, step.name, step.signal, decision.signal,
+                                              output_json=payload_json)], now)
+
+
+def woke(state: ExecutionState, decision: WakeUp, output_json: str, now: int) -> list[Event]:
+    """Return the events of a sleep ending or a wait timing out (``output_json``: the step's output,
+    a sleep's or a timed-out wait's default) and what follows."""
+    step = state.steps[decision.step]
+    outcome = "woke" if step.kind == "sleep" else "timed_out"
+    message = "" if step.kind == "sleep" else f"no signal {step.signal!r} came before the timeout"
+    event = WaitEnded(decision.step, step.name, outcome, decision.ends, message, output_json=output_json)
+    return _and_finish(state, [event], now, cause=(step.name, "WaitTimedOut", message))
+
+
+def signalled(state: ExecutionState, name: str, key: str | None, by: str, reason: str,
+              payload_json: str) -> list[Event]:
+    """Return the events of a signal coming (kept until a wait step named for it takes it)."""
+    return [SignalReceived(name, len(state.signals), key, by, reason, payload_json=payload_json)]
 
 
 def failed_compensation(state: ExecutionState) -> int | None:

@@ -282,3 +282,57 @@ COMPENSATION_KINDS: Mapping[str, str] = {
     CompensationRetried.type: Retried.type,
     CompensationSkipped.type: Skipped.type,
 }
+
+
+# Sleeps, waits and signals: steps that run no handler. Their times are the engine's (``wake_at``).
+
+
+@dataclass(frozen=True)
+class WaitStarted(Event):
+    """A sleep or a wait step started: it ends at ``wake_at`` (a wait: or at its signal)."""
+
+    type: ClassVar[str] = "wait_started"
+    step_index: int
+    step: str
+    kind: str
+    signal: str | None
+    wake_at: int
+
+
+@dataclass(frozen=True)
+class SignalReceived(Event):
+    """A signal came (it waits for its wait step if none waits yet); ``payload_json`` is its data."""
+
+    type: ClassVar[str] = "signal_received"
+    name: str
+    signal_index: int
+    key: str | None
+    by: str
+    reason: str
+    payload_json: str = _data("null")
+
+
+@dataclass(frozen=True)
+class SignalConsumed(Event):
+    """A waiting step took the signal ``signal_index``: its payload is the step's output."""
+
+    type: ClassVar[str] = "signal_consumed"
+    step_index: int
+    step: str
+    name: str
+    signal_index: int
+    output_json: str = _data("null")
+
+
+@dataclass(frozen=True)
+class WaitEnded(Event):
+    """A sleep ended (``outcome`` ``woke``), a wait timed out (``timed_out``) or a sleep's time could
+    not be read (``refused``); the step ``ends`` ``succeeded``, ``failed`` or ``skipped``."""
+
+    type: ClassVar[str] = "wait_ended"
+    step_index: int
+    step: str
+    outcome: str
+    ends: str
+    message: str
+    output_json: str = _data("null")

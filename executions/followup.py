@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from executions import dispatch, engine, metrics, signals, store, transitions
-from executions.engine import Claim, Decision, Finish, RecoverLost, Rollback, Wait, decide
+from executions.engine import Claim, Decision, RecoverLost, Settle, Wait, decide
 from executions.store import Snapshot, now_ms
 
 logger = logging.getLogger("detflow.worker")
@@ -24,9 +24,9 @@ def follow_up(snap: Snapshot, finished: bool | None = None) -> None:
         ):
             if isinstance(error, Exception):
                 logger.error("execution_finished receiver %r failed: %s", receiver, error)
-    if isinstance(decision, Claim | RecoverLost | Finish | Rollback):
+    if isinstance(decision, Claim | RecoverLost | Settle):
         dispatch.send(snap.state.id)
-    elif isinstance(decision, Wait) and decision.reason == "retry":
+    elif isinstance(decision, Wait) and decision.reason != "lease":  # a retry, a sleep, a wait's timeout
         dispatch.send(snap.state.id, delay_ms=decision.until - now)
 
 

@@ -1,4 +1,4 @@
-"""What services and operators do to executions: start, cancel, retry, skip, compensate.
+"""What services and operators do to executions: start, cancel, retry, skip, compensate, signal.
 
 Each operator action needs a reason, records who did it and why as an event, and has a dry run
 that returns what it would change without changing anything.
@@ -15,6 +15,7 @@ from executions.engine import CANCELLABLE, COMPENSABLE, ExecutionStatus, StepSta
 from executions.errors import (
     ConcurrentChange,
     ExecutionNotFound,
+    IdempotencyConflict,
     InvalidArgument,
     OperationNotAllowed,
 )
@@ -27,6 +28,10 @@ from workflows import definitions, jsontext, masking
 INPUT_CAP_BYTES = 1024 * 1024
 #: Re-reads allowed when the execution changes under an action before it is written.
 TRIES = 5
+#: Largest signal payload, in bytes of JSON.
+SIGNAL_CAP_BYTES = 64 * 1024
+#: Signals one execution keeps, at most (taken or not).
+MAX_SIGNALS = 100
 _UNSET: Any = object()
 
 
@@ -196,6 +201,69 @@ def compensate(
 def _shown_output(stored: dict[str, Any], secrets: set[str]) -> Any:
     text = stored.get("output_json")
     return None if text is None else json.loads(masking.scrub(text, secrets) if secrets else text)
+
+
+@dataclass(frozen=True)
+class SignalResult:
+    """A signal as stored: its place among the execution's signals, and whether this call stored
+    it (``False``: the same ``key`` came before, and nothing changed)."""
+
+    execution_id: str
+    name: str
+    signal_index: int
+    created: bool
+    #: The step that took it, when one did (``None``: kept until a wait for it starts).
+    consumed_by: str | None
+
+
+def signal(
+    execution_id: str, name: str, payload: Any = None, by: str = "", reason: str = "",
+    idempotency_key: str | None = None,
+) -> SignalResult:
+    """Send the signal ``name`` to an execution: a wait step for it takes it now, or when the wait
+    starts; its ``payload`` becomes that step's output. With an ``idempotency_key`` already sent for
+    this signal, nothing changes and the first signal is returned (another payload: refused)."""
+    if not by:
+        raise InvalidArgument("by", "the acting user is required")
+    if not isinstance(reason, str) or len(reason) > 1000:
+        raise InvalidArgument("reason", "must be text of at most 1000 characters")
+    if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
+        raise InvalidArgument("idempotency_key", "must be 1 to 200 characters")
+    payload_json = _json(payload, "payload", SIGNAL_CAP_BYTES)
+    for _ in range(TRIES):
+        doc = store.load_working(execution_id)
+        if doc is None:
+            raise ExecutionNotFound(f"execution {execution_id} does not exist")
+        waits = {s["wait"]["signal"] for s in doc["definition"]["steps"] if "wait" in s}
+        if name not in waits:
+            raise InvalidArgument("name", f"no step of this execution waits for signal {name!r}; "
+                                  "it waits for: " + (", ".join(sorted(waits)) or "no signal"))
+        stored = doc.get("signals") or []
+        if idempotency_key is not None:
+            for k, seen in enumerate(stored):
+                if seen["name"] == name and seen.get("key") == idempotency_key:
+                    if seen["payload_json"] != payload_json:
+                        raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for "
+                                                  f"signal {name!r} with another payload; use a new key "
+                                                  "for a new signal")
+                    return SignalResult(execution_id, name, k, False, seen.get("consumed_by"))
+        snap = Snapshot.of(doc)
+        if snap.state.status in engine.SETTLED or snap.state.status is ExecutionStatus.CANCELLED:
+            raise OperationNotAllowed(f"execution {execution_id} is {snap.state.status}; a signal "
+                                      "goes to an execution that has not finished")
+        if len(stored) >= MAX_SIGNALS:
+            raise OperationNotAllowed(f"execution {execution_id} holds {MAX_SIGNALS} signals, the most "
+                                      "one execution keeps")
+        total = store.data_bytes(doc, -1) + len(payload_json.encode())
+        if total > store.DATA_BYTES:
+            raise InvalidArgument("payload", f"would take this execution's outputs, inputs and signals "
+                                  f"to {total} bytes of JSON together; the cap is {store.DATA_BYTES}")
+        events = engine.signalled(snap.state, name, idempotency_key, by, reason, payload_json)
+        after = transitions.commit(snap, events, now_ms())
+        if after is not None:
+            follow_up(after)
+            return SignalResult(execution_id, name, len(stored), True, None)
+    raise ConcurrentChange(f"execution {execution_id} changed {TRIES} times while the signal was sent")
 
 
 def _cause(snap: Snapshot) -> tuple[str | None, str, str]:

@@ -21,9 +21,20 @@ import threading
 from dataclasses import dataclass
 
 from detflow_site import conf, logs, services
-from executions import dispatch, engine, metrics, store, transitions
+from executions import dispatch, engine, metrics, store, transitions, waits
 from executions.attempt import Attempt
-from executions.engine import Claim, Decision, Finish, RecoverLost, Rollback, Wait, decide
+from executions.engine import (
+    Claim,
+    Decision,
+    Finish,
+    RecoverLost,
+    Resume,
+    Rollback,
+    StartWait,
+    Wait,
+    WakeUp,
+    decide,
+)
 from executions.followup import follow_up, recover_lost
 from executions.locks import ExecutionLock
 from executions.middleware import STOPPING
@@ -101,8 +112,9 @@ def _hand_on(execution_id: str, end: RunEnd, poked: bool) -> None:
     elif end.slot_wait_ms:
         logger.debug("execution %s waits for a concurrency slot", execution_id)
         dispatch.send(execution_id, delay_ms=end.slot_wait_ms)
-    elif isinstance(decision, Wait) and decision.reason == "retry":
-        # Early (a clock ahead of ours, or a duplicate): come back when the retry is due.
+    elif isinstance(decision, Wait) and decision.reason != "lease":
+        # Early (a clock ahead of ours, or a duplicate): come back when the retry (or the end of a
+        # sleep, or a wait's timeout) is due.
         dispatch.send(execution_id, delay_ms=decision.until - end.now)
     elif poked:
         dispatch.send(execution_id)
@@ -141,6 +153,9 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
             result = transitions.commit(snap, engine.finished(decision), now)
         elif isinstance(decision, Rollback):
             result = transitions.commit(snap, rollback_events(snap, decision), now)
+        elif isinstance(decision, StartWait | Resume | WakeUp):
+            # A sleep or a wait: its events are written, no handler runs, nothing is held after.
+            result = transitions.commit(snap, waits.events(snap, decision, now), now)
         else:
             break
         if result is not None:

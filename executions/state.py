@@ -31,6 +31,8 @@ class StepStatus(enum.StrEnum):
     PENDING = "PENDING"  #: not started yet, or reopened by an operator's retry
     RUNNING = "RUNNING"  #: claimed by a worker whose lease has not run out
     RETRY_WAIT = "RETRY_WAIT"  #: an attempt failed; the next one is due at ``next_retry_at``
+    #: a sleep or a wait: no worker holds it; it ends at ``wake_at`` (or, a wait, at its signal)
+    WAITING = "WAITING"
     SUCCEEDED = "SUCCEEDED"  #: its output is stored; it is never claimed again
     FAILED = "FAILED"  #: failed for good (permanent error or budget exhausted)
     SKIPPED = "SKIPPED"  #: an operator skipped it with an output of their choosing
@@ -56,11 +58,14 @@ EXECUTION_TRANSITIONS: Mapping[ExecutionStatus, frozenset[ExecutionStatus]] = {
 
 #: Every legal change of a step's status.
 STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
-    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.CANCELLED}),
+    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.WAITING, StepStatus.CANCELLED}),
     StepStatus.RUNNING: frozenset(
         {StepStatus.SUCCEEDED, StepStatus.RETRY_WAIT, StepStatus.FAILED, StepStatus.CANCELLED}
     ),
     StepStatus.RETRY_WAIT: frozenset({StepStatus.RUNNING, StepStatus.CANCELLED}),
+    StepStatus.WAITING: frozenset(
+        {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
+    ),
     StepStatus.FAILED: frozenset({StepStatus.PENDING, StepStatus.SKIPPED}),
     StepStatus.SUCCEEDED: frozenset(),
     StepStatus.SKIPPED: frozenset(),
@@ -100,11 +105,25 @@ class StepState:
     #: index of the step it undoes.
     compensate: RetryPolicy | None = None
     undoes: int | None = None
+    #: ``handler``, ``sleep`` or ``wait``; a wait's signal and what its timeout does.
+    kind: str = "handler"
+    signal: str | None = None
+    on_timeout: str = "fail"
+    #: A WAITING step ends at this time (a sleep's end, a wait's timeout).
+    wake_at: int | None = None
 
     @property
     def used(self) -> int:
         """Attempts used in the current budget."""
         return self.attempt - self.budget_base
+
+
+@dataclass(frozen=True)
+class SignalState:
+    """A signal sent to the execution: its name, and whether a wait step took it."""
+
+    name: str
+    consumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +137,13 @@ class ExecutionState:
     compensations: tuple[StepState, ...] = ()
     #: What a step failing for good leads to: ``stop`` or ``compensate``.
     on_failure: str = "stop"
+    #: The signals sent to it, in the order they came (a wait takes the first of its name not taken).
+    signals: tuple[SignalState, ...] = ()
+
+    def signal_for(self, step: StepState) -> int | None:
+        """Return the place of the first signal a waiting ``step`` may take, if one came."""
+        return next((k for k, s in enumerate(self.signals) if s.name == step.signal and not s.consumed),
+                    None)
 
     def slot(self, index: int) -> StepState:
         """Return what runs at ``index``: the steps first, then the compensations (the index a
@@ -150,9 +176,17 @@ def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
     if kind == "cancelled":
         state = _status(state, ExecutionStatus.CANCELLED)
         for i, step in enumerate(state.steps):
-            if step.status in (StepStatus.PENDING, StepStatus.RETRY_WAIT):
-                state = _step(state, i, status=StepStatus.CANCELLED, next_retry_at=None)
+            if step.status in (StepStatus.PENDING, StepStatus.RETRY_WAIT, StepStatus.WAITING):
+                state = _step(state, i, status=StepStatus.CANCELLED, next_retry_at=None, wake_at=None)
         return state
+    if kind in ("wait_started", "signal_consumed", "wait_ended"):
+        return _evolve_wait(state, kind, event)
+    if kind == "signal_received":
+        if state.status in SETTLED or state.status is ExecutionStatus.CANCELLED:
+            raise IllegalTransition(f"a signal came to a {state.status} execution")
+        if event.get("signal_index") != len(state.signals):
+            raise IllegalTransition(f"signal index {event.get('signal_index')!r} is not the next one")
+        return replace(state, signals=(*state.signals, SignalState(event["name"])))
     if kind == "retried":
         step = state.steps[_index(state, index)]
         state = _step(state, index, status=StepStatus.PENDING, budget_base=step.attempt)
@@ -169,6 +203,34 @@ def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
     if kind == "created":
         return state
     raise IllegalTransition(f"unknown event type {kind!r}")
+
+
+#: What a wait's end does to its step.
+WAIT_ENDS = {"succeeded": StepStatus.SUCCEEDED, "failed": StepStatus.FAILED, "skipped": StepStatus.SKIPPED}
+
+
+def _evolve_wait(state: ExecutionState, kind: str, event: Mapping[str, Any]) -> ExecutionState:
+    index = _index(state, event.get("step_index"))
+    step = state.steps[index]
+    if step.kind == "handler":
+        raise IllegalTransition(f"step {step.name!r} runs a handler: it neither sleeps nor waits")
+    if kind == "wait_started":
+        state = _step(state, index, status=StepStatus.WAITING, wake_at=event["wake_at"],
+                      attempt=step.attempt + 1)
+        return _status(state, ExecutionStatus.RUNNING) if state.status is ExecutionStatus.PENDING else state
+    if kind == "signal_consumed":
+        k = event.get("signal_index")
+        if not isinstance(k, int) or not 0 <= k < len(state.signals) or state.signals[k].consumed \
+                or state.signals[k].name != step.signal:
+            raise IllegalTransition(f"signal {k!r} cannot be taken by step {step.name!r}")
+        signals = list(state.signals)
+        signals[k] = replace(signals[k], consumed=True)
+        state = replace(state, signals=tuple(signals))
+        return _step(state, index, status=StepStatus.SUCCEEDED, wake_at=None)
+    ends = WAIT_ENDS.get(event.get("ends"))  # type: ignore[arg-type]
+    if ends is None:
+        raise IllegalTransition(f"a wait cannot end as {event.get('ends')!r}")
+    return _step(state, index, status=ends, wake_at=None)
 
 
 def _outcome(kind: str, event: Mapping[str, Any]) -> dict[str, Any]:

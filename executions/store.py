@@ -19,7 +19,7 @@ from detflow_site import conf
 from detflow_site.times import now_ms as now_ms  # re-exported: the engine reads store.now_ms
 from detflow_site.times import to_dt as to_dt
 from detflow_site.times import to_ms as to_ms
-from executions.engine import ExecutionState, ExecutionStatus, StepState, StepStatus
+from executions.engine import ExecutionState, ExecutionStatus, SignalState, StepState, StepStatus
 from executions.models import Execution
 from workflows.spec import RetryPolicy
 
@@ -95,10 +95,10 @@ DATA_BYTES = 8 * 1024 * 1024
 
 def data_bytes(doc: dict[str, Any], index: int, *, output: str | None = None,
                input: str | None = None) -> int:
-    """Return the bytes of the step outputs and step inputs a working document would hold with
-    the output or input (JSON text) at ``index`` (a step, or past the steps a compensation)
-    replaced by the one given."""
-    total = 0
+    """Return the bytes of the step outputs, step inputs and signal payloads a working document
+    would hold with the output or input (JSON text) at ``index`` (a step, or past the steps a
+    compensation) replaced by the one given."""
+    total = sum(s.get("payload_bytes", 0) for s in doc.get("signals") or ())
     for at, step in enumerate([*(doc.get("steps") or []), *(doc.get("compensations") or [])]):
         out_bytes = step.get("output_bytes", 0)
         in_json = step.get("input_json") or ""
@@ -207,8 +207,8 @@ def initial_state(execution_id: str, definition: Mapping[str, Any]) -> Execution
     return ExecutionState(
         id=execution_id,
         status=ExecutionStatus.PENDING,
-        steps=tuple(StepState(name=s["name"], status=StepStatus.PENDING, policy=RetryPolicy(**s["retry"]),
-                              compensate=_undo_policy(s))
+        steps=tuple(StepState(name=s["name"], status=StepStatus.PENDING, policy=_policy(s),
+                              compensate=_undo_policy(s), **_waits(s))
                     for s in definition["steps"]),
         on_failure=definition.get("on_failure", "stop"),
     )
@@ -217,14 +217,16 @@ def initial_state(execution_id: str, definition: Mapping[str, Any]) -> Execution
 def to_state(doc: dict[str, Any]) -> ExecutionState:
     """Return the engine's view of a stored execution."""
     specs = doc["definition"]["steps"]
-    steps = tuple(_slot_state(step, RetryPolicy(**spec["retry"]), compensate=_undo_policy(spec))
+    steps = tuple(_slot_state(step, _policy(spec), compensate=_undo_policy(spec), **_waits(spec))
                   for step, spec in zip(doc["steps"], specs, strict=True))
     compensations = tuple(
         _slot_state(undo, steps[undo["step_index"]].compensate or RetryPolicy(), undoes=undo["step_index"])
         for undo in doc.get("compensations") or ()
     )
+    signals = tuple(SignalState(sig["name"], sig.get("consumed_by") is not None)
+                    for sig in doc.get("signals") or ())
     return ExecutionState(id=doc["_id"], status=ExecutionStatus(doc["status"]), steps=steps,
-                          compensations=compensations,
+                          compensations=compensations, signals=signals,
                           on_failure=doc["definition"].get("on_failure", "stop"))
 
 
@@ -237,8 +239,24 @@ def _slot_state(stored: Mapping[str, Any], policy: RetryPolicy, **more: Any) -> 
         budget_base=stored.get("budget_base", 0),
         next_retry_at=to_ms(stored.get("next_retry_at")),
         lease_expires_at=to_ms(stored.get("lease_expires_at")),
+        wake_at=to_ms(stored.get("wake_at")),
         **more,
     )
+
+
+def _policy(spec: Mapping[str, Any]) -> RetryPolicy:
+    """A handler step's retry policy (a sleep or a wait has none: the defaults stand in)."""
+    return RetryPolicy(**spec["retry"]) if "retry" in spec else RetryPolicy()
+
+
+def _waits(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What the engine knows of a sleep or wait step: its kind, and the signal and timeout rule."""
+    if "sleep" in spec:
+        return {"kind": "sleep"}
+    if "wait" in spec:
+        return {"kind": "wait", "signal": spec["wait"]["signal"],
+                "on_timeout": spec["wait"].get("on_timeout", "fail")}
+    return {}
 
 
 def _undo_policy(spec: Mapping[str, Any]) -> RetryPolicy | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from detflow_site import conf, services
 from executions import dispatch, metrics, store
-from executions.engine import Claim, Finish, RecoverLost, decide
+from executions.engine import Claim, RecoverLost, Settle, decide
 from executions.followup import follow_up, recover_lost
 from executions.store import Snapshot, now_ms, to_dt
 
@@ -102,7 +102,7 @@ def _recover(
             metrics.SWEEPER_RECOVERIES.labels("lost").inc()
             follow_up(after)
             report.resent.append(snap.state.id)
-    elif isinstance(decision, Claim | Finish):
+    elif isinstance(decision, Claim | Settle):  # a step to claim, or events to write (an end, a wake-up)
         due = store.to_ms(doc.get("due_at")) or now
         if now - due < grace_ms:
             return queued, read

@@ -35,16 +35,20 @@ from executions.events import (
     ExecutionSucceeded,
     Retried,
     RollbackStarted,
+    SignalConsumed,
+    SignalReceived,
     Skipped,
     StepClaimed,
     StepSucceeded,
+    WaitEnded,
+    WaitStarted,
 )
 from executions.store import Snapshot, to_dt
 
 logger = logging.getLogger("detflow.store")
 
 #: Event fields that hold times: milliseconds for the engine, BSON dates when stored.
-TIME_FIELDS = ("lease_expires_at", "next_retry_at")
+TIME_FIELDS = ("lease_expires_at", "next_retry_at", "wake_at")
 
 
 def new_id() -> str:
@@ -353,6 +357,22 @@ def _effects(
         if event.cause_step is not None:
             sets["failed_step"] = event.cause_step  # the step whose failure is being undone
         unsets["finished_at"] = ""
+    elif isinstance(event, WaitStarted):
+        sets[f"steps.{event.step_index}.started_at"] = at
+    elif isinstance(event, SignalReceived):
+        pushes["signals"] = {"$each": [{"name": event.name, "key": event.key, "by": event.by,
+                                        "reason": event.reason, "at": at, "payload_json": event.payload_json,
+                                        "payload_bytes": len(event.payload_json.encode())}]}
+    elif isinstance(event, SignalConsumed):
+        _output(sets, f"steps.{event.step_index}.", event.output_json, now)
+        sets[f"signals.{event.signal_index}.consumed_by"] = event.step
+    elif isinstance(event, WaitEnded):
+        if event.ends == "failed":
+            sets[f"steps.{event.step_index}.error"] = {
+                "type": "WaitTimedOut" if event.outcome == "timed_out" else "SleepUntilInvalid",
+                "message": event.message}
+        else:
+            _output(sets, f"steps.{event.step_index}.", event.output_json, now)
     elif isinstance(event, CompensationRetried | CompensationSkipped):
         unsets["failed_compensation"] = unsets["finished_at"] = ""
     elif isinstance(event, Retried | Skipped):

@@ -120,7 +120,8 @@ def define() -> Callable[..., Any]:
         for index, step in enumerate(steps):
             step = dict(step)
             step.setdefault("name", f"s{index + 1}")
-            step.setdefault("retry", {"max_attempts": 3, "initial_delay_s": 0.05, "max_delay_s": 1})
+            if "sleep" not in step and "wait" not in step:  # they run no handler: no retry policy
+                step.setdefault("retry", {"max_attempts": 3, "initial_delay_s": 0.05, "max_delay_s": 1})
             full.append(step)
         stored, _ = definitions.register({"name": name, "steps": full, **extra})
         return stored

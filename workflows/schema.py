@@ -16,7 +16,7 @@ from typing import Any
 from workflows.errors import DefinitionError
 
 #: JSON types a ``Value`` may have.
-TYPES = ("object", "array", "string", "integer", "number")
+TYPES = ("object", "array", "string", "integer", "number", "any")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ class Value:
         if data is None and self.nullable:
             return
         getattr(self, f"_check_{self.type}")(data, where)
+
+    def _check_any(self, data: Any, where: str) -> None:
+        """Any JSON value: the definition as a whole was checked to be JSON."""
 
     def _check_object(self, data: Any, where: str) -> None:
         if not isinstance(data, Mapping):
@@ -123,12 +126,12 @@ class Value:
     def openapi(self) -> dict[str, Any]:
         """Return this value's JSON Schema, in OpenAPI 3.0's dialect (``nullable``, a boolean
         ``exclusiveMinimum``)."""
-        schema: dict[str, Any] = {"type": self.type}
+        schema: dict[str, Any] = {} if self.type == "any" else {"type": self.type}
         if self.help:
             schema["description"] = self.help
         if self.default is not None:
             schema["default"] = self.default
-        if self.nullable:
+        if self.nullable and self.type != "any":  # any value includes null
             schema["nullable"] = True
         if self.above is not None:
             schema.update(minimum=self.above, exclusiveMinimum=True)

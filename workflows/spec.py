@@ -36,6 +36,16 @@ MAX_TYPE_NAME = 200
 MAX_HANDLER_NAME = 200
 #: Longest input path ``secret_inputs`` may name: the longest ``masking.PATH_RE`` matches (8 keys of 64).
 MAX_SECRET_PATH = 8 * 64 + 7
+#: Longest sleep, and longest wait for a signal, in seconds (a year).
+MAX_WAIT_S = 366 * 24 * 3600.0
+#: The handler names a sleep and a wait step carry: no handler runs for them (the engine does).
+SLEEP_HANDLER = "detflow.sleep"
+WAIT_HANDLER = "detflow.wait"
+#: What a wait that saw no signal by its timeout does: fail the step (and the execution, as any
+#: failure for good), continue with ``default_output`` as the step's output, or skip the step.
+ON_TIMEOUT = ("fail", "continue", "skip")
+#: Where a sleep's ``until`` takes its time from: the input, or an earlier step's output.
+UNTIL_RE = re.compile(r"(input|outputs)(\.[A-Za-z0-9_-]{1,100}){1,9}")
 #: A step's ``timeout_s`` when its definition gives none.
 DEFAULT_TIMEOUT_S = 60.0
 #: Largest definition, in bytes of JSON: every execution carries a copy of its definition.
@@ -75,6 +85,38 @@ class StepSpec:
     #: What undoes this step once it SUCCEEDED, run when its execution is rolled back; ``None``:
     #: nothing to undo.
     compensate: CompensateSpec | None = None
+    #: A sleep step: no handler runs, the execution sleeps until a time (``handler`` is
+    #: :data:`SLEEP_HANDLER`).
+    sleep: SleepSpec | None = None
+    #: A wait step: no handler runs, the execution waits for a named signal (``handler`` is
+    #: :data:`WAIT_HANDLER`).
+    wait: WaitSpec | None = None
+
+    @property
+    def kind(self) -> str:
+        """``handler``, ``sleep`` or ``wait``."""
+        return "sleep" if self.sleep else "wait" if self.wait else "handler"
+
+
+@dataclass(frozen=True)
+class SleepSpec:
+    """How long a sleep step sleeps: ``seconds``, or ``until`` the time at a path of the input or
+    of an earlier step's output (``input.send_at``, ``outputs.render.send_at``: an ISO 8601 time,
+    UTC when it names no offset, or seconds since the epoch)."""
+
+    seconds: float | None = None
+    until: str | None = None
+
+
+@dataclass(frozen=True)
+class WaitSpec:
+    """What a wait step waits for: the signal ``signal``, for ``timeout_s`` at most."""
+
+    signal: str
+    timeout_s: float
+    on_timeout: str = "fail"
+    #: The step's output when it times out with ``on_timeout: continue``.
+    default_output: Any = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +173,10 @@ class WorkflowSpec:
 #: What a definition may hold, every bound its fields have: ``parse_workflow`` checks data against
 #: it, and the API's OpenAPI schema is its ``openapi()``. JSON Schema cannot state ``RULES``: they are
 #: checked in ``parse_workflow`` and said in the schema's description.
-RULES = ("Step names are unique within a definition; each handler is a registered one (GET handlers/); "
+RULES = ("Step names are unique within a definition; each step has exactly one of 'handler', 'sleep' and "
+         "'wait' (a sleep has exactly one of 'seconds' and 'until'; only a handler step takes retry, "
+         "timeout_s, non_retryable, max_concurrency and compensate); "
+         "each handler is a registered one (GET handlers/); "
          f"the definition is at most {MAX_DEFINITION_BYTES} bytes of JSON (every execution carries a copy).")
 _NAME = Value("string", min_length=1, max_length=100, pattern=NAME_RE,
               pattern_text="1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -168,8 +213,38 @@ COMPENSATE = Value(
          "own, with the idempotency key '<execution id>:<step>:compensate'.",
     properties={"handler": _HANDLER, "retry": RETRY, "timeout_s": _TIMEOUT, "non_retryable": _NON_RETRYABLE},
 )
+SLEEP = Value(
+    "object", help="A sleep step (no handler): the execution sleeps, holding no worker, lock or lease, "
+                   "for 'seconds' or until the time at 'until' (exactly one of them).",
+    properties={
+        "seconds": Value("number", minimum=0, maximum=MAX_WAIT_S, unit=_S, help="How long, in seconds."),
+        "until": Value("string", pattern=UNTIL_RE, max_length=1000,
+                       pattern_text="a path such as 'input.send_at' or 'outputs.<earlier step>.send_at'",
+                       help="A path into the input ('input.send_at') or an earlier step's output "
+                            "('outputs.render.send_at') holding an ISO 8601 time (UTC unless it names an "
+                            "offset) or seconds since the epoch; a time past wakes at once."),
+    },
+)
+WAIT = Value(
+    "object", required=("signal", "timeout_s"),
+    help="A wait step (no handler): the execution waits, holding no worker, lock or lease, for the "
+         "signal named 'signal' (POST executions/{id}/signals/{name}/), whose payload becomes the "
+         "step's output; a signal sent before the wait starts is kept for it.",
+    properties={
+        "signal": _NAME,
+        "timeout_s": Value("number", above=0, maximum=MAX_WAIT_S, unit=_S,
+                           help="How long to wait for the signal, in seconds."),
+        "on_timeout": Value("string", pattern=re.compile("|".join(ON_TIMEOUT)), default="fail",
+                            pattern_text=" or ".join(repr(v) for v in ON_TIMEOUT),
+                            help="With no signal by the timeout: 'fail' the step, 'continue' with "
+                                 "'default_output' as its output, or 'skip' it."),
+        "default_output": Value("any", nullable=True,
+                                help="The step's output when it times out with on_timeout 'continue' "
+                                     "(any JSON value)."),
+    },
+)
 STEP = Value(
-    "object", required=("name", "handler"),
+    "object", required=("name",),
     properties={
         "name": _NAME,
         "handler": _HANDLER,
@@ -180,6 +255,8 @@ STEP = Value(
                                  help="Attempts of this step running at once, across every worker; "
                                       "null or absent: no limit."),
         "compensate": COMPENSATE,
+        "sleep": SLEEP,
+        "wait": WAIT,
     },
 )
 DEFINITION = Value(
@@ -207,8 +284,14 @@ DEFINITION = Value(
 
 
 def _step_dict(step: dict[str, Any]) -> dict[str, Any]:
+    if step.get("sleep"):
+        return {"name": step["name"], "handler": SLEEP_HANDLER,
+                "sleep": {k: v for k, v in step["sleep"].items() if v is not None}}
+    if step.get("wait"):
+        wait = {k: v for k, v in step["wait"].items() if not (k == "default_output" and v is None)}
+        return {"name": step["name"], "handler": WAIT_HANDLER, "wait": wait}
     out: dict[str, Any] = {k: (list(v) if k == "non_retryable" else v) for k, v in step.items()
-                           if not (k in ("max_concurrency", "compensate") and v is None)}
+                           if not (k in ("max_concurrency", "compensate", "sleep", "wait") and v is None)}
     undo = out.get("compensate")
     if undo:
         out["compensate"] = {**undo, "non_retryable": list(undo["non_retryable"])}
@@ -231,7 +314,8 @@ def parse_workflow(
         if raw["name"] in seen:
             raise DefinitionError(f"steps[{index}].name", f"duplicate step name {raw['name']!r}")
         seen.add(raw["name"])
-        if known_handlers is not None:
+        _kind(raw, index, [s.name for s in steps])
+        if known_handlers is not None and "sleep" not in raw and "wait" not in raw:
             known_handlers(raw["handler"], f"steps[{index}].handler")
             if "compensate" in raw:
                 known_handlers(raw["compensate"]["handler"], f"steps[{index}].compensate.handler")
@@ -254,8 +338,65 @@ def _size(data: Mapping[str, Any]) -> None:
         return  # the fields' own checks say what is wrong
 
 
+#: The handler name each kind of step without a handler carries.
+PSEUDO = {"sleep": SLEEP_HANDLER, "wait": WAIT_HANDLER}
+#: Fields only a handler step takes.
+HANDLER_ONLY = ("retry", "timeout_s", "non_retryable", "max_concurrency", "compensate")
+
+
+def _kind(raw: Mapping[str, Any], index: int, earlier: list[str]) -> None:
+    """Refuse a step that is not exactly one of a handler, a sleep and a wait, naming the field."""
+    where = f"steps[{index}]"
+    kinds = [k for k in ("handler", "sleep", "wait") if k in raw]
+    # A stored definition (``to_dict``) names the handler a sleep or wait step stands for.
+    if kinds in (["handler", "sleep"], ["handler", "wait"]) and raw["handler"] == PSEUDO[kinds[1]]:
+        kinds = kinds[1:]
+    if not kinds:
+        raise DefinitionError(f"{where}.handler", "is required (or make the step a 'sleep' or a 'wait')")
+    if len(kinds) != 1:
+        raise DefinitionError(where, f"needs exactly one of 'handler', 'sleep' and 'wait', got "
+                              f"{' and '.join(kinds)}")
+    if kinds[0] != "handler":
+        extra = [k for k in HANDLER_ONLY if k in raw]
+        if extra:
+            raise DefinitionError(f"{where}.{extra[0]}", f"a {kinds[0]} step runs no handler: only a "
+                                  "handler step takes retry, timeout_s, non_retryable, max_concurrency "
+                                  "and compensate")
+    sleep = raw.get("sleep")
+    if sleep is not None:
+        if ("seconds" in sleep) == ("until" in sleep):
+            raise DefinitionError(f"{where}.sleep", "needs exactly one of 'seconds' and 'until'")
+        until = sleep.get("until")
+        if until is not None and until.startswith("outputs.") and until_step(until, earlier) is None:
+            raise DefinitionError(f"{where}.sleep.until", "must name an earlier step's output: "
+                                  f"outputs.<one of {', '.join(earlier) or 'no earlier step'}>.<field>")
+    wait = raw.get("wait")
+    if wait is not None and "default_output" in wait and wait.get("on_timeout", "fail") != "continue":
+        raise DefinitionError(f"{where}.wait.default_output", "goes with on_timeout 'continue' only")
+
+
+def until_step(path: str, steps: list[str]) -> tuple[str, list[str]] | None:
+    """Return the step an ``outputs.<step>.<field>`` path names (the longest step name it starts
+    with: names may hold dots) and the keys after it; ``None`` when it names none of ``steps``."""
+    rest = path[len("outputs."):]
+    for name in sorted(steps, key=len, reverse=True):
+        if rest.startswith(name + ".") and len(rest) > len(name) + 1:
+            return name, rest[len(name) + 1:].split(".")
+    return None
+
+
 def _step(raw: Mapping[str, Any]) -> StepSpec:
     """Build a checked step's spec, defaults filled in."""
+    if "sleep" in raw:
+        sleep = raw["sleep"]
+        seconds = sleep.get("seconds")
+        return StepSpec(name=raw["name"], handler=SLEEP_HANDLER, sleep=SleepSpec(
+            seconds=None if seconds is None else float(seconds), until=sleep.get("until")))
+    if "wait" in raw:
+        wait = raw["wait"]
+        return StepSpec(name=raw["name"], handler=WAIT_HANDLER, wait=WaitSpec(
+            signal=wait["signal"], timeout_s=float(wait["timeout_s"]),
+            on_timeout=wait.get("on_timeout", "fail"), default_output=wait.get("default_output")))
     undo = raw.get("compensate")
     return StepSpec(
         name=raw["name"],

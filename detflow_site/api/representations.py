@@ -10,7 +10,7 @@ from rest_framework import serializers
 from detflow_site.api.fields import JSONText
 from executions.engine import ExecutionStatus, StepStatus
 from workflows import masking
-from workflows.spec import ON_FAILURE
+from workflows.spec import ON_FAILURE, ON_TIMEOUT
 
 
 def _time(**kwargs: Any) -> serializers.DateTimeField:
@@ -47,15 +47,29 @@ class CompensateDefinition(serializers.Serializer):
     non_retryable = serializers.ListField(child=serializers.CharField())
 
 
+class SleepDefinition(serializers.Serializer):
+    seconds = serializers.FloatField(allow_null=True, help_text="How long; null: until 'until'.")
+    until = serializers.CharField(allow_null=True, help_text="The path its time is read at; null: 'seconds'.")
+
+
+class WaitDefinition(serializers.Serializer):
+    signal = serializers.CharField()
+    timeout_s = serializers.FloatField()
+    on_timeout = serializers.ChoiceField(choices=list(ON_TIMEOUT), default="fail")
+    default_output = serializers.JSONField(allow_null=True, default=None)
+
+
 class StepDefinition(serializers.Serializer):
     name = serializers.CharField()
-    handler = serializers.CharField()
-    retry = RetryPolicy()
-    timeout_s = serializers.FloatField()
-    non_retryable = serializers.ListField(child=serializers.CharField())
+    handler = serializers.CharField(help_text="detflow.sleep or detflow.wait for a sleep or a wait step.")
+    retry = RetryPolicy(allow_null=True, help_text="null for a sleep or a wait step.")
+    timeout_s = serializers.FloatField(allow_null=True, help_text="null for a sleep or a wait step.")
+    non_retryable = serializers.ListField(child=serializers.CharField(), allow_null=True)
     max_concurrency = serializers.IntegerField(allow_null=True, help_text="null: no limit.")
     compensate = CompensateDefinition(allow_null=True,
                                       help_text="What undoes this step in a rollback; null: nothing.")
+    sleep = SleepDefinition(allow_null=True, help_text="A sleep step's duration; null for other steps.")
+    wait = WaitDefinition(allow_null=True, help_text="What a wait step waits for; null for other steps.")
 
 
 class WorkflowVersion(serializers.Serializer):
@@ -288,8 +302,11 @@ class CompensateResult(ActionResult):
 
 class NextAction(serializers.Serializer):
     action = serializers.ChoiceField(
-        choices=["claim", "compensate", "wait", "recover_lost", "finish", "rollback", "none"],
-        help_text="compensate: claim a compensation; rollback: start one.")
+        choices=["claim", "compensate", "wait", "recover_lost", "finish", "rollback", "start_wait",
+                 "take_signal", "wake", "none"],
+        help_text="compensate: claim a compensation; rollback: start one; start_wait: start a sleep or "
+                  "a wait step; take_signal: a waiting step takes its signal; wake: a sleep ends or a "
+                  "wait times out.")
     step = serializers.CharField(allow_null=True)
     attempt = serializers.IntegerField(allow_null=True)
     at = _time(help_text="Until when it waits.")

@@ -9,9 +9,9 @@ from detflow_site import conf
 from executions.store import now_ms, to_ms
 
 UNICODE = {"SUCCEEDED": "✓", "RUNNING": "▸", "RETRY_WAIT": "↻", "FAILED": "✗", "PENDING": "·",
-           "SKIPPED": "»", "CANCELLED": "-", "bar": ("█", "░"), "ok": "✓", "bad": "✗"}
+           "SKIPPED": "»", "CANCELLED": "-", "WAITING": "…", "bar": ("█", "░"), "ok": "✓", "bad": "✗"}
 ASCII = {"SUCCEEDED": "+", "RUNNING": ">", "RETRY_WAIT": "~", "FAILED": "x", "PENDING": ".",
-         "SKIPPED": "s", "CANCELLED": "-", "bar": ("#", "-"), "ok": "ok", "bad": "FAILED"}
+         "SKIPPED": "s", "CANCELLED": "-", "WAITING": "w", "bar": ("#", "-"), "ok": "ok", "bad": "FAILED"}
 BAR_WIDTH = 30
 
 

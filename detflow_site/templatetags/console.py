@@ -17,7 +17,9 @@ BADGES = {"PENDING": "#6d6d6d", "RUNNING": "#1565c0", "RETRY_WAIT": "#ef6c00", "
           "FAILED": "#c62828", "SKIPPED": "#8e24aa", "CANCELLED": "#455a64",
           # A rollback's own: running (teal), done (brown: undone, not a success), stopped for an
           # operator (crimson, apart from a forward step's failure).
-          "COMPENSATING": "#00695c", "COMPENSATED": "#6d4c41", "COMPENSATION_FAILED": "#ad1457"}
+          "COMPENSATING": "#00695c", "COMPENSATED": "#6d4c41", "COMPENSATION_FAILED": "#ad1457",
+          # A sleep or a wait: nothing runs, nothing is held (indigo).
+          "WAITING": "#283593"}
 
 
 @register.filter

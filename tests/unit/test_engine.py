@@ -24,10 +24,13 @@ from executions.engine import (
     Idle,
     IllegalTransition,
     RecoverLost,
+    Resume,
     RetryAt,
+    StartWait,
     StepState,
     StepStatus,
     Wait,
+    WakeUp,
     decide,
     due_at,
     evolve,
@@ -207,9 +210,11 @@ def consistent_states(draw: st.DrawFn) -> ExecutionState:
 @st.composite
 def arbitrary_steps(draw: st.DrawFn) -> StepState:
     base = draw(small)
+    kind = draw(st.sampled_from(["handler", "handler", "sleep", "wait"]))
     return StepState(
         "", draw(statuses), draw(state_policies), attempt=base + draw(small), budget_base=base,
-        next_retry_at=draw(maybe_times), lease_expires_at=draw(maybe_times),
+        next_retry_at=draw(maybe_times), lease_expires_at=draw(maybe_times), kind=kind,
+        signal="go" if kind == "wait" else None, wake_at=draw(maybe_times),
     )
 
 
@@ -226,7 +231,7 @@ def arbitrary_states(draw: st.DrawFn) -> ExecutionState:
 @given(arbitrary_states(), times)
 def test_decide__only_acts_on_a_step_once_every_earlier_step_is_done(state, now):
     decision = decide(state, now)
-    if isinstance(decision, Claim | RecoverLost):
+    if isinstance(decision, Claim | RecoverLost | StartWait | Resume | WakeUp):
         assert all(s.status in DONE_STEP for s in state.steps[: decision.step])
 
 
@@ -236,6 +241,7 @@ def test_decide__never_claims_a_succeeded_or_running_step(state, now):
     decision = decide(state, now)
     if isinstance(decision, Claim):
         assert state.steps[decision.step].status in (S.PENDING, S.RETRY_WAIT)
+        assert state.steps[decision.step].kind == "handler"  # a sleep or a wait is never claimed
         assert decision.attempt == state.steps[decision.step].attempt + 1
     if isinstance(decision, RecoverLost):
         assert state.steps[decision.step].status is S.RUNNING
@@ -335,6 +341,7 @@ STEP_EVENTS: dict[StepStatus, dict[str, Any]] = {
     S.CANCELLED: {"type": "attempt_failed", "outcome": "cancelled"},
     S.PENDING: {"type": "retried"},
     S.SKIPPED: {"type": "skipped"},
+    S.WAITING: {"type": "wait_started", "wake_at": NOW},
 }
 EXECUTION_EVENTS: dict[ExecutionStatus, dict[str, Any]] = {
     E.RUNNING: {"type": "retried", "step_index": 0},
@@ -358,7 +365,9 @@ def test_transition_tables__have_an_event_for_every_reachable_status():
 @pytest.mark.parametrize(("source", "target"), list(itertools.product(S, S)))
 def test_evolve__accepts_exactly_the_step_changes_in_the_table(source, target):
     # Retry and skip also move the execution from FAILED to RUNNING: start there so only the step matters.
-    state = execution(E.FAILED if target in (S.PENDING, S.SKIPPED) else E.RUNNING, step(source, 1))
+    # A wait starts only on a step that sleeps or waits (evolve refuses it for a handler's step).
+    kind = "sleep" if target is S.WAITING else "handler"
+    state = execution(E.FAILED if target in (S.PENDING, S.SKIPPED) else E.RUNNING, step(source, 1, kind=kind))
     event = {**STEP_EVENTS[target], "step_index": 0}
     if target in STEP_TRANSITIONS[source]:
         assert evolve(state, event).steps[0].status is target

@@ -28,7 +28,7 @@ def test_workflows__register_twice_gives_one_version_and_a_change_the_next(opera
     assert first.json()["steps"][1]["max_concurrency"] == 2
     assert first.json()["steps"][0] == {
         "name": "charge", "handler": "test.echo", "timeout_s": 30.0, "non_retryable": [],
-        "max_concurrency": None, "compensate": None,
+        "max_concurrency": None, "compensate": None, "sleep": None, "wait": None,
         "retry": {"max_attempts": 5, "initial_delay_s": 1.0, "multiplier": 2.0, "max_delay_s": 60.0,
                   "jitter": 0.1},
     }
