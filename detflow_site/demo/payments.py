@@ -17,6 +17,7 @@ from django.conf import settings as django_settings
 from django.test.utils import override_settings
 
 from detflow_site import services
+from detflow_site.chaos import checker
 from detflow_site.demo import balance
 from detflow_site.demo.gateway import Gateway
 from detflow_site.demo.ledger import Faults
@@ -241,6 +242,11 @@ def checks(
     divergent = [r["order"] for r in rows if audit.verify(docs[r["order"]])]
     check(not divergent, f"every history replays through the engine ({len(rows)} executions, "
           f"{len(divergent)} divergent)")
+    violations = [v for r in rows for v in checker.check_history(docs[r["order"]])]
+    check(not violations, f"the chaos checker finds {len(violations)} violation(s) in the histories "
+          "(strict order, attempts within budget, one runner, rollbacks newest first and each "
+          "compensation committed once, none for a step that never succeeded)"
+          + (f": {violations[0]}" if violations else ""))
     return found
 
 

@@ -30,7 +30,7 @@ def test_payments_demo__json_exits_0_with_every_check_true(tmp_path: Path) -> No
     summary = summary_of(demo(tmp_path, "--json"))
 
     assert [c for c in summary["checks"] if not c["ok"]] == []
-    assert len(summary["checks"]) == 9
+    assert len(summary["checks"]) == 10
     rows = {r["order"]: r for r in summary["orders"]}
     assert len(rows) == 20
     assert {r["status"] for r in rows.values()} == {"SUCCEEDED", "COMPENSATED", "COMPENSATION_FAILED"}
@@ -70,7 +70,7 @@ def test_payments_demo__prints_the_table_and_the_checks(tmp_path: Path) -> None:
     assert "payment gateway: http://127.0.0.1:" in out
     assert "order-0005  COMPENSATED" in out and "charge succeeded, reserve succeeded" in out
     assert "order-0010  COMPENSATION_FAILED" in out and "\n    operator: " in out
-    assert out.count("[ok]") == 9 and "[FAILED]" not in out
+    assert out.count("[ok]") == 10 and "[FAILED]" not in out
 
 
 @pytest.mark.parametrize(("args", "message"), [
