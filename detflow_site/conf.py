@@ -58,6 +58,8 @@ class DetflowSettings:
     NOTIFY_URL: str | None = None
     #: Base URL of the payment gateway the ``payments`` workflow's handlers call; unset: they fail.
     PAYMENTS_URL: str | None = None
+    #: SMTP server (``smtp://host:port``) the ``email`` workflow sends through; unset: ``send`` fails.
+    SMTP_URL: str | None = None
     #: Start requests (``POST executions/``, ``POST files/``) one API user may make: ``N/minute`` etc.
     API_START_RATE: str = "600/minute"
     #: Largest JSON request body the API reads, in bytes; a larger one is answered 413.
@@ -218,6 +220,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "MAX_IMAGE_PIXELS": _number(int, 1, inclusive=True),
     "NOTIFY_URL": _url("http", "https"),
     "PAYMENTS_URL": _url("http", "https"),
+    "SMTP_URL": _url("smtp"),
     "API_START_RATE": _rate,
     "API_MAX_BODY_BYTES": _number(int, 1, inclusive=True),
     "API_MAX_JSON_DEPTH": _depth,

@@ -9,7 +9,7 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         from detflow_site import conf
-        from workflows import files, payments, registry  # noqa: F401  (they register the built-in handlers)
+        from workflows import email, files, payments, registry  # noqa: F401  (they register the built-in handlers)
 
         if not conf.problems():
             registry.import_handler_modules(conf.get().HANDLER_MODULES)

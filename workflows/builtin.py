@@ -1,10 +1,11 @@
-"""The workflows detflow ships: ``file-processing``, which the demo and ``rundev`` register, and
-``payments``, which ``demo --workflow payments`` registers."""
+"""The workflows detflow ships: ``file-processing``, which the demo and ``rundev`` register,
+``payments``, which ``demo --workflow payments`` registers, and ``email`` and ``email-approved``."""
 from __future__ import annotations
 
 from typing import Any
 
 from workflows import definitions
+from workflows.email import EMAIL_APPROVED_DEFINITION, EMAIL_DEFINITION
 from workflows.models import WorkflowDefinition
 from workflows.payments import PAYMENTS_DEFINITION
 
@@ -42,3 +43,8 @@ def ensure_payments() -> WorkflowDefinition:
     """Register ``payments`` unless the same definition is stored already; return it."""
     stored, _ = definitions.register(PAYMENTS_DEFINITION)
     return stored
+
+
+def ensure_email() -> tuple[WorkflowDefinition, WorkflowDefinition]:
+    """Register ``email`` and ``email-approved`` unless the same definitions are stored; return them."""
+    return definitions.register(EMAIL_DEFINITION)[0], definitions.register(EMAIL_APPROVED_DEFINITION)[0]

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from detflow_site.demo import payments
+from detflow_site.demo import email, payments
 from detflow_site.demo import run as demo
 from detflow_site.errors import DetflowError
 from insights import service
@@ -26,10 +26,13 @@ class Command(BaseCommand):
             "a refused refund and a crash inside a compensation, checked against the gateway's ledger.")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--workflow", choices=("file-processing", "payments"), default="file-processing",
+        parser.add_argument("--workflow", choices=("file-processing", "payments", "email"),
+                            default="file-processing",
                             help="which built-in workflow to show (default file-processing)")
         parser.add_argument("--orders", type=int, default=20,
                             help=f"payments: orders to run, 5 to {payments.MAX_ORDERS} (default 20)")
+        parser.add_argument("--messages", type=int, default=50,
+                            help=f"email: messages to send, 5 to {email.MAX_MESSAGES} (default 50)")
         parser.add_argument("--files", type=Path, help="process the files of this directory instead "
                                                        "of the generated samples (no injected faults)")
         parser.add_argument("--json", action="store_true", help="print only a JSON summary")
@@ -50,6 +53,16 @@ class Command(BaseCommand):
             try:
                 summary = payments.run(self.stdout, orders=options["orders"], threads=options["threads"],
                                        as_json=options["json"], explain=explain)
+            except DetflowError as exc:
+                raise CommandError(str(exc)) from None
+            self._fail_on(summary)
+            return
+        if options["workflow"] == "email":
+            if options["files"] or options["serve"]:
+                raise CommandError("--files and --serve go with the file-processing demo, not email")
+            try:
+                summary = email.run(self.stdout, messages=options["messages"], threads=options["threads"],
+                                    as_json=options["json"])
             except DetflowError as exc:
                 raise CommandError(str(exc)) from None
             self._fail_on(summary)
