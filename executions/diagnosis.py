@@ -352,9 +352,11 @@ def _waiting(doc: dict[str, Any], decision: Wait) -> str:
     if decision.reason == "sleep":
         return f"step {name!r} sleeps until {until}; no worker, lock or lease is held meanwhile"
     kept = [s for s in doc.get("signals") or [] if s.get("consumed_by") is None]
+    index = next(i for i, s in enumerate(doc["steps"]) if s["status"] == "WAITING")
+    rule = doc["definition"]["steps"][index]["wait"].get("on_timeout", "fail")
     return (f"step {name!r} waits for signal {_waited_for(doc)!r} until {until} (then its on_timeout "
-            f"rule applies), {len(kept)} signal{'' if len(kept) == 1 else 's'} kept and not taken; no "
-            "worker, lock or lease is held meanwhile")
+            f"rule applies: {rule}), {len(kept)} signal{'' if len(kept) == 1 else 's'} kept and not "
+            "taken; no worker, lock or lease is held meanwhile")
 
 
 def _iso(value: dt.datetime | None) -> str:

@@ -1,8 +1,9 @@
 """The fact sheet of a finished execution: its data model.
 
 A :class:`FactSheet` is what the writers may say about an execution: its steps and their attempts,
-the failure or the cancellation, the rollback (what was undone, what could not be), and the facts in
-sentences. ``insights.fold.compute`` builds one
+the failure or the cancellation, the rollback (what was undone, what could not be), its sleeps and
+waits (how each ended: a signal taken, a timeout and its rule) and the signals it received, and the
+facts in sentences. ``insights.fold.compute`` builds one
 from a stored execution (pure); ``insights.wording`` says its facts in English. Every :class:`Fact`
 names the event sequence numbers it rests on, so that a post-mortem can cite them and a reader can
 check them in the history.
@@ -101,12 +102,69 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Wait:
+    """A sleep, or a wait for a signal, of a step: from its ``wait_started`` to its end."""
+
+    step: str
+    index: int
+    #: sleep or wait.
+    kind: str
+    signal: str | None
+    start_seq: int
+    started_ms: int | None
+    #: When the sleep ends, or the wait times out.
+    wake_at_ms: int | None
+    #: woke (a sleep ended), signalled (a wait took its signal), timed_out, refused (a sleep's time
+    #: could not be read), cancelled, or waiting (no end recorded yet).
+    outcome: str
+    #: What the end made of the step: succeeded, failed or skipped (``None`` while it waits).
+    ends: str | None = None
+    #: A wait's rule and timeout, as its definition says.
+    on_timeout: str | None = None
+    timeout_s: float | None = None
+    end_seq: int | None = None
+    ended_ms: int | None = None
+    message: str | None = None
+    #: The signal a wait took: its place, who sent it, why, when, and its ``signal_received``.
+    signal_index: int | None = None
+    signal_by: str | None = None
+    signal_reason: str | None = None
+    signal_ms: int | None = None
+    signal_seq: int | None = None
+
+    @property
+    def waited_ms(self) -> int | None:
+        if self.started_ms is None or self.ended_ms is None:
+            return None
+        return self.ended_ms - self.started_ms
+
+    @property
+    def seqs(self) -> tuple[int, ...]:
+        return tuple(s for s in (self.start_seq, self.signal_seq, self.end_seq) if s is not None)
+
+
+@dataclass(frozen=True)
+class Signal:
+    """A signal the execution received, and the step that took it (``None``: none did)."""
+
+    name: str
+    index: int
+    by: str | None
+    reason: str | None
+    seq: int
+    at_ms: int | None = None
+    taken_by: str | None = None
+
+
+@dataclass(frozen=True)
 class Failure:
     """The step that failed the execution, and why it was not tried again."""
 
     step: str
     index: int
-    #: permanent, retries_exhausted, timeout (the last attempt timed out) or lost (its worker stopped).
+    #: permanent, retries_exhausted, timeout (the last attempt timed out), lost (its worker stopped),
+    #: wait_timed_out (a wait whose on_timeout is fail saw no signal) or sleep_refused (a sleep whose
+    #: time could not be read).
     kind: str
     error_type: str
     message: str
@@ -243,6 +301,9 @@ class FactSheet:
     slowest: str | None = None
     slow_steps: tuple[str, ...] = ()
     operator: tuple[OperatorAction, ...] = ()
+    #: The sleeps and waits, in the order they started, and every signal received, in arrival order.
+    waits: tuple[Wait, ...] = ()
+    signals: tuple[Signal, ...] = ()
     #: Steps with an attempt that had no outcome yet when the sheet was computed.
     running: tuple[str, ...] = ()
     logs: tuple[AttemptLog, ...] = ()

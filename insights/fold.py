@@ -2,9 +2,9 @@
 
 Pure: a stored execution document and its steps' baselines in, a :class:`FactSheet` out; no query,
 no clock, no guess. The events are folded step by step into attempts (a compensation's events into
-its compensation, as its forward counterparts into a step), then the failure, the cancellation, the
-rollback, the slow steps and the logs that explain them are picked; ``insights.wording`` puts
-the facts into sentences.
+its compensation, as its forward counterparts into a step; a sleep's or a wait's into a wait, the
+signals into theirs), then the failure, the cancellation, the rollback, the slow steps and the logs
+that explain them are picked; ``insights.wording`` puts the facts into sentences.
 """
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ from insights.facts import (
     Failure,
     OperatorAction,
     Rollback,
+    Signal,
     Step,
+    Wait,
 )
 
 #: Attempts described per step (the newest), and log lines and traceback characters per attempt.
@@ -56,8 +58,10 @@ def compute(doc: Mapping[str, Any], baselines: Mapping[str, Baseline] | None = N
     cancel: dict[str, Any] | None = None
     terminal: dict[str, Any] | None = None
     started: dict[str, Any] | None = None
+    waits = _Waits(specs)
     for event in events:
         kind = event["type"]
+        waits.fold(event)
         if kind in COMPENSATION_KINDS:
             _compensation_event(event, undoers, operator, skips)
             continue
@@ -89,14 +93,14 @@ def compute(doc: Mapping[str, Any], baselines: Mapping[str, Baseline] | None = N
         workflow_version=int(doc["workflow_version"]), status=status,
         version=int(doc["version"]), duration_ms=duration,
         terminal_seq=terminal["seq"] if terminal else None, steps=tuple(steps), facts=(),
-        failure=_failure(steps) if status == "FAILED" or failed_cause else None,
+        failure=_failure(steps, waits.waits) if status == "FAILED" or failed_cause else None,
         cancellation=(_cancellation(cancel, steps) if cancel and (status == "CANCELLED" or rollback)
                       else None),
         rollback=rollback,
         undoable=(_undoable(specs, steps) if status in ("FAILED", "CANCELLED") and rollback is None
                   else ()),
         slowest=_slowest(steps), slow_steps=tuple(s.name for s in steps if s.slow),
-        operator=tuple(operator),
+        operator=tuple(operator), waits=tuple(waits.waits), signals=tuple(waits.signals()),
         running=tuple(s.name for s in steps if s.attempts and s.attempts[-1].outcome == "running"),
         input_json=str(doc.get("input_json") or "null"),
         event_seqs=frozenset(e["seq"] for e in events),
@@ -261,9 +265,71 @@ def _is_slow(elapsed: int | None, baseline: Baseline | None) -> bool:
             and elapsed - baseline.median_ms >= SLOW_MIN_EXCESS_MS)
 
 
-def _failure(steps: list[Step]) -> Failure | None:
+class _Waits:
+    """Folds the events of sleeps, waits and signals into :class:`Wait` and :class:`Signal`."""
+
+    def __init__(self, specs: list[Mapping[str, Any]]) -> None:
+        self.specs = specs
+        self.waits: list[Wait] = []
+        self.open: dict[int, int] = {}  # step index -> its open wait's place in ``waits``
+        self.received: dict[int, Mapping[str, Any]] = {}
+        self.taken: dict[int, str] = {}
+
+    def fold(self, event: Mapping[str, Any]) -> None:
+        kind, index = event["type"], event.get("step_index")
+        if kind == "wait_started" and isinstance(index, int) and 0 <= index < len(self.specs):
+            rule = self.specs[index].get("wait") or {}
+            self.open[index] = len(self.waits)
+            self.waits.append(Wait(
+                step=str(event.get("step") or self.specs[index]["name"]), index=index,
+                kind=str(event.get("kind")), signal=event.get("signal"), start_seq=event["seq"],
+                started_ms=_ms(event.get("at")), wake_at_ms=_ms(event.get("wake_at")), outcome="waiting",
+                on_timeout=rule.get("on_timeout", "fail") if rule else None,
+                timeout_s=float(rule["timeout_s"]) if "timeout_s" in rule else None))
+        elif kind == "signal_received" and isinstance(event.get("signal_index"), int):
+            self.received[event["signal_index"]] = event
+        elif kind in ("signal_consumed", "wait_ended") and index in self.open:
+            place = self.open.pop(index)
+            ended: dict[str, Any] = {"end_seq": event["seq"], "ended_ms": _ms(event.get("at"))}
+            if kind == "signal_consumed":
+                k = event.get("signal_index")
+                sent = self.received.get(k) if isinstance(k, int) else None
+                if isinstance(k, int):
+                    self.taken[k] = self.waits[place].step
+                ended.update(outcome="signalled", ends="succeeded", signal_index=k)
+                if sent:
+                    ended.update(signal_by=sent.get("by"), signal_reason=sent.get("reason") or None,
+                                 signal_ms=_ms(sent.get("at")), signal_seq=sent["seq"])
+            else:
+                ended.update(outcome=str(event.get("outcome")), ends=event.get("ends"),
+                             message=event.get("message") or None)
+            self.waits[place] = replace(self.waits[place], **ended)
+        elif kind == "cancelled":
+            for place in self.open.values():
+                self.waits[place] = replace(self.waits[place], outcome="cancelled", end_seq=event["seq"],
+                                            ended_ms=_ms(event.get("at")))
+            self.open.clear()
+
+    def signals(self) -> list[Signal]:
+        return [Signal(name=str(e.get("name")), index=k, by=e.get("by"), reason=e.get("reason") or None,
+                       seq=e["seq"], at_ms=_ms(e.get("at")), taken_by=self.taken.get(k))
+                for k, e in sorted(self.received.items())]
+
+
+def _failure(steps: list[Step], waits: list[Wait] | None = None) -> Failure | None:
     step = next((s for s in steps if s.status == "FAILED"), None)
-    if step is None or not step.attempts or step.attempts[-1].end_seq is None:
+    if step is None:
+        return None
+    wait = next((w for w in reversed(waits or []) if w.index == step.index and w.ends == "failed"), None)
+    if wait is not None and wait.end_seq is not None:
+        return Failure(
+            step=step.name, index=step.index,
+            kind="wait_timed_out" if wait.outcome == "timed_out" else "sleep_refused",
+            error_type="WaitTimedOut" if wait.outcome == "timed_out" else "SleepUntilInvalid",
+            message=wait.message or "", seq=wait.end_seq, attempts_used=0, max_attempts=0, outcomes={},
+            seqs=wait.seqs, not_run=tuple(s.name for s in steps[step.index + 1:]),
+        )
+    if not step.attempts or step.attempts[-1].end_seq is None:
         return None
     last = step.attempts[-1]
     budget = step.budget

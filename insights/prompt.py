@@ -4,7 +4,8 @@ The data is one JSON document between ``<execution_data>`` markers, built only f
 execution (``insights.redact``). ``<`` and ``>`` inside it are written as ``\\u003c`` and
 ``\\u003e``, so that nothing in a log line can close the quote. Sections go in by priority (the
 execution, the facts, the events they cite, the attempt logs, the compensations of a rollback, the
-step table, the other events, the input) until ``DETFLOW_INSIGHTS_PROMPT_CHARS`` is reached;
+sleeps and waits and the signals received (never a signal's payload), the step table, the other
+events, the input) until ``DETFLOW_INSIGHTS_PROMPT_CHARS`` is reached;
 what did not fit is counted in ``omitted``.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from executions.store import to_ms
-from insights.facts import AttemptLog, Compensation, FactSheet
+from insights.facts import AttemptLog, Compensation, FactSheet, Signal, Wait
 from insights.postmortem import ACTIONS, SCHEMA
 
 OPEN, CLOSE = "<execution_data>", "</execution_data>"
@@ -79,6 +80,8 @@ def build(sheet: FactSheet, doc: Mapping[str, Any], limit: int) -> Prompt:
         ("attempt_logs", [_log(log) for log in sheet.logs]),
         ("compensations", [_compensation(c) for c in sheet.rollback.compensations]
          if sheet.rollback else []),
+        ("waits", [_wait(w) for w in sheet.waits]),
+        ("signals", [_signal(k) for k in sheet.signals]),
         ("steps", [_step(s) for s in sheet.steps]),
         ("events", [e for e in reversed(events) if e["seq"] not in cited]),
     ]
@@ -131,13 +134,38 @@ def _event(event: Mapping[str, Any], doc: Mapping[str, Any]) -> dict[str, Any]:
         out["t_ms"] = at - start
     for key in ("step", "compensation_index", "attempt", "error_type", "message", "permanent", "outcome",
                 "worker", "by", "reason", "duration_ms", "steps", "cause_step", "cause_type",
-                "cause_message"):
+                "cause_message", "kind", "signal", "name", "signal_index", "ends"):
         if event.get(key) is not None:
             value = event[key]
             out[key] = _cut(value, MESSAGE_CHARS) if isinstance(value, str) else value
     retry_at = to_ms(event.get("next_retry_at"))
     if retry_at is not None and at is not None:
         out["retry_in_ms"] = retry_at - at
+    wake_at = to_ms(event.get("wake_at"))
+    if wake_at is not None and at is not None:
+        out["wake_in_ms"] = wake_at - at  # a sleep's end, a wait's timeout
+    return out
+
+
+def _wait(wait: Wait) -> dict[str, Any]:
+    out: dict[str, Any] = {"step": wait.step, "kind": wait.kind, "outcome": wait.outcome,
+                           "waited_ms": wait.waited_ms, "start_seq": wait.start_seq}
+    for key in ("signal", "ends", "on_timeout", "timeout_s", "end_seq", "signal_by", "signal_seq"):
+        value = getattr(wait, key)
+        if value is not None:
+            out[key] = value
+    for key in ("message", "signal_reason"):
+        value = getattr(wait, key)
+        if value:
+            out[key] = _cut(value, MESSAGE_CHARS)
+    return out
+
+
+def _signal(signal: Signal) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": signal.name, "signal_index": signal.index, "seq": signal.seq,
+                           "by": signal.by, "taken_by": signal.taken_by}
+    if signal.reason:
+        out["reason"] = _cut(signal.reason, MESSAGE_CHARS)
     return out
 
 

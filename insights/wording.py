@@ -2,7 +2,8 @@
 
 The rules writer and the prompt both use these sentences; ``retry_pattern`` and ``seconds`` are the
 wording the writers reuse for a step's (or a compensation's) attempts and for a duration,
-``rollback_cause`` and ``undo_result`` for why a rollback ran and how each compensation ended.
+``rollback_cause`` and ``undo_result`` for why a rollback ran and how each compensation ended,
+``wait_result`` for how a sleep or a wait ended.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from insights.facts import (
     Failure,
     Rollback,
     Step,
+    Wait,
 )
 
 
@@ -32,6 +34,15 @@ def facts(sheet: FactSheet) -> list[Fact]:
     elif sheet.undoable:
         found.append(Fact("undoable", "no rollback was asked for; an operator's compensate would undo, "
                           f"newest first: {', '.join(sheet.undoable)}", _seqs([sheet.terminal_seq])))
+    for wait in sheet.waits:
+        found.append(Fact("sleep" if wait.kind == "sleep" else "wait", wait_result(wait), wait.seqs,
+                          wait.step))
+    kept = [s for s in sheet.signals if s.taken_by is None]
+    if kept:
+        found.append(Fact("signals_not_taken", f"{len(kept)} signal(s) received and not taken by any step: "
+                          + "; ".join(f"{s.name!r} from {s.by or 'an unknown sender'}"
+                                      + (f" ({_clip(s.reason, 80)!r})" if s.reason else "") for s in kept),
+                          tuple(s.seq for s in kept)))
     for step in sheet.steps:
         if len(step.attempts) > 1 or any(a.outcome not in ("succeeded", "running") for a in step.attempts):
             found.append(Fact("retry_pattern", f"step {step.name!r}: {retry_pattern(step)}",
@@ -89,6 +100,11 @@ def _outcome(sheet: FactSheet) -> Fact:
         for undo in r.having("failed"):
             text += f"; the compensation of {undo.step!r} failed for good"
         return Fact("outcome", text, _seqs([sheet.terminal_seq, r.seq]), r.cause_step)
+    if sheet.status == "FAILED" and sheet.failure and sheet.failure.kind in WAIT_FAILURES:
+        f = sheet.failure
+        wait = next(w for w in reversed(sheet.waits) if w.end_seq == f.seq)
+        return Fact("outcome", f"FAILED{took}: {wait_result(wait)}", _seqs([sheet.terminal_seq, f.seq]),
+                    f.step)
     if sheet.status == "FAILED" and sheet.failure:
         f = sheet.failure
         return Fact("outcome", f"FAILED{took}: step {f.step!r} failed for good on attempt "
@@ -100,7 +116,51 @@ def _outcome(sheet: FactSheet) -> Fact:
     return Fact("outcome", f"{sheet.status}{took}: {ran} step(s) ran, {attempts} attempt(s) in all", seqs)
 
 
+#: The failures of a step that ran no handler: a wait that timed out, a sleep that could not start.
+WAIT_FAILURES = ("wait_timed_out", "sleep_refused")
+
+
+def wait_result(w: Wait) -> str:
+    """Say how a sleep or a wait ended: ``step 'approval' waited 2 s for signal 'approved', none
+    came: on_timeout fail``, ``... took signal 'approved' from ann after 1.20 s ('ok')``."""
+    waited = seconds(w.waited_ms)
+    if w.kind == "sleep":
+        if w.outcome == "woke":
+            return f"step {w.step!r} slept {waited} and woke as planned"
+        if w.outcome == "refused":
+            return f"step {w.step!r} could not sleep: {_clip(w.message or '', 200)!r}"
+        if w.outcome == "cancelled":
+            return f"step {w.step!r} was asleep when the execution was cancelled, after {waited}"
+        return f"step {w.step!r} was still asleep when these facts were computed"
+    what = f"signal {w.signal!r}"
+    if w.outcome == "signalled":
+        text = (f"step {w.step!r} waited {waited} for {what} and took the one {w.signal_by or 'someone'} "
+                "sent")
+        if w.signal_reason:
+            text += f" ({_clip(w.signal_reason, 120)!r})"
+        if w.signal_ms is not None and w.started_ms is not None:
+            sent = w.signal_ms - w.started_ms
+            text += (f", {seconds(sent)} after the wait started" if sent >= 0
+                     else f", {seconds(-sent)} before the wait started (kept until then)")
+        return text + "; its payload is the step's output"
+    if w.outcome == "timed_out":
+        limit = f"{w.timeout_s:g} s" if w.timeout_s is not None else waited
+        rule = w.on_timeout or "fail"
+        then = {"fail": "the step failed", "continue": "the step succeeded with its default_output",
+                "skip": "the step was skipped"}.get(rule, f"the step ended {w.ends}")
+        return f"step {w.step!r} waited {limit} for {what}, none came: on_timeout {rule} ({then})"
+    if w.outcome == "cancelled":
+        return f"step {w.step!r} was waiting for {what} when the execution was cancelled, after {waited}"
+    return f"step {w.step!r} was still waiting for {what} when these facts were computed"
+
+
 def _failure_fact(f: Failure, step: Step) -> Fact:
+    if f.kind in WAIT_FAILURES:
+        rest = f"; steps not run: {', '.join(f.not_run)}" if f.not_run else ""
+        what = ("waited for a signal that did not come in time, and its on_timeout is fail"
+                if f.kind == "wait_timed_out" else "is a sleep whose time could not be read")
+        return Fact("failing_step", f"step {f.step!r} ({step.handler}) failed with {f.error_type}: "
+                    f"{f.message!r}: it ran no handler, it {what}{rest}", (f.seq,), f.step)
     why = {
         "permanent": "the error is permanent (a PermanentError, or a type listed in the step's "
                      "non_retryable), so it was not retried",

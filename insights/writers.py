@@ -22,7 +22,7 @@ from insights.errors import InvalidAnswer, WriterFailed
 from insights.facts import Compensation, FactSheet, Failure, Rollback, Step
 from insights.postmortem import SCHEMA
 from insights.prompt import Prompt
-from insights.wording import retry_pattern, rollback_cause, seconds, undo_result
+from insights.wording import WAIT_FAILURES, retry_pattern, rollback_cause, seconds, undo_result, wait_result
 
 #: Error types (the last part of the name) that usually mean bad input or a bug, not an outage.
 INPUT_OR_BUG = frozenset({"KeyError", "ValueError", "TypeError", "AttributeError", "IndexError",
@@ -50,6 +50,8 @@ class RulesWriter:
 
 
 def _failed(sheet: FactSheet, f: Failure, step: Step) -> dict[str, Any]:
+    if f.kind in WAIT_FAILURES:
+        return _failed_wait(sheet, f, step)
     budget = step.budget
     types = Counter(a.error_type for a in budget if a.error_type)
     error = f"{f.error_type}: {_quote(f.message)}"
@@ -136,6 +138,57 @@ def _failed(sheet: FactSheet, f: Failure, step: Step) -> dict[str, Any]:
         if attempt.end_seq is not None:
             evidence.append((attempt.end_seq, f"attempt {attempt.n} of {f.step!r} ended "
                                               f"{attempt.outcome} ({attempt.error_type}); {attempt.then}"))
+    evidence += _operator_evidence(sheet)
+    if sheet.terminal_seq is not None:
+        evidence.append((sheet.terminal_seq, "the execution FAILED"))
+    return _answer(summary, cause, evidence, impact, actions, confidence)
+
+
+def _failed_wait(sheet: FactSheet, f: Failure, step: Step) -> dict[str, Any]:
+    """Say why a step that runs no handler failed: its wait saw no signal in time (on_timeout fail),
+    or its sleep's time could not be read."""
+    wait = next(w for w in reversed(sheet.waits) if w.end_seq == f.seq)
+    later = (f"Steps after {f.step!r} did not run: {', '.join(f.not_run)}." if f.not_run
+             else f"{f.step!r} is the last step.")
+    if f.kind == "wait_timed_out":
+        summary = f"FAILED at step {f.step!r}: {wait_result(wait)}."
+        kept = [s for s in sheet.signals if s.taken_by is None]
+        cause = (f"No signal {wait.signal!r} reached the execution while {f.step!r} waited for it "
+                 f"(timeout_s={wait.timeout_s:g}), and the wait's on_timeout is fail, so the step failed "
+                 "with WaitTimedOut. Nothing in detflow failed: whoever was to send the signal did not, "
+                 "or sent it to another execution or under another name."
+                 if wait.timeout_s is not None else "")
+        if kept:
+            cause += (" Signals received and never taken: "
+                      + ", ".join(f"{s.name!r} from {s.by or 'an unknown sender'}" for s in kept) + ".")
+        confidence = "high"
+        actions = [
+            ("retry", f"Retry {f.step!r} to wait again (a new timeout from the retry); send the signal "
+                      f"{wait.signal!r} once it is decided."),
+            ("skip", f"If the decision was made elsewhere, skip {f.step!r} with the output the signal "
+                     "would have carried."),
+            ("code_change", f"If {wait.timeout_s:g} s is too short for the sender, raise timeout_s, or set "
+                            "on_timeout to continue (with a default_output) or skip."
+             if wait.timeout_s is not None else "Review the wait's timeout_s and on_timeout."),
+        ]
+    else:
+        summary = f"FAILED at step {f.step!r}: {wait_result(wait)}."
+        cause = (f"The sleep step {f.step!r} reads its end time from the input or an earlier output, and "
+                 f"that value is not a time it can read (SleepUntilInvalid: {_quote(f.message)}); it "
+                 "expects an ISO 8601 time or epoch seconds.")
+        confidence = "high"
+        actions = [
+            ("retry_with_edited_input", f"Retry {f.step!r} with an input holding a valid time."),
+            ("skip", f"Skip {f.step!r} if the delay no longer matters."),
+            ("code_change", "Fix whatever produces the time the sleep reads."),
+        ]
+    actions += _compensate_action(sheet)
+    done = sum(1 for s in sheet.steps[: f.index] if s.status in ("SUCCEEDED", "SKIPPED"))
+    impact = (f"{later} The outputs of the {done} step(s) before it are stored; a retry or a skip "
+              f"resumes at {f.step!r} without running them again.")
+    evidence = [(f.seq, f"the {wait.kind} of {f.step!r} ended {wait.outcome} and the step failed"),
+                (wait.start_seq, f"the {wait.kind} of {f.step!r} started"
+                 + (f", waiting for signal {wait.signal!r}" if wait.signal else ""))]
     evidence += _operator_evidence(sheet)
     if sheet.terminal_seq is not None:
         evidence.append((sheet.terminal_seq, "the execution FAILED"))
@@ -250,7 +303,10 @@ def _rolled_back(sheet: FactSheet, r: Rollback) -> dict[str, Any]:
                     + f" {'is' if len(left) == 1 else 'are'} not undone; an operator must retry or skip it")
     summary += "."
     f, c = sheet.failure, sheet.cancellation
-    if f is not None and f.step == r.cause_step:
+    if f is not None and f.step == r.cause_step and f.kind in WAIT_FAILURES:
+        wait = next(w for w in reversed(sheet.waits) if w.end_seq == f.seq)
+        cause = f"The rollback undoes the failure of {f.step!r}: {wait_result(wait)}."
+    elif f is not None and f.step == r.cause_step:
         step = sheet.steps[f.index]
         cause = (f"The rollback undoes the failure of {f.step!r}: {step.handler} raised {f.error_type}: "
                  f"{_quote(f.message)} on attempt {f.attempts_used} of {f.max_attempts}, "

@@ -1,9 +1,11 @@
 """The admin console of executions and workflows, on detflow's document admin glue.
 
 Viewers and operators (``executions.roles``) read every page; operators also cancel, retry, skip
-and compensate (roll back), each with a reason, a dry-run preview and a confirmation. The actions
-are the API's own services (``executions.operations``), so they record the same events. On a
-COMPENSATION_FAILED execution retry and skip act on its failed compensation, and say so.
+and compensate (roll back), each with a reason, a dry-run preview and a confirmation, and send a
+signal to a wait step ("Approve" when the signal reads as an approval), with a reason and a JSON
+payload, at once (a signal has no dry run). The actions are the API's own services
+(``executions.operations``), so they record the same events. On a COMPENSATION_FAILED execution
+retry and skip act on its failed compensation, and say so.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from detflow_site import docadmin
 from detflow_site.api.fields import JSONValue
 from detflow_site.api.parsers import JSONParser
 from detflow_site.api.views import refuse_server_path
-from detflow_site.console import aggregates, listing, timeline
+from detflow_site.console import aggregates, listing, timeline, waits
 from detflow_site.errors import DetflowError, PayloadTooLarge
 from executions import diagnosis, operations, store
 from executions.engine import ExecutionStatus, StepStatus, rollback_plan
@@ -40,6 +42,8 @@ ACTIONS = {
     "retry": {"label": "Retry", "statuses": ("FAILED", "COMPENSATION_FAILED")},
     "skip": {"label": "Skip the failed step", "statuses": ("FAILED", "COMPENSATION_FAILED")},
     "compensate": {"label": "Compensate", "statuses": ("FAILED", "CANCELLED")},
+    # Offered only when the definition has a wait step; labelled "Approve" for an approval.
+    "signal": {"label": "Send signal", "statuses": ("PENDING", "RUNNING")},
 }
 
 
@@ -51,6 +55,8 @@ def offered(doc: dict[str, Any]) -> list[tuple[str, str]]:
         if doc["status"] not in action["statuses"]:
             continue
         if name == "compensate" and not rollback_plan(store.to_state(doc), include_skipped=True):
+            continue
+        if name == "signal" and not waits.signal_names(doc):
             continue
         found.append((name, action_label(name, doc)))
     return found
@@ -65,6 +71,8 @@ def action_label(action: str, doc: dict[str, Any]) -> str:
             return f"Retry the compensation of {failed}"
         if action == "skip":
             return f"Skip the compensation of {failed} (undone by hand)"
+    if action == "signal" and waits.is_approval(waits.awaited(doc)):
+        return "Approve"
     return str(ACTIONS[action]["label"])
 
 
@@ -143,12 +151,13 @@ class ExecutionAdmin(RoleAdmin):
         return self.render(request, "admin/executions/execution_detail.html", {
             "title": f"Execution {execution_id}", "doc": doc, "input": _pretty(doc["input_json"]),
             "duration_ms": _duration(doc, now), "created_by": (doc["events"] or [{}])[0].get("by"),
-            "steps": [{**_step(step, spec, now), "undone": undone.get(i)}
+            "steps": [{**_step(step, spec, now), "undone": undone.get(i), "waits": waits.describe(step, spec)}
                       for i, (step, spec) in enumerate(zip(doc["steps"], specs, strict=True))],
             "rollback": doc.get("rollback"),
             "compensations": [{**_step(c, specs[c["step_index"]]["compensate"], now), "place": k + 1}
                               for k, c in enumerate(compensations)],
             "events": [_event(e) for e in doc["events"]], "timeline": timeline.svg(doc, now),
+            "signals": waits.signals(doc), "waiting_signal_steps": waits.signal_names(doc),
             "diagnosis": found, "panels": self.panels(request, doc),
             "actions": offered(doc),
             "workflow_url": _workflow_url(self, doc["workflow"]),
@@ -161,6 +170,8 @@ class ExecutionAdmin(RoleAdmin):
         if doc is None:
             raise Http404(f"execution {execution_id} does not exist")
         doc = masking.execution(doc)  # a secret left masked in an edited input keeps its value
+        if action == "signal":
+            return self._signal_view(request, execution_id, doc)
         form = {"reason": "", "input": "", "output": "null", "include_skipped": ""}
         named = action_label(action, doc)
         # On a COMPENSATION_FAILED execution retry and skip act on the failed compensation: no edited
@@ -190,6 +201,34 @@ class ExecutionAdmin(RoleAdmin):
             return self.render(request, "admin/executions/action.html", context)
         context["form"] = form
         return self.render(request, "admin/executions/action.html", context)
+
+    def _signal_view(self, request: HttpRequest, execution_id: str, doc: dict[str, Any]) -> HttpResponse:
+        """Send a signal to a wait step of ``doc`` (no dry run: a signal changes only what it names)."""
+        names = waits.signal_names(doc)
+        awaited = waits.awaited(doc)
+        named = action_label("signal", doc)
+        form = {"name": awaited or (names[0] if names else ""),
+                "payload": "{}" if waits.is_approval(awaited) else "",
+                "reason": ""}
+        context: dict[str, Any] = {"title": f"{named}: execution {execution_id}", "doc": doc,
+                                   "label": named, "names": names, "awaited": awaited,
+                                   "waiting": waits.waiting_steps(doc),
+                                   "detail_url": self.url("detail", execution_id)}
+        if request.method == "POST":
+            form = {k: request.POST.get(k, "") for k in form}
+            try:
+                if not form["reason"].strip():
+                    raise InvalidArgument("reason", "is required: say why, it is recorded with your name")
+                payload = _json_field(form["payload"] or "null", "payload")
+                result = operations.signal(execution_id, form["name"], payload,
+                                           by=request.user.get_username(), reason=form["reason"].strip())
+            except DetflowError as exc:
+                context.update(form=form, error=str(exc))
+                return self.render(request, "admin/executions/signal.html", context, status=400)
+            messages.success(request, waits.result_text(result, store.load(execution_id)))
+            return HttpResponseRedirect(self.url("detail", execution_id))
+        context["form"] = form
+        return self.render(request, "admin/executions/signal.html", context)
 
 
 def _perform(action: str, execution_id: str, by: str, form: dict[str, str],
@@ -363,7 +402,8 @@ class WorkflowAdmin(RoleAdmin):
         executions = self.site.document("executions.execution")
         versions = []
         for d in stored:
-            steps = [{**s, "worst_case_s": aggregates.worst_case_s(s)} for s in d.steps]
+            steps = [{**s, "worst_case_s": aggregates.worst_case_s(s), "pause": waits.describe({}, s)}
+                     for s in d.steps]
             query = urlencode({"workflow": name, "version": d.version})
             versions.append({"stored": d, "steps": steps, "stats": stats.get(d.version),
                              "worst_case_s": sum(s["worst_case_s"] for s in steps),

@@ -124,7 +124,13 @@ def _version(name: str, version: int) -> dict[str, Any]:
 
 def worst_case_s(step: dict[str, Any]) -> float:
     """Return the longest a step may take under its policy: every attempt running to its timeout,
-    with the longest delay before each retry (queueing and lease recovery not included)."""
+    with the longest delay before each retry (queueing and lease recovery not included). A sleep
+    takes its seconds, a wait its timeout_s; a sleep until a time read from the data counts 0 (it
+    has no bound the definition knows)."""
+    if "sleep" in step:
+        return float(step["sleep"].get("seconds", 0))
+    if "wait" in step:
+        return float(step["wait"]["timeout_s"])
     policy = dataclasses.replace(RetryPolicy(**step["retry"]), jitter=0.0)
     delays = sum(backoff_ms(policy, "", step["name"], used, used) for used in range(1, policy.max_attempts))
     return policy.max_attempts * float(step["timeout_s"]) + delays / 1000

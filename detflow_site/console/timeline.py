@@ -5,7 +5,9 @@ coloured by outcome; a dashed line from a failed attempt to the next one is the 
 ``next_retry_at`` while the step waits). A rollback gets a lane of its own below the forward steps:
 a tinted band headed "rollback" (with a dashed mark where it started), one row per compensation in
 plan order, its bars outlined and classed ``undo`` (not ``attempt``), so that undoing a step never
-reads as a retry of it. Every text in it is escaped.
+reads as a retry of it. A sleep or a wait for a signal runs no attempt: it is drawn as a hatched
+indigo band classed ``wait-span`` and ``sleep`` or ``wait`` (from its ``wait_started`` to its end, or
+to now while it waits), with a diamond where a signal came. Every text in it is escaped.
 """
 from __future__ import annotations
 
@@ -29,6 +31,9 @@ COLOURS = {"succeeded": "#2e7d32", "failed": "#c62828", "timed_out": "#ef6c00", 
 #: The rollback lane's band and the outline of its bars.
 LANE_FILL = "#fbe9f0"
 UNDO_STROKE = "#4a148c"
+#: A sleep's or a wait's band (the WAITING badge's indigo) and a signal's mark.
+WAIT_COLOUR = "#283593"
+SIGNAL_COLOUR = "#f9a825"
 
 
 def svg(doc: dict[str, Any], now: int) -> SafeString:
@@ -38,9 +43,12 @@ def svg(doc: dict[str, Any], now: int) -> SafeString:
     steps = doc["steps"]
     compensations = doc.get("compensations") or []
     rows = [_bars(slot, now) for slot in [*steps, *compensations]]
+    spans, marks = _pauses(doc, now)
     rollback_at = to_ms((doc.get("rollback") or {}).get("started_at"))
     for bars, waits in rows:
         end = max([end] + [bar["end"] for bar in bars] + [until for _, until in waits])
+    end = max([end] + [p["end"] for found in spans.values() for p in found]
+              + [m["at"] for found in marks.values() for m in found])
     if rollback_at is not None:
         end = max(end, rollback_at)
     span = max(end - start, 1)
@@ -56,10 +64,16 @@ def svg(doc: dict[str, Any], now: int) -> SafeString:
            f'aria-label="timeline of execution {escape(doc["_id"])}">',
            f'<text x="{LABEL_W}" y="14" font-size="11" fill="#666">0 s</text>',
            f'<text x="{WIDTH - 10}" y="14" font-size="11" fill="#666" text-anchor="end">'
-           f'{span / 1000:.3f} s</text>']
+           f'{span / 1000:.3f} s</text>',
+           '<defs><pattern id="detflow-wait-hatch" width="6" height="6" patternUnits="userSpaceOnUse" '
+           f'patternTransform="rotate(45)"><rect width="6" height="6" fill="{WAIT_COLOUR}" '
+           'fill-opacity="0.25"/>'
+           f'<line x1="0" y1="0" x2="0" y2="6" stroke="{WAIT_COLOUR}" stroke-width="2"/></pattern></defs>']
     for index, (step, row) in enumerate(zip(steps, rows[: len(steps)], strict=True)):
         label = f'{step["name"]} ({step["status"].lower()})'
-        out += _row(TOP + index * ROW_H, label, step["name"], row, x, undo=False)
+        top = TOP + index * ROW_H
+        out += _row(top, label, step["name"], row, x, undo=False)
+        out += _pause_marks(top + ROW_H / 2, step["name"], spans.get(index, []), marks.get(index, []), x)
     if compensations:
         top = TOP + len(steps) * ROW_H
         out.append(f'<g class="rollback-lane"><rect x="0" y="{top}" width="{WIDTH}" '
@@ -103,6 +117,78 @@ def _row(y: float, label: str, what: str, row: tuple[list[dict[str, Any]], list[
                    f'fill="{COLOURS.get(bar["outcome"], "#555")}"{outline}>'
                    f'<title>{escape(title)}</title></rect>')
     return out
+
+
+def _pause_marks(mid: float, what: str, spans: list[dict[str, Any]], marks: list[dict[str, Any]],
+                 x: Callable[[int], float]) -> list[str]:
+    """Return the SVG of a step's sleeps or waits (hatched bands) and the signals that came to it."""
+    out = []
+    for p in spans:
+        left, right = x(p["start"]), x(p["end"])
+        what_for = f' for signal {p["signal"]}' if p["signal"] else ""
+        verb = "sleeps" if p["kind"] == "sleep" else "waits"
+        took = f'{(p["end"] - p["start"]) / 1000:.3f} s'
+        if p["outcome"] == "waiting":
+            title = f'{what} {verb}{what_for}: {took} so far'
+        else:
+            title = f'{what} {p["kind"]}{what_for}: {p["outcome"]} after {took}'
+        out.append(f'<rect class="wait-span {escape(p["kind"])} {escape(p["outcome"])}" x="{left}" '
+                   f'y="{mid - BAR_H / 2}" width="{max(right - left, 2)}" height="{BAR_H}" rx="2" '
+                   f'fill="url(#detflow-wait-hatch)" stroke="{WAIT_COLOUR}" stroke-width="1">'
+                   f'<title>{escape(title)}</title></rect>')
+    for m in marks:
+        cx, r = x(m["at"]), BAR_H / 2 + 1
+        title = f'signal {m["name"]} from {m["by"]}' + (f' ({m["reason"]})' if m["reason"] else "")
+        out.append(f'<polygon class="signal-mark" points="{cx},{mid - r} {cx + r},{mid} {cx},{mid + r} '
+                   f'{cx - r},{mid}" fill="{SIGNAL_COLOUR}" stroke="#333" stroke-width="0.5">'
+                   f'<title>{escape(title)}</title></polygon>')
+    return out
+
+
+Found = dict[int, list[dict[str, Any]]]
+
+
+def _pauses(doc: dict[str, Any], now: int) -> tuple[Found, Found]:
+    """Return, by step index, the sleeps and waits the history records (``wait_started`` to its
+    ``signal_consumed``, ``wait_ended`` or cancel; to now while open) and the signals that came to
+    each step (the one that took it, else the first wait step for its name)."""
+    spans: Found = {}
+    received: dict[int, dict[str, Any]] = {}
+    taker: dict[int, int] = {}
+    for event in doc.get("events") or []:
+        kind, at = event.get("type"), to_ms(event.get("at"))
+        index = event.get("step_index")
+        if at is None:
+            continue
+        if kind == "wait_started" and isinstance(index, int):
+            spans.setdefault(index, []).append({"start": at, "end": max(now, at), "kind": event.get("kind"),
+                                                "signal": event.get("signal"), "outcome": "waiting"})
+        elif kind in ("signal_consumed", "wait_ended") and isinstance(index, int) and spans.get(index):
+            ended = "signalled" if kind == "signal_consumed" else str(event.get("outcome"))
+            spans[index][-1].update(end=at, outcome=ended)
+            if kind == "signal_consumed" and isinstance(event.get("signal_index"), int):
+                taker[event["signal_index"]] = index
+        elif kind == "cancelled":
+            for found in spans.values():
+                if found[-1]["outcome"] == "waiting":
+                    found[-1].update(end=at, outcome="cancelled")
+        elif kind == "signal_received" and isinstance(event.get("signal_index"), int):
+            received[event["signal_index"]] = {"at": at, "name": event.get("name"), "by": event.get("by"),
+                                               "reason": event.get("reason") or ""}
+    finished = to_ms(doc.get("finished_at"))
+    for found in spans.values():  # a wait open at the end of a finished execution ends with it
+        if found[-1]["outcome"] == "waiting" and finished is not None:
+            found[-1]["end"] = max(finished, found[-1]["start"])
+    specs = (doc.get("definition") or {}).get("steps") or []
+    marks: Found = {}
+    for k, mark in received.items():
+        index = taker.get(k)
+        if index is None:
+            index = next((i for i, spec in enumerate(specs)
+                          if (spec.get("wait") or {}).get("signal") == mark["name"]), None)
+        if index is not None:
+            marks.setdefault(index, []).append(mark)
+    return spans, marks
 
 
 def _bars(step: dict[str, Any], now: int) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:

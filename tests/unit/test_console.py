@@ -112,3 +112,28 @@ def test_badges__give_each_status_of_a_rollback_a_colour_of_its_own() -> None:
     assert len(set(BADGES.values())) == len(BADGES)  # no two statuses look alike
     assert badge("COMPENSATION_FAILED") == ('<span class="detflow-badge status-compensation_failed" '
                                             'style="background:#ad1457">COMPENSATION_FAILED</span>')
+
+
+def test_timeline__draws_a_wait_as_a_wait_with_the_signal_that_ended_it() -> None:
+    stored = execution({"name": "a", "status": "SUCCEEDED", "attempts": [attempt(1, 0, 100, "succeeded")]},
+                       {"name": "approval", "status": "SUCCEEDED", "attempts": []},
+                       {"name": "nap", "status": "WAITING", "attempts": []})
+    stored["definition"] = {"steps": [{"name": "a"}, {"name": "approval", "wait": {"signal": "ok"}},
+                                      {"name": "nap", "sleep": {"seconds": 5}}]}
+    stored["events"] = [
+        {"seq": 1, "at": at(100), "type": "wait_started", "step_index": 1, "kind": "wait", "signal": "ok",
+         "wake_at": at(9000)},
+        {"seq": 2, "at": at(400), "type": "signal_received", "name": "ok", "signal_index": 0, "by": "<ann>",
+         "reason": ""},
+        {"seq": 3, "at": at(400), "type": "signal_consumed", "step_index": 1, "signal_index": 0},
+        {"seq": 4, "at": at(400), "type": "wait_started", "step_index": 2, "kind": "sleep", "signal": None,
+         "wake_at": at(5400)},
+    ]
+
+    picture = svg(stored, now=now(1000))
+
+    assert re.findall(r'class="wait-span (\w+ \w+)"', picture) == ["wait signalled", "sleep waiting"]
+    assert re.findall(r'class="attempt (\w+)"', picture) == ["succeeded"]  # a wait is no attempt
+    assert picture.count('class="wait"') == 0  # nor a retry wait
+    assert picture.count('class="signal-mark"') == 1 and "&lt;ann&gt;" in picture
+    assert "1.000 s" in picture  # the open sleep is drawn to now

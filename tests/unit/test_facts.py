@@ -374,3 +374,88 @@ def test_facts__a_failed_execution_not_rolled_back_says_what_a_compensate_would_
     assert any(f.kind == "undoable" and f.text.endswith("newest first: b, a") for f in sheet.facts)
     answer = validate(RulesWriter().write(sheet), sheet.event_seqs, sheet.status)
     assert answer.suggested_actions[-1].action == "compensate"
+
+
+def _waits(status: str, step_status: str, events: list[dict[str, Any]],
+           rule: str = "fail") -> dict[str, Any]:
+    """An execution whose step 'a' sleeps and step 'b' waits for 'approved' (timeout_s 2)."""
+    doc = execution(status, ["SUCCEEDED", step_status], events)
+    doc["definition"]["steps"] = [
+        {"name": "a", "handler": "detflow.sleep", "sleep": {"seconds": 1}},
+        {"name": "b", "handler": "detflow.wait",
+         "wait": {"signal": "approved", "timeout_s": 2, "on_timeout": rule}}]
+    return doc
+
+
+def _wait_started(step: int, kind: str, wake_ms: int) -> dict[str, Any]:
+    return {"step_index": step, "step": "ab"[step], "kind": kind,
+            "signal": "approved" if kind == "wait" else None, "wake_at": at(wake_ms)}
+
+
+def test_facts__a_wait_that_timed_out_with_on_timeout_fail_is_the_failure() -> None:
+    doc = _waits("FAILED", "FAILED", history(
+        (0, "wait_started", _wait_started(0, "sleep", 1000)),
+        (1000, "wait_ended", {"step_index": 0, "step": "a", "outcome": "woke", "ends": "succeeded",
+                              "message": ""}),
+        (1000, "wait_started", _wait_started(1, "wait", 3000)),
+        (1500, "signal_received", {"name": "approved", "signal_index": 0, "key": None, "by": "bob",
+                                   "reason": "late"}),
+        (3000, "wait_ended", {"step_index": 1, "step": "b", "outcome": "timed_out", "ends": "failed",
+                              "message": "no signal 'approved' within 2 s"}),
+        (3000, "execution_failed", {}),
+    ))
+    # The signal came (to a later wait's name here: the history says it was not taken).
+    sheet = compute(doc)
+
+    assert [(w.step, w.kind, w.outcome, w.waited_ms) for w in sheet.waits] == [
+        ("a", "sleep", "woke", 1000), ("b", "wait", "timed_out", 2000)]
+    assert sheet.failure is not None and (sheet.failure.kind, sheet.failure.seq) == ("wait_timed_out", 6)
+    assert sheet.facts[0].text == ("FAILED after 3.00 s: step 'b' waited 2 s for signal 'approved', none "
+                                   "came: on_timeout fail (the step failed)")
+    assert [(s.name, s.by, s.taken_by) for s in sheet.signals] == [("approved", "bob", None)]
+    kinds = [f.kind for f in sheet.facts]
+    assert "failing_step" in kinds and "signals_not_taken" in kinds and "sleep" in kinds
+    answer = RulesWriter().write(sheet)
+    assert answer["summary"].startswith("FAILED at step 'b': step 'b' waited 2 s for signal 'approved'")
+    assert validate(answer, sheet.event_seqs, "FAILED").evidence[0].event_seq == 6
+
+
+def test_facts__a_wait_that_took_a_signal_sent_before_it_started_says_so() -> None:
+    doc = _waits("SUCCEEDED", "SUCCEEDED", history(
+        (0, "wait_started", _wait_started(0, "sleep", 1000)),
+        (200, "signal_received", {"name": "approved", "signal_index": 0, "key": "k", "by": "ann",
+                                  "reason": "early"}),
+        (1000, "wait_ended", {"step_index": 0, "step": "a", "outcome": "woke", "ends": "succeeded",
+                              "message": ""}),
+        (1000, "wait_started", _wait_started(1, "wait", 3000)),
+        (1000, "signal_consumed", {"step_index": 1, "step": "b", "name": "approved", "signal_index": 0}),
+        (1000, "execution_succeeded", {}),
+    ))
+
+    sheet = compute(doc)
+
+    wait = sheet.waits[1]
+    assert (wait.outcome, wait.signal_by, wait.signal_seq) == ("signalled", "ann", 3)
+    assert sheet.signals[0].taken_by == "b"
+    text = next(f.text for f in sheet.facts if f.kind == "wait")
+    assert text == ("step 'b' waited 0 ms for signal 'approved' and took the one ann sent ('early'), "
+                    "800 ms before the wait started (kept until then); its payload is the step's output")
+
+
+@pytest.mark.parametrize(("rule", "ends", "then"), [
+    ("continue", "succeeded", "the step succeeded with its default_output"),
+    ("skip", "skipped", "the step was skipped"),
+])
+def test_facts__a_timed_out_wait_names_its_rule(rule: str, ends: str, then: str) -> None:
+    doc = _waits("SUCCEEDED", ends.upper(), history(
+        (0, "wait_started", _wait_started(1, "wait", 2000)),
+        (2000, "wait_ended", {"step_index": 1, "step": "b", "outcome": "timed_out", "ends": ends,
+                              "message": ""}),
+        (2000, "execution_succeeded", {}),
+    ), rule=rule)
+
+    sheet = compute(doc)
+
+    assert sheet.failure is None
+    assert next(f.text for f in sheet.facts if f.kind == "wait") == (
+        f"step 'b' waited 2 s for signal 'approved', none came: on_timeout {rule} ({then})")
