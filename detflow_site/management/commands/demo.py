@@ -23,7 +23,9 @@ class Command(BaseCommand):
             "with worker threads in this process, inject a transient failure and a worker crash, "
             "and print a summary with the post-mortem of each failed execution. With --workflow "
             "payments: orders against a local payment gateway, with declines rolled back, an outage, "
-            "a refused refund and a crash inside a compensation, checked against the gateway's ledger.")
+            "a refused refund and a crash inside a compensation, checked against the gateway's ledger. With "
+            "--workflow email: messages to a local SMTP server, with an outage, delivery reports, a "
+            "bounce, a timed-out report and an approval as signals, checked against its mailbox.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--workflow", choices=("file-processing", "payments", "email"),
