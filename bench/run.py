@@ -10,7 +10,7 @@ set, the same command runs against those servers (it empties the MongoDB databas
 ``detflow_bench`` unless ``DETFLOW_MONGODB_DB`` says otherwise, and the Redis database: pass
 ``--allow-flush``).
 
-    .venv/bin/python -m bench.run [--quick] [--only throughput,latency,cost,store,wire,memory,files]
+    .venv/bin/python -m bench.run [--quick] [--only throughput,latency,signal,cost,store,wire,memory,files]
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from bench.environment import ROOT, external_services, prepare
 
-SECTIONS = ("throughput", "latency", "cost", "store", "wire", "memory", "files")
+SECTIONS = ("throughput", "latency", "signal", "cost", "store", "wire", "memory", "files")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="thread count the throughput goals are read at (4)")
     parser.add_argument("--latency-chains", type=int, default=10,
                         help="chains run one at a time per contender and repetition (10)")
+    parser.add_argument("--signal-samples", type=int, default=200,
+                        help="executions signalled one at a time for signal -> next step claimed (200)")
     parser.add_argument("--slow-threads", type=int, default=16,
                         help="worker threads of the slow-store throughput (16)")
     parser.add_argument("--slow-latency-ms", type=float, nargs="+", default=[1.0],
@@ -74,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--main-threads {args.main_threads} must be one of --threads {args.threads}")
     if args.quick:
         args.repetitions, args.executions, args.latency_chains = 2, 20, 3
+        args.signal_samples = 40
         args.slow_executions = 50
         args.wire_processes, args.wire_process_executions = [1], 20
         args.memory_executions, args.file_sizes = 1000, (1, 20)
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         memory,
         meters,
         report,
+        signal_latency,
         slow_store,
         throughput,
         wire,
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if "latency" in args.only:
         results["latency"] = {**where, **latency.measure(
             every, args.main_threads, args.latency_chains, args.steps, args.repetitions, progress)}
+    if "signal" in args.only:
+        results["signal"] = {**where, **signal_latency.measure(args.signal_samples, args.main_threads,
+                                                               progress)}
     if "cost" in args.only:
         configs = [
             cost.Config("1 step", 1), cost.Config("10 steps", 10), cost.Config("100 steps", 100),

@@ -13,6 +13,13 @@ promises: the plan names only steps that completed and have a compensation, newe
 that succeeded; each compensation is claimed only after the ones before it in the plan SUCCEEDED or
 were SKIPPED (strict reverse order); each commits its outcome once; no forward step is claimed once
 the rollback started; COMPENSATED only when every compensation SUCCEEDED or was SKIPPED.
+
+Sleeps, waits and signals (``check_waits``): each started wait ends exactly once (a signal taken, or
+its ``wait_ended``), and every wait of a finished execution that started has ended; a signal is
+taken at most once, only by a wait step for its name, while that step is WAITING; a signal's
+Idempotency-Key is stored once per name; no step after a wait is claimed before the wait ended; a
+WAITING step is never claimed, never has a lease or a running attempt (in the history or the
+stored document).
 """
 from __future__ import annotations
 
@@ -69,6 +76,12 @@ class Findings:
     #: Compensation attempts claimed, and those of them recorded lost.
     compensation_attempts: int = 0
     lost_compensations: int = 0
+    #: Sleeps and waits started, signals stored and taken, waits that timed out.
+    sleeps: int = 0
+    waits: int = 0
+    signals: int = 0
+    signals_taken: int = 0
+    timeouts: int = 0
 
 
 def check(
@@ -94,7 +107,15 @@ def check(
         findings.compensations += len(doc.get("compensations") or ())
         findings.compensation_attempts += kinds_seen["compensation_claimed"]
         findings.lost_compensations += kinds_seen["compensation_attempt_lost"]
+        started = [e for e in doc["events"] if e["type"] == "wait_started"]
+        findings.sleeps += sum(1 for e in started if e.get("kind") == "sleep")
+        findings.waits += sum(1 for e in started if e.get("kind") == "wait")
+        findings.signals += kinds_seen["signal_received"]
+        findings.signals_taken += kinds_seen["signal_consumed"]
+        findings.timeouts += sum(1 for e in doc["events"]
+                                 if e["type"] == "wait_ended" and e.get("outcome") == "timed_out")
         findings.violations += check_history(doc)
+        findings.violations += check_waits(doc)
         findings.violations += _check_ledger(doc, runs_by_attempt, effects_by_step)
         kinds = (planned or {}).get(doc["_id"], ())
         findings.violations += _check_lost(doc, committed_attempts, LOSING_KINDS.isdisjoint(kinds))
@@ -263,7 +284,8 @@ def _check_ledger(
         if runs[(execution_id, step, attempt)] == 0:
             found.append(Violation(execution_id, "ledger", f"outcome of attempt {attempt} of "
                                    f"{step!r} recorded, but its handler never ran", (seq,)))
-    slots = [("step", s["name"], s) for s in doc["steps"]] + [
+    runs_handler = ["sleep" not in d and "wait" not in d for d in doc["definition"]["steps"]]
+    slots = [("step", s["name"], s) for i, s in enumerate(doc["steps"]) if runs_handler[i]] + [
         ("compensation", c["name"] + UNDO_SUFFIX, c) for c in doc.get("compensations") or ()]
     for what, name, stored in slots:
         count = effects[(execution_id, name)]
@@ -297,6 +319,91 @@ def _check_lost(
             found.append(Violation(execution_id, "success lost", f"attempt {attempt} of {step!r} "
                                    "committed its effect and was recorded lost, with no crash or "
                                    "pause planned", (seq,)))
+    return found
+
+
+def check_waits(doc: Mapping[str, Any]) -> list[Violation]:
+    """Check one execution's sleeps, waits and signals (the module's docstring lists the promises)."""
+    execution_id = doc["_id"]
+    found: list[Violation] = []
+
+    def flag(check: str, detail: str, *seqs: int) -> None:
+        found.append(Violation(execution_id, check, detail, tuple(seqs)))
+
+    specs = doc["definition"]["steps"]
+    names = [s.get("name") for s in specs]
+    waiting: dict[int, int] = {}  # step index -> seq of the wait_started of its open wait
+    ended: Counter[int] = Counter()  # step index -> ends recorded for its waits
+    received: dict[int, str] = {}  # signal index -> name
+    taken: dict[int, int] = {}  # signal index -> seq of the signal_consumed that took it
+    keys: dict[tuple[str, str], int] = {}  # (name, key) -> seq of the first signal_received with it
+    for event in doc["events"]:
+        kind, seq, index = event["type"], event.get("seq", 0), event.get("step_index")
+        spec = specs[index] if isinstance(index, int) and 0 <= index < len(specs) else {}
+        if kind == "wait_started":
+            if index in waiting:
+                flag("wait ends once", f"step {event.get('step')!r} started a wait while its wait of "
+                     f"event {waiting[index]} was still open", seq)
+            waiting[index] = seq
+        elif kind in ("signal_consumed", "wait_ended"):
+            if index not in waiting:
+                flag("wait ends once", f"{kind} of step {event.get('step')!r}, which was not waiting "
+                     f"(its waits ended {ended[index]} time(s) already)", seq)
+            waiting.pop(index, None)
+            ended[index] += 1
+            if kind == "signal_consumed":
+                k = event.get("signal_index")
+                name = event.get("name")
+                if k in taken:
+                    flag("signal taken once", f"signal {k} taken again by step {event.get('step')!r} "
+                         f"(first at event {taken[k]})", taken[k], seq)
+                elif isinstance(k, int):
+                    taken[k] = seq
+                wanted = (spec.get("wait") or {}).get("signal")
+                if wanted is None or received.get(k) != wanted or name != wanted:
+                    flag("signal taken by its wait", f"signal {k} ({received.get(k)!r}) taken by step "
+                         f"{event.get('step')!r}, which waits for {wanted!r}", seq)
+        elif kind == "signal_received":
+            k, name, key = event.get("signal_index"), event.get("name"), event.get("key")
+            if isinstance(k, int):
+                received[k] = name
+            if key is not None:
+                if (name, key) in keys:
+                    flag("signal key once", f"signal {name!r} with Idempotency-Key {key!r} stored "
+                         f"again (first at event {keys[(name, key)]})", keys[(name, key)], seq)
+                keys.setdefault((name, key), seq)
+        elif kind in ("step_claimed", *OUTCOMES):
+            if index in waiting:
+                flag("waiting holds nothing", f"{kind} of step {event.get('step')!r} while it was "
+                     f"WAITING (since event {waiting[index]})", seq)
+            if kind == "step_claimed":
+                open_before = [names[i] for i in waiting if isinstance(i, int) and isinstance(index, int)
+                               and i < index]
+                if open_before:
+                    flag("claimed during a wait", f"step {event.get('step')!r} claimed before the "
+                         f"wait of {open_before} ended", seq)
+    if doc["status"] in {s.value for s in TERMINAL} and doc["status"] != "CANCELLED" and waiting:
+        flag("wait ends once", f"finished {doc['status']} with the wait of "
+             f"{[names[i] for i in waiting]} never ended", *waiting.values())
+    stored = doc.get("signals") or []
+    stored_keys = Counter((s.get("name"), s.get("key")) for s in stored if s.get("key") is not None)
+    for (name, key), count in stored_keys.items():
+        if count > 1:
+            flag("signal key once", f"signal {name!r} with Idempotency-Key {key!r} stored {count} times")
+    for k, signal in enumerate(stored):
+        by = signal.get("consumed_by")
+        if by is not None:
+            taker: Mapping[str, Any] = next((s for s in specs if s.get("name") == by), {})
+            if (taker.get("wait") or {}).get("signal") != signal.get("name"):
+                flag("signal taken by its wait", f"stored signal {k} ({signal.get('name')!r}) taken by "
+                     f"{by!r}, which does not wait for it")
+            if k not in taken:
+                flag("signal taken once", f"stored signal {k} names {by!r} as its taker; no event took it")
+    for step in doc["steps"]:
+        if step.get("status") == StepStatus.WAITING.value:
+            held = [f for f in ("lease_expires_at", "current", "lock") if f in step]
+            if held:
+                flag("waiting holds nothing", f"WAITING step {step.get('name')!r} stores {held}")
     return found
 
 

@@ -167,8 +167,10 @@ def run(options: FleetOptions, say: Callable[[str], None]) -> FleetReport:
     if services.is_embedded_store():
         raise ValueError("chaos on worker processes needs a store they share: DETFLOW_MONGODB_URL")
     settings = conf.get()
+    # (No waits on worker processes yet: nothing here sends their signals or counts their steps,
+    # which commit no side effect.)
     schedule = plan(options.seed, options.executions, options.steps, options.faults,
-                    rollbacks=options.rollbacks)
+                    rollbacks=options.rollbacks, waits=0.0)
     kills = plan_kills(options.seed, options.kill_count(), options.processes, options.kill_interval_s)
     run_id = f"{options.seed}-{secrets.token_hex(4)}"
     versions = register_all(options.steps)

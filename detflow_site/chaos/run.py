@@ -3,7 +3,9 @@ threads while the nemesis strikes, drain, and check.
 
 A share of the executions (``Options.rollbacks``) runs the rolling-back workflow: the same steps,
 each but one naming a compensation, ``on_failure: compensate``, and one step that fails for good,
-so that their compensations run under the same faults.
+so that their compensations run under the same faults. A share of the others (``Options.waits``)
+runs the sleeping and waiting workflow: a sleep and a wait for the signal ``go`` after the first
+step (``detflow_site.chaos.waits`` sends the signals and loses wake-ups).
 
 Crash points, pauses and broken mechanisms act on this process's threads only: run chaos with no
 other worker consuming the queue.
@@ -37,6 +39,8 @@ from detflow_site.chaos.schedule import (
     plan,
 )
 from detflow_site.chaos.storefaults import Rule, StoreFaults, installed
+from detflow_site.chaos.waits import SIGNAL, LostWakeups, Signaller, dropping
+from detflow_site.chaos.waits import send as send_signal
 from executions import faults, operations, store
 from executions.engine import TERMINAL
 from executions.workers import WorkerPool
@@ -45,7 +49,13 @@ from workflows import definitions
 #: The chaos workflow's name, and the rolling-back one's.
 WORKFLOW = "chaos"
 ROLLBACK_WORKFLOW = "chaos-rollback"
-WORKFLOWS = (WORKFLOW, ROLLBACK_WORKFLOW)
+WAIT_WORKFLOW = "chaos-wait"
+WORKFLOWS = (WORKFLOW, ROLLBACK_WORKFLOW, WAIT_WORKFLOW)
+#: The waiting workflow's sleep, and its wait's timeout (then it continues with a default output).
+NAP_S = 0.5
+WAIT_TIMEOUT_S = 10.0
+#: Where the waiting workflow's wait step is (after the first step and the sleep).
+WAIT_INDEX = 2
 #: A step's timeout; a planted hang sleeps three times as long.
 TIMEOUT_S = 2.0
 
@@ -63,6 +73,8 @@ class Options:
     deduplicate: bool = True
     #: Share of the executions that roll back (a step of theirs fails for good).
     rollbacks: float = 0.25
+    #: Share of the others that sleep and wait for a signal.
+    waits: float = 0.25
 
 
 @dataclass
@@ -82,6 +94,9 @@ class Report:
     store_calls: dict[str, int] = field(default_factory=dict)
     #: Crashes that fell in an execution's rollback (after its rollback started).
     crashes_in_rollbacks: int = 0
+    #: Signals sent (by how), duplicates, refusals, and wake-ups lost.
+    signals: Counter[str] = field(default_factory=Counter)
+    lost_wakeups: int = 0
     findings: checker.Findings = field(default_factory=checker.Findings)
 
     @property
@@ -111,11 +126,22 @@ class Report:
             "store_calls_struck": dict(sorted(self.store_calls.items())),
             "statuses": dict(self.findings.statuses),
             "rollbacks": rollback_counts(self.schedule, self.findings, self.crashes_in_rollbacks),
+            "waits": self.wait_counts(),
             "recoveries": self.recoveries,
             "recovery_latency_ms": self.latency(),
             "violations": [str(v) for v in self.findings.violations],
             "ok": self.ok,
         }
+
+    def wait_counts(self) -> dict[str, int]:
+        """Return what the waiting executions did: from the histories (``findings``) and the run."""
+        f, sent = self.findings, self.signals
+        return {"executions": len(self.schedule.waits), "sleeps": f.sleeps, "waits": f.waits,
+                "signals_sent": sent["signals sent"], "sent_early": sent["sent early"],
+                "sent_during_crash": sent["sent crash"], "duplicates": sent["duplicates"],
+                "refused": sent["refused (execution ended)"], "signals_stored": f.signals,
+                "signals_taken": f.signals_taken, "timeouts": f.timeouts,
+                "lost_wakeups": self.lost_wakeups}
 
     def lines(self) -> list[str]:
         data = self.as_dict()
@@ -129,6 +155,12 @@ class Report:
                 f"{k} {v}" for k, v in data["store_calls_struck"].items()))
         out.append("final statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(data["statuses"].items())))
         out.append(rollback_line(data["rollbacks"]) + f"; crashes in them {self.crashes_in_rollbacks}")
+        w = data["waits"]
+        out.append(f"waits: {w['executions']} executions; {w['sleeps']} sleeps and {w['waits']} waits "
+                   f"started, {w['signals_sent']} signals sent ({w['sent_early']} before the wait, "
+                   f"{w['sent_during_crash']} during a crash), {w['duplicates']} duplicates "
+                   f"(same key), {w['signals_stored']} stored, {w['signals_taken']} taken, "
+                   f"{w['timeouts']} timeouts, {w['lost_wakeups']} wake-ups lost")
         out.append("recoveries: " + ", ".join(f"{k} {v}" for k, v in data["recoveries"].items()))
         lat = data["recovery_latency_ms"]
         out.append(f"recovery latency, crash to next claim (ms): n={lat['count']} p50={lat['p50']} "
@@ -147,7 +179,7 @@ def prepare(options: Options) -> Schedule:
     """Return the run's schedule; raise ``ValueError`` for an unknown kind or an election too long
     for the lease (one must end while the claims it catches still hold, so that it loses nothing)."""
     schedule = plan(options.seed, options.executions, options.steps, expand(options.faults),
-                    rollbacks=options.rollbacks)
+                    rollbacks=options.rollbacks, waits=options.waits)
     lease_s = conf.get().LEASE_S
     # The last renewal before an election may be a renewal interval (a third of the lease) old,
     # and the write that follows it waits up to a backoff step more.
@@ -174,8 +206,11 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
         faults.break_(mechanism)
     handlers.DEDUPLICATE["enabled"] = options.deduplicate
     # Every use of the executions collection goes through the store seam for the whole run.
-    with installed(StoreFaults(seed=options.seed)) as seam:
-        ids, planted = _start(options, schedule, run_id, seam)
+    lost = LostWakeups({})
+    with installed(StoreFaults(seed=options.seed)) as seam, dropping(lost):
+        ids, planted = _start(options, schedule, run_id, seam, report.signals)
+        lost.left = {ids[f.execution]: f.count for f in schedule.faults
+                     if f.kind == "lost_wakeup" and f.execution is not None}
         say(f"started {len(ids)} executions; {len(schedule.faults)} faults planned")
         started = time.monotonic()
         # A paused runner stands for a stopped process, whose threads stop with it while the
@@ -186,11 +221,14 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
         pool = WorkerPool(threads=options.threads + pauses).start()
         nemesis = Nemesis(schedule, ids, seam)
         nemesis.start()
+        signaller = Signaller(schedule, ids, WAIT_INDEX)
+        signaller.start()
         try:
             nemesis.join(timeout=options.drain_timeout)  # every planned fault strikes, even late ones
             _drain(ids, options.drain_timeout, say)
         finally:
             nemesis.stop()
+            signaller.stop()
             seam.clear()
             pool.stop()
             report.duration_s = time.monotonic() - started
@@ -198,12 +236,15 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
             faults.disarm()
             handlers.DEDUPLICATE["enabled"] = True
     report.store_calls = dict(seam.injected)
+    report.signals.update(signaller.counts)
+    report.lost_wakeups = sum(lost.lost.values())
     docs = [store.with_history(d) for d in store.collection().find({"_id": {"$in": ids}})]
     runs = list(handlers.ledger().find({"run": run_id}))
     kinds = {ids[i]: {f.kind for f in schedule.for_execution(i)} for i in range(len(ids))}
     report.findings = checker.check(docs, runs, handlers.effects().find({"run": run_id}), kinds)
     report.injected = _injected(fired, nemesis, runs, schedule, ids)
     report.injected.update(_struck(planted + nemesis.rules))
+    report.injected["lost_wakeup"] = len(lost.lost)
     recoveries = _recoveries(fired, docs)
     report.latencies_ms = [latency for latency, _ in recoveries]
     report.crashes_in_rollbacks = _in_rollbacks(fired, docs)
@@ -217,10 +258,11 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
 
 
 def _start(
-    options: Options, schedule: Schedule, run_id: str, seam: StoreFaults
+    options: Options, schedule: Schedule, run_id: str, seam: StoreFaults, signals: Counter[str],
 ) -> tuple[list[str], list[tuple[Fault, Rule]]]:
     """Start the run's executions with their planted faults: the handler's in its input, crash
-    points armed, store rules added to ``seam``. Return the ids and the store rules by fault."""
+    points armed, store rules added to ``seam``; send the signals planned ``early`` (before any
+    worker runs, so before their wait starts). Return the ids and the store rules by fault."""
     settings = conf.get()
     versions = register_all(options.steps)
     pause_s = settings.LEASE_S * 3 + settings.SWEEP_INTERVAL_S + settings.SWEEP_GRACE_S + 10
@@ -241,6 +283,11 @@ def _start(
                 rule = Rule(fault.kind.removeprefix("store_"), ops=frozenset({"update_one"}),
                             times=fault.count, skip=fault.nth - 1, execution_id=doc["_id"], fenced=True)
                 rules.append((fault, seam.add(rule)))
+        wait = schedule.wait_plan(index)
+        if wait is not None and wait.mode == "early":
+            while not send_signal(doc["_id"], wait, signals):  # no store fault strikes yet
+                time.sleep(0.1)
+            signals["sent early"] += 1
     return ids, rules
 
 
@@ -264,9 +311,29 @@ def register(steps: int, rollback: bool = False) -> Any:
     return stored
 
 
+def register_waiting(steps: int) -> Any:
+    """Register (or find) the sleeping and waiting chaos workflow: the ``steps`` chaos steps with a
+    sleep of ``NAP_S`` and a wait for the signal ``go`` after the first (a timed-out wait continues
+    with a default output)."""
+    handler_steps = [
+        {"name": f"step-{i + 1}", "handler": handlers.HANDLER, "timeout_s": TIMEOUT_S, "retry": RETRY}
+        for i in range(steps)]
+    waiting = [{"name": "nap", "sleep": {"seconds": NAP_S}},
+               {"name": "approval", "wait": {"signal": SIGNAL, "timeout_s": WAIT_TIMEOUT_S,
+                                             "on_timeout": "continue",
+                                             "default_output": {"timed_out": True}}}]
+    stored, _ = definitions.register({
+        "name": WAIT_WORKFLOW,
+        "description": "detflow's chaos workflow that sleeps and waits for a signal after its first step",
+        "steps": [handler_steps[0], *waiting, *handler_steps[1:]],
+    })
+    return stored
+
+
 def register_all(steps: int) -> dict[str, int]:
-    """Register both chaos workflows; return the version of each by name."""
-    return {WORKFLOW: register(steps).version, ROLLBACK_WORKFLOW: register(steps, rollback=True).version}
+    """Register the chaos workflows; return the version of each by name."""
+    return {WORKFLOW: register(steps).version, ROLLBACK_WORKFLOW: register(steps, rollback=True).version,
+            WAIT_WORKFLOW: register_waiting(steps).version}
 
 
 def handler_faults(schedule: Schedule, index: int) -> list[dict[str, Any]]:
@@ -280,7 +347,7 @@ def workflow_of(schedule: Schedule, index: int, chaos: dict[str, Any]) -> str:
     ``chaos`` (``fail_at``)."""
     fails_at = schedule.fails_at(index)
     if fails_at is None:
-        return WORKFLOW
+        return WAIT_WORKFLOW if schedule.wait_plan(index) is not None else WORKFLOW
     chaos["fail_at"] = fails_at
     return ROLLBACK_WORKFLOW
 

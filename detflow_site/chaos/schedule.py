@@ -6,6 +6,14 @@ for such an execution are then aimed at its rollback half the time: a crash at a
 fault at a write) that falls among its compensations', a handler fault at a compensation
 (``undo``), so that every kind strikes compensations as it strikes steps.
 
+A share of the others (``plan(..., waits=...)``) sleeps and waits: after their first step, a short
+sleep and a wait for the signal ``go`` (``WaitPlan``). The run sends each one's signal before the
+wait starts (``early``), once it waits (``during``), while a crash planted in its first step has
+struck it and no worker has recovered it yet (``crash``), or never (``none``: it times out); a third
+of the sent ones are sent twice with the same Idempotency-Key. ``lost_wakeup`` drops the delayed
+message that would wake a WAITING step (the sleep's end, the wait's timeout), once or twice, so
+that only the sweeper can wake it. Their other faults are drawn as for any execution.
+
 Pure: the same seed and options always give the same schedule (``describe()`` compares equal).
 """
 from __future__ import annotations
@@ -27,7 +35,12 @@ EXECUTION_KINDS = ("crash", "retryable", "permanent", "hang", "pause", "duplicat
                    *STORE_EXECUTION_KINDS)
 #: Faults that hit the whole system at a moment of the run.
 GLOBAL_KINDS = ("redis_kill", "redis_flush", *STORE_GLOBAL_KINDS)
-KINDS = EXECUTION_KINDS + GLOBAL_KINDS
+#: Faults planted in an execution that sleeps and waits (drawn apart, so that adding them changed
+#: no other execution's faults).
+WAIT_KINDS = ("lost_wakeup",)
+KINDS = EXECUTION_KINDS + GLOBAL_KINDS + WAIT_KINDS
+#: When the run sends a waiting execution's signal.
+SIGNAL_MODES = ("early", "during", "crash", "none")
 #: Names that stand for several kinds (``--faults store,crash``).
 GROUPS = {"store": STORE_KINDS}
 #: Faults a handler injects itself (the rest come from the runner's crash points or the nemesis).
@@ -61,6 +74,17 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class WaitPlan:
+    """How the run signals one execution that sleeps and waits."""
+
+    execution: int
+    #: ``early``, ``during``, ``crash`` or ``none`` (``SIGNAL_MODES``).
+    mode: str
+    #: Sent a second time with the same Idempotency-Key and payload.
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
 class Schedule:
     """Every fault of one run."""
 
@@ -71,6 +95,12 @@ class Schedule:
     #: ``(execution index, step index)``: the executions that roll back, and the step that fails
     #: for good in each (every step before it has run; those with a compensation are undone).
     rollbacks: tuple[tuple[int, int], ...] = ()
+    #: The executions that sleep and wait, and how each is signalled.
+    waits: tuple[WaitPlan, ...] = ()
+
+    def wait_plan(self, index: int) -> WaitPlan | None:
+        """Return how execution ``index`` is signalled (``None``: it neither sleeps nor waits)."""
+        return next((w for w in self.waits if w.execution == index), None)
 
     def fails_at(self, index: int) -> int | None:
         """Return the step that fails for good in execution ``index`` (``None``: it does not roll back)."""
@@ -109,12 +139,14 @@ def compensated(steps: int) -> tuple[int, ...]:
 
 def plan(
     seed: int, executions: int, steps: int, kinds: tuple[str, ...] = KINDS, rate: float = 0.5,
-    rollbacks: float = 0.0,
+    rollbacks: float = 0.0, waits: float = 0.25,
 ) -> Schedule:
     """Draw a schedule: every chosen kind at least once (when there are executions enough), then
     each further execution gets one fault with probability ``rate``; a share ``rollbacks`` of the
-    executions (at least one when it is above 0 and there are two steps) rolls back. The faults of
-    the others are the same with or without rollbacks."""
+    executions (at least one when it is above 0 and there are two steps) rolls back, a share
+    ``waits`` of the others sleeps and waits. The faults of the others are the same with or without
+    rollbacks and waits (but a crash planted in a waiting execution signalled during a crash
+    strikes its first step)."""
     kinds = expand(kinds)
     rng = random.Random(seed)
     local = [k for k in EXECUTION_KINDS if k in kinds]
@@ -136,9 +168,43 @@ def plan(
     aim = random.Random(f"rollback-faults-{seed}")
     faults = [_aim_at_rollback(aim, f, chosen[f.execution], steps) if f.execution in chosen else f
               for f in faults]
+    waiting = _draw_waits(random.Random(f"waits-{seed}"), executions, set(chosen), waits,
+                          {f.execution for f in faults if f.kind == "crash" and f.execution is not None},
+                          "lost_wakeup" in kinds)
+    plans = tuple(w for w, _ in waiting)
+    crash_first = {w.execution for w in plans if w.mode == "crash"}
+    faults = [replace(f, nth=1) if f.kind == "crash" and f.execution in crash_first else f for f in faults]
+    faults += [f for _, f in waiting if f is not None]
     faults.sort(key=lambda f: (f.execution if f.execution is not None else -1, f.kind, f.at_s))
     return Schedule(seed=seed, executions=executions, steps=steps, faults=tuple(faults),
-                    rollbacks=tuple(sorted(chosen.items())))
+                    rollbacks=tuple(sorted(chosen.items())), waits=plans)
+
+
+def _draw_waits(
+    rng: random.Random, executions: int, rolling_back: set[int], share: float, crashing: set[int],
+    lose: bool,
+) -> list[tuple[WaitPlan, Fault | None]]:
+    """Return the executions that sleep and wait (at least one when ``share`` is above 0 and one
+    does not roll back): how each is signalled (``crash`` for one with a crash planted: the crash
+    strikes its first step), and its ``lost_wakeup`` fault, if any (half of them, at least one)."""
+    if share <= 0:
+        return []
+    # The same draws for every execution, rolling back or not: the others' plans do not change
+    # with the rollbacks.
+    draws = [(rng.random(), rng.choice(("early", "during", "during", "none")), rng.random(),
+              rng.random(), rng.randint(1, 2)) for _ in range(executions)]
+    others = [i for i in range(executions) if i not in rolling_back]
+    chosen = [i for i in others if draws[i][0] < share] or others[:1]
+    drawn = []
+    for i in chosen:
+        _, drawn_mode, dup, lose_r, count = draws[i]
+        mode = "crash" if i in crashing else drawn_mode
+        plan = WaitPlan(i, mode, duplicate=mode != "none" and dup < 1 / 3)
+        lost = Fault("lost_wakeup", i, count=count) if lose and lose_r < 0.5 else None
+        drawn.append((plan, lost))
+    if lose and drawn and not any(f for _, f in drawn):
+        drawn[0] = (drawn[0][0], Fault("lost_wakeup", drawn[0][0].execution, count=1))
+    return drawn
 
 
 def _draw_rollbacks(rng: random.Random, executions: int, steps: int, share: float) -> dict[int, int]:

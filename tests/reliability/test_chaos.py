@@ -60,6 +60,13 @@ def test_chaos__ci_sized_run_keeps_every_invariant_with_the_default_settings(
     assert summary["statuses"]["COMPENSATED"] >= 1
     assert rollbacks["compensation_attempts"] >= 1  # (crashes in them: see the rollback runs below)
     print(f"\nchaos CI-sized: {rollbacks}, statuses {summary['statuses']}")
+    # A quarter of the others sleep and wait: signals before the wait, during it, during a crash
+    # and never (a timeout), some twice with one key, wake-ups lost (only the sweeper wakes them).
+    waits = summary["waits"]
+    print(f"chaos CI-sized waits: {waits}")
+    assert waits["executions"] >= 20 and waits["waits"] >= waits["executions"]
+    assert waits["sent_early"] >= 1 and waits["sent_during_crash"] >= 1 and waits["duplicates"] >= 1
+    assert waits["timeouts"] >= 1 and waits["lost_wakeups"] >= 1 and waits["signals_taken"] >= 1
     for kind in KINDS:
         assert summary["faults"][kind]["injected"] >= 1, f"{kind} was never injected"
     bound_ms = (default_timing.LEASE_S + default_timing.SWEEP_INTERVAL_S + 2) * 1000
