@@ -1,7 +1,10 @@
-"""Who may do what: the ``viewers`` and ``operators`` Django groups, and API tokens for their members.
+"""Who may do what: the ``viewers``, ``operators`` and ``signallers`` Django groups, and API tokens
+for their members.
 
 Viewers read workflows and executions; operators also register workflows, start executions and
-uploads, and cancel, retry, skip and compensate. A superuser has both roles.
+uploads, cancel, retry, skip, compensate and send signals. Signallers may only send signals (an
+approval service, a webhook): they read nothing and start nothing, and do not get the admin console.
+A superuser has every role.
 """
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ from typing import Any
 VIEWERS = "viewers"
 #: Read and act: start, cancel, retry, skip, register workflows.
 OPERATORS = "operators"
-ROLES = (VIEWERS, OPERATORS)
+#: Send signals to executions (``POST executions/{id}/signals/{name}/``) and nothing else.
+SIGNALLERS = "signallers"
+ROLES = (VIEWERS, OPERATORS, SIGNALLERS)
 
 
 def ensure_roles() -> None:
@@ -33,7 +38,7 @@ def roles_of(user: Any) -> frozenset[str]:
 
 def grant(username: str, role: str, new_token: bool = False) -> str:
     """Give ``username`` (created without a password if missing) exactly ``role``, and the admin
-    console with it; return its API token.
+    console with it (not with ``signallers``: a signaller reads nothing); return its API token.
 
     The token is kept unless ``new_token``, which replaces it (the old one stops working).
     """
@@ -56,7 +61,7 @@ def grant(username: str, role: str, new_token: bool = False) -> str:
     if created:
         user.set_unusable_password()
     # A role also opens the admin console (Django's admin lets staff users in).
-    user.is_staff = True
+    user.is_staff = role != SIGNALLERS
     user.save()
     user.groups.remove(*Group.objects.filter(name__in=ROLES).exclude(name=role))
     user.groups.add(Group.objects.get(name=role))

@@ -12,7 +12,7 @@ from rest_framework.permissions import AllowAny
 from detflow_site import conf
 from detflow_site.api.fields import JSONValue
 from detflow_site.api.representations import Error
-from detflow_site.api.serializers import DefinitionBody, StartRequest, Strict
+from detflow_site.api.serializers import DefinitionBody, SignalRequest, StartRequest, Strict
 from detflow_site.api.throttles import StartThrottle
 from executions import operations
 from workflows import spec
@@ -111,4 +111,23 @@ class StartSchema(StrictSchema):
         value["description"] += (
             f" At most {cap} bytes as compact UTF-8 JSON. A workflow whose steps use "
             f"{RECEIVE} refuses input.path (upload the file with POST files/).")
+        return schema
+
+
+class SignalSchema(StrictSchema):
+    """A signal's body: a strict body whose payload is at most ``SIGNAL_CAP_BYTES`` of JSON
+    (``x-maxJSONBytes``, as stored: compact, UTF-8)."""
+
+    target_class = SignalRequest
+    match_subclasses = False
+    priority = 1
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema = super().map_serializer(auto_schema, direction)
+        cap = operations.SIGNAL_CAP_BYTES
+        value = schema["properties"]["payload"]
+        value["x-maxJSONBytes"] = cap
+        value["description"] += (
+            f" At most {cap} bytes as compact UTF-8 JSON; an execution keeps at most "
+            f"{operations.MAX_SIGNALS} signals, and their payloads count in its outputs' budget.")
         return schema

@@ -10,7 +10,11 @@ from rest_framework import serializers
 from detflow_site.api.fields import JSONText
 from executions.engine import ExecutionStatus, StepStatus
 from workflows import masking
-from workflows.spec import ON_FAILURE, ON_TIMEOUT
+from workflows.spec import ON_FAILURE, ON_TIMEOUT, SLEEP_HANDLER, WAIT_HANDLER
+
+#: What a step is: one running a handler, a sleep, or a wait for a signal.
+STEP_KINDS = ("handler", "sleep", "wait")
+_KIND_OF = {SLEEP_HANDLER: "sleep", WAIT_HANDLER: "wait"}
 
 
 def _time(**kwargs: Any) -> serializers.DateTimeField:
@@ -152,8 +156,11 @@ class CurrentAttempt(serializers.Serializer):
 
 class Step(serializers.Serializer):
     name = serializers.CharField()
-    handler = serializers.CharField()
-    status = serializers.ChoiceField(choices=[s.value for s in StepStatus])
+    handler = serializers.CharField(help_text="detflow.sleep or detflow.wait for a sleep or a wait step.")
+    kind = serializers.SerializerMethodField()
+    status = serializers.ChoiceField(choices=[s.value for s in StepStatus],
+                                     help_text="WAITING: a sleep or a wait under way (no worker holds it).")
+    wake_at = _time(help_text="While WAITING: when a sleep ends or a wait times out; null otherwise.")
     attempt = serializers.IntegerField(help_text="Attempts started, over every budget.")
     budget_base = serializers.IntegerField(help_text="`attempt` when the current budget opened.")
     started_at = _time()
@@ -168,6 +175,26 @@ class Step(serializers.Serializer):
     output_bytes = serializers.IntegerField(allow_null=True)
     error = StepError(allow_null=True)
     attempts = Attempt(many=True, help_text="The latest attempt records, oldest first.")
+
+    @extend_schema_field(serializers.ChoiceField(
+        choices=list(STEP_KINDS), help_text="handler: runs a handler; sleep: waits for a time; wait: "
+                                            "waits for a signal (its output: the signal's payload)."))
+    def get_kind(self, stored: dict[str, Any]) -> str:
+        return _KIND_OF.get(stored.get("handler", ""), "handler")
+
+
+class Signal(serializers.Serializer):
+    """A signal sent to an execution, kept until a wait step for its name takes it."""
+
+    name = serializers.CharField()
+    key = serializers.CharField(allow_null=True, help_text="Its Idempotency-Key; null: none was sent.")
+    by = serializers.CharField(help_text="Who sent it.")
+    reason = serializers.CharField(allow_blank=True)
+    at = serializers.DateTimeField(help_text="When it came.")
+    consumed_by = serializers.CharField(allow_null=True, default=None,
+                                        help_text="The wait step that took it; null: kept, not taken yet.")
+    payload = JSONText(source="payload_json", allow_null=True,
+                       help_text="What it carries (the output of the step that takes it).")
 
 
 class Compensation(serializers.Serializer):
@@ -235,6 +262,7 @@ class Execution(ExecutionSummary):
                                  help_text="A rollback's compensations, in the order they run; "
                                            "empty unless one started.")
     rollback = Rollback(allow_null=True, help_text="Who started the rollback, why and for what.")
+    signals = Signal(many=True, default=list, help_text="The signals sent to it, in the order they came.")
     event_count = serializers.IntegerField(source="event_seq")
 
     def to_representation(self, doc: dict[str, Any]) -> Any:
@@ -286,6 +314,18 @@ class ActionResult(serializers.Serializer):
                                               'status changes.')
     event = serializers.DictField(help_text="The event recorded (or that would be).")
     execution = ExecutionSummary(help_text="The execution after the action (unchanged by a dry run).")
+
+
+class SignalResult(serializers.Serializer):
+    execution_id = serializers.CharField()
+    name = serializers.CharField(help_text="The signal's name.")
+    signal_index = serializers.IntegerField(help_text="Its place in the execution's `signals`.")
+    created = serializers.BooleanField(help_text="False: the same Idempotency-Key and payload were "
+                                                 "sent before; nothing changed.")
+    consumed_by = serializers.CharField(allow_null=True,
+                                        help_text="The wait step that took it, if one has already; null: "
+                                                  "kept until its wait step takes it.")
+    execution = ExecutionSummary(help_text="The execution after the signal.")
 
 
 class PlannedCompensation(serializers.Serializer):

@@ -72,6 +72,16 @@ class CompensateRequest(ActionRequest):
                                      "compensation).")
 
 
+class SignalRequest(Strict):
+    """``POST executions/{id}/signals/{name}/``."""
+
+    payload = JSONValue(required=False, allow_null=True, default=None,
+                        help_text="Any JSON value (default null): the output of the wait step that "
+                                  "takes the signal.")
+    reason = Text(required=False, allow_blank=True, default="", max_length=1000,
+                  help_text="Why; recorded in the execution's history.")
+
+
 class DefinitionBody(serializers.Serializer):
     """``POST workflows/``: its schema is ``workflows.spec.DEFINITION``'s (``openapi.DefinitionSchema``),
     the same description that ``workflows.definitions`` validates the body with."""

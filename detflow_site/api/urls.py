@@ -38,6 +38,8 @@ urlpatterns = [
     path("executions/<str:execution_id>/skip/", views.SkipView.as_view(), name="execution-skip"),
     path("executions/<str:execution_id>/compensate/", views.CompensateView.as_view(),
          name="execution-compensate"),
+    path("executions/<str:execution_id>/signals/<str:name>/", views.SignalView.as_view(),
+         name="execution-signal"),
     path("files/", uploads.UploadView.as_view(), name="files"),
     path("health/", health.HealthView.as_view(), name="health"),
     path("schema/", SchemaView.as_view(), name="schema"),

@@ -21,6 +21,7 @@ from detflow_site.api.serializers import (
     CompensateRequest,
     DefinitionBody,
     RetryRequest,
+    SignalRequest,
     SkipRequest,
     StartRequest,
 )
@@ -163,9 +164,7 @@ def start(
     ``files.receive`` copies the file at ``input.path`` from the server's disk: only the upload
     view (``server_path``), which chose that path itself, may pass one to a workflow using it.
     """
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
-        raise InvalidArgument("Idempotency-Key", "must be 1 to 200 visible ASCII characters", "invalid")
+    key = idempotency_key(request)
     try:
         if workflow == FILE_PROCESSING:
             ensure_file_processing()  # built in: a deployment has it before anyone registers it
@@ -179,6 +178,14 @@ def start(
                                 definition=stored)
     except WorkflowNotFound as exc:
         raise InvalidArgument(exc.field or "workflow", str(exc), "unknown_workflow") from None
+
+
+def idempotency_key(request: Request) -> str | None:
+    """Return the request's ``Idempotency-Key`` (``None`` without one), refusing a malformed one."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise InvalidArgument("Idempotency-Key", "must be 1 to 200 visible ASCII characters", "invalid")
+    return key
 
 
 def _same_json(stored: str, given: Any) -> bool:
@@ -313,3 +320,47 @@ class CompensateView(ActionView):
                            "succeeded steps, newest first (the plan answered; a dry run changes nothing)")
     def post(self, request: Request, execution_id: str) -> Response:
         return self.act(request, execution_id, CompensateRequest, "compensate")
+
+
+# Signals.
+
+SIGNAL_KEY = OpenApiParameter(
+    "Idempotency-Key", {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_RE.pattern}$"},
+    OpenApiParameter.HEADER, required=False,
+    description="Makes a retried signal safe: the same key (per signal name) and payload answer 200 "
+                "with the signal first sent, storing nothing; the same key with another payload "
+                "answers 409.",
+)
+SIGNAL_NAME = OpenApiParameter(
+    "name", {"type": "string", "pattern": f"^{NAME_RE.pattern}$"}, OpenApiParameter.PATH,
+    description="The signal: a wait step of the execution names it (`wait.signal`).",
+)
+
+
+class SignalView(APIView):
+    """``POST executions/{id}/signals/{name}/``: open to operators and to signallers, who may do
+    nothing else (``permissions.HasRole``)."""
+
+    signallers_may_post = True
+
+    @extend_schema(
+        request=SignalRequest, parameters=[SIGNAL_NAME, SIGNAL_KEY],
+        responses={201: representations.SignalResult, 200: representations.SignalResult},
+        operation_id="executions_signal",
+        summary="Send a signal: the wait step for it takes it now, or when it starts (kept until then); "
+                "its payload becomes that step's output",
+    )
+    def post(self, request: Request, execution_id: str, name: str) -> Response:
+        if not NAME_RE.fullmatch(name):
+            raise InvalidArgument("name", "a signal name is 1 to 100 letters, digits, '.', '_' or '-', "
+                                  "starting with a letter or digit", "invalid")
+        body = SignalRequest(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        result = operations.signal(execution_id, name, data["payload"], by=request.user.get_username(),
+                                   reason=data["reason"], idempotency_key=idempotency_key(request))
+        doc = store.collection().find_one({"_id": execution_id}, dict.fromkeys(filters.SUMMARY_FIELDS, 1))
+        return Response(representations.SignalResult({
+            "execution_id": result.execution_id, "name": result.name, "signal_index": result.signal_index,
+            "created": result.created, "consumed_by": result.consumed_by, "execution": doc,
+        }).data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)

@@ -23,7 +23,8 @@ def isolated(redis_client: Any, settings: Any, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def token_for(db: None) -> Callable[[str], str | None]:
-    """Return a function that makes a user with ``role`` and returns its token (``None``: anonymous)."""
+    """Return a function that makes a user with ``role`` (one of ``ROLES``, or ``signaller``) and
+    returns its token (``None``: anonymous)."""
     from django.contrib.auth import get_user_model
     from rest_framework.authtoken.models import Token
 
@@ -36,7 +37,8 @@ def token_for(db: None) -> Callable[[str], str | None]:
         if role == "nobody":
             user, _ = get_user_model().objects.get_or_create(username=name)
             return Token.objects.get_or_create(user=user)[0].key
-        return roles.grant(name, {"viewer": roles.VIEWERS, "operator": roles.OPERATORS}[role])
+        return roles.grant(name, {"viewer": roles.VIEWERS, "operator": roles.OPERATORS,
+                                  "signaller": roles.SIGNALLERS}[role])
 
     return make
 
@@ -80,6 +82,16 @@ def pending_execution(define: Callable[..., Any], name: str = "waits") -> str:
     from executions import operations
 
     define(name, [{"handler": "test.echo"}])
+    doc, _ = operations.start(name, {"n": 1})
+    return str(doc["_id"])
+
+
+def signalled_execution(define: Callable[..., Any], name: str = "approve") -> str:
+    """Return the id of a PENDING execution whose one step waits for the signal ``approved`` (no
+    worker takes it: a signal sent to it is kept)."""
+    from executions import operations
+
+    define(name, [{"name": "approval", "wait": {"signal": "approved", "timeout_s": 3600}}])
     doc, _ = operations.start(name, {"n": 1})
     return str(doc["_id"])
 

@@ -1,4 +1,5 @@
-"""Every endpoint as each role: anonymous 401, no role 403, viewers read, operators also write."""
+"""Every endpoint as each role: anonymous 401, no role 403, viewers read, operators also write,
+signallers only send signals."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -8,12 +9,13 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from executions import store
-from tests.integration.api.conftest import ROLES, failed_execution, pending_execution
+from tests.integration.api.conftest import ROLES, failed_execution, pending_execution, signalled_execution
 
 API = "/api/v1/"
 DEFINITION = {"name": "registered", "steps": [{"name": "a", "handler": "test.echo"}]}
 
-#: (method, path, body, status an allowed caller gets); ``{pending}`` and ``{failed}`` are ids.
+#: (method, path, body, status an allowed caller gets); ``{pending}``, ``{failed}`` and ``{waiting}``
+#: (its step waits for the signal ``approved``) are ids.
 ENDPOINTS = [
     ("GET", "workflows/", None, 200),
     ("POST", "workflows/", DEFINITION, 201),
@@ -30,8 +32,11 @@ ENDPOINTS = [
     ("POST", "executions/{failed}/skip/", {"reason": "done by hand"}, 200),
     # Its failed step names no compensation: an operator is refused by its state, not by the role.
     ("POST", "executions/{failed}/compensate/", {"reason": "undo"}, 409),
+    ("POST", "executions/{waiting}/signals/approved/", {"payload": {"ok": True}}, 201),
     ("POST", "files/", "upload", 201),
 ]
+#: The roles tried on each endpoint: those of the conftest, and a signaller.
+ALL_ROLES = (*ROLES, "signaller")
 #: Open to anyone: health for probes, the schema and its page.
 PUBLIC = [("GET", "health/", None, 200), ("GET", "schema/", None, 200), ("GET", "docs/", None, 200)]
 
@@ -44,27 +49,30 @@ def call(client: Any, method: str, path: str, body: Any) -> Any:
     return client.post(path, body, format="json")
 
 
-def expected(role: str, method: str, allowed: int) -> int:
+def expected(role: str, method: str, allowed: int, path: str = "") -> int:
     if role == "anonymous":
         return 401
+    if role == "signaller":
+        return allowed if "/signals/" in path else 403
     if role == "nobody" or (role == "viewer" and method != "GET"):
         return 403
     return allowed
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", ALL_ROLES)
 @pytest.mark.parametrize(("method", "path", "body", "allowed"), ENDPOINTS,
                          ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS])
 def test_roles__each_endpoint_answers_each_role_as_its_role_allows(
     client_as: Callable[..., Any], define: Any, role: str, method: str, path: str, body: Any,
     allowed: int,
 ) -> None:
-    ids = {"pending": pending_execution(define), "failed": failed_execution(define)}
+    ids = {"pending": pending_execution(define), "failed": failed_execution(define),
+           "waiting": signalled_execution(define)}
     before = sorted((d["_id"], d["version"]) for d in store.collection().find({}, {"version": 1}))
 
     response = call(client_as(role), method, API + path.format(**ids), body)
 
-    assert response.status_code == expected(role, method, allowed), response.content[:500]
+    assert response.status_code == expected(role, method, allowed, path), response.content[:500]
     after = sorted((d["_id"], d["version"]) for d in store.collection().find({}, {"version": 1}))
     if response.status_code in (401, 403):
         body_json = response.json()
@@ -74,7 +82,7 @@ def test_roles__each_endpoint_answers_each_role_as_its_role_allows(
         assert response["WWW-Authenticate"] == "Token"
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", ALL_ROLES)
 @pytest.mark.parametrize(("method", "path", "body", "allowed"), PUBLIC, ids=[p for _, p, _, _ in PUBLIC])
 def test_roles__health_schema_and_docs_are_open_to_anyone(
     client_as: Callable[..., Any], role: str, method: str, path: str, body: Any, allowed: int

@@ -3,7 +3,8 @@
 The table names each route as Django's resolver spells it, so a route added without a row fails
 ``test_inventory__...``. Every answer is below 500; every refusal is a 4xx with the error shape and
 changes no execution, no definition and no stored file; an action an operator takes is recorded under
-the operator's own name.
+the operator's own name. A signaller (the ``signallers`` role) is refused by every route but the
+signal route, reads included.
 """
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from executions import store
-from tests.integration.api.conftest import failed_execution, pending_execution
-from tests.integration.security.matrix import ROLES, api_client, assert_no_leak, assert_refusal, state
+from tests.integration.api.conftest import failed_execution, pending_execution, signalled_execution
+from tests.integration.security.matrix import ROLES, assert_no_leak, assert_refusal, state
+from tests.integration.security.matrix import api_client as role_client
+
+#: The callers of ``matrix.ROLES`` and a signaller, who may only send signals.
+CALLERS = (*ROLES, "signaller")
 
 DEFINITION = {"name": "registered", "steps": [{"name": "a", "handler": "test.echo"}]}
 #: Each request must change nothing but what its own row says.
@@ -28,10 +33,12 @@ class Row:
     """One served (route, method): the path to call, the body, who may call it, and what they get."""
 
     def __init__(self, route: str, method: str, path: str, body: Any, allowed: int, *,
-                 access: str = "role") -> None:
+                 access: str = "role", signallers: bool = False) -> None:
         self.route, self.method, self.path, self.body, self.allowed = route, method, path, body, allowed
         #: ``role``: viewers read, operators write; ``public``: anyone; ``nowhere``: the API's 404.
         self.access = access
+        #: Whether a signaller may call it too (the signal route alone).
+        self.signallers = signallers
 
     def __repr__(self) -> str:
         return f"{self.method} {self.path}"
@@ -41,13 +48,15 @@ class Row:
             return self.allowed
         if role == "anonymous":
             return 401
+        if role == "signaller":
+            return self.allowed if self.signallers else 403
         if role == "nobody" or (role == "viewer" and self.method != "GET"):
             return 403
         return self.allowed
 
 
 #: Every route and method the site serves. ``{pending}`` is a PENDING execution, ``{failed}`` one
-#: whose first step failed for good.
+#: whose first step failed for good, ``{waiting}`` a PENDING one whose step waits for ``approved``.
 MATRIX = [
     Row("api/v1/workflows/", "GET", "/api/v1/workflows/", None, 200),
     Row("api/v1/workflows/", "POST", "/api/v1/workflows/", DEFINITION, 201),
@@ -66,6 +75,8 @@ MATRIX = [
     Row(EX + "retry/", "POST", "/api/v1/executions/{failed}/retry/", {"reason": "fixed"}, 200),
     Row(EX + "skip/", "POST", "/api/v1/executions/{failed}/skip/", {"reason": "done by hand"}, 200),
     Row(EX + "compensate/", "POST", "/api/v1/executions/{failed}/compensate/", {"reason": "undo"}, 409),
+    Row(EX + "signals/<str:name>/", "POST", "/api/v1/executions/{waiting}/signals/approved/",
+        {"payload": {"ok": True}}, 201, signallers=True),
     Row("api/v1/files/", "POST", "/api/v1/files/", "upload", 201),
     Row("api/v1/health/", "GET", "/api/v1/health/", None, 200, access="public"),
     Row("api/v1/schema/", "GET", "/api/v1/schema/", None, 200, access="public"),
@@ -104,8 +115,22 @@ def _json(body: Any) -> bytes:
     return json.dumps(body).encode()
 
 
+def api_client(role: str) -> Any:
+    """Return an API client signed in by token as ``role`` (``matrix.api_client``'s, or a signaller)."""
+    if role != "signaller":
+        return role_client(role)
+    from rest_framework.test import APIClient
+
+    from executions import roles
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {roles.grant('signaller', roles.SIGNALLERS)}")
+    return client
+
+
 def executions(define: Any) -> dict[str, str]:
-    return {"pending": pending_execution(define), "failed": failed_execution(define)}
+    return {"pending": pending_execution(define), "failed": failed_execution(define),
+            "waiting": signalled_execution(define)}
 
 
 def test_inventory__every_route_outside_the_admin_has_a_row_in_the_matrix() -> None:
@@ -116,7 +141,7 @@ def test_inventory__every_route_outside_the_admin_has_a_row_in_the_matrix() -> N
     assert listed - served == set(), "rows for routes the site no longer serves"
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", CALLERS)
 @pytest.mark.parametrize("row", MATRIX, ids=repr)
 def test_matrix__each_route_answers_each_caller_as_its_role_allows_and_a_refusal_changes_nothing(
     db: None, define: Any, isolated: Path, role: str, row: Row,
@@ -135,9 +160,9 @@ def test_matrix__each_route_answers_each_caller_as_its_role_allows_and_a_refusal
             assert body["code"] == "not_authenticated" and response["WWW-Authenticate"] == "Token"
         if response.status_code == 403:
             assert body["code"] == "permission_denied"
-    if row.method == "POST" and row.path.endswith(("/cancel/", "/retry/", "/skip/")) \
-            and response.status_code == 200:
-        execution_id = ids["pending" if "{pending}" in row.path else "failed"]
+    if row.method == "POST" and row.path.endswith(("/cancel/", "/retry/", "/skip/", "/signals/approved/")) \
+            and response.status_code in (200, 201):
+        execution_id = ids[next(k for k in ids if f"{{{k}}}" in row.path)]
         event = store.load(execution_id)["events"][-1]
         assert event["by"] == role, event
 
@@ -160,6 +185,8 @@ def swept(role: str, route: str, method: str) -> int:
     if access == "role":
         if role == "anonymous":
             return 401
+        if role == "signaller" and not (method == "POST" and any(row.signallers for row in rows)):
+            return 403
         if role == "nobody" or (role == "viewer" and method not in ("GET", "HEAD", "OPTIONS")):
             return 403
     if method not in served:
@@ -167,7 +194,7 @@ def swept(role: str, route: str, method: str) -> int:
     return next((row.allowed for row in rows if row.method == method), 200)
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", CALLERS)
 @pytest.mark.parametrize("route", sorted({row.route for row in MATRIX}))
 def test_methods__a_method_a_route_does_not_serve_is_refused_with_the_error_shape_and_changes_nothing(
     db: None, define: Any, isolated: Path, role: str, route: str,
