@@ -197,3 +197,23 @@ def test_forged_post__a_viewer_with_a_valid_csrf_token_still_cannot_act(db: None
     assert after_forgery == before
     assert done.status_code == 302, done.content[:300]  # the same request with an operator's token works
     assert store.load(target)["events"][-1]["by"] == "operator"
+
+
+def test_signaller__gets_no_admin_console_not_even_the_signal_form(db: None, define: Any) -> None:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from executions import roles
+
+    roles.grant("hook", roles.SIGNALLERS)
+    client = Client()
+    client.force_login(get_user_model().objects.get(username="hook"))
+    execution_id = pending_execution(define)
+    before = state()
+
+    for path in ("/admin/", f"/admin/executions/execution/{execution_id}/change/",
+                 f"/admin/executions/execution/{execution_id}/signal/"):
+        response = client.get(path)
+        assert response.status_code == 302 and response["Location"].startswith(f"{LOGIN}?next="), path
+    posted = client.post(f"/admin/executions/execution/{execution_id}/signal/", {"name": "x", "reason": "r"})
+    assert posted.status_code == 302 and state() == before
