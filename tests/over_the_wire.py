@@ -30,6 +30,7 @@ OWN_RUNSTORE = (
     "tests/integration/test_wire_store.py",
     "tests/integration/test_bench_wire.py",
     "tests/reliability/test_chaos_processes.py",
+    "tests/reliability/test_asleep.py",
 )
 
 
