@@ -13,6 +13,7 @@ from typing import Any
 
 from executions import store
 from executions.engine import (
+    COMPENSABLE,
     Claim,
     ExecutionState,
     ExecutionStatus,
@@ -97,8 +98,11 @@ def _check_decision(state: ExecutionState, event: Mapping[str, Any]) -> str | No
         expected = Rollback(tuple(event.get("plan") or ()))
     elif kind == "rollback_started":  # an operator's: a plan of steps that are done, newest first
         plan = tuple(event.get("plan") or ())
-        if not set(plan) <= set(rollback_plan(state, include_skipped=True)):
-            return f"rollback plan {list(plan)} undoes a step that is not done or names no compensation"
+        if state.status not in COMPENSABLE:
+            return f"an operator's rollback recorded on a {state.status} execution"
+        if plan not in (rollback_plan(state), rollback_plan(state, include_skipped=True)):
+            return (f"rollback plan {list(plan)} is not the completed steps with a compensation, newest "
+                    "first (with or without the skipped ones)")
         return None
     elif kind == "wait_started":
         expected, actual = StartWait(index), decide(state, at)  # type: ignore[arg-type]

@@ -199,8 +199,24 @@ def compensate(
 
 
 def _shown_output(stored: dict[str, Any], secrets: set[str]) -> Any:
+    """A step's output as a plan shows it: secret values scrubbed from its texts, and a number
+    that is a secret's value shown as the mask (scrubbing the JSON text instead could break it)."""
     text = stored.get("output_json")
-    return None if text is None else json.loads(masking.scrub(text, secrets) if secrets else text)
+    return None if text is None else _scrubbed(json.loads(text), secrets)
+
+
+def _scrubbed(value: Any, secrets: set[str]) -> Any:
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        return masking.scrub(value, secrets)
+    if isinstance(value, dict):
+        return {_scrubbed(k, secrets): _scrubbed(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, secrets) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool) and str(value) in secrets:
+        return masking.MASK
+    return value
 
 
 @dataclass(frozen=True)
@@ -254,7 +270,8 @@ def signal(
         if len(stored) >= MAX_SIGNALS:
             raise OperationNotAllowed(f"execution {execution_id} holds {MAX_SIGNALS} signals, the most "
                                       "one execution keeps")
-        total = store.data_bytes(doc, -1) + len(payload_json.encode())
+        # Counted twice: the signal keeps it, and the step that takes it keeps it as its output.
+        total = store.data_bytes(doc, -1) + 2 * len(payload_json.encode())
         if total > store.DATA_BYTES:
             raise InvalidArgument("payload", f"would take this execution's outputs, inputs and signals "
                                   f"to {total} bytes of JSON together; the cap is {store.DATA_BYTES}")

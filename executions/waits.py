@@ -19,7 +19,7 @@ from executions.engine import Resume, StartWait, WakeUp
 from executions.events import Event
 from executions.store import Snapshot
 from workflows import jsontext
-from workflows.spec import until_step
+from workflows.spec import MAX_WAIT_S, until_step
 
 
 def events(snap: Snapshot, decision: StartWait | Resume | WakeUp, now: int) -> list[Event]:
@@ -52,6 +52,8 @@ def wake_time(doc: Mapping[str, Any], index: int, now: int) -> tuple[int | None,
     if at is None:
         return None, (f"sleep until {path}: {jsontext.dumps(value)[:80]} is not an ISO 8601 time or "
                       "a number of seconds since the epoch")
+    if at > now + MAX_WAIT_S * 1000:
+        return None, f"sleep until {path}: {jsontext.dumps(value)[:80]} is more than a year ahead"
     return max(at, now), ""
 
 

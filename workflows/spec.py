@@ -13,6 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import bson
+import bson.errors
+
 from workflows import jsontext, masking
 from workflows.errors import DefinitionError
 from workflows.schema import Value
@@ -371,8 +374,14 @@ def _kind(raw: Mapping[str, Any], index: int, earlier: list[str]) -> None:
             raise DefinitionError(f"{where}.sleep.until", "must name an earlier step's output: "
                                   f"outputs.<one of {', '.join(earlier) or 'no earlier step'}>.<field>")
     wait = raw.get("wait")
-    if wait is not None and "default_output" in wait and wait.get("on_timeout", "fail") != "continue":
-        raise DefinitionError(f"{where}.wait.default_output", "goes with on_timeout 'continue' only")
+    if wait is not None and "default_output" in wait:
+        if wait.get("on_timeout", "fail") != "continue":
+            raise DefinitionError(f"{where}.wait.default_output", "goes with on_timeout 'continue' only")
+        try:
+            jsontext.capped(wait["default_output"], MAX_DEFINITION_BYTES)
+            bson.encode({"output": wait["default_output"]})  # integers past 64 bits
+        except (jsontext.NotJSON, jsontext.JSONTooLarge, OverflowError, bson.errors.InvalidDocument) as exc:
+            raise DefinitionError(f"{where}.wait.default_output", f"must be storable JSON: {exc}") from None
 
 
 def until_step(path: str, steps: list[str]) -> tuple[str, list[str]] | None:

@@ -209,3 +209,18 @@ def test_operator_compensate__of_a_cancelled_execution_undoes_what_it_did(
     assert doc["rollback"]["cause"]["error_type"] == "Cancelled"
     assert store.collection().count_documents({"status": "COMPENSATED"}) == 1
     assert verify(doc) == []
+
+
+def test_operator_compensate__plan_of_an_output_holding_a_secret_number_masks_it(
+    worker: Any, define: Any, settle: Any
+) -> None:
+    # Scrubbing the JSON text would turn {"pin": 4242} into invalid JSON: the plan masks the value.
+    define("secretive", [{"name": "a", "handler": "test.echo", "compensate": UNDO},
+                         {"name": "b", "handler": "test.permanent"}], secret_inputs=["card.pin"])
+    started, _ = operations.start("secretive", {"card": {"pin": 4242}, "note": "pin 4242"})
+    wait_terminal(started["_id"])
+    settle()
+
+    _, plan = operations.compensate(started["_id"], by="ops", reason="undo", dry_run=True)
+
+    assert plan[0].output["input"] == {"card": {"pin": "[secret]"}, "note": "pin [secret]"}

@@ -193,3 +193,22 @@ def test_signal__refused_for_an_unknown_name_a_finished_or_cancelled_execution(
         operations.signal(plain["_id"], "approved", {}, by="ops")
     assert events_of(loaded(eid), "signal_received") == []
     assert store.collection().count_documents({"signals": {"$exists": True}}) == 0
+
+
+def test_sleep__until_more_than_a_year_ahead_fails_the_step(worker: Any, define: Any) -> None:
+    define("far", [{"name": "nap", "sleep": {"until": "input.at"}}])
+    started, _ = operations.start("far", {"at": "9999-12-31T23:00:00-14:00"})
+    [doc] = wait_terminal(started["_id"])
+    assert doc["status"] == "FAILED" and doc["steps"][0]["error"]["type"] == "SleepUntilInvalid"
+    assert "more than a year ahead" in doc["steps"][0]["error"]["message"] and verify(doc) == []
+
+
+def test_signal__payload_counts_twice_in_the_data_budget(worker: Any, define: Any, monkeypatch: Any) -> None:
+    define("budget", [{"name": "approval", "wait": WAIT}])
+    started, _ = operations.start("budget", {})
+    eid = started["_id"]
+    waiting(eid, 0)
+    monkeypatch.setattr(store, "DATA_BYTES", 3000)
+    with pytest.raises(InvalidArgument, match="payload"):
+        operations.signal(eid, "approved", "x" * 1600, by="ops")  # 1,602 bytes, twice: over 3,000
+    assert "signals" not in loaded(eid)

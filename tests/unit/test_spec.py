@@ -196,3 +196,12 @@ def test_to_dict__leaves_out_empty_secret_inputs_so_old_fingerprints_hold():
     assert "secret_inputs" not in plain.to_dict()
     assert secret.to_dict()["secret_inputs"] == ["card.number"]
     assert secret.fingerprint() != plain.fingerprint()
+
+
+@pytest.mark.parametrize("default", [10**20, float("nan"), {1: "a"}])
+def test_parse_workflow__refuses_a_default_output_that_cannot_be_stored(default: Any) -> None:
+    data = {"name": "w", "steps": [{"name": "approval", "wait": {
+        "signal": "approved", "timeout_s": 5, "on_timeout": "continue", "default_output": default}}]}
+    with pytest.raises(DefinitionError) as raised:
+        parse_workflow(data)
+    assert raised.value.field == "steps[0].wait.default_output"
