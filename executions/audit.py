@@ -155,6 +155,10 @@ def _check_final(execution_id: str, state: ExecutionState, doc: Mapping[str, Any
     if state.status.value != doc.get("status"):
         found.append(Divergence(execution_id, None,
                                 f"status is {doc.get('status')}, history gives {state.status}"))
+    held = sorted(doc.get("paused") or ())
+    if held != sorted(state.holds):
+        found.append(Divergence(execution_id, None, f"paused by {held or 'nothing'}, history gives "
+                                                    f"{sorted(state.holds) or 'nothing'}"))
     pairs = [("step", replayed, stored)
              for replayed, stored in zip(state.steps, doc.get("steps", []), strict=False)]
     stored_undo = doc.get("compensations") or []

@@ -32,6 +32,7 @@ from executions.events import (
     ExecutionSucceeded,
     FailStep,
     Failure,
+    Paused,
     Retried,
     RetryAt,
     RollbackStarted,
@@ -40,6 +41,7 @@ from executions.events import (
     Skipped,
     StepClaimed,
     StepSucceeded,
+    Unpaused,
     WaitEnded,
     WaitStarted,
 )
@@ -49,6 +51,7 @@ from executions.state import CANCELLABLE as CANCELLABLE
 from executions.state import COMPENSABLE as COMPENSABLE
 from executions.state import DONE_STEP as DONE_STEP
 from executions.state import EXECUTION_TRANSITIONS as EXECUTION_TRANSITIONS
+from executions.state import PAUSABLE as PAUSABLE
 from executions.state import SETTLED as SETTLED
 from executions.state import STEP_TRANSITIONS as STEP_TRANSITIONS
 from executions.state import TERMINAL as TERMINAL
@@ -141,6 +144,15 @@ Settle = Finish | Rollback | StartWait | Resume | WakeUp
 
 def decide(state: ExecutionState, now: int) -> Decision:
     """Return what must happen next to ``state`` at time ``now`` (milliseconds)."""
+    decision = _decide(state, now)
+    if state.holds and (isinstance(decision, Claim | StartWait | Resume | WakeUp | Rollback)
+                        or (isinstance(decision, Wait) and decision.reason != "lease")):
+        # Paused: nothing starts; a running attempt ends (and a lost one is recorded) as it would.
+        return Idle("paused")
+    return decision
+
+
+def _decide(state: ExecutionState, now: int) -> Decision:
     if state.status in SETTLED:
         return Idle("terminal")
     if state.status is ExecutionStatus.COMPENSATING:
@@ -314,10 +326,12 @@ def rollback(
     return [started] + ([] if plan else [ExecutionCompensated()])
 
 
-def compensation_retried(state: ExecutionState, k: int, by: str, reason: str) -> list[Event]:
+def compensation_retried(state: ExecutionState, k: int, by: str, reason: str,
+                         bulk: str | None = None) -> list[Event]:
     """Return the events of an operator's retry of the failed compensation ``k``."""
     undo = state.compensations[k]
-    return [CompensationRetried(_undoes(undo), undo.name, by, reason, "[]", compensation_index=k)]
+    return [CompensationRetried(_undoes(undo), undo.name, by, reason, "[]", compensation_index=k,
+                                bulk=bulk)]
 
 
 def compensation_skipped(state: ExecutionState, k: int, by: str, reason: str) -> list[Event]:
@@ -382,17 +396,28 @@ def _undoes(step: StepState) -> int:
     return step.undoes
 
 
-def cancelled(by: str, reason: str) -> list[Event]:
-    """Return the events of an operator's cancel."""
-    return [Cancelled(by, reason)]
+def cancelled(by: str, reason: str, bulk: str | None = None) -> list[Event]:
+    """Return the events of an operator's cancel (by the bulk operation ``bulk``, when one)."""
+    return [Cancelled(by, reason, bulk=bulk)]
+
+
+def paused(scope: str, by: str, reason: str, bulk: str | None = None) -> list[Event]:
+    """Return the events of a pause of ``scope`` (``execution`` or ``workflow``)."""
+    return [Paused(scope, by, reason, bulk=bulk)]
+
+
+def unpaused(scope: str, by: str, reason: str, bulk: str | None = None) -> list[Event]:
+    """Return the events of the pause of ``scope`` lifted."""
+    return [Unpaused(scope, by, reason, bulk=bulk)]
 
 
 def retried(
     state: ExecutionState, index: int, by: str, reason: str, input_diff_json: str,
-    input_json: str | None = None,
+    input_json: str | None = None, bulk: str | None = None,
 ) -> list[Event]:
     """Return the events of an operator's retry of the failed step ``index``."""
-    return [Retried(index, state.steps[index].name, by, reason, input_diff_json, input_json=input_json)]
+    return [Retried(index, state.steps[index].name, by, reason, input_diff_json, input_json=input_json,
+                    bulk=bulk)]
 
 
 def skipped(state: ExecutionState, index: int, by: str, reason: str, output_json: str) -> list[Event]:

@@ -53,6 +53,15 @@ def _data(default: Any = None) -> Any:
     return field(default=default, metadata=DATA, repr=False, compare=False)
 
 
+#: Metadata of a history field left out of the entry while it is ``None`` (so that older entries,
+#: which never had it, read the same).
+OPTIONAL: Mapping[str, bool] = {"optional": True}
+
+
+def _optional() -> Any:
+    return field(default=None, metadata=OPTIONAL, kw_only=True)
+
+
 class Event:
     """An entry of the history; ``type`` names its kind as stored."""
 
@@ -65,6 +74,8 @@ class Event:
             if f.metadata.get("data"):
                 continue
             value = getattr(self, f.name)
+            if value is None and f.metadata.get("optional"):
+                continue
             if f.name == "then":
                 entry.update(outcome_fields(value))
             else:
@@ -159,6 +170,8 @@ class Cancelled(Event):
     type: ClassVar[str] = "cancelled"
     by: str
     reason: str
+    #: The bulk operation that did it, when one did.
+    bulk: str | None = _optional()
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,8 @@ class Retried(Event):
     reason: str
     input_diff_json: str
     input_json: str | None = _data()
+    #: The bulk operation that did it, when one did.
+    bulk: str | None = _optional()
 
 
 @dataclass(frozen=True)
@@ -185,6 +200,29 @@ class Skipped(Event):
     by: str
     reason: str
     output_json: str = _data("")
+
+
+@dataclass(frozen=True)
+class Paused(Event):
+    """An operator paused the execution (``scope`` ``execution``), or its workflow was paused
+    (``workflow``): no further step starts while a pause holds it; a running attempt may finish."""
+
+    type: ClassVar[str] = "paused"
+    scope: str
+    by: str
+    reason: str
+    bulk: str | None = _optional()
+
+
+@dataclass(frozen=True)
+class Unpaused(Event):
+    """The pause of ``scope`` was lifted: the execution goes on (unless the other scope holds it)."""
+
+    type: ClassVar[str] = "resumed"
+    scope: str
+    by: str
+    reason: str
+    bulk: str | None = _optional()
 
 
 # Rollback: the compensations of completed steps, newest first. A compensation's events are its

@@ -48,6 +48,10 @@ class Execution(me.Document):
     compensations = me.ListField(me.DictField())
     rollback = me.DictField()
     failed_compensation = me.StringField()
+    #: The pauses holding it: ``{"execution"|"workflow": {"by", "reason", "at"}}``; unset when none.
+    paused = me.DictField()
+    #: The bulk operations that acted on it, newest last (at most ``store.BULK_KEPT``).
+    bulk_operations = me.ListField(me.StringField())
     #: The history: ``{"seq", "at", "type", ...}`` dicts, appended by the same update as each change.
     events = me.ListField(me.DictField(), required=True)
 
@@ -86,8 +90,34 @@ class Execution(me.Document):
                 "unique": True,
                 "partialFilterExpression": {"idempotency_key": {"$exists": True}},
             },
+            # The executions a workflow's pause holds (lifted when the workflow is resumed).
+            {"fields": ["workflow", "_id"],
+             "partialFilterExpression": {"paused.workflow": {"$exists": True}}},
         ],
     }
 
     def __str__(self) -> str:
         return f"{self.workflow} v{self.workflow_version} {self.id} {self.status}"
+
+
+class WorkflowControl(me.Document):
+    """A workflow's pause: while ``paused`` is set, none of its executions starts a step (each is
+    held at its next step boundary, a new one from its start); ``release``, while set, is a resume
+    whose holds are still being lifted (the sweeper finishes it after a crash)."""
+
+    #: The workflow's name.
+    id = me.StringField(primary_key=True)
+    #: ``{"by", "reason", "at"}`` while the workflow is paused.
+    paused = me.DictField()
+    #: ``{"by", "reason", "at"}`` while a resume lifts its executions' holds.
+    release = me.DictField()
+
+    meta = {
+        "collection": "workflow_controls",
+        "strict": False,
+        "auto_create_index": False,
+        "indexes": [
+            {"fields": ["paused.at"], "partialFilterExpression": {"paused.at": {"$exists": True}}},
+            {"fields": ["release.at"], "partialFilterExpression": {"release.at": {"$exists": True}}},
+        ],
+    }

@@ -5,12 +5,13 @@ that returns what it would change without changing anything.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from executions import dispatch, engine, metrics, store, transitions
+from executions import controls, dispatch, engine, metrics, store, transitions
 from executions.engine import CANCELLABLE, COMPENSABLE, ExecutionStatus, StepStatus, replay
 from executions.errors import (
     ConcurrentChange,
@@ -70,16 +71,27 @@ def start(
         pinned["secret_inputs"] = list(stored.secret_inputs)
     if stored.on_failure != "stop":
         pinned["on_failure"] = stored.on_failure
-    doc, created = transitions.create(pinned, input_json, idempotency_key, now_ms(),
-                                      engine.created(by, stored.name, stored.version), by)
+    events = engine.created(by, stored.name, stored.version)
+    hold = controls.paused(stored.name)
+    if hold is not None:  # the workflow is paused: the execution waits for its resume
+        events += engine.paused("workflow", hold["by"], hold["reason"])
+    doc, created = transitions.create(pinned, input_json, idempotency_key, now_ms(), events, by)
     if created:
         metrics.EXECUTIONS_STARTED.labels(stored.name).inc()
-        dispatch.send(doc["_id"])
+        if hold is None and (late := controls.paused(stored.name)) is not None:
+            # Paused while this start was stored: the pause may have missed it; hold it now.
+            with contextlib.suppress(OperationNotAllowed):
+                pause(doc["_id"], late["by"], late["reason"], scope="workflow")
+                return store.load_working(doc["_id"]) or doc, created
+        if hold is None:
+            dispatch.send(doc["_id"])
     return doc, created
 
 
-def cancel(execution_id: str, by: str, reason: str, dry_run: bool = False) -> ActionResult:
-    """Cancel an execution: no further step starts; a running attempt may still finish."""
+def cancel(execution_id: str, by: str, reason: str, dry_run: bool = False,
+           bulk: str | None = None) -> ActionResult:
+    """Cancel an execution: no further step starts; a running attempt may still finish.
+    ``bulk``: the bulk operation doing it (recorded in the event and on the execution)."""
 
     def plan(snap: Snapshot) -> list[Event]:
         if snap.state.status not in CANCELLABLE:
@@ -87,18 +99,108 @@ def cancel(execution_id: str, by: str, reason: str, dry_run: bool = False) -> Ac
                 f"execution {execution_id} is {snap.state.status}; only PENDING or RUNNING "
                 "executions can be cancelled"
             )
-        return engine.cancelled(by, reason)
+        return engine.cancelled(by, reason, bulk)
 
     return _act(execution_id, "cancel", by, reason, dry_run, plan)
 
 
+def pause(execution_id: str, by: str, reason: str, dry_run: bool = False, scope: str = "execution",
+          bulk: str | None = None) -> ActionResult:
+    """Pause an execution: no further step, wait or compensation starts (a running attempt may
+    finish) until it is resumed. ``scope`` ``workflow``: the hold of a paused workflow."""
+
+    def plan(snap: Snapshot) -> list[Event]:
+        if snap.state.status not in engine.PAUSABLE:
+            raise OperationNotAllowed(f"execution {execution_id} is {snap.state.status}; only a PENDING, "
+                                      "RUNNING or COMPENSATING execution can be paused")
+        if scope in snap.state.holds:
+            raise OperationNotAllowed(f"execution {execution_id} is paused already"
+                                      + (" by its workflow" if scope == "workflow" else ""))
+        return engine.paused(scope, by, reason, bulk)
+
+    return _act(execution_id, "pause", by, reason, dry_run, plan)
+
+
+def resume(execution_id: str, by: str, reason: str, dry_run: bool = False, scope: str = "execution",
+           bulk: str | None = None) -> ActionResult:
+    """Lift an execution's pause (of ``scope``): it goes on where it stopped, unless its workflow's
+    pause still holds it."""
+
+    def plan(snap: Snapshot) -> list[Event]:
+        if scope not in snap.state.holds:
+            held = " (its workflow's pause holds it: resume the workflow)" \
+                if snap.state.holds and scope == "execution" else ""
+            raise OperationNotAllowed(f"execution {execution_id} is not paused"
+                                      + (" by its workflow" if scope == "workflow" else "") + held)
+        return engine.unpaused(scope, by, reason, bulk)
+
+    return _act(execution_id, "resume", by, reason, dry_run, plan)
+
+
+@dataclass(frozen=True)
+class WorkflowPause:
+    """A workflow's pause as an operator sees it."""
+
+    workflow: str
+    paused: bool
+    by: str | None = None
+    reason: str | None = None
+    #: Executions whose holds a resume lifted (the rest, if a crash cut it short, the sweeper lifts).
+    released: int = 0
+
+
+def pause_workflow(workflow: str, by: str, reason: str) -> WorkflowPause:
+    """Pause ``workflow``: new executions stay PENDING, running ones stop at their next step
+    boundary (a running attempt finishes). Workers of other processes see it within
+    ``controls.REFRESH_S``."""
+    _check_reason(by, reason)
+    definitions.get(workflow)  # WorkflowNotFound
+    if not controls.set_paused(workflow, by, reason):
+        raise OperationNotAllowed(f"workflow {workflow!r} is paused already")
+    return WorkflowPause(workflow, True, by, reason)
+
+
+def resume_workflow(workflow: str, by: str, reason: str) -> WorkflowPause:
+    """Resume ``workflow``: each execution its pause holds goes on (one fenced event each)."""
+    _check_reason(by, reason)
+    definitions.get(workflow)
+    if not controls.set_resumed(workflow, by, reason):
+        raise OperationNotAllowed(f"workflow {workflow!r} is not paused")
+    return WorkflowPause(workflow, False, by, reason, release_workflows(workflow))
+
+
+#: Holds lifted per read while a resume runs.
+RELEASE_BATCH = 500
+
+
+def release_workflows(workflow: str | None = None) -> int:
+    """Lift the holds of resumed workflows (of ``workflow``, or of every one a crash left half
+    resumed: the sweeper calls this) from their executions; return how many were lifted."""
+    lifted = 0
+    for control in controls.releasing(workflow):
+        name, pending = control["_id"], control["release"]
+        while True:
+            ids = controls.held(name, RELEASE_BATCH)
+            for execution_id in ids:
+                with contextlib.suppress(OperationNotAllowed, ExecutionNotFound):  # lifted meanwhile
+                    resume(execution_id, pending["by"], pending["reason"], scope="workflow")
+                    lifted += 1
+            if len(ids) < RELEASE_BATCH or controls.paused(name) is not None:
+                break
+        if controls.paused(name) is None:
+            controls.released(name, pending["at"])
+    return lifted
+
+
 def retry(
-    execution_id: str, by: str, reason: str, input: Any = _UNSET, dry_run: bool = False
+    execution_id: str, by: str, reason: str, input: Any = _UNSET, dry_run: bool = False,
+    bulk: str | None = None,
 ) -> ActionResult:
     """Retry a FAILED execution from its failed step with a new attempt budget (or, in a
     COMPENSATION_FAILED execution, its failed compensation: the rollback goes on).
 
     ``input``, when given, replaces the input of that step alone; the difference is recorded.
+    ``bulk``: the bulk operation doing it (recorded in the event and on the execution).
     """
 
     def plan(snap: Snapshot) -> list[Event]:
@@ -106,7 +208,7 @@ def retry(
             if input is not _UNSET:
                 raise InvalidArgument("input", "a compensation runs with its step's input; it takes no "
                                                "input of its own")
-            return engine.compensation_retried(snap.state, _failed_compensation(snap), by, reason)
+            return engine.compensation_retried(snap.state, _failed_compensation(snap), by, reason, bulk)
         index = _failed_step(snap, "retried")
         input_json = diff = None
         if input is not _UNSET:
@@ -116,7 +218,7 @@ def retry(
                                INPUT_CAP_BYTES)
             _fits(snap, index, "input", input_json)
             diff = bounded_diff(json_diff(stored, json.loads(input_json)))
-        return engine.retried(snap.state, index, by, reason, jsontext.dumps(diff or []), input_json)
+        return engine.retried(snap.state, index, by, reason, jsontext.dumps(diff or []), input_json, bulk)
 
     return _act(execution_id, "retry", by, reason, dry_run, plan)
 
@@ -307,12 +409,7 @@ def _act(
 ) -> ActionResult:
     """Check the request, build the action's events from the stored state (``plan``), and write
     them unless this is a dry run: the answer of a dry run and of the write is the same event."""
-    if not isinstance(reason, str) or not reason.strip():
-        raise InvalidArgument("reason", "a reason is required")
-    if len(reason) > 1000:
-        raise InvalidArgument("reason", "must be at most 1000 characters")
-    if not by:
-        raise InvalidArgument("by", "the acting user is required")
+    _check_reason(by, reason)
     for _ in range(TRIES):
         doc = store.load_working(execution_id)
         if doc is None:
@@ -328,6 +425,15 @@ def _act(
             follow_up(after)
             return result
     raise ConcurrentChange(f"execution {execution_id} changed {TRIES} times while {action} was tried")
+
+
+def _check_reason(by: str, reason: str) -> None:
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidArgument("reason", "a reason is required")
+    if len(reason) > 1000:
+        raise InvalidArgument("reason", "must be at most 1000 characters")
+    if not by:
+        raise InvalidArgument("by", "the acting user is required")
 
 
 def _failed_step(snap: Snapshot, verb: str) -> int:

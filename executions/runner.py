@@ -19,9 +19,10 @@ import os
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from detflow_site import conf, logs, services
-from executions import dispatch, engine, metrics, store, transitions, waits
+from executions import controls, dispatch, engine, metrics, store, transitions, waits
 from executions.attempt import Attempt
 from executions.engine import (
     Claim,
@@ -130,7 +131,11 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
     while snap is not None:
         end.now = now = now_ms()
         end.decision = decision = decide(snap.state, now)
-        if isinstance(decision, Claim):
+        if isinstance(decision, Claim | StartWait | Resume | WakeUp | Rollback) \
+                and (hold := workflow_pause(snap)) is not None:
+            # Its workflow is paused: held here, at the step boundary, until the workflow resumes.
+            result = transitions.commit(snap, engine.paused("workflow", hold["by"], hold["reason"]), now)
+        elif isinstance(decision, Claim):
             if end.written is not None and (
                 claims >= settings.INLINE_STEPS or not lock.fresh() or STOPPING.stopping()
             ):
@@ -163,6 +168,13 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
             end.finished = end.finished or result.finished
         snap = result
     return end
+
+
+def workflow_pause(snap: Snapshot) -> dict[str, Any] | None:
+    """Return the pause of the execution's workflow that does not hold it yet, if there is one."""
+    if "workflow" in snap.state.holds:
+        return None
+    return controls.paused_workflows().get(snap.doc["workflow"])
 
 
 def rollback_events(snap: Snapshot, decision: Rollback) -> list[engine.Event]:

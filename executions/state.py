@@ -139,6 +139,9 @@ class ExecutionState:
     on_failure: str = "stop"
     #: The signals sent to it, in the order they came (a wait takes the first of its name not taken).
     signals: tuple[SignalState, ...] = ()
+    #: The pauses that hold it (``execution``: an operator's; ``workflow``: its workflow's): while
+    #: any holds, no step, wait or compensation starts. Lifted when the execution ends.
+    holds: frozenset[str] = frozenset()
 
     def signal_for(self, step: StepState) -> int | None:
         """Return the place of the first signal a waiting ``step`` may take, if one came."""
@@ -200,6 +203,8 @@ def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
         return _status(state, ExecutionStatus.COMPENSATED)
     if kind == "compensation_failed":
         return _status(state, ExecutionStatus.COMPENSATION_FAILED)
+    if kind in ("paused", "resumed"):
+        return _hold(state, kind, event.get("scope"))
     if kind == "created":
         return state
     raise IllegalTransition(f"unknown event type {kind!r}")
@@ -288,9 +293,31 @@ def replay(state: ExecutionState, events: Iterable[Mapping[str, Any]]) -> Execut
     return state
 
 
+#: What may pause an execution.
+HOLD_SCOPES = frozenset({"execution", "workflow"})
+#: Execution statuses a pause may hold (one that has ended has nothing to hold).
+PAUSABLE = frozenset({ExecutionStatus.PENDING, ExecutionStatus.RUNNING, ExecutionStatus.COMPENSATING})
+
+
+def _hold(state: ExecutionState, kind: str, scope: Any) -> ExecutionState:
+    if scope not in HOLD_SCOPES:
+        raise IllegalTransition(f"a pause's scope cannot be {scope!r}")
+    if kind == "paused":
+        if state.status not in PAUSABLE:
+            raise IllegalTransition(f"a {state.status} execution cannot be paused")
+        if scope in state.holds:
+            raise IllegalTransition(f"the execution is paused by its {scope} already")
+        return replace(state, holds=state.holds | {scope})
+    if scope not in state.holds:
+        raise IllegalTransition(f"the execution is not paused by its {scope}")
+    return replace(state, holds=state.holds - {scope})
+
+
 def _status(state: ExecutionState, status: ExecutionStatus) -> ExecutionState:
     if status not in EXECUTION_TRANSITIONS[state.status]:
         raise IllegalTransition(f"execution {state.status} -> {status} is not allowed")
+    if status in SETTLED or status is ExecutionStatus.CANCELLED:
+        return replace(state, status=status, holds=frozenset())  # an ended execution holds nothing
     return replace(state, status=status)
 
 

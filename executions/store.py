@@ -156,6 +156,9 @@ def history() -> Collection:
 #: What a worker, the sweeper and an operator action read: everything but the history and the
 #: attempt records, which no decision needs (the event count is ``event_seq``) and which make up
 #: most of a long execution's document.
+#: Bulk operations an execution's document names (the newest; one that acted on it is never retried
+#: on it again, see ``executions.bulk``).
+BULK_KEPT = 20
 WORKING_FIELDS = {"events": 0, "steps.attempts": 0, "compensations.attempts": 0}
 
 
@@ -227,7 +230,8 @@ def to_state(doc: dict[str, Any]) -> ExecutionState:
                     for sig in doc.get("signals") or ())
     return ExecutionState(id=doc["_id"], status=ExecutionStatus(doc["status"]), steps=steps,
                           compensations=compensations, signals=signals,
-                          on_failure=doc["definition"].get("on_failure", "stop"))
+                          on_failure=doc["definition"].get("on_failure", "stop"),
+                          holds=frozenset(doc.get("paused") or ()))
 
 
 def _slot_state(stored: Mapping[str, Any], policy: RetryPolicy, **more: Any) -> StepState:

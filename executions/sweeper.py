@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detflow_site import conf, services
-from executions import dispatch, metrics, store
+from executions import dispatch, metrics, operations, store
 from executions.engine import Claim, RecoverLost, Settle, decide
 from executions.followup import follow_up, recover_lost
 from executions.store import Snapshot, now_ms, to_dt
@@ -82,6 +82,11 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
             metrics.SWEEPER_FAILURES.inc()
             logger.warning("sweep: execution %s failed (%s: %s); going on with the others",
                            doc["_id"], type(exc).__name__, exc)
+    try:  # a workflow's resume that a crash cut short goes on
+        if released := operations.release_workflows():
+            report.actions["released"] += released
+    except Exception as exc:
+        logger.warning("sweep: resumed workflows' holds not lifted (%s: %s)", type(exc).__name__, exc)
     if report.lost or report.resent or report.failed:
         logger.info("sweep: %s", report.summary())
     return report

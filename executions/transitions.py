@@ -33,6 +33,7 @@ from executions.events import (
     ExecutionCompensated,
     ExecutionFailed,
     ExecutionSucceeded,
+    Paused,
     Retried,
     RollbackStarted,
     SignalConsumed,
@@ -89,6 +90,10 @@ def create(
     }
     if idempotency_key is not None:
         doc["idempotency_key"] = idempotency_key
+    held = {e.scope: {"by": e.by, "reason": e.reason, "at": at} for e in events if isinstance(e, Paused)}
+    if held:  # started while its workflow is paused: nothing is due until the pause is lifted
+        doc["paused"] = held
+        del doc["due_at"]
     try:
         store.collection().insert_one(doc)
     except DuplicateKeyError:
@@ -129,6 +134,16 @@ def commit(snap: Snapshot, events: Sequence[Event], now: int) -> Snapshot | None
                 update_unset[prefix + name] = ""
             else:
                 update_set[prefix + name] = to_dt(value)
+    if new_state.holds != snap.state.holds:
+        if new_state.holds:
+            for scope in snap.state.holds - new_state.holds:
+                update_unset[f"paused.{scope}"] = ""
+        else:
+            update_unset["paused"] = ""
+    for event in events:
+        bulk = getattr(event, "bulk", None)
+        if bulk is not None:
+            pushes["bulk_operations"] = {"$each": [bulk], "$slice": -store.BULK_KEPT}
     due = due_at(new_state, now)
     if due is None:
         update_unset["due_at"] = ""
@@ -359,6 +374,9 @@ def _effects(
         unsets["finished_at"] = ""
     elif isinstance(event, WaitStarted):
         sets[f"steps.{event.step_index}.started_at"] = at
+    elif isinstance(event, Paused):
+        if event.scope in after.holds:
+            sets[f"paused.{event.scope}"] = {"by": event.by, "reason": event.reason, "at": at}
     elif isinstance(event, SignalReceived):
         pushes["signals"] = {"$each": [{"name": event.name, "key": event.key, "by": event.by,
                                         "reason": event.reason, "at": at, "payload_json": event.payload_json,
