@@ -38,6 +38,9 @@ class DetflowSettings:
     SWEEP_INTERVAL_S: float = 5.0
     #: How long due work may wait for its message before the sweeper sends another, in seconds.
     SWEEP_GRACE_S: float = 15.0
+    #: Days a finished execution is kept (with its history, insight and files) before a purge
+    #: removes it; a workflow's ``retention_days`` overrides it; 0 keeps them forever.
+    RETENTION_DAYS: int = 30
     #: Dramatiq queue the engine's actors use.
     QUEUE: str = "detflow"
     #: Log lines kept per attempt; older lines are dropped and counted.
@@ -210,6 +213,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "INLINE_STEPS": _between(int, 1, 1000),
     "SWEEP_INTERVAL_S": _number(float, 0),
     "SWEEP_GRACE_S": _number(float, 0, inclusive=True),
+    "RETENTION_DAYS": _between(int, 0, 36_500),
     "QUEUE": _queue,
     "LOG_LINES_CAP": _number(int, 0, inclusive=True),
     "ATTEMPTS_KEPT": _number(int, 1, inclusive=True),

@@ -80,6 +80,10 @@ class Execution(me.Document):
              "partialFilterExpression": {"failed_step": {"$exists": True}}},
             {"fields": ["workflow", "failed_step", "-created_at", "-id"],
              "partialFilterExpression": {"failed_step": {"$exists": True}}},
+            # A retention purge: the finished executions of one workflow, finished before a time
+            # (the purge's query names finished_at with a range, which implies the filter).
+            {"fields": ["workflow", "status", "finished_at"],
+             "partialFilterExpression": {"finished_at": {"$exists": True}}},
             # The console's search by idempotency key, in any workflow.
             {"fields": ["idempotency_key", "-created_at", "-id"],
              "partialFilterExpression": {"idempotency_key": {"$exists": True}}},

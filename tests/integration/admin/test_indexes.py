@@ -23,6 +23,7 @@ import pytest
 from django.test import Client
 
 from detflow_site.indexes import Index, implies
+from detflow_site.times import now_ms as store_now_ms
 from tests.conftest import mongo_commands_heard
 from tests.integration.admin.conftest import failed_execution
 
@@ -385,6 +386,9 @@ def _api_sweeper_and_start(client: Any, define: Any) -> None:
                                HTTP_IDEMPOTENCY_KEY="order-2")
         assert response.status_code in (200, 201), response.content[:1000]
     sweeper.sweep(grace_s=0)
+    from detflow_site import retention
+
+    retention.purge(store_now_ms())  # a purge pass reads each workflow's finished executions
     lists = ["", "status=FAILED", "workflow=fails", "workflow=fails&status=FAILED",
              "workflow=fails&version=1", "workflow=fails&version=1&status=FAILED", "failed_step=s1",
              "workflow=fails&failed_step=s1", "status=FAILED&created_after=2020-01-01",
