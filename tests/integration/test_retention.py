@@ -79,9 +79,9 @@ def test_purge__a_workflow_retention_days_beats_the_default_and_zero_keeps_forev
     settings.DETFLOW = {**settings.DETFLOW, "RETENTION_DAYS": 10}
     for name in ("short", "default", "forever"):
         define(name, [{"handler": "test.echo"}])
+    short, default, forever = (finished(name)[0] for name in ("short", "default", "forever"))
     set_retention("short", 2)
     set_retention("forever", 0)
-    short, default, forever = (finished(name)[0] for name in ("short", "default", "forever"))
     later = now_ms() + 3 * DAY
     assert retention.purge(later).removed == [short]
     assert retention.purge(later + 10 * DAY).removed == [default]
