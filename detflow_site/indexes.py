@@ -74,6 +74,8 @@ RAW: dict[str, tuple[Index, ...]] = {
     "execution_history": (Index((("execution_id", 1), ("first_seq", 1))),),
     "chaos_ledger": (Index((("run", 1), ("execution_id", 1))),),
     "chaos_effects": (Index((("run", 1), ("execution_id", 1))),),
+    # The schedules due to fire (executions.schedules.fire_due): not paused, next_fire_at passed.
+    "schedules": (Index((("paused", 1), ("next_fire_at", 1))),),
 }
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detflow_site import conf, services
-from executions import dispatch, metrics, operations, store
+from executions import dispatch, metrics, operations, schedules, store
 from executions.engine import Claim, RecoverLost, Settle, decide
 from executions.followup import follow_up, recover_lost
 from executions.store import Snapshot, now_ms, to_dt
@@ -87,6 +87,12 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
             report.actions["released"] += released
     except Exception as exc:
         logger.warning("sweep: resumed workflows' holds not lifted (%s: %s)", type(exc).__name__, exc)
+    try:
+        fired = schedules.fire_due(now).started
+        if fired:
+            report.actions["scheduled"] += len(fired)
+    except Exception:  # failing schedules never stop the sweep
+        logger.exception("sweep: firing the due schedules failed")
     if report.lost or report.resent or report.failed:
         logger.info("sweep: %s", report.summary())
     return report

@@ -7,7 +7,7 @@ from rest_framework.decorators import api_view, authentication_classes, permissi
 from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny
 
-from detflow_site.api import health, uploads, views
+from detflow_site.api import health, schedules, uploads, views
 from detflow_site.api.docs import DocsView, SchemaView
 
 
@@ -40,6 +40,11 @@ urlpatterns = [
          name="execution-compensate"),
     path("executions/<str:execution_id>/signals/<str:name>/", views.SignalView.as_view(),
          name="execution-signal"),
+    path("schedules/", schedules.ScheduleListView.as_view(), name="schedules"),
+    path("schedules/<str:schedule_id>/", schedules.ScheduleDetailView.as_view(), name="schedule"),
+    path("schedules/<str:schedule_id>/pause/", schedules.SchedulePauseView.as_view(), name="schedule-pause"),
+    path("schedules/<str:schedule_id>/resume/", schedules.ScheduleResumeView.as_view(),
+         name="schedule-resume"),
     path("files/", uploads.UploadView.as_view(), name="files"),
     path("health/", health.HealthView.as_view(), name="health"),
     path("schema/", SchemaView.as_view(), name="schema"),

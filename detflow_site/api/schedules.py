@@ -1,0 +1,63 @@
+"""``/api/v1/schedules/``: create, list, read, delete, pause and resume schedules (operators write)."""
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from detflow_site.times import to_ms
+from executions import schedules
+from executions.errors import InvalidArgument
+
+FIELDS = ("workflow", "version", "input", "cron", "timezone", "overlap", "catch_up_s")
+
+
+def shown(doc: dict[str, Any]) -> dict[str, Any]:
+    """Return a schedule as the API shows it (times in epoch milliseconds)."""
+    out = {k: v for k, v in doc.items() if k != "_id"}
+    out["id"] = doc["_id"]
+    for name in ("next_fire_at", "last_fired_at", "created_at"):
+        out[name] = to_ms(doc.get(name))
+    return out
+
+
+class ScheduleListView(APIView):
+    def get(self, request: Request) -> Response:
+        return Response({"results": [shown(d) for d in schedules.listed()]})
+
+    def post(self, request: Request) -> Response:
+        body = request.data
+        if not isinstance(body, dict):
+            raise InvalidArgument("body", "must be a JSON object")
+        unknown = sorted(set(body) - set(FIELDS))
+        if unknown:
+            raise InvalidArgument(unknown[0], f"is not a schedule field; the fields are {', '.join(FIELDS)}")
+        doc = schedules.create(
+            body.get("workflow"), body.get("cron"), input=body.get("input"), version=body.get("version"),
+            timezone_name=body.get("timezone", "UTC"), overlap=body.get("overlap", "skip"),
+            catch_up_s=body.get("catch_up_s", 0), created_by=request.user.get_username())
+        return Response(shown(doc), status=status.HTTP_201_CREATED)
+
+
+class ScheduleDetailView(APIView):
+    def get(self, request: Request, schedule_id: str) -> Response:
+        return Response(shown(schedules.get(schedule_id)))
+
+    def delete(self, request: Request, schedule_id: str) -> Response:
+        schedules.delete(schedule_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SchedulePauseView(APIView):
+    #: ``True`` pauses, ``False`` resumes.
+    pause = True
+
+    def post(self, request: Request, schedule_id: str) -> Response:
+        return Response(shown(schedules.set_paused(schedule_id, self.pause)))
+
+
+class ScheduleResumeView(SchedulePauseView):
+    pause = False
