@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,10 @@ from executions.engine import TERMINAL
 from executions.errors import InvalidArgument
 from executions.sweeper import Sweeper
 from tests.conftest import wait_for, wait_terminal
-from tests.integration.test_commands import manage
+from tests.wire import WireStore, wire_store_fixture  # noqa: F401
+from workflows.models import WorkflowDefinition
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: A whole second (epoch ms), so an every-second schedule's times fall on T0 + k * 1000.
 T0 = 1_800_000_000_000
@@ -183,8 +189,37 @@ def test_command__create_list_pause_resume_delete(define: Any) -> None:
         call_command("schedules", "pause", "missing")
 
 
-def test_command__in_its_own_process_fails_in_one_line() -> None:
-    done = manage("schedules", "create", "--workflow", "tick", "--cron", "* * * * *")
-    assert done.returncode != 0
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "rundev" in done.stderr or "schedules" in done.stderr
+def test_command__in_its_own_process_against_a_runstore(define: Any, wire_store: WireStore) -> None:
+    define("tick", [{"handler": "test.echo"}])
+    env = {**wire_store.environ("test_schedules_command"), "DJANGO_SQLITE_PATH": ":memory:"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    with wire_store.client() as client:
+        database = client["test_schedules_command"]
+        try:
+            assert run("ensure_indexes").returncode == 0
+            database["workflow_definitions"].insert_many(list(WorkflowDefinition._get_collection().find()))
+            made = run("schedules", "create", "--workflow", "tick", "--cron", "*/5 * * * *")
+            assert made.returncode == 0, made.stderr
+            (doc,) = database["schedules"].find()
+            assert made.stdout.startswith(f"created {doc['_id']} tick")
+            paused = run("schedules", "pause", doc["_id"])
+            assert paused.returncode == 0, paused.stderr
+            assert database["schedules"].find_one()["paused"] is True  # type: ignore[index]
+            listed = run("schedules", "list")
+            assert listed.stdout.strip().endswith("paused"), listed.stdout
+            for args, says in [(["create", "--workflow", "tick", "--cron", "nope"], "cron: "),
+                               (["create", "--workflow", "ghost", "--cron", "* * * * *"], "workflow: "),
+                               (["create", "--workflow", "tick", "--cron", "* * * * *", "--timezone", "X/Y"],
+                                "timezone: "),
+                               (["delete", "missing"], "no schedule has id")]:
+                bad = run("schedules", *args)
+                assert bad.returncode != 0, args
+                assert len(bad.stderr.strip().splitlines()) == 1 and says in bad.stderr, bad.stderr
+            assert run("schedules", "delete", doc["_id"]).returncode == 0
+            assert database["schedules"].count_documents({}) == 0
+        finally:
+            client.drop_database("test_schedules_command")
