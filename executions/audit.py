@@ -17,6 +17,7 @@ from executions.engine import (
     Claim,
     ExecutionState,
     ExecutionStatus,
+    Expire,
     Finish,
     IllegalTransition,
     RecoverLost,
@@ -51,7 +52,7 @@ def verify(doc: Mapping[str, Any]) -> list[Divergence]:
     """Return every divergence between a stored execution and a replay of its history."""
     execution_id = doc["_id"]
     found: list[Divergence] = []
-    state = store.initial_state(execution_id, doc["definition"])
+    state = store.initial_state(execution_id, doc["definition"], store.to_ms(doc.get("deadline_at")))
     expected_seq = 1
     for stored_event in doc.get("events", []):
         seq = stored_event.get("seq")
@@ -106,6 +107,8 @@ def _check_decision(state: ExecutionState, event: Mapping[str, Any]) -> str | No
         return None
     elif kind == "wait_started":
         expected, actual = StartWait(index), decide(state, at)  # type: ignore[arg-type]
+    elif kind == "deadline_passed":
+        expected, actual = Expire(index), decide(state, at)  # type: ignore[arg-type]
     elif kind == "signal_consumed":
         expected = Resume(index, event.get("signal_index"))  # type: ignore[arg-type]
         actual = decide(state, at)

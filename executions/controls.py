@@ -93,4 +93,4 @@ def released(workflow: str, at: Any) -> None:
 def held(workflow: str, limit: int) -> list[str]:
     """Return up to ``limit`` executions of ``workflow`` its pause holds."""
     return [d["_id"] for d in Execution._get_collection().find(
-        {"workflow": workflow, "paused.workflow": {"$exists": True}}, {"_id": 1}).limit(limit)]
+        {"workflow": workflow, "paused.workflow.at": {"$exists": True}}, {"_id": 1}).limit(limit)]

@@ -20,6 +20,7 @@ from executions.engine import (
     Claim,
     Decision,
     ExecutionStatus,
+    Expire,
     Finish,
     Idle,
     RecoverLost,
@@ -156,6 +157,9 @@ def _next(doc: dict[str, Any], decision: Decision) -> dict[str, Any]:
             ("wake", decision.ends)
         return {"action": action, "step": doc["steps"][decision.step]["name"], "attempt": None,
                 "at": None, "reason": reason}
+    if isinstance(decision, Expire):
+        return {"action": "expire", "step": doc["steps"][decision.step]["name"], "attempt": None,
+                "at": None, "reason": "deadline"}
     assert isinstance(decision, Idle)
     return {"action": "none", "step": None, "attempt": None, "at": None, "reason": decision.reason}
 
@@ -235,6 +239,11 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
         if doc["status"] == ExecutionStatus.FAILED:
             step = doc.get("failed_step")
             found.summary = f"step {step!r} failed for good; the execution waits for an operator"
+            if any(s["name"] == step and (s.get("error") or {}).get("type") == "DeadlineExceeded"
+                   for s in doc["steps"]):
+                found.summary = (f"the workflow's deadline passed before step {step!r} ended "
+                                 "(DeadlineExceeded); the execution waits for an operator (a retry "
+                                 "runs without the deadline)")
             detail = (f"retry it (POST executions/{doc['_id']}/retry/, optionally "
                       "with an edited input) or skip it (POST "
                       f"executions/{doc['_id']}/skip/ with an output)")

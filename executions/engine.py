@@ -26,6 +26,7 @@ from executions.events import (
     CompensationSkipped,
     CompensationSucceeded,
     Created,
+    DeadlinePassed,
     Event,
     ExecutionCompensated,
     ExecutionFailed,
@@ -131,25 +132,49 @@ class WakeUp:
 
 
 @dataclass(frozen=True)
+class Expire:
+    """The workflow's deadline passed: step ``step`` (not running) fails, and what its rule says
+    follows."""
+
+    step: int
+
+
+@dataclass(frozen=True)
 class Idle:
     """Nothing will ever happen without an operator (``reason`` says why)."""
 
     reason: str
 
 
-Decision = Claim | Wait | RecoverLost | Finish | Rollback | StartWait | Resume | WakeUp | Idle
+Decision = Claim | Wait | RecoverLost | Finish | Rollback | StartWait | Resume | WakeUp | Expire | Idle
 #: The decisions a worker carries out by writing events, with no handler to run.
-Settle = Finish | Rollback | StartWait | Resume | WakeUp
+Settle = Finish | Rollback | StartWait | Resume | WakeUp | Expire
 
 
 def decide(state: ExecutionState, now: int) -> Decision:
     """Return what must happen next to ``state`` at time ``now`` (milliseconds)."""
     decision = _decide(state, now)
+    deadline = state.deadline_at
+    timed = deadline is not None and state.status in (ExecutionStatus.PENDING, ExecutionStatus.RUNNING)
+    if timed and isinstance(decision, Claim | StartWait | Resume | WakeUp | Wait) \
+            and not (isinstance(decision, Wait) and decision.reason == "lease"):
+        assert deadline is not None
+        if now >= deadline:
+            return Expire(_current(state))  # a deadline holds whatever holds the execution
+        if isinstance(decision, Wait) and deadline < decision.until:
+            decision = Wait(deadline, decision.reason)
     if state.holds and (isinstance(decision, Claim | StartWait | Resume | WakeUp | Rollback)
                         or (isinstance(decision, Wait) and decision.reason != "lease")):
         # Paused: nothing starts; a running attempt ends (and a lost one is recorded) as it would.
+        # Its deadline still passes.
+        if timed and deadline is not None and not isinstance(decision, Rollback):
+            return Wait(deadline, "deadline")
         return Idle("paused")
     return decision
+
+
+def _current(state: ExecutionState) -> int:
+    return next(i for i, s in enumerate(state.steps) if s.status not in DONE_STEP)
 
 
 def _decide(state: ExecutionState, now: int) -> Decision:
@@ -378,6 +403,20 @@ def signalled(state: ExecutionState, name: str, key: str | None, by: str, reason
               payload_json: str) -> list[Event]:
     """Return the events of a signal coming (kept until a wait step named for it takes it)."""
     return [SignalReceived(name, len(state.signals), key, by, reason, payload_json=payload_json)]
+
+
+def expired(state: ExecutionState, decision: Expire, now: int) -> list[Event]:
+    """Return the events of the workflow's deadline passing (and what follows: the execution's
+    end, or its rollback)."""
+    step = state.steps[decision.step]
+    assert state.deadline_at is not None
+    event = DeadlinePassed(decision.step, step.name, state.deadline_at, state.on_deadline)
+    return _and_finish(state, [event], now,
+                       cause=(step.name, "DeadlineExceeded", deadline_message(state.deadline_at)))
+
+
+def deadline_message(deadline_at: int) -> str:
+    return f"the workflow's deadline passed (at {deadline_at} ms since the epoch) before the step ended"
 
 
 def failed_compensation(state: ExecutionState) -> int | None:

@@ -225,6 +225,19 @@ class Unpaused(Event):
     bulk: str | None = _optional()
 
 
+@dataclass(frozen=True)
+class DeadlinePassed(Event):
+    """The workflow's deadline (``deadline_at``) passed: step ``step_index``, waiting to start (or
+    to run again, or in a sleep or wait), fails; then the execution fails or, ``on_deadline``
+    ``compensate``, is rolled back."""
+
+    type: ClassVar[str] = "deadline_passed"
+    step_index: int
+    step: str
+    deadline_at: int
+    on_deadline: str
+
+
 # Rollback: the compensations of completed steps, newest first. A compensation's events are its
 # forward counterparts' with the compensation's place in the plan (``compensation_index``) beside the
 # step it undoes (``step_index``); the engine replays them onto the compensation, not the step.

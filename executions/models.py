@@ -95,8 +95,8 @@ class Execution(me.Document):
                 "partialFilterExpression": {"idempotency_key": {"$exists": True}},
             },
             # The executions a workflow's pause holds (lifted when the workflow is resumed).
-            {"fields": ["workflow", "_id"],
-             "partialFilterExpression": {"paused.workflow": {"$exists": True}}},
+            {"fields": ["workflow", "paused.workflow.at"],
+             "partialFilterExpression": {"paused.workflow.at": {"$exists": True}}},
         ],
     }
 
@@ -120,8 +120,13 @@ class WorkflowControl(me.Document):
         "collection": "workflow_controls",
         "strict": False,
         "auto_create_index": False,
+        # A tiny collection, one document per workflow; still, every read is served by an index:
+        # the paused ones (workers), the unfinished resumes (the sweeper), and one workflow's pause or
+        # resume matched on its name and state (a pause, a resume, its end).
         "indexes": [
             {"fields": ["paused.at"], "partialFilterExpression": {"paused.at": {"$exists": True}}},
             {"fields": ["release.at"], "partialFilterExpression": {"release.at": {"$exists": True}}},
+            ["id", "paused.at"],
+            ["id", "release.at"],
         ],
     }

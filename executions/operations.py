@@ -71,6 +71,10 @@ def start(
         pinned["secret_inputs"] = list(stored.secret_inputs)
     if stored.on_failure != "stop":
         pinned["on_failure"] = stored.on_failure
+    if stored.deadline_s is not None:
+        pinned["deadline_s"] = stored.deadline_s
+        if stored.on_deadline != "fail":
+            pinned["on_deadline"] = stored.on_deadline
     events = engine.created(by, stored.name, stored.version)
     hold = controls.paused(stored.name)
     if hold is not None:  # the workflow is paused: the execution waits for its resume

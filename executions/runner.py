@@ -27,6 +27,7 @@ from executions.attempt import Attempt
 from executions.engine import (
     Claim,
     Decision,
+    Expire,
     Finish,
     RecoverLost,
     Resume,
@@ -158,6 +159,8 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
             result = transitions.commit(snap, engine.finished(decision), now)
         elif isinstance(decision, Rollback):
             result = transitions.commit(snap, rollback_events(snap, decision), now)
+        elif isinstance(decision, Expire):
+            result = transitions.commit(snap, engine.expired(snap.state, decision, now), now)
         elif isinstance(decision, StartWait | Resume | WakeUp):
             # A sleep or a wait: its events are written, no handler runs, nothing is held after.
             result = transitions.commit(snap, waits.events(snap, decision, now), now)

@@ -58,11 +58,13 @@ EXECUTION_TRANSITIONS: Mapping[ExecutionStatus, frozenset[ExecutionStatus]] = {
 
 #: Every legal change of a step's status.
 STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
-    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.WAITING, StepStatus.CANCELLED}),
+    # PENDING and RETRY_WAIT -> FAILED: the workflow's deadline passed before the step (again) ran.
+    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.WAITING, StepStatus.CANCELLED,
+                                   StepStatus.FAILED}),
     StepStatus.RUNNING: frozenset(
         {StepStatus.SUCCEEDED, StepStatus.RETRY_WAIT, StepStatus.FAILED, StepStatus.CANCELLED}
     ),
-    StepStatus.RETRY_WAIT: frozenset({StepStatus.RUNNING, StepStatus.CANCELLED}),
+    StepStatus.RETRY_WAIT: frozenset({StepStatus.RUNNING, StepStatus.CANCELLED, StepStatus.FAILED}),
     StepStatus.WAITING: frozenset(
         {StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
     ),
@@ -142,6 +144,9 @@ class ExecutionState:
     #: The pauses that hold it (``execution``: an operator's; ``workflow``: its workflow's): while
     #: any holds, no step, wait or compensation starts. Lifted when the execution ends.
     holds: frozenset[str] = frozenset()
+    #: When the workflow's deadline passes (``None``: none, or passed already), and what it does.
+    deadline_at: int | None = None
+    on_deadline: str = "fail"
 
     def signal_for(self, step: StepState) -> int | None:
         """Return the place of the first signal a waiting ``step`` may take, if one came."""
@@ -203,6 +208,17 @@ def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
         return _status(state, ExecutionStatus.COMPENSATED)
     if kind == "compensation_failed":
         return _status(state, ExecutionStatus.COMPENSATION_FAILED)
+    if kind == "deadline_passed":
+        i = _index(state, index)
+        if state.deadline_at is None:
+            raise IllegalTransition("a deadline passed in an execution that has none")
+        state = _step(state, i, status=StepStatus.FAILED, next_retry_at=None, wake_at=None)
+        if state.status is ExecutionStatus.PENDING:
+            state = _status(state, ExecutionStatus.RUNNING)
+        # Past the deadline its rule decides what the failure leads to, and the deadline is spent:
+        # an operator's retry after it runs without one.
+        return replace(state, deadline_at=None,
+                       on_failure="compensate" if state.on_deadline == "compensate" else "stop")
     if kind in ("paused", "resumed"):
         return _hold(state, kind, event.get("scope"))
     if kind == "created":

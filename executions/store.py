@@ -205,8 +205,10 @@ def load_working(execution_id: str) -> dict[str, Any] | None:
     return collection().find_one({"_id": execution_id}, WORKING_FIELDS)
 
 
-def initial_state(execution_id: str, definition: Mapping[str, Any]) -> ExecutionState:
-    """Return the state of a new execution of the given (pinned) definition."""
+def initial_state(execution_id: str, definition: Mapping[str, Any],
+                  deadline_at: int | None = None) -> ExecutionState:
+    """Return the state of a new execution of the given (pinned) definition (whose deadline, if
+    its workflow sets one, passes at ``deadline_at``)."""
     return ExecutionState(
         id=execution_id,
         status=ExecutionStatus.PENDING,
@@ -214,6 +216,7 @@ def initial_state(execution_id: str, definition: Mapping[str, Any]) -> Execution
                               compensate=_undo_policy(s), **_waits(s))
                     for s in definition["steps"]),
         on_failure=definition.get("on_failure", "stop"),
+        deadline_at=deadline_at, on_deadline=definition.get("on_deadline", "fail"),
     )
 
 
@@ -231,7 +234,9 @@ def to_state(doc: dict[str, Any]) -> ExecutionState:
     return ExecutionState(id=doc["_id"], status=ExecutionStatus(doc["status"]), steps=steps,
                           compensations=compensations, signals=signals,
                           on_failure=doc["definition"].get("on_failure", "stop"),
-                          holds=frozenset(doc.get("paused") or ()))
+                          holds=frozenset(doc.get("paused") or ()),
+                          deadline_at=None if doc.get("deadline_spent") else to_ms(doc.get("deadline_at")),
+                          on_deadline=doc["definition"].get("on_deadline", "fail"))
 
 
 def _slot_state(stored: Mapping[str, Any], policy: RetryPolicy, **more: Any) -> StepState:

@@ -20,7 +20,7 @@ from typing import Any
 import bson
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from executions import store
+from executions import engine, store
 from executions.engine import TERMINAL, ExecutionState, ExecutionStatus, StepStatus, due_at, replay
 from executions.events import (
     AttemptFailed,
@@ -29,6 +29,7 @@ from executions.events import (
     CompensationFailed,
     CompensationRetried,
     CompensationSkipped,
+    DeadlinePassed,
     Event,
     ExecutionCompensated,
     ExecutionFailed,
@@ -90,6 +91,8 @@ def create(
     }
     if idempotency_key is not None:
         doc["idempotency_key"] = idempotency_key
+    if definition.get("deadline_s") is not None:
+        doc["deadline_at"] = to_dt(now + round(definition["deadline_s"] * 1000))
     held = {e.scope: {"by": e.by, "reason": e.reason, "at": at} for e in events if isinstance(e, Paused)}
     if held:  # started while its workflow is paused: nothing is due until the pause is lifted
         doc["paused"] = held
@@ -374,9 +377,14 @@ def _effects(
         unsets["finished_at"] = ""
     elif isinstance(event, WaitStarted):
         sets[f"steps.{event.step_index}.started_at"] = at
+    elif isinstance(event, DeadlinePassed):
+        sets[f"steps.{event.step_index}.error"] = {"type": "DeadlineExceeded",
+                                                   "message": engine.deadline_message(event.deadline_at)}
+        sets["deadline_spent"] = True
     elif isinstance(event, Paused):
-        if event.scope in after.holds:
-            sets[f"paused.{event.scope}"] = {"by": event.by, "reason": event.reason, "at": at}
+        if event.scope in after.holds:  # whole: the document may hold no pause yet
+            sets["paused"] = {**(snap.doc.get("paused") or {}),
+                              event.scope: {"by": event.by, "reason": event.reason, "at": at}}
     elif isinstance(event, SignalReceived):
         pushes["signals"] = {"$each": [{"name": event.name, "key": event.key, "by": event.by,
                                         "reason": event.reason, "at": at, "payload_json": event.payload_json,

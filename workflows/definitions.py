@@ -31,6 +31,9 @@ def register(data: Any | WorkflowSpec) -> tuple[WorkflowDefinition, bool]:
             steps=spec.to_dict()["steps"],
             secret_inputs=list(spec.secret_inputs),
             on_failure=spec.on_failure,
+            deadline_s=spec.deadline_s,
+            on_deadline=spec.on_deadline,
+            retention_days=spec.retention_days,
             fingerprint=fingerprint,
             created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
         )

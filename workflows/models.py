@@ -18,6 +18,11 @@ class WorkflowDefinition(me.Document):
     secret_inputs = me.ListField(me.StringField(), default=list)
     #: What a step failing for good leads to: ``stop`` or ``compensate`` (``workflows.spec.ON_FAILURE``).
     on_failure = me.StringField(default="stop")
+    #: Longest time an execution may take (seconds; ``None``: none), and what it does past it.
+    deadline_s = me.FloatField()
+    on_deadline = me.StringField(default="fail")
+    #: Days a finished execution is kept (``None``: the ``DETFLOW_RETENTION_DAYS`` setting).
+    retention_days = me.IntField()
     #: Hash of the content: equal definitions have equal fingerprints.
     fingerprint = me.StringField(required=True)
     created_at = me.DateTimeField(required=True)

@@ -135,6 +135,11 @@ class CompensateSpec:
 #: What an execution does when a step fails for good: ``stop`` (it ends FAILED, an operator may retry
 #: or skip the step) or ``compensate`` (the compensations of its completed steps run, newest first).
 ON_FAILURE = ("stop", "compensate")
+#: What an execution past its deadline does: fail, or roll back its completed steps.
+ON_DEADLINE = ("fail", "compensate")
+#: Longest deadline of a workflow, in seconds (a year), and longest retention, in days.
+MAX_DEADLINE_S = 366 * 86_400
+MAX_RETENTION_DAYS = 36_500
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,12 @@ class WorkflowSpec:
     secret_inputs: tuple[str, ...] = ()
     #: What a step failing for good leads to: one of :data:`ON_FAILURE`.
     on_failure: str = "stop"
+    #: Longest time an execution may take from its start, in seconds (``None``: no deadline), and
+    #: what it does past it: one of :data:`ON_DEADLINE`.
+    deadline_s: float | None = None
+    on_deadline: str = "fail"
+    #: Days a finished execution is kept (``None``: the ``DETFLOW_RETENTION_DAYS`` setting).
+    retention_days: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plain-data form that :func:`parse_workflow` reads back.
@@ -163,6 +174,9 @@ class WorkflowSpec:
             del data["secret_inputs"]
         if self.on_failure == "stop":
             del data["on_failure"]
+        for name, default in (("deadline_s", None), ("on_deadline", "fail"), ("retention_days", None)):
+            if data[name] == default:
+                del data[name]
         data["steps"] = [_step_dict(step) for step in data["steps"]]
         return data
 
@@ -243,7 +257,8 @@ WAIT = Value(
                                  "'default_output' as its output, or 'skip' it."),
         "default_output": Value("any", nullable=True,
                                 help="The step's output when it times out with on_timeout 'continue' "
-                                     "(any JSON value)."),
+                                     "(any JSON value MongoDB stores: no NUL character in a key, "
+                                     "integers within 64 bits)."),
     },
 )
 STEP = Value(
@@ -275,6 +290,17 @@ DEFINITION = Value(
                                  "operator may retry or skip the step) or 'compensate' (the "
                                  "compensations of the steps that succeeded run in reverse order; the "
                                  "execution ends COMPENSATED, or COMPENSATION_FAILED)."),
+        "deadline_s": Value("number", nullable=True, above=0, maximum=MAX_DEADLINE_S, unit=_S,
+                            help="Longest time an execution may take from its start, in seconds; past "
+                                 "it the step waiting to start fails with DeadlineExceeded (a running "
+                                 "attempt is cut at the deadline as by its timeout). Unset: none."),
+        "on_deadline": Value("string", pattern=re.compile("|".join(ON_DEADLINE)), default="fail",
+                             pattern_text=" or ".join(repr(v) for v in ON_DEADLINE),
+                             help="Past the deadline: 'fail' (the execution ends FAILED) or 'compensate' "
+                                  "(its completed steps are rolled back)."),
+        "retention_days": Value("integer", nullable=True, minimum=1, maximum=MAX_RETENTION_DAYS,
+                                help="Days a finished execution is kept before it is removed (unset: "
+                                     "the DETFLOW_RETENTION_DAYS setting)."),
         "secret_inputs": Value(
             "array", default=[], max_items=masking.MAX_PATHS, unique=True, noun="input paths",
             items=Value("string", min_length=1, max_length=MAX_SECRET_PATH, pattern=masking.PATH_RE,
@@ -325,7 +351,9 @@ def parse_workflow(
         steps.append(_step(raw))
     return WorkflowSpec(name=data["name"], description=data.get("description", ""), steps=tuple(steps),
                         secret_inputs=tuple(data.get("secret_inputs", ())),
-                        on_failure=data.get("on_failure", "stop"))
+                        on_failure=data.get("on_failure", "stop"), deadline_s=data.get("deadline_s"),
+                        on_deadline=data.get("on_deadline", "fail"),
+                        retention_days=data.get("retention_days"))
 
 
 def _size(data: Mapping[str, Any]) -> None:

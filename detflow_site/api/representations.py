@@ -343,10 +343,10 @@ class CompensateResult(ActionResult):
 class NextAction(serializers.Serializer):
     action = serializers.ChoiceField(
         choices=["claim", "compensate", "wait", "recover_lost", "finish", "rollback", "start_wait",
-                 "take_signal", "wake", "none"],
+                 "take_signal", "wake", "expire", "none"],
         help_text="compensate: claim a compensation; rollback: start one; start_wait: start a sleep or "
                   "a wait step; take_signal: a waiting step takes its signal; wake: a sleep ends or a "
-                  "wait times out.")
+                  "wait times out; expire: the workflow's deadline passed, the step waiting to start fails.")
     step = serializers.CharField(allow_null=True)
     attempt = serializers.IntegerField(allow_null=True)
     at = _time(help_text="Until when it waits.")

@@ -371,7 +371,7 @@ def test_console_pages__run_only_indexed_queries_and_bounded_counts(
 
 def _api_sweeper_and_start(client: Any, define: Any) -> None:
     """Run every read the API serves, a start with and without a key (repeated), and a sweep."""
-    from executions import operations, sweeper
+    from executions import operations, store, sweeper
     from insights import service
 
     failed = failed_execution(define)
@@ -385,6 +385,15 @@ def _api_sweeper_and_start(client: Any, define: Any) -> None:
         response = client.post(API + "executions/", {"workflow": "ok", "input": {}}, format="json",
                                HTTP_IDEMPOTENCY_KEY="order-2")
         assert response.status_code in (200, 201), response.content[:1000]
+    # A workflow's pause: a start held by it, the workers' read of the paused workflows, a resume
+    # lifting the holds (and the sweep finishing resumes).
+    from executions import controls
+
+    operations.pause_workflow("ok", "ann", "maintenance")
+    held, _ = operations.start("ok", {})
+    assert set(store.load(held["_id"])["paused"]) == {"workflow"}
+    assert "ok" in controls.paused_workflows(fresh=True)
+    assert operations.resume_workflow("ok", "ann", "done").released == 1
     sweeper.sweep(grace_s=0)
     from detflow_site import retention
 

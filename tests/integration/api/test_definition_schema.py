@@ -52,8 +52,18 @@ def fit_rules(step: dict[str, Any]) -> None:
             step["sleep"] = {"seconds": sleep.get("seconds", 1)}
         elif sleep["until"].startswith("outputs."):
             step["sleep"] = {"until": "input.at"}
-    elif step["wait"].get("on_timeout", "fail") != "continue":
+    elif (step["wait"].get("on_timeout", "fail") != "continue"
+          or not storable(step["wait"].get("default_output"))):
         step["wait"].pop("default_output", None)
+
+
+def storable(value: Any) -> bool:
+    """Whether a default output keeps the rule its help states: no NUL in a key, 64-bit integers."""
+    if isinstance(value, dict):
+        return all("\x00" not in k and storable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(storable(v) for v in value)
+    return not isinstance(value, int) or isinstance(value, bool) or -2**63 <= value < 2**63
 
 
 @pytest.mark.slow
