@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from detflow_site import indexes
 from detflow_site.errors import NotFound
@@ -60,7 +61,7 @@ def _zone(name: Any) -> ZoneInfo:
         raise InvalidArgument("timezone", "must be an IANA time zone name such as 'Europe/Paris'")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, such as 'Europe'
         raise InvalidArgument("timezone", f"{name!r} is not a known IANA time zone") from None
 
 
@@ -89,14 +90,19 @@ def create(
     zone = _zone(timezone_name)
     if overlap not in OVERLAPS:
         raise InvalidArgument("overlap", f"must be one of {', '.join(OVERLAPS)}")
-    if not isinstance(catch_up_s, int | float) or isinstance(catch_up_s, bool) or catch_up_s < 0:
+    if (not isinstance(catch_up_s, int | float) or isinstance(catch_up_s, bool)
+            or not math.isfinite(catch_up_s) or catch_up_s < 0):
         raise InvalidArgument("catch_up_s", "must be a number of seconds, 0 or more")
     operations._json(input, "input", operations.INPUT_CAP_BYTES)
     now = now_ms() if now is None else now
+    try:
+        first = _after(cron, zone, now - 1)
+    except CroniterError:  # such as "0 0 31 2 *": it never fires
+        raise InvalidArgument("cron", f"{cron!r} never fires") from None
     doc = {
         "_id": secrets.token_hex(12), "workflow": workflow, "version": version, "input": input,
         "cron": cron, "timezone": zone.key, "overlap": overlap, "catch_up_s": catch_up_s,
-        "paused": False, "next_fire_at": to_dt(_after(cron, zone, now - 1)),
+        "paused": False, "next_fire_at": to_dt(first),
         "last_fired_at": None, "last_execution_id": None, "created_by": created_by,
         "created_at": to_dt(now),
     }

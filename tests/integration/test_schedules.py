@@ -142,7 +142,10 @@ def test_fire_due__a_long_outage_fires_at_most_max_fires_per_call(broker: Any, d
 @pytest.mark.parametrize(("change", "field"), [
     ({"cron": "every minute"}, "cron"),
     ({"cron": "* * *"}, "cron"),
+    ({"cron": "0 0 31 2 *"}, "cron"),
     ({"timezone_name": "Mars/Olympus"}, "timezone"),
+    ({"timezone_name": "Europe"}, "timezone"),
+    ({"catch_up_s": float("nan")}, "catch_up_s"),
     ({"workflow": "nope"}, "workflow"),
     ({"overlap": "sometimes"}, "overlap"),
     ({"catch_up_s": -1}, "catch_up_s"),
