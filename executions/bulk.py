@@ -80,7 +80,9 @@ def store_op(action: str, query: dict[str, Any], reason: str, by: str) -> dict[s
         "reason": reason, "by": by, "status": PENDING,
         "total": store.collection().count_documents(_matching(query, now)),
         "done": 0, "acted": 0, "skipped": 0, "failed": 0, "errors": [], "cursor": None,
-        "created_at": now, "updated_at": now, "lease_owner": None, "lease_expires_at": None,
+        "created_at": now, "updated_at": now, "lease_owner": None,
+        # Held by nobody, yet due: a send that is lost is sent again once this has passed.
+        "lease_expires_at": to_dt(now_ms() + LEASE_MS),
     }
     collection().insert_one(doc)
     return doc
@@ -192,11 +194,8 @@ def run(op_id: str, owner: str | None = None) -> dict[str, Any] | None:
 def resend_expired(now: int | None = None) -> list[str]:
     """Send again every open operation whose runner's lease ran out (or that never started)."""
     now = now_ms() if now is None else now
-    stale = to_dt(now - LEASE_MS)
     ids = [d["_id"] for d in collection().find(
-        {"status": {"$in": list(OPEN)},
-         "$or": [{"lease_expires_at": {"$lt": to_dt(now)}},
-                 {"lease_expires_at": None, "created_at": {"$lt": stale}}]}, {"_id": 1}).limit(100)]
+        {"status": {"$in": list(OPEN)}, "lease_expires_at": {"$lt": to_dt(now)}}, {"_id": 1}).limit(100)]
     for op_id in ids:
         send(op_id)
     return ids

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detflow_site import conf, services
-from executions import dispatch, metrics, operations, schedules, store
+from executions import bulk, dispatch, metrics, operations, schedules, store
 from executions.engine import Claim, RecoverLost, Settle, decide
 from executions.followup import follow_up, recover_lost
 from executions.store import Snapshot, now_ms, to_dt
@@ -85,6 +85,8 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
     try:  # a workflow's resume that a crash cut short goes on
         if released := operations.release_workflows():
             report.actions["released"] += released
+        if resent_bulk := bulk.resend_expired(now):  # a bulk operation whose runner died goes on
+            report.actions["bulk"] += len(resent_bulk)
     except Exception as exc:
         logger.warning("sweep: resumed workflows' holds not lifted (%s: %s)", type(exc).__name__, exc)
     try:
