@@ -7,7 +7,7 @@ from rest_framework.decorators import api_view, authentication_classes, permissi
 from rest_framework.exceptions import NotFound
 from rest_framework.permissions import AllowAny
 
-from detflow_site.api import health, schedules, uploads, views
+from detflow_site.api import bulk, health, schedules, uploads, views
 from detflow_site.api.docs import DocsView, SchemaView
 
 
@@ -40,6 +40,10 @@ urlpatterns = [
          name="execution-compensate"),
     path("executions/<str:execution_id>/signals/<str:name>/", views.SignalView.as_view(),
          name="execution-signal"),
+    path("bulk-operations/", bulk.BulkOperationListView.as_view(), name="bulk-operations"),
+    path("bulk-operations/<str:op_id>/", bulk.BulkOperationDetailView.as_view(), name="bulk-operation"),
+    path("bulk-operations/<str:op_id>/cancel/", bulk.BulkOperationCancelView.as_view(),
+         name="bulk-operation-cancel"),
     path("schedules/", schedules.ScheduleListView.as_view(), name="schedules"),
     path("schedules/<str:schedule_id>/", schedules.ScheduleDetailView.as_view(), name="schedule"),
     path("schedules/<str:schedule_id>/pause/", schedules.SchedulePauseView.as_view(), name="schedule-pause"),
