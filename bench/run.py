@@ -10,7 +10,8 @@ set, the same command runs against those servers (it empties the MongoDB databas
 ``detflow_bench`` unless ``DETFLOW_MONGODB_DB`` says otherwise, and the Redis database: pass
 ``--allow-flush``).
 
-    .venv/bin/python -m bench.run [--quick] [--only throughput,latency,signal,cost,store,wire,memory,files]
+    .venv/bin/python -m bench.run [--quick]
+        [--only throughput,latency,signal,bulk,cost,store,wire,memory,files]
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any
 
 from bench.environment import ROOT, external_services, prepare
 
-SECTIONS = ("throughput", "latency", "signal", "cost", "store", "wire", "memory", "files")
+SECTIONS = ("throughput", "latency", "signal", "bulk", "cost", "store", "wire", "memory", "files")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="threads per process of the over-the-wire process sets (4)")
     parser.add_argument("--wire-process-executions", type=int, default=200,
                         help="chains per over-the-wire process-set run (200)")
+    parser.add_argument("--bulk-executions", type=int, default=10_000,
+                        help="FAILED executions one bulk retry dispatches (10,000)")
     parser.add_argument("--memory-executions", type=int, default=10_000)
     parser.add_argument("--memory-batch", type=int, default=100)
     parser.add_argument("--file-sizes", type=float, nargs=2, default=(1, 200), metavar=("SMALL", "LARGE"))
@@ -80,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.slow_executions = 50
         args.wire_processes, args.wire_process_executions = [1], 20
         args.memory_executions, args.file_sizes = 1000, (1, 20)
+        args.bulk_executions = 500
     if args.repetitions < 1 or args.executions < 1 or args.steps < 2:
         parser.error("--repetitions and --executions must be at least 1, --steps at least 2")
     return args
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prepare()
     from bench import (
+        bulk_rate,
         contenders,
         cost,
         file_memory,
@@ -135,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if "signal" in args.only:
         results["signal"] = {**where, **signal_latency.measure(args.signal_samples, args.main_threads,
                                                                progress)}
+    if "bulk" in args.only:
+        results["bulk"] = {**where, **bulk_rate.measure(args.bulk_executions, args.main_threads, progress)}
     if "cost" in args.only:
         configs = [
             cost.Config("1 step", 1), cost.Config("10 steps", 10), cost.Config("100 steps", 100),
