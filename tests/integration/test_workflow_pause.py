@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from executions import operations, store
-from executions.errors import InvalidArgument, OperationNotAllowed
 from executions.audit import verify
+from executions.errors import InvalidArgument, OperationNotAllowed
 from tests.conftest import wait_for, wait_terminal
 from tests.integration.support import loaded
 from workflows.errors import WorkflowNotFound
