@@ -34,6 +34,8 @@ urlpatterns = [
     path("executions/<str:execution_id>/diagnosis/", views.DiagnosisView.as_view(),
          name="execution-diagnosis"),
     path("executions/<str:execution_id>/cancel/", views.CancelView.as_view(), name="execution-cancel"),
+    path("executions/<str:execution_id>/pause/", views.PauseView.as_view(), name="execution-pause"),
+    path("executions/<str:execution_id>/resume/", views.ResumeView.as_view(), name="execution-resume"),
     path("executions/<str:execution_id>/retry/", views.RetryView.as_view(), name="execution-retry"),
     path("executions/<str:execution_id>/skip/", views.SkipView.as_view(), name="execution-skip"),
     path("executions/<str:execution_id>/compensate/", views.CompensateView.as_view(),

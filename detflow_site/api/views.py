@@ -260,6 +260,10 @@ class ActionView(APIView):
             more["plan"] = [dataclasses.asdict(p) for p in planned]
         elif action == "cancel":
             result = operations.cancel(execution_id, by, data["reason"], dry_run=data["dry_run"])
+        elif action == "pause":
+            result = operations.pause(execution_id, by, data["reason"], dry_run=data["dry_run"])
+        elif action == "resume":
+            result = operations.resume(execution_id, by, data["reason"], dry_run=data["dry_run"])
         elif action == "retry":
             edited = {"input": data["input"]} if "input" in data else {}
             if edited:
@@ -296,6 +300,21 @@ class CancelView(ActionView):
                    summary="Cancel: no further step starts (a running attempt may finish)")
     def post(self, request: Request, execution_id: str) -> Response:
         return self.act(request, execution_id, ActionRequest, "cancel")
+
+
+class PauseView(ActionView):
+    @extend_schema(request=ActionRequest, responses=representations.ActionResult,
+                   summary="Pause: the execution starts no further step until resumed (a running attempt "
+                           "finishes)")
+    def post(self, request: Request, execution_id: str) -> Response:
+        return self.act(request, execution_id, ActionRequest, "pause")
+
+
+class ResumeView(ActionView):
+    @extend_schema(request=ActionRequest, responses=representations.ActionResult,
+                   summary="Resume a paused execution: it goes on from its next step")
+    def post(self, request: Request, execution_id: str) -> Response:
+        return self.act(request, execution_id, ActionRequest, "resume")
 
 
 class RetryView(ActionView):
