@@ -24,6 +24,8 @@ def not_found(request: object, rest: str = "") -> None:
 urlpatterns = [
     path("workflows/", views.WorkflowListView.as_view(), name="workflows"),
     path("workflows/<str:name>/", views.WorkflowDetailView.as_view(), name="workflow"),
+    path("workflows/<str:name>/pause/", views.WorkflowPauseView.as_view(), name="workflow-pause"),
+    path("workflows/<str:name>/resume/", views.WorkflowResumeView.as_view(), name="workflow-resume"),
     path("workflows/<str:name>/versions/<int:version>/", views.WorkflowVersionView.as_view(),
          name="workflow-version"),
     path("handlers/", views.HandlerListView.as_view(), name="handlers"),

@@ -8,7 +8,7 @@ from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
@@ -90,6 +90,40 @@ class WorkflowDetailView(APIView):
             "versions": [{"version": d.version, "fingerprint": d.fingerprint, "created_at": d.created_at}
                          for d in stored],
         }).data)
+
+
+class ReasonRequest(serializers.Serializer):  # type: ignore[misc]
+    reason = serializers.CharField()
+
+
+class WorkflowPauseResult(serializers.Serializer):  # type: ignore[misc]
+    workflow = serializers.CharField()
+    paused = serializers.BooleanField()
+    by = serializers.CharField(allow_null=True)
+    reason = serializers.CharField(allow_null=True)
+    released = serializers.IntegerField()
+
+
+class WorkflowPauseView(APIView):
+    @extend_schema(request=ReasonRequest, responses=WorkflowPauseResult,
+                   summary="Pause a workflow: new executions stay PENDING, running ones stop at a step")
+    def post(self, request: Request, name: str) -> Response:
+        checked = ReasonRequest(data=request.data)
+        checked.is_valid(raise_exception=True)
+        reason = checked.validated_data["reason"]
+        result = operations.pause_workflow(name, request.user.get_username(), reason)
+        return Response(WorkflowPauseResult(dataclasses.asdict(result)).data)
+
+
+class WorkflowResumeView(APIView):
+    @extend_schema(request=ReasonRequest, responses=WorkflowPauseResult,
+                   summary="Resume a paused workflow: the executions its pause held go on")
+    def post(self, request: Request, name: str) -> Response:
+        checked = ReasonRequest(data=request.data)
+        checked.is_valid(raise_exception=True)
+        reason = checked.validated_data["reason"]
+        result = operations.resume_workflow(name, request.user.get_username(), reason)
+        return Response(WorkflowPauseResult(dataclasses.asdict(result)).data)
 
 
 class WorkflowVersionView(APIView):

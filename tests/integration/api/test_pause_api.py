@@ -40,3 +40,22 @@ def test_pause__needs_a_reason_and_a_dry_run_changes_nothing(operator: Any, defi
     assert dry.status_code == 200 and dry.json()["dry_run"] is True
     assert not store.load(eid).get("paused")
     assert not_paused.status_code == 409
+
+
+def test_workflow_pause__answers_the_pause_and_409_twice_404_unknown(operator: Any, define: Any) -> None:
+    eid = pending_execution(define)
+    name = store.load(eid)["workflow"]
+
+    paused = operator.post(API + f"workflows/{name}/pause/", {"reason": "maintenance"}, format="json")
+    twice = operator.post(API + f"workflows/{name}/pause/", {"reason": "again"}, format="json")
+    resumed = operator.post(API + f"workflows/{name}/resume/", {"reason": "done"}, format="json")
+    not_paused = operator.post(API + f"workflows/{name}/resume/", {"reason": "done"}, format="json")
+    unknown = operator.post(API + "workflows/no-such-flow/pause/", {"reason": "r"}, format="json")
+    missing = operator.post(API + f"workflows/{name}/pause/", {}, format="json")
+
+    assert paused.status_code == 200
+    assert paused.json()["paused"] is True and paused.json()["by"] == "operator"
+    assert twice.status_code == 409 and not_paused.status_code == 409
+    assert resumed.status_code == 200 and resumed.json()["paused"] is False
+    assert unknown.status_code == 404
+    assert_error(missing, 400, "required", "reason")
