@@ -264,6 +264,8 @@ class Execution(ExecutionSummary):
     rollback = Rollback(allow_null=True, help_text="Who started the rollback, why and for what.")
     signals = Signal(many=True, default=list, help_text="The signals sent to it, in the order they came.")
     event_count = serializers.IntegerField(source="event_seq")
+    paused = serializers.DictField(default=dict, help_text="The pauses holding it, by scope (execution, "
+                                   "workflow): {by, reason, at}; empty when none holds it.")
 
     def to_representation(self, doc: dict[str, Any]) -> Any:
         return super().to_representation(masking.execution(doc))

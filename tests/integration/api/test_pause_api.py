@@ -16,12 +16,15 @@ def test_pause_then_resume__records_who_and_why_and_lifts_the_hold(operator: Any
     paused = operator.post(API + f"executions/{eid}/pause/", {"reason": "vendor down"}, format="json")
     held = store.load(eid)
     twice = operator.post(API + f"executions/{eid}/pause/", {"reason": "again"}, format="json")
+    shown = operator.get(API + f"executions/{eid}/").json()["paused"]
     resumed = operator.post(API + f"executions/{eid}/resume/", {"reason": "vendor back"}, format="json")
 
     assert paused.status_code == 200 and paused.json()["action"] == "pause"
     assert held["paused"]["execution"]["by"] == "operator"
     assert held["paused"]["execution"]["reason"] == "vendor down"
     assert twice.status_code == 409
+    assert shown["execution"]["reason"] == "vendor down" and "workflow" not in shown
+    assert operator.get(API + f"executions/{eid}/").json()["paused"] == {}
     assert resumed.status_code == 200
     doc = store.load(eid)
     assert not doc.get("paused")
