@@ -234,6 +234,20 @@ def _verdict(found: Diagnosis, doc: dict[str, Any], decision: Decision, messages
                        f"(runworker, rundev); to do it now: {SWEEP_COMMAND}"}
     wait = {"action": "wait", "command": None, "detail": "nothing to do: it moves on by itself"}
     none = {"action": "none", "command": None, "detail": "nothing to do"}
+    holds = doc.get("paused") or {}
+    held = isinstance(decision, Idle) or (isinstance(decision, Wait) and decision.reason == "deadline")
+    if holds and held:
+        whose = {"execution": "this execution", "workflow": f"its workflow {doc['workflow']!r}"}
+        found.summary = "; ".join(
+            f"{whose.get(scope, scope)} was paused by {hold.get('by')!r} ({hold.get('reason')!r}): no "
+            "step starts until it is resumed" for scope, hold in sorted(holds.items()))
+        how = []
+        if "execution" in holds:
+            how.append(f"Resume on its page in the admin (POST executions/{doc['_id']}/resume/)")
+        if "workflow" in holds:
+            how.append(f"resume the workflow (POST workflows/{doc['workflow']}/resume/)")
+        found.repair = {"action": "operator", "command": None, "detail": " and ".join(how)}
+        return
     if isinstance(decision, Idle):
         found.repair = none
         if doc["status"] == ExecutionStatus.FAILED:

@@ -94,3 +94,20 @@ def test_workflow_pause__a_second_pause_or_a_resume_of_a_running_workflow_is_ref
         operations.pause_workflow("twice", "ann", " ")
     with pytest.raises(WorkflowNotFound):
         operations.pause_workflow("ghost", "ann", "x")
+
+
+def test_pause__diagnosis_says_who_paused_it_and_how_to_resume(define: Any) -> None:
+    from executions import diagnosis
+
+    define("diag", [{"handler": "test.echo"}])
+    operations.pause_workflow("diag", "ann", "maintenance")
+    started, _ = operations.start("diag", {})
+    operations.pause(started["_id"], "bob", "check the input")
+
+    found = diagnosis.diagnose(started["_id"])
+
+    assert "its workflow 'diag' was paused by 'ann' ('maintenance')" in found.summary
+    assert "this execution was paused by 'bob' ('check the input')" in found.summary
+    assert f"executions/{started['_id']}/resume/" in found.repair["detail"]
+    assert "workflows/diag/resume/" in found.repair["detail"] and not found.stuck
+    operations.resume_workflow("diag", "ann", "done")
