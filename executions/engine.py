@@ -191,7 +191,8 @@ def _decide(state: ExecutionState, now: int) -> Decision:
         if cancelled or step.status is StepStatus.CANCELLED:
             return Idle("cancelled")
         if step.status is StepStatus.FAILED:
-            plan = rollback_plan(state) if state.on_failure == "compensate" else ()
+            rule = state.on_deadline if state.deadline_failed == index else state.on_failure
+            plan = rollback_plan(state) if rule == "compensate" else ()
             return Rollback(plan) if plan else Finish(ExecutionStatus.FAILED)
         if step.kind != "handler":
             return _waiting(state, index, step, now)

@@ -82,14 +82,30 @@ def start(
     doc, created = transitions.create(pinned, input_json, idempotency_key, now_ms(), events, by)
     if created:
         metrics.EXECUTIONS_STARTED.labels(stored.name).inc()
-        if hold is None and (late := controls.paused(stored.name)) is not None:
-            # Paused while this start was stored: the pause may have missed it; hold it now.
-            with contextlib.suppress(OperationNotAllowed):
-                pause(doc["_id"], late["by"], late["reason"], scope="workflow")
-                return store.load_working(doc["_id"]) or doc, created
-        if hold is None:
-            dispatch.send(doc["_id"])
+        doc = _settle_hold(doc, stored.name, hold)
     return doc, created
+
+
+def _settle_hold(doc: dict[str, Any], workflow: str, hold: dict[str, Any] | None) -> dict[str, Any]:
+    """Make a new execution's hold agree with its workflow's pause read again after the insert (a
+    pause or a resume may have come in between, and missed it), then send its first message."""
+    changed = False
+    for _ in range(TRIES):
+        now_paused = controls.paused(workflow)
+        if (hold is None) == (now_paused is None):
+            break
+        changed = True
+        with contextlib.suppress(OperationNotAllowed):
+            if now_paused is not None:
+                pause(doc["_id"], now_paused["by"], now_paused["reason"], scope="workflow")
+            else:
+                resume(doc["_id"], "detflow", "the workflow was resumed while this execution started",
+                       scope="workflow")
+        hold = now_paused
+    current = (store.load(doc["_id"]) or doc) if changed else doc
+    if "workflow" not in (current.get("paused") or {}):
+        dispatch.send(doc["_id"])
+    return current
 
 
 def cancel(execution_id: str, by: str, reason: str, dry_run: bool = False,
@@ -103,6 +119,7 @@ def cancel(execution_id: str, by: str, reason: str, dry_run: bool = False,
                 f"execution {execution_id} is {snap.state.status}; only PENDING or RUNNING "
                 "executions can be cancelled"
             )
+        _once(snap, bulk)
         return engine.cancelled(by, reason, bulk)
 
     return _act(execution_id, "cancel", by, reason, dry_run, plan)
@@ -208,6 +225,7 @@ def retry(
     """
 
     def plan(snap: Snapshot) -> list[Event]:
+        _once(snap, bulk)
         if snap.state.status is ExecutionStatus.COMPENSATION_FAILED:
             if input is not _UNSET:
                 raise InvalidArgument("input", "a compensation runs with its step's input; it takes no "
@@ -429,6 +447,12 @@ def _act(
             follow_up(after)
             return result
     raise ConcurrentChange(f"execution {execution_id} changed {TRIES} times while {action} was tried")
+
+
+def _once(snap: Snapshot, bulk: str | None) -> None:
+    """Refuse a bulk operation's second action on one execution (checked inside the fenced write)."""
+    if bulk is not None and bulk in (snap.doc.get("bulk_operations") or ()):
+        raise OperationNotAllowed(f"execution {snap.state.id} was acted on by bulk operation {bulk} already")
 
 
 def _check_reason(by: str, reason: str) -> None:

@@ -136,6 +136,11 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
                 and (hold := workflow_pause(snap)) is not None:
             # Its workflow is paused: held here, at the step boundary, until the workflow resumes.
             result = transitions.commit(snap, engine.paused("workflow", hold["by"], hold["reason"]), now)
+            if result is not None and controls.paused(snap.doc["workflow"]) is None:
+                # Resumed meanwhile (this process's view was a second old): a resume that began
+                # before this read may have missed the hold, so it is lifted here.
+                result = transitions.commit(result, engine.unpaused(
+                    "workflow", "detflow", "the workflow was resumed while this execution was held"), now)
         elif isinstance(decision, Claim):
             if end.written is not None and (
                 claims >= settings.INLINE_STEPS or not lock.fresh() or STOPPING.stopping()

@@ -147,6 +147,9 @@ class ExecutionState:
     #: When the workflow's deadline passes (``None``: none, or passed already), and what it does.
     deadline_at: int | None = None
     on_deadline: str = "fail"
+    #: The step the deadline failed (its failure follows ``on_deadline``, not ``on_failure``) until
+    #: an operator retries or skips it.
+    deadline_failed: int | None = None
 
     def signal_for(self, step: StepState) -> int | None:
         """Return the place of the first signal a waiting ``step`` may take, if one came."""
@@ -198,10 +201,10 @@ def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
     if kind == "retried":
         step = state.steps[_index(state, index)]
         state = _step(state, index, status=StepStatus.PENDING, budget_base=step.attempt)
-        return _status(state, ExecutionStatus.RUNNING)
+        return replace(_status(state, ExecutionStatus.RUNNING), deadline_failed=None)
     if kind == "skipped":
         state = _step(state, index, status=StepStatus.SKIPPED)
-        return _status(state, ExecutionStatus.RUNNING)
+        return replace(_status(state, ExecutionStatus.RUNNING), deadline_failed=None)
     if kind == "rollback_started":
         return _rollback(state, event["plan"])
     if kind == "execution_compensated":
@@ -215,10 +218,9 @@ def evolve(state: ExecutionState, event: Mapping[str, Any]) -> ExecutionState:
         state = _step(state, i, status=StepStatus.FAILED, next_retry_at=None, wake_at=None)
         if state.status is ExecutionStatus.PENDING:
             state = _status(state, ExecutionStatus.RUNNING)
-        # Past the deadline its rule decides what the failure leads to, and the deadline is spent:
+        # Past the deadline its rule decides what this failure leads to, and the deadline is spent:
         # an operator's retry after it runs without one.
-        return replace(state, deadline_at=None,
-                       on_failure="compensate" if state.on_deadline == "compensate" else "stop")
+        return replace(state, deadline_at=None, deadline_failed=i)
     if kind in ("paused", "resumed"):
         return _hold(state, kind, event.get("scope"))
     if kind == "created":

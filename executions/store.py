@@ -158,7 +158,7 @@ def history() -> Collection:
 #: most of a long execution's document.
 #: Bulk operations an execution's document names (the newest; one that acted on it is never retried
 #: on it again, see ``executions.bulk``).
-BULK_KEPT = 20
+BULK_KEPT = 50
 WORKING_FIELDS = {"events": 0, "steps.attempts": 0, "compensations.attempts": 0}
 
 
@@ -236,7 +236,8 @@ def to_state(doc: dict[str, Any]) -> ExecutionState:
                           on_failure=doc["definition"].get("on_failure", "stop"),
                           holds=frozenset(doc.get("paused") or ()),
                           deadline_at=None if doc.get("deadline_spent") else to_ms(doc.get("deadline_at")),
-                          on_deadline=doc["definition"].get("on_deadline", "fail"))
+                          on_deadline=doc["definition"].get("on_deadline", "fail"),
+                          deadline_failed=doc.get("deadline_failed"))
 
 
 def _slot_state(stored: Mapping[str, Any], policy: RetryPolicy, **more: Any) -> StepState:

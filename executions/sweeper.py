@@ -85,10 +85,13 @@ def sweep(grace_s: float | None = None, now: int | None = None) -> SweepReport:
     try:  # a workflow's resume that a crash cut short goes on
         if released := operations.release_workflows():
             report.actions["released"] += released
+    except Exception as exc:
+        logger.warning("sweep: resumed workflows' holds not lifted (%s: %s)", type(exc).__name__, exc)
+    try:
         if resent_bulk := bulk.resend_expired(now):  # a bulk operation whose runner died goes on
             report.actions["bulk"] += len(resent_bulk)
     except Exception as exc:
-        logger.warning("sweep: resumed workflows' holds not lifted (%s: %s)", type(exc).__name__, exc)
+        logger.warning("sweep: bulk operations not re-sent (%s: %s)", type(exc).__name__, exc)
     try:
         fired = schedules.fire_due(now).started
         if fired:

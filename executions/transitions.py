@@ -381,6 +381,7 @@ def _effects(
         sets[f"steps.{event.step_index}.error"] = {"type": "DeadlineExceeded",
                                                    "message": engine.deadline_message(event.deadline_at)}
         sets["deadline_spent"] = True
+        sets["deadline_failed"] = event.step_index
     elif isinstance(event, Paused):
         if event.scope in after.holds:  # whole: the document may hold no pause yet
             sets["paused"] = {**(snap.doc.get("paused") or {}),
@@ -407,6 +408,8 @@ def _effects(
         if isinstance(event, Skipped):
             _output(sets, f"steps.{event.step_index}.", event.output_json, now)
         unsets["failed_step"] = unsets["finished_at"] = ""
+        if snap.doc.get("deadline_failed") is not None:
+            unsets["deadline_failed"] = ""
 
 
 def _output(sets: dict[str, Any], prefix: str, output_json: str, now: int) -> None:

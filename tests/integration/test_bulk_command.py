@@ -73,3 +73,20 @@ def test_bulk_command__in_its_own_process_against_a_runstore(
             assert "--workflow-version: " in bad.stderr
         finally:
             client.drop_database("test_bulk_command")
+
+
+def test_bulk__an_operation_never_acts_twice_on_one_execution(worker: Any, define: Any) -> None:
+    from executions import operations
+    from executions.errors import OperationNotAllowed
+    from tests.conftest import wait_terminal
+
+    [eid] = failed_executions(define, 1)
+    operations.retry(eid, "ops", "fixed", bulk="bulk_one")
+    [again] = wait_terminal(eid)
+    assert again["status"] == "FAILED"  # failed once more: it would qualify again
+
+    with pytest.raises(OperationNotAllowed, match="bulk operation bulk_one already"):
+        operations.retry(eid, "ops", "fixed", bulk="bulk_one")
+    assert retried_by(eid, "bulk_one") == 1
+    operations.retry(eid, "ops", "fixed", bulk="bulk_two")  # another operation may
+    assert retried_by(eid, "bulk_two") == 1

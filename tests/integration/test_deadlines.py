@@ -10,6 +10,7 @@ import pytest
 from executions import diagnosis, engine, operations
 from executions.audit import verify
 from executions.state import ExecutionStatus, StepStatus, evolve
+from executions.store import load as store_load
 from tests.conftest import wait_terminal
 from tests.integration.support import loaded, ms, the_event
 from workflows.errors import DefinitionError
@@ -110,3 +111,39 @@ def test_deadline__a_bad_setting_names_its_field(define: Any, extra: dict[str, A
     with pytest.raises(DefinitionError) as refused:
         define("bad-deadline", [{"handler": "test.echo"}], **extra)
     assert refused.value.field == field
+
+
+def test_deadline__its_rollback_waits_for_a_pause_and_replays_the_same(worker: Any, define: Any) -> None:
+    define("held-undo", [{"handler": "test.echo", "compensate": {"handler": "test.undo"}},
+                         {"name": "approval", "wait": WAIT}], deadline_s=0.6, on_deadline="compensate")
+    started, _ = operations.start("held-undo", {"n": 4})
+    eid = started["_id"]
+    from tests.conftest import wait_for
+
+    wait_for(lambda: loaded(eid)["steps"][1]["status"] == "WAITING", what="the wait")
+    operations.pause(eid, "ann", "hold it")
+    doc = wait_for(lambda: (d := loaded(eid))["steps"][1]["status"] == "FAILED" and d, what="the deadline")
+    assert doc["status"] == "RUNNING" and doc["deadline_failed"] == 1 and "due_at" not in doc
+    assert verify(store_load(eid)) == []
+
+    operations.resume(eid, "ann", "go on")
+
+    [done] = wait_terminal(eid)
+    assert done["status"] == "COMPENSATED" and verify(done) == []
+
+
+def test_deadline__a_retry_after_it_fails_by_the_workflows_own_rule(worker: Any, define: Any) -> None:
+    define("rule-back", [{"handler": "test.echo", "compensate": {"handler": "test.undo"}},
+                         {"name": "nap", "sleep": {"seconds": 0.3}}, {"handler": "test.permanent"}],
+           on_failure="compensate", deadline_s=0.1, on_deadline="fail")
+    started, _ = operations.start("rule-back", {"n": 5})
+    eid = started["_id"]
+    [expired] = wait_terminal(eid)
+    assert expired["status"] == "FAILED" and expired["failed_step"] == "nap"  # on_deadline: fail
+
+    operations.retry(eid, "ann", "once more")
+
+    [done] = wait_terminal(eid)
+    # The later failure is the step's own: on_failure compensate rolls the execution back.
+    assert done["status"] == "COMPENSATED" and done["steps"][2]["status"] == "FAILED"
+    assert verify(done) == []
