@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -53,6 +55,9 @@ def _query(raw: Any) -> dict[str, Any]:
 
 
 class BulkOperationListView(APIView):
+    @extend_schema(operation_id="bulk_operations_create", request=OpenApiTypes.OBJECT,
+                   responses=OpenApiTypes.OBJECT,
+                   summary="Retry or cancel every execution a filter matches (a dry run counts them)")
     def post(self, request: Request) -> Response:
         body = request.data
         if not isinstance(body, dict):
@@ -87,11 +92,15 @@ class NotFoundOp(NotFound):
 
 
 class BulkOperationDetailView(APIView):
+    @extend_schema(operation_id="bulk_operations_retrieve", request=None, responses=OpenApiTypes.OBJECT,
+                   summary="A bulk operation's progress")
     def get(self, request: Request, op_id: str) -> Response:
         return Response(shown(_found(op_id)))
 
 
 class BulkOperationCancelView(APIView):
+    @extend_schema(operation_id="bulk_operations_cancel", request=None, responses=OpenApiTypes.OBJECT,
+                   summary="Stop a bulk operation before its next batch")
     def post(self, request: Request, op_id: str) -> Response:
         _found(op_id)
         return Response(shown(bulk.cancel(op_id) or _found(op_id)))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,9 +27,14 @@ def shown(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class ScheduleListView(APIView):
+    @extend_schema(operation_id="schedules_list", request=None, responses=OpenApiTypes.OBJECT,
+                   summary="The schedules")
     def get(self, request: Request) -> Response:
         return Response({"results": [shown(d) for d in schedules.listed()]})
 
+    @extend_schema(operation_id="schedules_create", request=OpenApiTypes.OBJECT,
+                   responses=OpenApiTypes.OBJECT,
+                   summary="Create a schedule: a workflow started at the times of a cron expression")
     def post(self, request: Request) -> Response:
         body = request.data
         if not isinstance(body, dict):
@@ -43,9 +50,13 @@ class ScheduleListView(APIView):
 
 
 class ScheduleDetailView(APIView):
+    @extend_schema(operation_id="schedules_retrieve", request=None, responses=OpenApiTypes.OBJECT,
+                   summary="One schedule")
     def get(self, request: Request, schedule_id: str) -> Response:
         return Response(shown(schedules.get(schedule_id)))
 
+    @extend_schema(operation_id="schedules_destroy", request=None, responses=OpenApiTypes.OBJECT,
+                   summary="Delete a schedule")
     def delete(self, request: Request, schedule_id: str) -> Response:
         schedules.delete(schedule_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -55,6 +66,8 @@ class SchedulePauseView(APIView):
     #: ``True`` pauses, ``False`` resumes.
     pause = True
 
+    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT,
+                   summary="Pause (or, at resume/, resume) a schedule")
     def post(self, request: Request, schedule_id: str) -> Response:
         return Response(shown(schedules.set_paused(schedule_id, self.pause)))
 
