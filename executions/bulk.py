@@ -68,12 +68,7 @@ def plan(action: str, query: dict[str, Any]) -> dict[str, Any]:
 def store_op(action: str, query: dict[str, Any], reason: str, by: str) -> dict[str, Any]:
     """Store a new PENDING bulk operation over what ``query`` matches now; return it."""
     _check(action)
-    if not isinstance(reason, str) or not reason.strip():
-        raise InvalidArgument("reason", "a reason is required")
-    if len(reason) > 1000:
-        raise InvalidArgument("reason", "must be at most 1000 characters")
-    if not by:
-        raise InvalidArgument("by", "the acting user is required")
+    operations.check_reason(by, reason)
     now = to_dt(now_ms())
     doc: dict[str, Any] = {
         "_id": "bulk_" + secrets.token_hex(8), "action": action, "filter": query, "bound": now,

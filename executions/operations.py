@@ -174,7 +174,7 @@ def pause_workflow(workflow: str, by: str, reason: str) -> WorkflowPause:
     """Pause ``workflow``: new executions stay PENDING, running ones stop at their next step
     boundary (a running attempt finishes). Workers of other processes see it within
     ``controls.REFRESH_S``."""
-    _check_reason(by, reason)
+    check_reason(by, reason)
     definitions.get(workflow)  # WorkflowNotFound
     if not controls.set_paused(workflow, by, reason):
         raise OperationNotAllowed(f"workflow {workflow!r} is paused already")
@@ -183,7 +183,7 @@ def pause_workflow(workflow: str, by: str, reason: str) -> WorkflowPause:
 
 def resume_workflow(workflow: str, by: str, reason: str) -> WorkflowPause:
     """Resume ``workflow``: each execution its pause holds goes on (one fenced event each)."""
-    _check_reason(by, reason)
+    check_reason(by, reason)
     definitions.get(workflow)
     if not controls.set_resumed(workflow, by, reason):
         raise OperationNotAllowed(f"workflow {workflow!r} is not paused")
@@ -431,7 +431,7 @@ def _act(
 ) -> ActionResult:
     """Check the request, build the action's events from the stored state (``plan``), and write
     them unless this is a dry run: the answer of a dry run and of the write is the same event."""
-    _check_reason(by, reason)
+    check_reason(by, reason)
     for _ in range(TRIES):
         doc = store.load_working(execution_id)
         if doc is None:
@@ -455,7 +455,8 @@ def _once(snap: Snapshot, bulk: str | None) -> None:
         raise OperationNotAllowed(f"execution {snap.state.id} was acted on by bulk operation {bulk} already")
 
 
-def _check_reason(by: str, reason: str) -> None:
+def check_reason(by: str, reason: str) -> None:
+    """Refuse an operator action without a reason (or with one over 1000 characters), or by nobody."""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidArgument("reason", "a reason is required")
     if len(reason) > 1000:
