@@ -98,10 +98,17 @@ class VersionSummary(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
 
+class WorkflowPause(serializers.Serializer):
+    by = serializers.CharField()
+    reason = serializers.CharField()
+    at = serializers.DateTimeField()
+
+
 class Workflow(serializers.Serializer):
     name = serializers.CharField()
     latest = WorkflowVersion()
     versions = VersionSummary(many=True, help_text="Newest first.")
+    paused = WorkflowPause(allow_null=True, help_text="The workflow's pause ({by, reason, at}), or null.")
 
 
 class WorkflowList(serializers.Serializer):

@@ -26,7 +26,7 @@ from detflow_site.api.serializers import (
     StartRequest,
 )
 from detflow_site.api.throttles import StartThrottle
-from executions import diagnosis, operations, store
+from executions import controls, diagnosis, operations, store
 from executions.engine import ExecutionStatus
 from executions.errors import ExecutionNotFound, IdempotencyConflict, InvalidArgument
 from workflows import definitions, masking, registry
@@ -89,6 +89,7 @@ class WorkflowDetailView(APIView):
             "latest": stored[0],
             "versions": [{"version": d.version, "fingerprint": d.fingerprint, "created_at": d.created_at}
                          for d in stored],
+            "paused": controls.paused(name),
         }).data)
 
 

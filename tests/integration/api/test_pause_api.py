@@ -49,7 +49,9 @@ def test_workflow_pause__answers_the_pause_and_409_twice_404_unknown(operator: A
     eid = pending_execution(define)
     name = store.load(eid)["workflow"]
 
+    before = operator.get(API + f"workflows/{name}/").json()["paused"]
     paused = operator.post(API + f"workflows/{name}/pause/", {"reason": "maintenance"}, format="json")
+    shown = operator.get(API + f"workflows/{name}/").json()["paused"]
     twice = operator.post(API + f"workflows/{name}/pause/", {"reason": "again"}, format="json")
     resumed = operator.post(API + f"workflows/{name}/resume/", {"reason": "done"}, format="json")
     not_paused = operator.post(API + f"workflows/{name}/resume/", {"reason": "done"}, format="json")
@@ -58,6 +60,9 @@ def test_workflow_pause__answers_the_pause_and_409_twice_404_unknown(operator: A
 
     assert paused.status_code == 200
     assert paused.json()["paused"] is True and paused.json()["by"] == "operator"
+    assert before is None
+    assert (shown["by"], shown["reason"]) == ("operator", "maintenance") and shown["at"]
+    assert operator.get(API + f"workflows/{name}/").json()["paused"] is None
     assert twice.status_code == 409 and not_paused.status_code == 409
     assert resumed.status_code == 200 and resumed.json()["paused"] is False
     assert unknown.status_code == 404
