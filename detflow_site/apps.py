@@ -10,7 +10,10 @@ class DetflowSiteConfig(AppConfig):
     verbose_name = "detflow"
 
     def ready(self) -> None:
-        from detflow_site import checks, conf, services  # noqa: F401  (checks registers itself)
+        from detflow_site import checks, conf, retention, services  # noqa: F401  (checks registers itself)
+        from executions import signals
+
+        signals.swept.connect(retention.on_swept, dispatch_uid="detflow.retention")
 
         # With a bad setting, leave the connection alone so that the system check can say what is
         # wrong instead of a connection error hiding it.

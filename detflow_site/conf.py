@@ -41,6 +41,9 @@ class DetflowSettings:
     #: Days a finished execution is kept (with its history, insight and files) before a purge
     #: removes it; a workflow's ``retention_days`` overrides it; 0 keeps them forever.
     RETENTION_DAYS: int = 30
+    #: Seconds between the retention passes a sweeper runs (each at most ``retention.LIMIT``
+    #: executions); 0: only ``manage.py purge`` removes them.
+    PURGE_INTERVAL_S: float = 3600.0
     #: Dramatiq queue the engine's actors use.
     QUEUE: str = "detflow"
     #: Log lines kept per attempt; older lines are dropped and counted.
@@ -214,6 +217,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "SWEEP_INTERVAL_S": _number(float, 0),
     "SWEEP_GRACE_S": _number(float, 0, inclusive=True),
     "RETENTION_DAYS": _between(int, 0, 36_500),
+    "PURGE_INTERVAL_S": _number(float, 0, inclusive=True),
     "QUEUE": _queue,
     "LOG_LINES_CAP": _number(int, 0, inclusive=True),
     "ATTEMPTS_KEPT": _number(int, 1, inclusive=True),

@@ -17,6 +17,7 @@ import gzip
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,6 +208,21 @@ def take(doc: dict[str, Any], report: PurgeReport, export: Export | None) -> Non
         return
     report.removed.append(doc["_id"])
     report.files += files
+
+
+_last_pass = [float("-inf")]
+
+
+def on_swept(now: int, **_: Any) -> None:
+    """Run a retention pass, at most once per ``DETFLOW_PURGE_INTERVAL_S`` in this process (a
+    receiver of ``executions.signals.swept``: the sweeper's thread runs it after a sweep)."""
+    interval = conf.get().PURGE_INTERVAL_S
+    if interval <= 0 or time.monotonic() - _last_pass[0] < interval:
+        return
+    _last_pass[0] = time.monotonic()
+    report = purge(now)
+    if report.removed or report.changed:
+        logger.info("retention: %s", report.summary())
 
 
 def export(out: str | Path, workflow: str | None = None, before_ms: int | None = None,

@@ -9,3 +9,8 @@ from django.dispatch import Signal
 #: and must be quick (send a message, count a metric); their errors are logged, never raised into
 #: the engine.
 execution_finished = Signal()
+
+#: Sent by a sweeper thread after each sweep it ran (with ``exclusive``, only by the leader), with
+#: ``now`` (the sweep's time). Receivers run in the sweeper's thread, so they may do housekeeping
+#: that takes a moment (the project's retention pass); their errors are logged, never raised.
+swept = Signal()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from detflow_site import conf, services
-from executions import bulk, dispatch, metrics, operations, schedules, store
+from executions import bulk, dispatch, metrics, operations, schedules, signals, store
 from executions.engine import Claim, RecoverLost, Settle, decide
 from executions.followup import follow_up, recover_lost
 from executions.store import Snapshot, now_ms, to_dt
@@ -160,6 +160,14 @@ def waiting_in_queue() -> set[str] | None:
     return found
 
 
+def _housekeeping(now: int) -> None:
+    """Send ``signals.swept`` (the project's retention pass listens), logging a receiver's error."""
+    for receiver, result in signals.swept.send_robust(sender=Sweeper, now=now):
+        if isinstance(result, Exception):
+            logger.warning("sweep: %s failed (%s: %s)", getattr(receiver, "__qualname__", receiver),
+                           type(result).__name__, result)
+
+
 class Sweeper(threading.Thread):
     """Runs :func:`sweep` every ``SWEEP_INTERVAL_S`` until stopped.
 
@@ -180,7 +188,9 @@ class Sweeper(threading.Thread):
         while not self._stop_event.wait(self.interval_s):
             try:
                 if not self.exclusive or self._lead():
-                    self.totals.update(sweep().actions)
+                    now = now_ms()
+                    self.totals.update(sweep(now=now).actions)
+                    _housekeeping(now)
             except Exception:  # a sweep that fails (store or Redis down) is tried again next time
                 logger.exception("sweep failed; retrying in %.1fs", self.interval_s)
 

@@ -23,6 +23,9 @@ DETFLOW = {
     # insights actor working beside them would disturb both. tests/integration/insights/ switches
     # it on where it tests it.
     "INSIGHTS_AUTO": "false",
+    # Retention passes on request only (tests/integration/test_retention.py switches them on): a
+    # sweeper's pass beside a test that ages executions by hand would remove them under it.
+    "PURGE_INTERVAL_S": "0",
     **from_environ(os.environ),
 }
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}

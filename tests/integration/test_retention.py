@@ -16,7 +16,8 @@ from django.core.management.base import CommandError
 
 from detflow_site import retention
 from detflow_site.times import now_ms
-from executions import operations, store
+from executions import operations, signals, store
+from executions.sweeper import Sweeper
 from insights import service
 from insights.models import Insight
 from tests.conftest import wait_for, wait_terminal
@@ -72,6 +73,38 @@ def test_purge__removes_exactly_the_finished_executions_past_the_window(worker: 
     assert all(exists(i) for i in [*kept, sleeping])
     assert store.history().count_documents({"execution_id": {"$in": gone}}) == 0
     assert retention.purge(now).removed == []
+
+
+def test_sweeper__runs_the_retention_pass_once_an_interval(worker: Any, define: Any, settings: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    define("aging", [{"handler": "test.echo"}])
+    gone, kept, aged_later = finished("aging", 2), finished("aging", 1), finished("aging", 1)
+    age(gone)
+    settings.DETFLOW = {**settings.DETFLOW, "PURGE_INTERVAL_S": 3600}
+    monkeypatch.setattr(retention, "_last_pass", [float("-inf")])
+    sweeps: list[int] = []
+
+    def count(now: int, **_: Any) -> None:
+        sweeps.append(now)
+
+    signals.swept.connect(count, dispatch_uid="test-retention-count")
+    sweeper = Sweeper(interval_s=0.05)
+    sweeper.start()
+    try:
+        wait_for(lambda: not any(exists(i) for i in gone), what="the sweeper's retention pass")
+        age(aged_later)
+        seen = len(sweeps)
+        wait_for(lambda: len(sweeps) >= seen + 3, what="three more sweeps")
+    finally:
+        sweeper.stop()
+        signals.swept.disconnect(dispatch_uid="test-retention-count")
+    assert all(exists(i) for i in kept)
+    assert exists(aged_later[0])  # one pass an interval: the next one is an hour away
+
+
+def age(ids: list[str], days: int = 31) -> None:
+    store.collection().update_many({"_id": {"$in": ids}},
+                                   {"$set": {"finished_at": store.to_dt(now_ms() - days * DAY)}})
 
 
 def test_purge__a_workflow_retention_days_beats_the_default_and_zero_keeps_forever(
