@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
@@ -47,6 +49,13 @@ ON_READ = ("written when it was read: the model is asked only when an execution 
 #: When a post-mortem can be written, as the refusals say.
 WRITTEN_ONCE = ("a post-mortem is written once it is SUCCEEDED, FAILED or CANCELLED (or, rolled back, "
                 "COMPENSATED or COMPENSATION_FAILED)")
+#: ``fallback.reason`` of a post-mortem the rules wrote on a read while the automatic writer was
+#: asking the model: the model's replaces it when it answers.
+WHILE_WRITING = ("written when it was read, while the model was writing it; the model's replaces this "
+                 "when it answers")
+#: Redis key an automatic writer holds while it asks the model (its value: the execution version),
+#: so that a second writer of the same finish (a duplicate message) does not ask it again.
+WRITING_KEY = "detflow:insights:writing:{execution_id}"
 #: Redis key counting the model calls of one clock hour (``{window}``: hours since the epoch).
 BUDGET_KEY = "detflow:insights:model-calls:{window}"
 #: How long a window's counter outlives its hour, in seconds.
@@ -88,7 +97,7 @@ def shown(execution_id: str) -> tuple[dict[str, Any], bool]:
     if doc["status"] in _TERMINAL:
         if existing is not None and existing["execution_version"] >= doc["version"]:
             return existing, True
-        return write(doc, model=False), True
+        return write(doc, model=False, reason=WHILE_WRITING if _writing(doc) else ON_READ), True
     if existing is None:
         raise NotFinished(f"execution {execution_id} is {doc['status']}; {WRITTEN_ONCE}")
     return existing, False
@@ -114,18 +123,25 @@ def on_finished(execution_id: str, settle: bool = True) -> str:
     sheet, redacted = _sheet(doc)
     if not sheet.notable and (existing is None or existing["execution_version"] >= doc["version"]):
         return "unremarkable"
-    _store(doc, sheet, redacted, model=True)
+    claim = _claim(doc)
+    if claim is None:
+        return "being written"
+    try:
+        _store(doc, sheet, redacted, model=True)
+    finally:
+        claim()
     return "written"
 
 
-def write(doc: dict[str, Any], model: bool = True) -> dict[str, Any]:
+def write(doc: dict[str, Any], model: bool = True, reason: str = "") -> dict[str, Any]:
     """Write and store the post-mortem of a stored execution document; return the stored record.
 
     ``model``: a configured model may write it (one call of the hour's budget); otherwise the rules
     do, and a stored post-mortem of the same execution version is kept rather than replaced.
+    ``reason``: why the rules wrote it although a model is configured (default :data:`ON_READ`).
     """
     sheet, redacted = _sheet(doc)
-    return _store(doc, sheet, redacted, model=model)
+    return _store(doc, sheet, redacted, model=model, reason=reason or ON_READ)
 
 
 def compact(record: dict[str, Any]) -> dict[str, Any]:
@@ -157,8 +173,48 @@ def _current(existing: dict[str, Any], doc: dict[str, Any]) -> bool:
     """Whether a stored post-mortem needs no new write by a writer that may ask the model."""
     if existing["execution_version"] < doc["version"]:
         return False
-    on_read = (existing.get("fallback") or {}).get("reason") == ON_READ
+    on_read = (existing.get("fallback") or {}).get("reason") in (ON_READ, WHILE_WRITING)
     return not (on_read and LLMWriter.configured() is not None)
+
+
+def claim_ms() -> int:
+    """How long an automatic writer's claim lasts: longer than its model call may take."""
+    return round((2 * conf.get().INSIGHTS_TIMEOUT_S + 10) * 1000)
+
+
+def _claim(doc: dict[str, Any]) -> Callable[[], None] | None:
+    """Claim the writing of ``doc``'s post-mortem by the model; return the release, or ``None`` when
+    another writer holds the claim. Without a model, or without Redis (whose budget then refuses
+    the call), there is nothing to claim."""
+    if LLMWriter.configured() is None:
+        return lambda: None
+    key = WRITING_KEY.format(execution_id=doc["_id"])
+    token = f"{doc['version']}:{secrets.token_hex(8)}"
+    client = services.redis_client()
+    try:
+        if not client.set(key, token, nx=True, px=claim_ms()):
+            return None
+    except redis.exceptions.RedisError:
+        return lambda: None
+
+    def release() -> None:
+        try:
+            if client.get(key) == token.encode():
+                client.delete(key)
+        except redis.exceptions.RedisError:
+            pass  # it runs out by itself
+    return release
+
+
+def _writing(doc: dict[str, Any]) -> bool:
+    """Whether an automatic writer is asking the model for ``doc``'s version now."""
+    if LLMWriter.configured() is None:
+        return False
+    try:
+        held = services.redis_client().get(WRITING_KEY.format(execution_id=doc["_id"]))
+    except redis.exceptions.RedisError:
+        return False
+    return isinstance(held, bytes) and held.split(b":")[0] == str(doc["version"]).encode()
 
 
 def _budget_refusal() -> str | None:
@@ -183,13 +239,13 @@ def _budget_refusal() -> str | None:
     return None
 
 
-def _author(sheet: FactSheet, redacted: dict[str, Any], model_allowed: bool
+def _author(sheet: FactSheet, redacted: dict[str, Any], model_allowed: bool, reason: str = ON_READ
             ) -> tuple[PostMortem, str, dict[str, str]]:
     """Return the validated post-mortem, who wrote it, and why a configured model did not."""
     model = LLMWriter.configured()
     fallback: dict[str, str] = {}
     if model is not None:
-        refusal = _budget_refusal() if model_allowed else ON_READ
+        refusal = _budget_refusal() if model_allowed else reason
         if refusal is not None:
             fallback = {"writer": model.source, "reason": refusal}
         else:
@@ -205,10 +261,10 @@ def _author(sheet: FactSheet, redacted: dict[str, Any], model_allowed: bool
     return validate(rules.write(sheet), sheet.event_seqs, sheet.status), rules.source, fallback
 
 
-def _store(doc: dict[str, Any], sheet: FactSheet, redacted: dict[str, Any], model: bool
-           ) -> dict[str, Any]:
+def _store(doc: dict[str, Any], sheet: FactSheet, redacted: dict[str, Any], model: bool,
+           reason: str = ON_READ) -> dict[str, Any]:
     started = time.monotonic()
-    answer, source, fallback = _author(sheet, redacted, model)
+    answer, source, fallback = _author(sheet, redacted, model, reason)
     record = {
         "execution_id": doc["_id"],
         "workflow": doc["workflow"],

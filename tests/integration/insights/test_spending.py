@@ -130,6 +130,31 @@ def test_reads__the_automatic_writer_replaces_a_read_s_rules_post_mortem_with_th
     assert len(model.requests) == 1
 
 
+def test_one_model_call__a_read_and_a_second_writer_while_the_model_writes_ask_it_nothing(
+    define: Callable[..., Any], model: FakeModel, api: Callable[[str, str], APIClient]
+) -> None:
+    from executions.roles import VIEWERS
+
+    model.answer, model.behaviour, model.delay_s = ANSWER, "slow", 30.0
+    [execution_id] = failures(define, 1)
+    done: dict[str, str] = {}
+    first = threading.Thread(target=lambda: done.update(first=service.on_finished(execution_id)))
+    first.start()
+    try:
+        wait_for(lambda: len(model.requests) == 1, what="the automatic writer asking the model")
+        read = api("viewer", VIEWERS).get(API.format(execution_id)).json()  # read at once
+        second = service.on_finished(execution_id)  # the same finish's message, delivered twice
+    finally:
+        model.release.set()
+        first.join(timeout=30)
+    later = service.on_finished(execution_id)
+
+    assert read["source"] == "rules" and read["fallback"]["reason"] == service.WHILE_WRITING
+    assert (done["first"], second, later) == ("written", "being written", "current")
+    assert service.find(execution_id)["source"] == "llm:test-model"
+    assert len(model.requests) == 1
+
+
 def test_regenerate__one_operator_is_stopped_at_the_rate_with_429_and_retry_after(
     define: Callable[..., Any], model: FakeModel, api: Callable[[str, str], APIClient], settings: Any
 ) -> None:
