@@ -155,6 +155,33 @@ def test_one_model_call__a_read_and_a_second_writer_while_the_model_writes_ask_i
     assert len(model.requests) == 1
 
 
+def test_one_model_call__reading_at_once_after_the_failure_while_the_worker_writes(
+    worker: Any, define: Callable[..., Any], model: FakeModel, api: Callable[[str, str], APIClient],
+    settings: Any,
+) -> None:
+    from executions.roles import VIEWERS
+
+    settings.DETFLOW = {**settings.DETFLOW, "INSIGHTS_AUTO": "true"}
+    model.answer, model.behaviour, model.delay_s = ANSWER, "slow", 30.0
+    define("read-at-once", [{"handler": "test.permanent"}])
+    execution_id = operations.start("read-at-once", {})[0]["_id"]
+    wait_terminal(execution_id)
+    viewer = api("viewer", VIEWERS)
+    try:
+        at_once = viewer.get(API.format(execution_id)).json()
+        wait_for(lambda: len(model.requests) == 1, what="the insights actor asking the model")
+        meanwhile = viewer.get(API.format(execution_id)).json()
+    finally:
+        model.release.set()
+    written = wait_for(lambda: (found := service.find(execution_id)) and found["source"] != "rules" and found,
+                       what="the model's post-mortem")
+
+    assert at_once["source"] == meanwhile["source"] == "rules"
+    assert written["source"] == "llm:test-model"
+    assert viewer.get(API.format(execution_id)).json()["summary"] == ANSWER["summary"]
+    assert len(model.requests) == 1
+
+
 def test_regenerate__one_operator_is_stopped_at_the_rate_with_429_and_retry_after(
     define: Callable[..., Any], model: FakeModel, api: Callable[[str, str], APIClient], settings: Any
 ) -> None:
