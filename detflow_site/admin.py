@@ -14,6 +14,7 @@ from django.urls import URLPattern, URLResolver, path
 from django.utils.safestring import SafeString
 
 from detflow_site import docadmin
+from detflow_site.console import schedules  # noqa: F401  (registers the schedules' admin)
 from detflow_site.console.admin import RoleAdmin
 from insights import service
 from insights.errors import NotFinished

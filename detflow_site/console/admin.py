@@ -1,7 +1,8 @@
 """The admin console of executions and workflows, on detflow's document admin glue.
 
-Viewers and operators (``executions.roles``) read every page; operators also cancel, retry, skip
-and compensate (roll back), each with a reason, a dry-run preview and a confirmation, and send a
+Viewers and operators (``executions.roles``) read every page; operators also cancel, retry, skip,
+compensate (roll back), pause and resume, each with a reason, a dry-run preview and a confirmation;
+they pause and resume a whole workflow on its page (with a reason, at once: no dry run), and send a
 signal to a wait step ("Approve" when the signal reads as an approval), with a reason and a JSON
 payload, at once (a signal has no dry run). The actions are the API's own services
 (``executions.operations``), so they record the same events. On a COMPENSATION_FAILED execution
@@ -16,7 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import URLPattern, URLResolver, path
 from django.utils.safestring import SafeString
@@ -28,7 +29,7 @@ from detflow_site.api.parsers import JSONParser
 from detflow_site.api.views import refuse_server_path
 from detflow_site.console import aggregates, listing, timeline, waits
 from detflow_site.errors import DetflowError, PayloadTooLarge
-from executions import diagnosis, operations, store
+from executions import controls, diagnosis, operations, store
 from executions.engine import ExecutionStatus, StepStatus, rollback_plan
 from executions.errors import InvalidArgument
 from executions.roles import OPERATORS, VIEWERS, roles_of
@@ -44,7 +45,12 @@ ACTIONS = {
     "compensate": {"label": "Compensate", "statuses": ("FAILED", "CANCELLED")},
     # Offered only when the definition has a wait step; labelled "Approve" for an approval.
     "signal": {"label": "Send signal", "statuses": ("PENDING", "RUNNING")},
+    # Pause while the execution holds no pause of its own; Resume while it does.
+    "pause": {"label": "Pause", "statuses": ("PENDING", "RUNNING", "COMPENSATING")},
+    "resume": {"label": "Resume", "statuses": ("PENDING", "RUNNING", "COMPENSATING")},
 }
+#: Who a pause's scope names, as the execution's page says it.
+PAUSED_BY = {"execution": "itself", "workflow": "its workflow"}
 
 
 def offered(doc: dict[str, Any]) -> list[tuple[str, str]]:
@@ -57,6 +63,8 @@ def offered(doc: dict[str, Any]) -> list[tuple[str, str]]:
         if name == "compensate" and not rollback_plan(store.to_state(doc), include_skipped=True):
             continue
         if name == "signal" and not waits.signal_names(doc):
+            continue
+        if name in ("pause", "resume") and ("execution" in (doc.get("paused") or {})) != (name == "resume"):
             continue
         found.append((name, action_label(name, doc)))
     return found
@@ -159,7 +167,7 @@ class ExecutionAdmin(RoleAdmin):
             "events": [_event(e) for e in doc["events"]], "timeline": timeline.svg(doc, now),
             "signals": waits.signals(doc), "waiting_signal_steps": waits.signal_names(doc),
             "diagnosis": found, "panels": self.panels(request, doc),
-            "actions": offered(doc),
+            "actions": offered(doc), "pauses": pauses(doc),
             "workflow_url": _workflow_url(self, doc["workflow"]),
         })
 
@@ -231,12 +239,22 @@ class ExecutionAdmin(RoleAdmin):
         return self.render(request, "admin/executions/signal.html", context)
 
 
+def pauses(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the pauses holding stored execution ``doc``: its own first, then its workflow's."""
+    held = doc.get("paused") or {}
+    return [{"scope": scope, "who": who, **held[scope]} for scope, who in PAUSED_BY.items() if scope in held]
+
+
 def _perform(action: str, execution_id: str, by: str, form: dict[str, str],
              dry_run: bool) -> tuple[operations.ActionResult, list[operations.PlannedCompensation] | None]:
     """Run ``action`` from the form's fields; return its result and, for a rollback, its plan."""
     reason = form["reason"].strip()
     if action == "cancel":
         return operations.cancel(execution_id, by, reason, dry_run=dry_run), None
+    if action == "pause":
+        return operations.pause(execution_id, by, reason, dry_run=dry_run), None
+    if action == "resume":
+        return operations.resume(execution_id, by, reason, dry_run=dry_run), None
     if action == "compensate":
         return operations.compensate(execution_id, by, reason, dry_run=dry_run,
                                      include_skipped=bool(form["include_skipped"]))
@@ -383,6 +401,8 @@ class WorkflowAdmin(RoleAdmin):
         return [
             path("", self.view(self.list_view), name=self.route("list")),
             path("<str:name>/", self.view(self.detail_view), name=self.route("detail")),
+            path("<str:name>/<str:action>/", self.view(self.pause_view, action=True),
+                 name=self.route("pause")),
         ]
 
     def list_view(self, request: HttpRequest) -> HttpResponse:
@@ -392,6 +412,34 @@ class WorkflowAdmin(RoleAdmin):
         })
 
     def detail_view(self, request: HttpRequest, name: str) -> HttpResponse:
+        return self.render(request, "admin/executions/workflow_detail.html", self._detail(name))
+
+    def pause_view(self, request: HttpRequest, name: str, action: str) -> HttpResponse:
+        """Pause or resume workflow ``name`` (POST, with a reason): every execution of it is held
+        at its next step boundary, or released."""
+        if action not in ("pause", "resume"):
+            raise Http404(f"no action {action!r}")
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        context = self._detail(name)
+        reason = request.POST.get("reason", "")
+        by = request.user.get_username()
+        try:
+            if action == "pause":
+                done = operations.pause_workflow(name, by, reason.strip())
+                text = f"Workflow {name} paused: its executions stop at their next step boundary"
+            else:
+                done = operations.resume_workflow(name, by, reason.strip())
+                text = (f"Workflow {name} resumed: {done.released} held execution"
+                        f"{'' if done.released == 1 else 's'} released")
+        except DetflowError as exc:
+            context.update(error=str(exc), form={"reason": reason})
+            return self.render(request, "admin/executions/workflow_detail.html", context, status=400)
+        messages.success(request, f"{text}; recorded: by={done.by}, reason={done.reason}")
+        return HttpResponseRedirect(self.url("detail", name))
+
+    def _detail(self, name: str) -> dict[str, Any]:
+        """Return the context of workflow ``name``'s page: its versions and its pause."""
         try:
             stored = definitions.versions(name)[: aggregates.VERSIONS_SHOWN]
         except WorkflowNotFound:
@@ -408,6 +456,7 @@ class WorkflowAdmin(RoleAdmin):
             versions.append({"stored": d, "steps": steps, "stats": stats.get(d.version),
                              "worst_case_s": sum(s["worst_case_s"] for s in steps),
                              "executions_url": executions.url("list", query=query)})
-        return self.render(request, "admin/executions/workflow_detail.html", {
-            "title": f"Workflow {name}", "name": name, "versions": versions,
-        })
+        paused = controls.paused(name)
+        return {"title": f"Workflow {name}", "name": name, "versions": versions, "paused": paused,
+                "pause_url": self.url("pause", name, "resume" if paused else "pause"),
+                "form": {"reason": ""}}

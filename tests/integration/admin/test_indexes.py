@@ -456,3 +456,36 @@ def test_every_declared_index__serves_a_query_the_console_api_sweeper_or_a_start
             for index in wanted if not any(q.collection == name and covered_by(index, q)
                                            for q in queries.queries)]
     assert idle == []
+
+
+def test_pause_and_schedule_pages__run_only_indexed_queries(
+    console_as: Callable[..., Client], define: Any, queries: Captured,
+) -> None:
+    from executions import controls, operations, schedules
+
+    define("paced", [{"handler": "test.echo"}])
+    schedule = schedules.create("paced", "*/5 * * * *")
+    operations.pause_workflow("paced", "ann", "maintenance")
+    try:
+        held, _ = operations.start("paced", {})
+        operator = console_as("operator")
+        queries.queries.clear()
+        for url in ["/admin/executions/schedule/", "/admin/workflows/workflow/paced/",
+                    f"{EXECUTIONS}{held['_id']}/", f"{EXECUTIONS}{held['_id']}/pause/"]:
+            response = operator.get(url)
+            assert response.status_code == 200, (url, response.content[:1000])
+        for url, form in [(f"{EXECUTIONS}{held['_id']}/pause/", {"stage": "preview", "reason": "r"}),
+                          ("/admin/workflows/workflow/paced/resume/", {"reason": "done"}),
+                          (f"/admin/executions/schedule/{schedule['_id']}/pause/", {})]:
+            response = operator.post(url, form)
+            assert response.status_code in (200, 302), (url, response.content[:1000])
+    finally:
+        controls.collection().delete_many({"_id": "paced"})
+        controls.paused_workflows(fresh=True)
+        schedules.collection().delete_many({"_id": schedule["_id"]})
+
+    recorded = list(queries.queries)
+    assert {q.collection for q in recorded} >= {"schedules", "workflow_controls", "executions"}
+    assert [q for q in recorded if not covered(q, declared_indexes())] == []
+    assert [q for q in recorded if q.command == "count" and not q.limited] == []
+    assert_explained_without_collection_scans(recorded)

@@ -18,6 +18,7 @@ from tests.integration.security.test_role_matrix import ADMIN_PREFIX, routes
 
 EX = "admin/executions/execution/"
 WF = "admin/workflows/workflow/"
+SCHEDULES = "admin/executions/schedule/"
 LOGIN = "/admin/login/"
 #: What each role gets, in the order of ``ROLES``: anonymous, nobody, viewer, operator, superuser.
 READ = (302, 403, 200, 200, 200)
@@ -68,9 +69,28 @@ PAGES = [
          {"stage": "confirm", "reason": "by hand", "output": '{"ok": true}'}, DONE),
     Page(ACTION, "POST", "/admin/executions/execution/{failed}/delete/", {"stage": "confirm", "reason": "x"},
          (302, 403, 403, 404, 404)),
+    Page(ACTION, "GET", "/admin/executions/execution/{pending}/pause/", None, ACT),
+    Page(ACTION, "POST", "/admin/executions/execution/{pending}/pause/",
+         {"stage": "preview", "reason": "hold it"}, ACT),
+    Page(ACTION, "POST", "/admin/executions/execution/{pending}/resume/",
+         {"stage": "preview", "reason": "not paused"}, (302, 403, 403, 400, 400)),
     Page(WF, "GET", "/admin/workflows/workflow/", None, READ),
     Page(WF + "<str:name>/", "GET", "/admin/workflows/workflow/fails/", None, READ),
     Page(WF + "<str:name>/", "GET", "/admin/workflows/workflow/no-such/", None, (302, 403, 404, 404, 404)),
+    # A workflow's pause changes its control document only (the executions are held later, by workers).
+    Page(WF + "<str:name>/<str:action>/", "POST", "/admin/workflows/workflow/fails/pause/",
+         {"reason": "maintenance"}, DONE),
+    Page(WF + "<str:name>/<str:action>/", "POST", "/admin/workflows/workflow/fails/pause/", {"reason": " "},
+         (302, 403, 403, 400, 400)),
+    Page(WF + "<str:name>/<str:action>/", "GET", "/admin/workflows/workflow/fails/pause/", None,
+         (302, 403, 403, 405, 405)),
+    Page(WF + "<str:name>/<str:action>/", "POST", "/admin/workflows/workflow/fails/resume/",
+         {"reason": "not paused"}, (302, 403, 403, 400, 400)),
+    Page(SCHEDULES, "GET", "/admin/executions/schedule/", None, READ),
+    Page(SCHEDULES + "<str:schedule_id>/<str:action>/", "POST", "/admin/executions/schedule/nope/pause/", {},
+         (302, 403, 403, 404, 404)),
+    Page(SCHEDULES + "<str:schedule_id>/<str:action>/", "GET", "/admin/executions/schedule/nope/delete/",
+         None, (302, 403, 403, 404, 404)),
     Page("admin/insights/insight/", "GET", "/admin/insights/insight/", None, READ),
     Page("admin/insights/insight/", "GET", "/admin/insights/insight/?after=not-an-id", None, READ),
     Page("admin/login/", "GET", LOGIN, None, (200, 302, 302, 302, 302)),
@@ -84,6 +104,17 @@ PAGES = [
          (302, 404, 404, 404, 404)),
     Page("admin/(?P<url>.*)$", "GET", "/admin/no-such-page/", None, (302, 404, 404, 404, 404)),
 ]
+
+
+@pytest.fixture(autouse=True)
+def no_workflow_pause() -> Any:
+    """A workflow paused by a row is resumed for the next (the store's clean-up keeps controls)."""
+    from executions import controls
+
+    controls.collection().delete_many({})
+    yield
+    controls.collection().delete_many({})
+    controls.paused_workflows(fresh=True)  # no cached pause outlives it
 
 
 def model_prefixes() -> dict[str, str]:
