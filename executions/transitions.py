@@ -347,6 +347,7 @@ def _effects(
             sets[prefix + "started_at"] = at
     elif isinstance(event, StepSucceeded):
         _output(sets, _prefix(event), event.output_json, now)
+        unsets[_prefix(event) + "error"] = ""  # an earlier attempt's: its attempt record keeps it
         _close_attempt(_prefix(event), slots, dict(event.record), unsets, pushes)
     elif isinstance(event, AttemptFailed):
         sets[_prefix(event) + "error"] = {"type": event.error_type, "message": event.detail}
@@ -392,6 +393,7 @@ def _effects(
                                         "payload_bytes": len(event.payload_json.encode())}]}
     elif isinstance(event, SignalConsumed):
         _output(sets, f"steps.{event.step_index}.", event.output_json, now)
+        unsets[f"steps.{event.step_index}.error"] = ""
         sets[f"signals.{event.signal_index}.consumed_by"] = event.step
     elif isinstance(event, WaitEnded):
         if event.ends == "failed":
@@ -400,6 +402,7 @@ def _effects(
                 "message": event.message}
         else:
             _output(sets, f"steps.{event.step_index}.", event.output_json, now)
+            unsets[f"steps.{event.step_index}.error"] = ""
     elif isinstance(event, CompensationRetried | CompensationSkipped):
         unsets["failed_compensation"] = unsets["finished_at"] = ""
     elif isinstance(event, Retried | Skipped):

@@ -64,6 +64,7 @@ def test_worker__retries_until_success_with_policy_delays(worker: Any, define: A
                                                                      (3, "succeeded")]
     assert [a["error_type"] for a in step["attempts"][:2]] == ["workflows.errors.RetryableError"] * 2
     assert step["attempts"][0]["message"] == "transient failure on attempt 1"
+    assert "error" not in step  # the failures belong to their attempts, not to the step that succeeded
 
     failed = events_of(doc, "attempt_failed")
     claims = events_of(doc, "step_claimed")
