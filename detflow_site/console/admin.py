@@ -421,7 +421,6 @@ class WorkflowAdmin(RoleAdmin):
             raise Http404(f"no action {action!r}")
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        context = self._detail(name)
         reason = request.POST.get("reason", "")
         by = request.user.get_username()
         try:
@@ -432,8 +431,10 @@ class WorkflowAdmin(RoleAdmin):
                 done = operations.resume_workflow(name, by, reason.strip())
                 text = (f"Workflow {name} resumed: {done.released} held execution"
                         f"{'' if done.released == 1 else 's'} released")
-        except DetflowError as exc:
-            context.update(error=str(exc), form={"reason": reason})
+        except WorkflowNotFound as exc:
+            raise Http404(str(exc)) from None
+        except DetflowError as exc:  # the page is built only to say why
+            context = {**self._detail(name), "error": str(exc), "form": {"reason": reason}}
             return self.render(request, "admin/executions/workflow_detail.html", context, status=400)
         messages.success(request, f"{text}; recorded: by={done.by}, reason={done.reason}")
         return HttpResponseRedirect(self.url("detail", name))

@@ -219,6 +219,7 @@ def test_bad_input__answers_a_page_saying_what_is_wrong_and_changes_nothing(
 
     assert operator.get(WORKFLOWS + "ok/pause/").status_code == 405
     assert operator.post(WORKFLOWS + "no-such/pause/", {"reason": "x"}).status_code == 404
+    assert operator.post(WORKFLOWS + "no-such/pause/", {"reason": ""}).status_code == 404
     assert operator.post(WORKFLOWS + "ok/halt/", {"reason": "x"}).status_code == 404
     assert operator.post(SCHEDULES + "no-such/pause/").status_code == 404
     assert controls.paused("ok") is None
