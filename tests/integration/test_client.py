@@ -1,7 +1,12 @@
 """``detflow_client`` against a live server (``live_server``: the API over real HTTP) with real workers."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +28,9 @@ from detflow_client import (
 from tests.integration.test_rundev import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
 
 #: A workflow whose first step waits for the signal ``approved``.
 APPROVAL = [{"name": "approval", "wait": {"signal": "approved", "timeout_s": 3600}}, {"handler": "test.echo"}]
@@ -234,3 +242,27 @@ def test_client_retry_and_skip__repair_failed_executions(
     assert skipped["status"] == "SUCCEEDED"
     assert skipped["steps"][0]["status"] == "SKIPPED"
     assert skipped["steps"][0]["output"] == {"note": "by hand"}
+
+
+def test_readme__the_client_example_runs_as_written_in_its_own_process(
+    url: str, worker: Any, tmp_path: Path, settings: Any
+) -> None:
+    from workflows import definitions
+
+    settings.DETFLOW = {**settings.DETFLOW, "STORAGE_DIR": str(tmp_path / "storage")}
+    [example] = re.findall(r"<!-- client-example -->\n```python\n(.*?)```", README.read_text(), re.DOTALL)
+    (tmp_path / "example.py").write_text(example)
+    definitions.register({"name": "upload-check", "steps": [
+        {"name": "files.receive", "handler": "files.receive"},
+        {"name": "files.validate", "handler": "files.validate"},
+        {"name": "files.checksum", "handler": "files.checksum"}]})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DETFLOW_"))}
+    env.update(DETFLOW_API=url, TOKEN=token("operator", "readme-client"), PYTHONPATH=str(ROOT))
+
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=90)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    status, rest = done.stdout.splitlines()[0].split(" ", 1)
+    assert status == "SUCCEEDED" and "'execution_succeeded'" in rest
+    assert done.stdout.splitlines()[1].startswith("not_allowed ")
