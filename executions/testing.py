@@ -29,6 +29,8 @@ kit replaces while it is open (a ``with`` block), and puts back when it closes:
   (``dispatch.send``) are recorded in ``kit.sent``, not sent; the ``execution_finished`` signal goes
   to ``kit.execution_finished`` (recorded in ``kit.finished``), not to the project's receivers (the
   post-mortem's would queue a message). No Redis connection is made.
+- workers: none. Every attempt runs in the test's thread; the only other threads are the ticker and
+  renewal pool of the attempt's watchdog (its lease renewals, its ``timeout_s``), as in a worker.
 
 ``kit.run`` drives the execution until it ends, or until it waits for a signal (``run.waiting``
 names the step; ``kit.signal(run.id, name, payload)`` sends it and drives on, ``kit.advance`` lets

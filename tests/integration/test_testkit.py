@@ -77,6 +77,8 @@ def no_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         raise AssertionError("the test kit started the embedded redis-server")
 
     monkeypatch.setattr(redis.connection.AbstractConnection, "connect", refused)
+    # A client connected before the test (its pool kept the connection) is caught at its command.
+    monkeypatch.setattr(redis.Redis, "execute_command", refused)
     monkeypatch.setattr(embedded, "redis_server", no_server)
     CALLS.clear()
     GATEWAY.clear()
@@ -216,3 +218,91 @@ def test_an_operator_action__then_drive_goes_on(kit: TestKit) -> None:
     operations.skip(run.id, by="ann", reason="charged by hand", output={"receipt": "manual"})
     after = kit.drive(run.id)
     assert after.status == "SUCCEEDED" and after.output("charge") == {"receipt": "manual"}
+
+
+def test_no_redis_fixture__refuses_a_connection(no_redis: list[str]) -> None:
+    with pytest.raises(AssertionError, match="connected to Redis"):
+        redis.Redis(host="127.0.0.1", port=1).ping()
+    assert no_redis
+    no_redis.clear()
+
+
+AUTHOR_HANDLERS = '''
+from workflows.registry import step
+
+CALLS = []
+
+
+@step("myapp.charge")
+def charge(ctx):
+    CALLS.append(ctx.attempt)
+    if ctx.attempt == 2:
+        raise RuntimeError("gateway down")
+    return {"charged": ctx.input["order"]}
+'''
+
+AUTHOR_TEST = '''
+from executions.testing import TestKit
+from myapp import handlers
+
+ORDERS = {"name": "orders", "steps": [
+    {"name": "charge", "handler": "myapp.charge",
+     "retry": {"max_attempts": 4, "initial_delay_s": 60, "jitter": 0}},
+    {"name": "nap", "sleep": {"seconds": 3600}},
+]}
+
+
+def test_orders():
+    with TestKit() as kit:
+        run = kit.run(ORDERS, {"order": 1}, crash_after="charge")
+        assert run.status == "SUCCEEDED", run.events
+        assert handlers.CALLS == [1, 2, 3] and run.crashed == ["charge"]
+        assert [a["outcome"] for a in run.attempts("charge")] == ["lost", "failed", "succeeded"]
+        # The lease (30 s by default), the backoff and the sleep passed on the kit's clock.
+        assert kit.elapsed_s >= 30 + 60 + 3600
+        assert not kit.sent or all(s.execution_id == run.id for s in kit.sent)
+'''
+
+
+def test_an_authors_own_pytest_django_test__runs_with_detflows_settings_and_no_redis(
+    tmp_path: Any, no_redis: list[str]
+) -> None:
+    """An author's test in their own process (detflow's production settings, the embedded store),
+    with DETFLOW_REDIS_URL at a port that listens and records: nothing connects to it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "handlers.py").write_text(AUTHOR_HANDLERS)
+    (tmp_path / "test_author.py").write_text(AUTHOR_TEST)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("DETFLOW_", "DJANGO_"))}
+        environ.update(DJANGO_SETTINGS_MODULE="detflow_site.settings", DJANGO_SQLITE_PATH=":memory:",
+                       DETFLOW_HANDLER_MODULES="myapp.handlers",
+                       DETFLOW_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+                       PYTHONPATH=os.pathsep.join([str(root), str(tmp_path)]))
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                 "test_author.py"], cwd=tmp_path, env=environ, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "1 passed" in result.stdout
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection came
+
+
+def test_crash_after__a_lost_attempt_counts_against_the_policy(kit: TestKit) -> None:
+    run = kit.run({"name": "kit-once", "steps": [{"name": "charge", "handler": "kit.charge",
+                                                 "retry": {"max_attempts": 1}}]},
+                  {"order": 2}, crash_after="charge")
+    assert run.crashed == ["charge"] and run.status == "FAILED"
+    assert [a["outcome"] for a in run.attempts("charge")] == ["lost"]
+    error = run.error("charge")
+    assert error is not None and error["type"] == "AttemptLost"
+    assert CALLS == {("charge", 1): 1}
