@@ -65,8 +65,9 @@ def broker(redis_client: Any) -> Any:
 
 @pytest.fixture(autouse=True)
 def clean(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Empty the store, Redis and the ledger; disarm every crash point."""
-    from executions import faults, store
+    """Empty the store (pauses, schedules and bulk operations too), Redis and the ledger; disarm
+    every crash point."""
+    from executions import bulk, controls, faults, schedules, store
     from executions.models import Execution
     from tests.handlers import LEDGER, UNDONE
     from workflows.models import WorkflowDefinition
@@ -74,6 +75,10 @@ def clean(request: pytest.FixtureRequest) -> Iterator[None]:
     Execution._get_collection().delete_many({})
     store.history().delete_many({})
     WorkflowDefinition._get_collection().delete_many({})
+    # A workflow paused, a schedule or a bulk operation left by a test would act on the next one.
+    for collection in (controls.collection(), schedules.collection(), bulk.collection()):
+        collection.delete_many({})
+    controls._forget()
     if "redis_client" in request.fixturenames or "worker" in request.fixturenames:
         request.getfixturevalue("redis_client").flushdb()
     LEDGER.clear()
