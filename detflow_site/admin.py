@@ -13,6 +13,7 @@ from django.template.loader import render_to_string
 from django.urls import URLPattern, URLResolver, path
 from django.utils.safestring import SafeString
 
+import detflow_site.console.bulk  # noqa: F401  (registers the bulk operations' admin)
 from detflow_site import docadmin
 from detflow_site.console import schedules  # noqa: F401  (registers the schedules' admin)
 from detflow_site.console.admin import RoleAdmin

@@ -76,8 +76,10 @@ RAW: dict[str, tuple[Index, ...]] = {
     "chaos_effects": (Index((("run", 1), ("execution_id", 1))),),
     # The schedules due to fire (executions.schedules.fire_due): not paused, next_fire_at passed.
     "schedules": (Index((("paused", 1), ("next_fire_at", 1))),),
-    # The open bulk operations whose runner's lease ran out (executions.bulk.resend_expired).
-    "bulk_operations": (Index((("status", 1), ("lease_expires_at", 1))),),
+    # The open bulk operations whose runner's lease ran out (executions.bulk.resend_expired); the
+    # console's list of them, newest first (detflow_site.console.bulk).
+    "bulk_operations": (Index((("status", 1), ("lease_expires_at", 1))),
+                        Index((("created_at", -1), ("_id", -1)))),
 }
 
 

@@ -16,6 +16,10 @@ Every page reads at most ``page_size + 1`` documents through an index declared i
   work per request, whatever the collection holds.
 - "Stuck" lists the executions overdue by more than the sweeper's grace (``due_at`` index), most
   overdue first.
+
+A page also says whether a bulk operation may take "all matching this filter" (the filters alone: not
+a search, nor the stuck list, nor no filter at all) and how many match, counted with a limit
+(``MATCH_CAP``) through the list's own index.
 """
 from __future__ import annotations
 
@@ -39,8 +43,12 @@ SEARCH_WINDOW = 500
 #: Query parameters the list understands.
 PARAMETERS = ("status", "workflow", "version", "failed_step", "created_after", "created_before",
               "ordering", "cursor", "q", "stuck")
-#: Fields a row shows, and what an error search reads besides.
-ROW_FIELDS = {**dict.fromkeys(filters.SUMMARY_FIELDS, 1), "due_at": 1}
+#: The list's parameters a bulk operation's filter takes (``executions.bulk``, as the API's).
+BULK_FILTERS = ("status", "workflow", "version", "failed_step", "created_after", "created_before")
+#: Matching executions a page counts at most, for "all N matching this filter".
+MATCH_CAP = 1000
+#: Fields a row shows (``paused``: its badge), and what an error search reads besides.
+ROW_FIELDS = {**dict.fromkeys(filters.SUMMARY_FIELDS, 1), "due_at": 1, "paused": 1}
 ERROR_FIELDS = {**ROW_FIELDS, "steps.name": 1, "steps.status": 1, "steps.error": 1}
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
 #: Query parameter name -> the stored field its equality filters.
@@ -58,6 +66,16 @@ class Page:
     #: What the page is, in words ("search: ...", "the 50 most overdue", ...).
     note: str = ""
     filters: dict[str, str] = field(default_factory=dict)
+    #: The filter a bulk operation over "all matching" takes (``None``: not offered, ``bulk_refused``
+    #: says why), and how many executions match it now (``MATCH_CAP`` at most).
+    bulk_filter: dict[str, str] | None = None
+    matching: int = 0
+    bulk_refused: str = ""
+
+    @property
+    def matching_text(self) -> str:
+        """``matching`` as the action bar shows it (``1000+`` at the cap)."""
+        return f"{MATCH_CAP}+" if self.matching >= MATCH_CAP else str(self.matching)
 
 
 def equality_prefixes() -> list[frozenset[str]]:
@@ -80,7 +98,10 @@ def page(params: Mapping[str, str], query_string: Any) -> Page:
     if unknown:
         raise InvalidArgument(unknown[0], f"unknown parameter; allowed: {', '.join(PARAMETERS)}")
     if params.get("stuck"):
-        return _stuck()
+        page = _stuck()
+        page.bulk_refused = ("the stuck list is not a filter a bulk operation takes; "
+                             "filter by status or workflow instead")
+        return page
     api_params = {k: v for k, v in params.items() if k in filters.PARAMETERS and v != ""}
     if api_params.get("failed_step") and api_params.get("status") == "FAILED":
         del api_params["status"]  # implied: only a FAILED execution has a failed step
@@ -93,9 +114,22 @@ def page(params: Mapping[str, str], query_string: Any) -> Page:
                                          f"filters that combine: {'; '.join(combos)}")
     text = params.get("q", "").strip()
     if text:
-        return _search(query, text, query_string)
+        found = _search(query, text, query_string)
+        found.bulk_refused = ("a search (q) is not a filter a bulk operation takes; "
+                              "clear the search to act on all that match the filters")
+        return found
     rows, cursor = query.page(ROW_FIELDS)
-    return Page(rows, query_string(cursor=cursor) if cursor else None)
+    found = Page(rows, query_string(cursor=cursor) if cursor else None)
+    bulk_filter = {k: params[k] for k in BULK_FILTERS if params.get(k)}
+    if not bulk_filter:
+        found.bulk_refused = "no filter is set; choose a status, a workflow or a date range first"
+    else:
+        found.bulk_filter = bulk_filter
+        if cursor is None and query.after is None:
+            found.matching = len(rows)  # the whole match is on this page
+        else:
+            found.matching = store.collection().count_documents(query.filter, limit=MATCH_CAP)
+    return found
 
 
 def _search(query: filters.ExecutionQuery, text: str, query_string: Any) -> Page:

@@ -19,7 +19,9 @@ BADGES = {"PENDING": "#6d6d6d", "RUNNING": "#1565c0", "RETRY_WAIT": "#ef6c00", "
           # operator (crimson, apart from a forward step's failure).
           "COMPENSATING": "#00695c", "COMPENSATED": "#6d4c41", "COMPENSATION_FAILED": "#ad1457",
           # A sleep or a wait: nothing runs, nothing is held (indigo).
-          "WAITING": "#283593"}
+          "WAITING": "#283593",
+          # Held by an operator's pause (its own, or its workflow's): nothing new starts (amber-brown).
+          "PAUSED": "#8d6e00"}
 
 
 @register.filter
@@ -70,3 +72,13 @@ def capped(count: int, cap: int) -> str:
 def get_id(document: dict[str, Any]) -> Any:
     """Return a stored document's ``_id`` (templates cannot name attributes starting with ``_``)."""
     return document.get("_id")
+
+
+@register.filter
+def paused_badge(paused: Any) -> SafeString:
+    """Show a stored ``paused`` (``{scope: {by, reason, at}}``) as a "Paused" badge saying by whom and why."""
+    held = paused if isinstance(paused, dict) else {}
+    why = "; ".join(f"{'its workflow' if scope == 'workflow' else 'itself'}: by {hold.get('by')}, "
+                    f"{hold.get('reason')}" for scope, hold in sorted(held.items()) if isinstance(hold, dict))
+    return format_html('<span class="detflow-badge status-paused" style="background:{}" title="{}">'
+                       'Paused</span>', BADGES["PAUSED"], why)

@@ -28,6 +28,7 @@ from tests.conftest import mongo_commands_heard
 from tests.integration.admin.conftest import failed_execution
 
 EXECUTIONS = "/admin/executions/execution/"
+BULK = "/admin/executions/bulkoperation/"
 API = "/api/v1/"
 #: Collections whose queries these tests record (the chaos collections are the chaos run's).
 RECORDED = ("executions", "workflow_definitions", "insights")
@@ -333,13 +334,16 @@ def test_declared_partial_filters__are_exists_on_a_field_the_index_holds() -> No
 def test_console_pages__run_only_indexed_queries_and_bounded_counts(
     console_as: Callable[..., Client], define: Any, queries: Captured,
 ) -> None:
-    from executions import operations
+    from detflow_site.api import filters
+    from executions import bulk, operations
     from insights import service
 
     failed = failed_execution(define)
     service.postmortem(failed)
     define("ok", [{"handler": "test.echo"}])
     keyed, _ = operations.start("ok", {}, idempotency_key="order-1")
+    op = bulk.store_op("retry", {"workflow": "fails"}, "test", "ops")
+    bulk.cancel(op["_id"])
     viewer = console_as("viewer")
     queries.queries.clear()
 
@@ -351,20 +355,26 @@ def test_console_pages__run_only_indexed_queries_and_bounded_counts(
              "workflow=fails&failed_step=s1", "status=FAILED&created_after=2020-01-01",
              "workflow=fails&created_after=2020-01-01&created_before=2100-01-01", "ordering=created_at",
              f"q={failed}", "q=order-1", "q=processed", "workflow=fails&q=processed", "stuck=1",
-             "status=RUNNING&q=processed", "cursor=WzE3MDAwMDAwMDAwMDAsImZmIl0"]
+             "status=RUNNING&q=processed", "cursor=WzE3MDAwMDAwMDAwMDAsImZmIl0",
+             # A filter's later page counts "all matching" (with a limit) for the bulk action bar.
+             "status=FAILED&cursor=WzE3MDAwMDAwMDAwMDAsImZmIl0"]
     urls += [f"{EXECUTIONS}?{q}" for q in lists]
+    # Bulk operations: the list (newest first, and a later page) and one operation's page.
+    urls += [BULK, f"{BULK}?cursor={filters.encode_cursor(op)}", f"{BULK}{op['_id']}/"]
     for url in urls:
         response = viewer.get(url)
         assert response.status_code == 200, (url, response.content[:1000])
 
     indexes = declared_indexes()
-    assert {q.collection for q in queries.queries} >= {"executions", "workflow_definitions", "insights"}
+    assert {q.collection for q in queries.queries} >= {"executions", "workflow_definitions", "insights",
+                                                       "bulk_operations"}
     unserved = [q for q in queries.queries if not covered(q, indexes)]
     assert unserved == []
     unbounded = [q for q in queries.queries if q.command == "count" and not q.limited]
     assert unbounded == []
     commands = {(q.collection, q.command) for q in queries.queries}
-    assert {("executions", "find"), ("executions", "count"), ("insights", "find")} <= commands
+    assert {("executions", "find"), ("executions", "count"), ("insights", "find"),
+            ("bulk_operations", "find")} <= commands
     assert keyed["_id"]
     assert_explained_without_collection_scans(list(queries.queries))
 

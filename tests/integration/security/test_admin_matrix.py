@@ -18,6 +18,7 @@ from tests.integration.security.test_role_matrix import ADMIN_PREFIX, routes
 
 EX = "admin/executions/execution/"
 WF = "admin/workflows/workflow/"
+BULK = "admin/executions/bulkoperation/"
 SCHEDULES = "admin/executions/schedule/"
 LOGIN = "/admin/login/"
 #: What each role gets, in the order of ``ROLES``: anonymous, nobody, viewer, operator, superuser.
@@ -39,6 +40,7 @@ class Page:
 
 
 ACTION = EX + "<str:execution_id>/<str:action>/"
+BULK_FORM = {"action": "retry", "reason": "fixed", "scope": "filter", "status": "FAILED"}
 #: detflow's pages and Django's own admin routes (model pages are walked from the resolver below).
 PAGES = [
     Page("admin/", "GET", "/admin/", None, STAFF),
@@ -91,6 +93,20 @@ PAGES = [
          (302, 403, 403, 404, 404)),
     Page(SCHEDULES + "<str:schedule_id>/<str:action>/", "GET", "/admin/executions/schedule/nope/delete/",
          None, (302, 403, 403, 404, 404)),
+    # Bulk operations: a dry run (200) or a confirmation (302 to the operation) changes no execution
+    # here (no worker runs the operation).
+    Page(BULK, "GET", "/admin/executions/bulkoperation/", None, READ),
+    Page(BULK, "GET", "/admin/executions/bulkoperation/?cursor=garbage", None, (302, 403, 400, 400, 400)),
+    Page(BULK + "new/", "GET", "/admin/executions/bulkoperation/new/", None, (302, 403, 403, 302, 302)),
+    Page(BULK + "new/", "POST", "/admin/executions/bulkoperation/new/", BULK_FORM, ACT),
+    Page(BULK + "new/", "POST", "/admin/executions/bulkoperation/new/", {**BULK_FORM, "confirmed": "1"},
+         DONE),
+    Page(BULK + "new/", "POST", "/admin/executions/bulkoperation/new/",
+         {"action": "retry", "reason": " ", "scope": "selected"}, (302, 403, 403, 400, 400)),
+    Page(BULK + "<str:op_id>/", "GET", "/admin/executions/bulkoperation/bulk_nope/", None,
+         (302, 403, 404, 404, 404)),
+    Page(BULK + "<str:op_id>/cancel/", "POST", "/admin/executions/bulkoperation/bulk_nope/cancel/", {},
+         (302, 403, 403, 404, 404)),
     Page("admin/insights/insight/", "GET", "/admin/insights/insight/", None, READ),
     Page("admin/insights/insight/", "GET", "/admin/insights/insight/?after=not-an-id", None, READ),
     Page("admin/login/", "GET", LOGIN, None, (200, 302, 302, 302, 302)),
