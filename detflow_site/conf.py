@@ -38,6 +38,10 @@ class DetflowSettings:
     SWEEP_INTERVAL_S: float = 5.0
     #: How long due work may wait for its message before the sweeper sends another, in seconds.
     SWEEP_GRACE_S: float = 15.0
+    #: How long a bulk operation's runner holds it without renewing, in seconds (it renews at every
+    #: batch and every third of this within one); past it (its worker died), the sweeper sends the
+    #: operation again and a worker goes on from its saved cursor.
+    BULK_LEASE_S: float = 60.0
     #: Days a finished execution is kept (with its history, insight and files) before a purge
     #: removes it; a workflow's ``retention_days`` overrides it; 0 keeps them forever.
     RETENTION_DAYS: int = 30
@@ -216,6 +220,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "INLINE_STEPS": _between(int, 1, 1000),
     "SWEEP_INTERVAL_S": _number(float, 0),
     "SWEEP_GRACE_S": _number(float, 0, inclusive=True),
+    "BULK_LEASE_S": _between(float, 1, 3600),
     "RETENTION_DAYS": _between(int, 0, 36_500),
     "PURGE_INTERVAL_S": _number(float, 0, inclusive=True),
     "QUEUE": _queue,

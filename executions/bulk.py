@@ -4,10 +4,12 @@ A bulk operation is a document of the ``bulk_operations`` collection. Its set is
 (``created_at <= bound``); a runner, holding the operation's lease, takes the matching executions in
 batches by ``_id`` after the saved ``cursor`` and applies the same operator service
 (``operations.retry`` / ``operations.cancel``) to each, with ``bulk=<op id>``. That service pushes the
-op id onto the execution in the same fenced write, so after a crash the resumed runner leaves out an
-execution that already holds it: each execution is acted on once. Progress is saved per batch by a
-write conditioned on the lease; a cancelled operation stops at its next batch, an operation whose
-lease ran out is sent again by the sweeper.
+op id onto the execution in the same fenced write, so after a crash the resumed runner counts an
+execution past its cursor that already holds it (acted on in the batch the dead runner did not
+save) without acting on it again: each execution is acted on once, and counted once. Progress is
+saved per batch by a write conditioned on the lease, which a long batch renews as it goes; a
+cancelled operation stops at its next batch (or renewal), an operation whose lease ran out is sent
+again by the sweeper.
 """
 from __future__ import annotations
 
@@ -34,13 +36,17 @@ ACTIONS = ("retry", "cancel")
 BATCH = 200
 #: Executions acted on per second at most, so a bulk retry does not flood the workers.
 RATE = 2000
-#: How long a runner's lease lasts without a batch saved; past it, the sweeper sends the op again.
-LEASE_MS = 60_000
 #: First ids a dry run shows, and errors an operation keeps.
 SAMPLE = 10
 #: Statuses: not started, being run, all handled, stopped by an operator.
 PENDING, RUNNING, SUCCEEDED, CANCELLED = "PENDING", "RUNNING", "SUCCEEDED", "CANCELLED"
 OPEN = (PENDING, RUNNING)
+
+
+def lease_ms() -> int:
+    """Return how long a runner's lease lasts without a batch saved (``DETFLOW_BULK_LEASE_S``);
+    past it, the sweeper sends the op again."""
+    return round(conf.get().BULK_LEASE_S * 1000)
 
 
 def collection() -> Any:
@@ -77,7 +83,7 @@ def store_op(action: str, query: dict[str, Any], reason: str, by: str) -> dict[s
         "done": 0, "acted": 0, "skipped": 0, "failed": 0, "errors": [], "cursor": None,
         "created_at": now, "updated_at": now, "lease_owner": None,
         # Held by nobody, yet due: a send that is lost is sent again once this has passed.
-        "lease_expires_at": to_dt(now_ms() + LEASE_MS),
+        "lease_expires_at": to_dt(now_ms() + lease_ms()),
     }
     collection().insert_one(doc)
     return doc
@@ -123,7 +129,7 @@ def claim(op_id: str, owner: str, now: int | None = None) -> dict[str, Any] | No
     return collection().find_one_and_update(
         {"_id": op_id, "status": {"$in": list(OPEN)},
          "$or": [{"lease_owner": None}, {"lease_owner": owner}, {"lease_expires_at": {"$lt": to_dt(now)}}]},
-        {"$set": {"status": RUNNING, "lease_owner": owner, "lease_expires_at": to_dt(now + LEASE_MS),
+        {"$set": {"status": RUNNING, "lease_owner": owner, "lease_expires_at": to_dt(now + lease_ms()),
                   "updated_at": to_dt(now)}},
         return_document=True)
 
@@ -134,18 +140,37 @@ def run_batch(op: dict[str, Any], owner: str) -> dict[str, Any] | None:
     # Checked before acting: a cancel or a lost lease stops the run before its next batch.
     op = collection().find_one_and_update(
         {"_id": op["_id"], "status": RUNNING, "lease_owner": owner},
-        {"$set": {"lease_expires_at": to_dt(now_ms() + LEASE_MS)}}, return_document=True)
+        {"$set": {"lease_expires_at": to_dt(now_ms() + lease_ms())}}, return_document=True)
     if op is None:
         return None
-    found: dict[str, Any] = {"$and": [_matching(op["filter"], op["bound"]),
-                                      {"bulk_operations": {"$ne": op["_id"]}}]}
+    # Past the cursor, an execution that already names this op was acted on by a runner that died
+    # before it saved that batch: it is taken too (it may match the filter no more), to be counted.
+    found: dict[str, Any] = {"$and": [
+        {"created_at": {"$lte": op["bound"]}},
+        {"$or": [{"$and": [op["filter"], {"bulk_operations": {"$ne": op["_id"]}}]},
+                 {"bulk_operations": op["_id"]}]}]}
     if op["cursor"] is not None:
         found["$and"].append({"_id": {"$gt": op["cursor"]}})
-    ids = [d["_id"] for d in store.collection().find(found, {"_id": 1}).sort("_id", 1).limit(BATCH)]
+    docs = list(store.collection().find(found, {"_id": 1, "bulk_operations": 1}).sort("_id", 1).limit(BATCH))
+    ids = [d["_id"] for d in docs]
     act = operations.retry if op["action"] == "retry" else operations.cancel
     counts = {"acted": 0, "skipped": 0, "failed": 0}
     errors: list[dict[str, str]] = []
-    for execution_id in ids:
+    lease = lease_ms()
+    renewed = time.monotonic()
+    for doc in docs:
+        # A slow batch (a slow store) keeps its lease: renewed every third of it, and no further
+        # execution is acted on once the renewal finds the op cancelled or taken by another runner.
+        if time.monotonic() - renewed > lease / 3000:
+            if not collection().update_one(
+                    {"_id": op["_id"], "status": RUNNING, "lease_owner": owner},
+                    {"$set": {"lease_expires_at": to_dt(now_ms() + lease)}}).matched_count:
+                return None
+            renewed = time.monotonic()
+        execution_id = doc["_id"]
+        if op["_id"] in (doc.get("bulk_operations") or ()):  # acted on by a dead runner of this op
+            counts["acted"] += 1
+            continue
         try:
             act(execution_id, op["by"], op["reason"], bulk=op["_id"])
             counts["acted"] += 1
@@ -155,7 +180,8 @@ def run_batch(op: dict[str, Any], owner: str) -> dict[str, Any] | None:
             counts["failed"] += 1
             errors.append({"execution": execution_id, "error": f"{type(exc).__name__}: {exc}"[:300]})
     now = now_ms()
-    update: dict[str, Any] = {"$set": {"updated_at": to_dt(now), "lease_expires_at": to_dt(now + LEASE_MS)},
+    update: dict[str, Any] = {"$set": {"updated_at": to_dt(now),
+                                       "lease_expires_at": to_dt(now + lease_ms())},
                               "$inc": {"done": len(ids), **counts}}
     if ids:
         update["$set"]["cursor"] = ids[-1]

@@ -19,13 +19,14 @@ def test_parse__reads_environment_strings():
         "MONGODB_URL": " mongodb+srv://db.example/x ", "MONGODB_DB": "jobs_2", "REDIS_URL": "",
         "HANDLER_MODULES": "media.handlers, ,billing.handlers", "OUTPUT_CAP_BYTES": "1024",
         "LEASE_S": "0.1", "SWEEP_INTERVAL_S": "0.5", "SWEEP_GRACE_S": "0", "QUEUE": "_work.q-1",
-        "LOG_LINES_CAP": "0", "ATTEMPTS_KEPT": "1",
+        "LOG_LINES_CAP": "0", "ATTEMPTS_KEPT": "1", "BULK_LEASE_S": "2.5",
     })
     assert problems == []
     assert parsed == DetflowSettings(
         MONGODB_URL="mongodb+srv://db.example/x", MONGODB_DB="jobs_2", REDIS_URL=None,
         HANDLER_MODULES=("media.handlers", "billing.handlers"), OUTPUT_CAP_BYTES=1024, LEASE_S=0.1,
         SWEEP_INTERVAL_S=0.5, SWEEP_GRACE_S=0.0, QUEUE="_work.q-1", LOG_LINES_CAP=0, ATTEMPTS_KEPT=1,
+        BULK_LEASE_S=2.5,
     )
 
 
@@ -52,6 +53,8 @@ def test_parse__accepts_redis_urls(url):
         ("QUEUE", "a queue", "must start with a letter or '_'"),
         ("LOG_LINES_CAP", "-1", "must be at least 0"),
         ("ATTEMPTS_KEPT", "0", "must be at least 1"),
+        ("BULK_LEASE_S", "0.5", "must be at least 1"),
+        ("BULK_LEASE_S", "3601", "must be at most 3600"),
         ("ATTEMPTS_KEPT", None, "must be an integer"),
         ("LEASE_S", "nan", "must be a number"),
         ("SWEEP_INTERVAL_S", "inf", "must be a number"),
