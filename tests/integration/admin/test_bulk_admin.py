@@ -227,3 +227,23 @@ def test_paused_badge__shows_on_a_paused_executions_row(console_as: Callable[...
     assert "Paused" in rows[paused["_id"]].group(0)  # type: ignore[union-attr]
     assert "itself: by ann, disk full" in rows[paused["_id"]].group(0)  # type: ignore[union-attr]
     assert "Paused" not in rows[running["_id"]].group(0)  # type: ignore[union-attr]
+
+
+def test_all_matching__counts_past_the_page_and_stops_counting_at_the_cap(
+    console_as: Callable[..., Client], define: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from detflow_site.console import listing
+    from executions import runner
+
+    define("fails", [{"handler": "test.permanent"}])
+    for n in range(listing.PAGE_SIZE + 5):
+        runner.advance(operations.start("fails", {"n": n})[0]["_id"], worker="test")
+    operator = console_as("operator")
+
+    listed = operator.get(EXECUTIONS + "?status=FAILED").content.decode()
+    monkeypatch.setattr(listing, "MATCH_CAP", listing.PAGE_SIZE + 2)
+    capped = operator.get(EXECUTIONS + "?status=FAILED").content.decode()
+
+    assert listed.count('name="ids"') == listing.PAGE_SIZE
+    assert f"all {listing.PAGE_SIZE + 5} matching this filter" in listed
+    assert f"all {listing.PAGE_SIZE + 2}+ matching this filter" in capped
