@@ -20,6 +20,12 @@ taken at most once, only by a wait step for its name, while that step is WAITING
 Idempotency-Key is stored once per name; no step after a wait is claimed before the wait ended; a
 WAITING step is never claimed, never has a lease or a running attempt (in the history or the
 stored document).
+
+Pauses (``check_holds``): while a hold is there (from a ``paused`` event to the ``resumed`` of its
+scope, ``execution`` or ``workflow``, the state fold's ``holds``), nothing starts: no step or
+compensation is claimed, no sleep or wait starts, no wait takes its signal or wakes, no rollback
+starts (a running attempt's outcome, a lost attempt, a deadline and the end may still come); an
+execution that has not ended holds nothing after the drain, and one that ended stores no hold.
 """
 from __future__ import annotations
 
@@ -47,6 +53,10 @@ LOSING_KINDS = frozenset({"crash", "pause"})
 OUTCOMES = ("step_succeeded", "attempt_failed", "attempt_lost")
 #: What a compensation's ledger runs and side effects are named after its step.
 UNDO_SUFFIX = ":compensate"
+#: Events of what a hold keeps from starting (``engine.decide`` turns these decisions idle): a claim,
+#: a sleep or wait starting, a wait taking its signal or waking, a rollback starting.
+STARTS = frozenset({"step_claimed", "compensation_claimed", "wait_started", "signal_consumed",
+                    "wait_ended", "rollback_started"})
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,11 @@ class Findings:
     signals: int = 0
     signals_taken: int = 0
     timeouts: int = 0
+    #: Holds set (``paused`` events) by scope (``execution``, ``workflow``), holds lifted
+    #: (``resumed``), and attempts that ended (recorded or lost) while a hold was there.
+    holds: Counter[str] = field(default_factory=Counter)
+    resumes: int = 0
+    ended_while_held: int = 0
 
 
 def check(
@@ -116,6 +131,7 @@ def check(
                                  if e["type"] == "wait_ended" and e.get("outcome") == "timed_out")
         findings.violations += check_history(doc)
         findings.violations += check_waits(doc)
+        findings.violations += check_holds(doc, findings)
         findings.violations += _check_ledger(doc, runs_by_attempt, effects_by_step)
         kinds = (planned or {}).get(doc["_id"], ())
         findings.violations += _check_lost(doc, committed_attempts, LOSING_KINDS.isdisjoint(kinds))
@@ -404,6 +420,46 @@ def check_waits(doc: Mapping[str, Any]) -> list[Violation]:
             held = [f for f in ("lease_expires_at", "current", "lock") if f in step]
             if held:
                 flag("waiting holds nothing", f"WAITING step {step.get('name')!r} stores {held}")
+    return found
+
+
+def check_holds(doc: Mapping[str, Any], findings: Findings | None = None) -> list[Violation]:
+    """Check that nothing started in one execution while a pause held it, and that no hold is left
+    (the module's docstring lists the promises); count its holds into ``findings``."""
+    execution_id = doc["_id"]
+    found: list[Violation] = []
+    counts = findings if findings is not None else Findings()
+    state = store.initial_state(execution_id, doc["definition"])
+    since: dict[str, int] = {}  # scope -> seq of the paused event that set its hold
+    for event in doc["events"]:
+        kind, seq = event["type"], event.get("seq", 0)
+        held = sorted(state.holds)
+        if held and kind in STARTS:
+            what = event.get("step") or event.get("steps")
+            paused_at = [since[h] for h in held if h in since]
+            found.append(Violation(execution_id, "no start while held", f"{kind} of {what!r} while "
+                                   f"paused by its {' and '.join(held)} (since event(s) "
+                                   f"{', '.join(map(str, paused_at))})", (*paused_at, seq)))
+        if held and _kind(event) in OUTCOMES:
+            counts.ended_while_held += 1
+        try:
+            state = evolve(state, audit.engine_event(event))
+        except (IllegalTransition, KeyError, TypeError, IndexError):
+            return found  # ``check_history`` reports the illegal transition
+        if kind == "paused":
+            counts.holds[str(event.get("scope"))] += 1
+            since[str(event.get("scope"))] = seq
+        elif kind == "resumed":
+            counts.resumes += 1
+        since = {scope: at for scope, at in since.items() if scope in state.holds}
+    ended = doc["status"] in {s.value for s in TERMINAL}
+    if state.holds and not ended:
+        found.append(Violation(execution_id, "no hold left", f"still {doc['status']} and paused by its "
+                               f"{' and '.join(sorted(state.holds))} after the drain (never resumed)",
+                               tuple(since[h] for h in sorted(state.holds) if h in since)))
+    if ended and doc.get("paused"):
+        found.append(Violation(execution_id, "no hold left", f"ended {doc['status']} and still stores "
+                               f"the pause(s) of {sorted(doc['paused'])}"))
     return found
 
 

@@ -4,22 +4,33 @@ Duplicate and late messages go through the real broker. Redis is killed for real
 redis-server process is killed with SIGKILL and started again on the same socket (its data gone,
 as after a crash without persistence); an external Redis is restarted with ``DEBUG RESTART`` where
 it allows that, and otherwise has every client connection killed. Elections, latency and spikes
-are rules added to the store seam (``storefaults``) for as long as the fault lasts.
+are rules added to the store seam (``storefaults``) for as long as the fault lasts. Pauses are an
+operator's: ``operations.pause`` of one execution, or ``operations.pause_workflow`` of each chaos
+workflow, lifted ``duration_s`` later by ``resume`` (``resume_workflow``), tried again while the store
+refuses it; :meth:`Nemesis.stop` lifts any it left.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from detflow_site import conf, embedded, services
-from detflow_site.chaos.schedule import STORE_GLOBAL_KINDS, Fault, Schedule
+from detflow_site.chaos.schedule import PAUSE_KINDS, STORE_GLOBAL_KINDS, Fault, Schedule
 from detflow_site.chaos.storefaults import READS, WRITES, Rule, StoreFaults
-from executions import dispatch
+from executions import dispatch, operations
+from executions.errors import OperationNotAllowed
 from executions.store import now_ms
 
 logger = logging.getLogger("detflow.chaos")
+
+#: Who the nemesis's pauses and resumes are recorded as.
+BY = "chaos-nemesis"
+#: Longest the nemesis tries a resume the store keeps refusing, in seconds.
+RESUME_PATIENCE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -35,35 +46,48 @@ class Injected:
 class Nemesis(threading.Thread):
     """Injects the schedule's message and Redis faults at their times after :meth:`start`."""
 
-    def __init__(self, schedule: Schedule, ids: list[str], store: StoreFaults | None = None) -> None:
+    def __init__(self, schedule: Schedule, ids: list[str], store: StoreFaults | None = None,
+                 workflows: Sequence[str] = ()) -> None:
         super().__init__(name="detflow-nemesis", daemon=True)
         self.schedule = schedule
         self.ids = ids
         self.store = store
+        #: The workflows a ``pause_workflow`` pauses.
+        self.workflows = tuple(workflows)
         self.injected: list[Injected] = []
         #: The store rule each store fault added (what it struck is counted on the rule).
         self.rules: list[tuple[Fault, Rule]] = []
+        #: What the pauses did: ``paused``, ``refused`` (the execution had ended), ``resumed``,
+        #: ``ended while paused``, ``workflows paused``, ``workflows resumed``, ``holds lifted``.
+        self.pauses: Counter[str] = Counter()
+        #: The pauses set and not lifted yet: ``(kind, execution id or workflow name)``.
+        self._held: set[tuple[str, str]] = set()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         started = time.monotonic()
-        planned = sorted(
-            (f for f in self.schedule.faults if f.kind in ("duplicate", "late", "redis_kill",
-                                                           "redis_flush", *STORE_GLOBAL_KINDS)),
-            key=lambda f: f.at_s,
-        )
-        for fault in planned:
-            if self._stop_event.wait(max(started + fault.at_s - time.monotonic(), 0)):
+        strikes = [(f.at_s, self._inject, f) for f in self.schedule.faults
+                   if f.kind in ("duplicate", "late", "redis_kill", "redis_flush", *STORE_GLOBAL_KINDS,
+                                 *PAUSE_KINDS)]
+        lifts = [(f.at_s + f.duration_s, self._lift, f) for f in self.schedule.faults
+                 if f.kind in PAUSE_KINDS]
+        actions: list[tuple[float, Callable[[Fault], None], Fault]] = sorted(
+            strikes + lifts, key=lambda action: action[0])
+        for at_s, act, fault in actions:
+            if self._stop_event.wait(max(started + at_s - time.monotonic(), 0)):
                 return
             try:
-                self._inject(fault)
+                act(fault)
             except Exception as exc:  # the nemesis reports a fault it could not inject; runs on
                 logger.warning("could not inject %s: %s", fault.kind, exc)
                 self.injected.append(Injected(fault.kind, None, now_ms(), f"failed: {exc}"))
 
     def stop(self) -> None:
+        """Stop injecting, and lift the pauses still set (the run ends with none)."""
         self._stop_event.set()
-        self.join(timeout=10)
+        self.join(timeout=RESUME_PATIENCE_S + 10)
+        for kind, name in sorted(self._held):
+            self._resume(kind, name)
 
     def _inject(self, fault: Fault) -> None:
         execution_id = self.ids[fault.execution] if fault.execution is not None else None
@@ -79,9 +103,59 @@ class Nemesis(threading.Thread):
             detail = "FLUSHALL"
         elif fault.kind in STORE_GLOBAL_KINDS:
             detail = self._strike_store(fault)
+        elif fault.kind == "pause_execution" and execution_id:
+            self._held.add((fault.kind, execution_id))  # a pause that failed may have been applied
+            try:
+                operations.pause(execution_id, BY, f"chaos: paused for {fault.duration_s}s")
+            except OperationNotAllowed as exc:  # it ended before the pause came
+                self._held.discard((fault.kind, execution_id))
+                self.pauses["refused"] += 1
+                self.injected.append(Injected(fault.kind, execution_id, now_ms(), f"refused: {exc}"))
+                return
+            self.pauses["paused"] += 1
+            detail = f"paused for {fault.duration_s}s"
+        elif fault.kind == "pause_workflow":
+            for workflow in self.workflows:
+                self._held.add((fault.kind, workflow))
+                operations.pause_workflow(workflow, BY, f"chaos: paused for {fault.duration_s}s")
+                self.pauses["workflows paused"] += 1
+            detail = f"{', '.join(self.workflows)} paused for {fault.duration_s}s"
         else:
             detail = restart_redis()
         self.injected.append(Injected(fault.kind, execution_id, now_ms(), detail))
+
+    def _lift(self, fault: Fault) -> None:
+        """Resume what ``fault`` paused (or may have: a pause whose write failed)."""
+        names = self.workflows if fault.execution is None else (self.ids[fault.execution],)
+        for name in names:
+            if (fault.kind, name) in self._held:
+                self._resume(fault.kind, name)
+
+    def _resume(self, kind: str, name: str) -> None:
+        """Lift the pause of ``kind`` of ``name`` (an execution id, a workflow), trying again while
+        the store refuses it (an election the nemesis holds, Redis down)."""
+        self._held.discard((kind, name))
+        deadline = time.monotonic() + RESUME_PATIENCE_S
+        while True:
+            try:
+                if kind == "pause_workflow":
+                    done = operations.resume_workflow(name, BY, "chaos: the pause is over")
+                    self.pauses["workflows resumed"] += 1
+                    self.pauses["holds lifted"] += done.released
+                else:
+                    operations.resume(name, BY, "chaos: the pause is over")
+                    self.pauses["resumed"] += 1
+                return
+            except OperationNotAllowed:  # not paused: it ended while paused (or was never paused)
+                if kind == "pause_execution":
+                    self.pauses["ended while paused"] += 1
+                return
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    logger.warning("could not resume %s: %s", name, exc)
+                    self.injected.append(Injected(kind, None, now_ms(), f"failed: resume of {name}: {exc}"))
+                    return
+                time.sleep(0.2)
 
     def _strike_store(self, fault: Fault) -> str:
         """Add the store rule of an election, a latency or spikes, lasting ``fault.duration_s``."""

@@ -30,6 +30,31 @@ def rollback_line(counts: dict[str, int]) -> str:
             f"attempts ({counts['compensation_attempts_lost']} recorded lost)")
 
 
+def pause_counts(schedule: Schedule, nemesis: Counter[str], findings: checker.Findings) -> dict[str, int]:
+    """Return what the run's pauses did: planned and set (by the nemesis, ``Nemesis.pauses``) and
+    the holds the histories show (``findings``)."""
+    planned = schedule.counts()
+    return {"planned": planned.get("pause_execution", 0), "paused": nemesis["paused"],
+            "refused": nemesis["refused"], "resumed": nemesis["resumed"],
+            "ended_while_paused": nemesis["ended while paused"],
+            "workflow_pauses_planned": planned.get("pause_workflow", 0),
+            "workflows_paused": nemesis["workflows paused"],
+            "workflows_resumed": nemesis["workflows resumed"],
+            "workflow_holds": findings.holds["workflow"], "holds_lifted": nemesis["holds lifted"],
+            "execution_holds": findings.holds["execution"], "resumes": findings.resumes,
+            "attempts_ended_while_held": findings.ended_while_held}
+
+
+def pause_line(counts: dict[str, int]) -> str:
+    return (f"pauses: {counts['paused']} executions paused of {counts['planned']} planned "
+            f"({counts['refused']} refused: ended already), {counts['resumed']} resumed "
+            f"({counts['ended_while_paused']} ended while paused); workflow pauses: "
+            f"{counts['workflow_pauses_planned']} planned, {counts['workflows_paused']} workflows paused "
+            f"and {counts['workflows_resumed']} resumed, {counts['workflow_holds']} executions held, "
+            f"{counts['holds_lifted']} holds lifted by the resumes (the rest by the sweeper or at "
+            f"once); {counts['attempts_ended_while_held']} attempts ended while held")
+
+
 @dataclass
 class KillRecord:
     """One SIGKILL: which worker and pids, when, the attempts it left RUNNING and their recoveries."""

@@ -5,7 +5,9 @@ A share of the executions (``Options.rollbacks``) runs the rolling-back workflow
 each but one naming a compensation, ``on_failure: compensate``, and one step that fails for good,
 so that their compensations run under the same faults. A share of the others (``Options.waits``)
 runs the sleeping and waiting workflow: a sleep and a wait for the signal ``go`` after the first
-step (``detflow_site.chaos.waits`` sends the signals and loses wake-ups).
+step (``detflow_site.chaos.waits`` sends the signals and loses wake-ups). The nemesis pauses a share
+of the executions (``Options.pauses``) and every chaos workflow for a while, through the operator
+actions, and resumes them.
 
 Crash points, pauses and broken mechanisms act on this process's threads only: run chaos with no
 other worker consuming the queue.
@@ -26,7 +28,7 @@ from pymongo.errors import PyMongoError
 from detflow_site import conf, services
 from detflow_site.chaos import checker, handlers
 from detflow_site.chaos.nemesis import Nemesis
-from detflow_site.chaos.report import rollback_counts, rollback_line
+from detflow_site.chaos.report import pause_counts, pause_line, rollback_counts, rollback_line
 from detflow_site.chaos.schedule import (
     HANDLER_KINDS,
     KINDS,
@@ -75,6 +77,11 @@ class Options:
     rollbacks: float = 0.25
     #: Share of the others that sleep and wait for a signal.
     waits: float = 0.25
+    #: Share of the executions an operator pauses for a while (``pause_execution``).
+    pauses: float = 0.05
+    #: Seconds each step works (half before its side effect, half after), so that executions are
+    #: still running when timed faults (pauses) come.
+    work_s: float = 0.0
 
 
 @dataclass
@@ -97,6 +104,8 @@ class Report:
     #: Signals sent (by how), duplicates, refusals, and wake-ups lost.
     signals: Counter[str] = field(default_factory=Counter)
     lost_wakeups: int = 0
+    #: What the nemesis's pauses did (``Nemesis.pauses``).
+    pauses: Counter[str] = field(default_factory=Counter)
     findings: checker.Findings = field(default_factory=checker.Findings)
 
     @property
@@ -127,6 +136,7 @@ class Report:
             "statuses": dict(self.findings.statuses),
             "rollbacks": rollback_counts(self.schedule, self.findings, self.crashes_in_rollbacks),
             "waits": self.wait_counts(),
+            "pauses": pause_counts(self.schedule, self.pauses, self.findings),
             "recoveries": self.recoveries,
             "recovery_latency_ms": self.latency(),
             "violations": [str(v) for v in self.findings.violations],
@@ -149,7 +159,7 @@ class Report:
                f"steps on {data['threads']} threads (+{data['spare_threads_for_pauses']} for pauses), "
                f"{data['duration_s']}s; store: {data['store']}",
                "faults (planned / injected):"]
-        out += [f"  {kind:<14} {v['planned']:>5} / {v['injected']}" for kind, v in data["faults"].items()]
+        out += [f"  {kind:<16} {v['planned']:>5} / {v['injected']}" for kind, v in data["faults"].items()]
         if data["store_calls_struck"]:
             out.append("store calls struck: " + ", ".join(
                 f"{k} {v}" for k, v in data["store_calls_struck"].items()))
@@ -161,6 +171,7 @@ class Report:
                    f"{w['sent_during_crash']} during a crash), {w['duplicates']} duplicates "
                    f"(same key), {w['signals_stored']} stored, {w['signals_taken']} taken, "
                    f"{w['timeouts']} timeouts, {w['lost_wakeups']} wake-ups lost")
+        out.append(pause_line(data["pauses"]))
         out.append("recoveries: " + ", ".join(f"{k} {v}" for k, v in data["recoveries"].items()))
         lat = data["recovery_latency_ms"]
         out.append(f"recovery latency, crash to next claim (ms): n={lat['count']} p50={lat['p50']} "
@@ -179,7 +190,7 @@ def prepare(options: Options) -> Schedule:
     """Return the run's schedule; raise ``ValueError`` for an unknown kind or an election too long
     for the lease (one must end while the claims it catches still hold, so that it loses nothing)."""
     schedule = plan(options.seed, options.executions, options.steps, expand(options.faults),
-                    rollbacks=options.rollbacks, waits=options.waits)
+                    rollbacks=options.rollbacks, waits=options.waits, pauses=options.pauses)
     lease_s = conf.get().LEASE_S
     # The last renewal before an election may be a renewal interval (a third of the lease) old,
     # and the write that follows it waits up to a backoff step more.
@@ -219,7 +230,7 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
         # pool until the pauses give up (steps run back to back reach many pauses at once).
         pauses = schedule.counts().get("pause", 0)
         pool = WorkerPool(threads=options.threads + pauses).start()
-        nemesis = Nemesis(schedule, ids, seam)
+        nemesis = Nemesis(schedule, ids, seam, WORKFLOWS)
         nemesis.start()
         signaller = Signaller(schedule, ids, WAIT_INDEX)
         signaller.start()
@@ -238,6 +249,7 @@ def run(options: Options, progress: Callable[[str], None] | None = None) -> Repo
     report.store_calls = dict(seam.injected)
     report.signals.update(signaller.counts)
     report.lost_wakeups = sum(lost.lost.values())
+    report.pauses = nemesis.pauses
     docs = [store.with_history(d) for d in store.collection().find({"_id": {"$in": ids}})]
     runs = list(handlers.ledger().find({"run": run_id}))
     kinds = {ids[i]: {f.kind for f in schedule.for_execution(i)} for i in range(len(ids))}
@@ -270,7 +282,8 @@ def _start(
     rules: list[tuple[Fault, Rule]] = []
     for index in range(options.executions):
         planted = handler_faults(schedule, index)
-        chaos = {"run": run_id, "faults": planted, "hang_s": TIMEOUT_S * 3, "pause_s": pause_s}
+        chaos = {"run": run_id, "faults": planted, "hang_s": TIMEOUT_S * 3, "pause_s": pause_s,
+                 **({"work_s": options.work_s} if options.work_s else {})}
         workflow = workflow_of(schedule, index, chaos)
         doc, _ = operations.start(workflow, {"chaos": chaos}, version=versions[workflow], by="chaos")
         ids.append(doc["_id"])
@@ -387,7 +400,7 @@ def _injected(fired: list[faults.Fired], nemesis: Nemesis, runs: list[dict[str, 
     counts: Counter[str] = Counter()
     counts["crash"] = sum(1 for f in fired if f.execution_id in set(ids))
     counts.update(i.kind for i in nemesis.injected
-                  if not i.detail.startswith("failed") and i.kind not in STORE_KINDS)
+                  if not i.detail.startswith(("failed", "refused")) and i.kind not in STORE_KINDS)
     first_runs = {(r["execution_id"], r["step"]) for r in runs}
     for fault in schedule.faults:
         hit = None if fault.execution is None else (ids[fault.execution], target(fault))

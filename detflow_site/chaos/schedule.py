@@ -14,6 +14,12 @@ of the sent ones are sent twice with the same Idempotency-Key. ``lost_wakeup`` d
 message that would wake a WAITING step (the sleep's end, the wait's timeout), once or twice, so
 that only the sweeper can wake it. Their other faults are drawn as for any execution.
 
+Operators' pauses go through the real operations (``executions.operations``) from the nemesis:
+``pause_execution`` pauses a share of the executions (``plan(..., pauses=...)``, at least one), each
+at a drawn moment for a drawn time, then resumes it; ``pause_workflow`` pauses every chaos workflow
+at a moment of the run for a while, then resumes them (its workers hold each execution at its next
+step boundary, the resume lifts the holds). Both are drawn apart too.
+
 Pure: the same seed and options always give the same schedule (``describe()`` compares equal).
 """
 from __future__ import annotations
@@ -33,12 +39,15 @@ STORE_KINDS = STORE_EXECUTION_KINDS + STORE_GLOBAL_KINDS
 #: Faults planted in one execution (by its index in the run).
 EXECUTION_KINDS = ("crash", "retryable", "permanent", "hang", "pause", "duplicate", "late",
                    *STORE_EXECUTION_KINDS)
+#: Operators' pauses (through ``executions.operations``), each lifted after ``duration_s``: of one
+#: execution, and of every chaos workflow at once.
+PAUSE_KINDS = ("pause_execution", "pause_workflow")
 #: Faults that hit the whole system at a moment of the run.
-GLOBAL_KINDS = ("redis_kill", "redis_flush", *STORE_GLOBAL_KINDS)
+GLOBAL_KINDS = ("redis_kill", "redis_flush", *STORE_GLOBAL_KINDS, "pause_workflow")
 #: Faults planted in an execution that sleeps and waits (drawn apart, so that adding them changed
 #: no other execution's faults).
 WAIT_KINDS = ("lost_wakeup",)
-KINDS = EXECUTION_KINDS + GLOBAL_KINDS + WAIT_KINDS
+KINDS = EXECUTION_KINDS + GLOBAL_KINDS + WAIT_KINDS + ("pause_execution",)
 #: When the run sends a waiting execution's signal.
 SIGNAL_MODES = ("early", "during", "crash", "none")
 #: Names that stand for several kinds (``--faults store,crash``).
@@ -60,14 +69,14 @@ class Fault:
     #: ``store_before`` and ``store_after``, which of the execution's fenced writes is struck first.
     point: str | None = None
     nth: int = 1
-    #: Seconds after the workers start (nemesis faults).
+    #: Seconds after the workers start (nemesis faults; a pause's, when it is set).
     at_s: float = 0.0
     #: Repetitions: failing runs (``retryable``), extra messages (``duplicate``), fenced writes
     #: struck in a row (``store_before``, ``store_after``), one call in ``count`` (``store_spike``).
     count: int = 1
     #: Delay of a late message, a store call's latency (``store_latency``) or spike, in seconds.
     delay_s: float = 0.0
-    #: How long an election, a latency or spikes last, in seconds.
+    #: How long an election, a latency, spikes or a pause last, in seconds.
     duration_s: float = 0.0
     #: A handler fault that hits the compensation of step ``step`` instead of the step.
     undo: bool = False
@@ -139,14 +148,15 @@ def compensated(steps: int) -> tuple[int, ...]:
 
 def plan(
     seed: int, executions: int, steps: int, kinds: tuple[str, ...] = KINDS, rate: float = 0.5,
-    rollbacks: float = 0.0, waits: float = 0.25,
+    rollbacks: float = 0.0, waits: float = 0.25, pauses: float = 0.05,
 ) -> Schedule:
     """Draw a schedule: every chosen kind at least once (when there are executions enough), then
     each further execution gets one fault with probability ``rate``; a share ``rollbacks`` of the
     executions (at least one when it is above 0 and there are two steps) rolls back, a share
-    ``waits`` of the others sleeps and waits. The faults of the others are the same with or without
-    rollbacks and waits (but a crash planted in a waiting execution signalled during a crash
-    strikes its first step)."""
+    ``waits`` of the others sleeps and waits, a share ``pauses`` of them all (at least one) is
+    paused (``pause_execution``). The faults of the others are the same with or without
+    rollbacks, waits and pauses (but a crash planted in a waiting execution signalled during a
+    crash strikes its first step)."""
     kinds = expand(kinds)
     rng = random.Random(seed)
     local = [k for k in EXECUTION_KINDS if k in kinds]
@@ -162,7 +172,7 @@ def plan(
             continue
         faults.append(_draw(rng, kind, index, steps))
     for kind in GLOBAL_KINDS:
-        if kind in kinds:
+        if kind in kinds and kind not in PAUSE_KINDS:
             faults.append(_draw_global(rng, kind))
     chosen = _draw_rollbacks(random.Random(f"rollbacks-{seed}"), executions, steps, rollbacks)
     aim = random.Random(f"rollback-faults-{seed}")
@@ -175,6 +185,7 @@ def plan(
     crash_first = {w.execution for w in plans if w.mode == "crash"}
     faults = [replace(f, nth=1) if f.kind == "crash" and f.execution in crash_first else f for f in faults]
     faults += [f for _, f in waiting if f is not None]
+    faults += _draw_pauses(seed, executions, pauses, kinds)
     faults.sort(key=lambda f: (f.execution if f.execution is not None else -1, f.kind, f.at_s))
     return Schedule(seed=seed, executions=executions, steps=steps, faults=tuple(faults),
                     rollbacks=tuple(sorted(chosen.items())), waits=plans)
@@ -204,6 +215,24 @@ def _draw_waits(
         drawn.append((plan, lost))
     if lose and drawn and not any(f for _, f in drawn):
         drawn[0] = (drawn[0][0], Fault("lost_wakeup", drawn[0][0].execution, count=1))
+    return drawn
+
+
+def _draw_pauses(seed: int, executions: int, share: float, kinds: tuple[str, ...]) -> list[Fault]:
+    """Return the pauses: of a share of the executions (at least one), each set 0.05 to 1.5 s into
+    the run (while most executions still run) for 0.5 to 2.5 s; of the workflows, set 0.5 to 3 s
+    into the run for 1 to 3 s."""
+    drawn = []
+    if "pause_execution" in kinds and executions > 0:
+        rng = random.Random(f"pauses-{seed}")
+        draws = [(rng.random(), round(rng.uniform(0.05, 1.5), 3), round(rng.uniform(0.5, 2.5), 3))
+                 for _ in range(executions)]
+        chosen = [i for i in range(executions) if draws[i][0] < share] or [rng.randrange(executions)]
+        drawn += [Fault("pause_execution", i, at_s=draws[i][1], duration_s=draws[i][2]) for i in chosen]
+    if "pause_workflow" in kinds:
+        rng = random.Random(f"workflow-pause-{seed}")
+        drawn.append(Fault("pause_workflow", at_s=round(rng.uniform(0.5, 3.0), 3),
+                           duration_s=round(rng.uniform(1.0, 3.0), 3)))
     return drawn
 
 

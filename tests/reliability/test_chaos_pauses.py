@@ -1,0 +1,37 @@
+"""Chaos with operators' pauses: executions and their workflows paused and resumed at seeded
+moments, among crashes, duplicate messages and failures; nothing starts while held, every hold is
+lifted, every execution finishes."""
+from __future__ import annotations
+
+from typing import Any
+
+from detflow_site.chaos.run import Options, run
+
+#: How a chaos execution may end: a failure for good either stops it or rolls it back.
+ENDINGS = {"SUCCEEDED", "FAILED", "COMPENSATED", "COMPENSATION_FAILED"}
+
+
+def test_chaos__pauses_among_crashes_and_duplicates_start_nothing_while_held(redis_client: Any) -> None:
+    report = run(Options(executions=40, steps=3, threads=4, seed=19, pauses=0.3, work_s=0.1, drain_timeout=90,
+                         faults=("pause_execution", "pause_workflow", "crash", "duplicate", "retryable",
+                                 "late")))
+    summary = report.as_dict()
+    print("\n" + "\n".join(report.lines()))
+
+    assert summary["violations"] == []
+    assert sum(summary["statuses"].values()) == 40
+    assert set(summary["statuses"]) <= ENDINGS
+    pauses = summary["pauses"]
+    # A third of the executions paused by an operator, each resumed (or ended while paused).
+    assert pauses["planned"] >= 8 and pauses["paused"] >= 6, pauses
+    assert pauses["paused"] + pauses["refused"] == pauses["planned"]
+    assert pauses["resumed"] + pauses["ended_while_paused"] == pauses["paused"]
+    assert pauses["execution_holds"] == pauses["paused"]
+    # Every chaos workflow paused once and resumed; its workers held executions at their next step.
+    assert pauses["workflows_paused"] == pauses["workflows_resumed"] == 3
+    assert pauses["workflow_holds"] >= 1
+    assert summary["faults"]["pause_execution"]["injected"] == pauses["paused"]
+    assert summary["faults"]["pause_workflow"] == {"planned": 1, "injected": 1}
+    for kind in ("crash", "duplicate"):
+        assert summary["faults"][kind]["injected"] >= 1, f"{kind} was never injected"
+    assert any(line.startswith(f"pauses: {pauses['paused']} executions paused") for line in report.lines())
