@@ -56,6 +56,7 @@ def test_selected_rows__dry_run_counts_them_then_confirm_retries_each_once(
     operator = console_as("operator")
     listed = operator.get(EXECUTIONS + "?status=FAILED").content.decode()
     assert listed.count('name="ids"') == 4 and 'id="select-page"' in listed and 'id="bulk-form"' in listed
+    assert f'href="{BULK}" id="bulk-operations-link"' in listed
     form = {"action": "retry", "reason": "upstream fixed", "scope": "selected", "ids": chosen}
     before = versions(ids)
 
