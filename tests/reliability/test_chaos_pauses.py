@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from detflow_site.chaos.run import Options, run
+from executions import engine, faults, runner
 
 #: How a chaos execution may end: a failure for good either stops it or rolls it back.
 ENDINGS = {"SUCCEEDED", "FAILED", "COMPENSATED", "COMPENSATION_FAILED"}
@@ -35,3 +38,19 @@ def test_chaos__pauses_among_crashes_and_duplicates_start_nothing_while_held(red
     for kind in ("crash", "duplicate"):
         assert summary["faults"][kind]["injected"] >= 1, f"{kind} was never injected"
     assert any(line.startswith(f"pauses: {pauses['paused']} executions paused") for line in report.lines())
+
+
+def test_chaos__checker_reports_starts_while_held_when_the_runner_ignores_pauses(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A build whose runner decides without the pause rule (the engine's decision before its holds
+    # are applied): steps are claimed, sleeps start and rollbacks begin while a pause holds them.
+    faults.install_seam()  # first: the seam wraps the real decide, and this patch is undone after
+    monkeypatch.setattr(runner, "decide", engine._decide)
+    report = run(Options(executions=20, steps=3, threads=4, seed=19, pauses=0.5, work_s=0.1,
+                         drain_timeout=60, faults=("pause_execution", "pause_workflow")))
+
+    held = [v for v in report.findings.violations if v.check == "no start while held"]
+    assert held, report.findings.violations
+    assert all(" while paused by its " in v.detail for v in held)
+    assert any(v.detail.startswith("step_claimed of ") for v in held)
