@@ -3,11 +3,16 @@ moments, among crashes, duplicate messages and failures; nothing starts while he
 lifted, every execution finishes."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from detflow_site.chaos.run import Options, run
+from detflow_site.processes import manage_command
 from executions import engine, faults, runner
 
 #: How a chaos execution may end: a failure for good either stops it or rolls it back.
@@ -54,3 +59,26 @@ def test_chaos__checker_reports_starts_while_held_when_the_runner_ignores_pauses
     assert held, report.findings.violations
     assert all(" while paused by its " in v.detail for v in held)
     assert any(v.detail.startswith("step_claimed of ") for v in held)
+
+
+def test_chaos_command__runs_the_pause_kinds_in_its_own_process(tmp_path: Path) -> None:
+    # As a user runs it: settings from a bare environment, the embedded store and Redis.
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith(("DJANGO_", "DETFLOW_", "OPENAI_"))
+               and k not in ("PROMETHEUS_MULTIPROC_DIR", "dramatiq_prom_db")}
+    environ.update(DJANGO_SETTINGS_MODULE="detflow_site.settings",
+                   DJANGO_SQLITE_PATH=str(tmp_path / "db.sqlite3"), PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        manage_command("chaos", "--executions", "20", "--steps", "2", "--threads", "4", "--seed", "4",
+                       "--faults", "pause_execution,pause_workflow,duplicate", "--json"),
+        cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=170)
+    assert result.returncode == 0, (result.stderr[-3000:], result.stdout[-3000:])
+    report = json.loads(result.stdout)
+
+    assert report["ok"] is True and report["violations"] == []
+    assert sum(report["statuses"].values()) == 20
+    assert set(report["faults"]) == {"pause_execution", "pause_workflow", "duplicate"}
+    assert report["faults"]["pause_workflow"] == {"planned": 1, "injected": 1}
+    pauses = report["pauses"]
+    assert pauses["workflows_paused"] == pauses["workflows_resumed"] == 3, pauses
+    assert pauses["paused"] + pauses["refused"] == pauses["planned"] >= 1, pauses
