@@ -23,7 +23,7 @@ from executions.errors import (
 from executions.events import Event
 from executions.followup import follow_up
 from executions.store import Snapshot, now_ms
-from workflows import definitions, jsontext, masking
+from workflows import definitions, inputs, jsontext, masking
 
 #: Largest input accepted at start, in bytes of JSON.
 INPUT_CAP_BYTES = 1024 * 1024
@@ -63,6 +63,7 @@ def start(
     """
     stored = definition if definition is not None else definitions.get(workflow, version)
     input_json = _json(input, "input", INPUT_CAP_BYTES)
+    check_input(stored, input)
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
         raise InvalidArgument("idempotency_key", "must be 1 to 200 characters")
     pinned = {"name": stored.name, "version": stored.version,
@@ -84,6 +85,14 @@ def start(
         metrics.EXECUTIONS_STARTED.labels(stored.name).inc()
         doc = _settle_hold(doc, stored.name, hold)
     return doc, created
+
+
+def check_input(stored: definitions.WorkflowDefinition, input: Any) -> None:
+    """Raise :class:`InvalidArgument` naming the path of ``input`` that ``stored``'s input schema
+    refuses (none: any input goes)."""
+    schema = inputs.loads(stored.input_schema_json)
+    if schema is not None and (found := inputs.problem(schema, input)) is not None:
+        raise InvalidArgument(found[0], found[1], "schema_mismatch")
 
 
 def _settle_hold(doc: dict[str, Any], workflow: str, hold: dict[str, Any] | None) -> dict[str, Any]:

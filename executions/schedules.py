@@ -82,7 +82,7 @@ def create(
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
         raise InvalidArgument("version", "must be a positive integer")
     try:
-        definitions.get(workflow, version)
+        stored = definitions.get(workflow, version)
     except Exception as exc:
         raise InvalidArgument("workflow", str(exc)) from None
     if not isinstance(cron, str) or not croniter.is_valid(cron) or len(cron.split()) not in (5, 6):
@@ -94,6 +94,7 @@ def create(
             or not math.isfinite(catch_up_s) or catch_up_s < 0):
         raise InvalidArgument("catch_up_s", "must be a number of seconds, 0 or more")
     operations._json(input, "input", operations.INPUT_CAP_BYTES)
+    operations.check_input(stored, input)  # each start checks it again, against the version it starts
     now = now_ms() if now is None else now
     try:
         first = _after(cron, zone, now - 1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from mongoengine.errors import NotUniqueError
@@ -34,6 +35,8 @@ def register(data: Any | WorkflowSpec) -> tuple[WorkflowDefinition, bool]:
             deadline_s=spec.deadline_s,
             on_deadline=spec.on_deadline,
             retention_days=spec.retention_days,
+            input_schema_json=None if spec.input_schema is None
+            else json.dumps(spec.input_schema, sort_keys=True, separators=(",", ":")),
             fingerprint=fingerprint,
             created_at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
         )

@@ -23,6 +23,9 @@ class WorkflowDefinition(me.Document):
     on_deadline = me.StringField(default="fail")
     #: Days a finished execution is kept (``None``: the ``DETFLOW_RETENTION_DAYS`` setting).
     retention_days = me.IntField()
+    #: The JSON Schema a start's input must match, as JSON text (a schema's keys, ``$ref`` or
+    #: ``a.b``, may not be field names in MongoDB); ``None``: any input.
+    input_schema_json = me.StringField()
     #: Hash of the content: equal definitions have equal fingerprints.
     fingerprint = me.StringField(required=True)
     created_at = me.DateTimeField(required=True)

@@ -49,6 +49,9 @@ class Value:
     #: Objects: their fields (no others are allowed) and the ones that must be present.
     properties: Mapping[str, Value] = field(default_factory=dict)
     required: tuple[str, ...] = ()
+    #: Objects whose fields are free (a document of its own, such as a JSON Schema): ``properties``
+    #: unused, any field allowed.
+    open: bool = False
 
     def __post_init__(self) -> None:
         if self.type not in TYPES:
@@ -66,6 +69,8 @@ class Value:
     def _check_object(self, data: Any, where: str) -> None:
         if not isinstance(data, Mapping):
             raise DefinitionError(where, "must be an object")
+        if self.open:
+            return
         unknown = sorted(set(data) - set(self.properties), key=str)
         if unknown:
             raise DefinitionError(_child(where, str(unknown[0])),
@@ -152,7 +157,9 @@ class Value:
             schema["items"] = self.items.openapi()
         if self.unique:
             schema["uniqueItems"] = True
-        if self.type == "object":
+        if self.type == "object" and self.open:
+            schema["additionalProperties"] = True
+        elif self.type == "object":
             schema["properties"] = {name: value.openapi() for name, value in self.properties.items()}
             schema["additionalProperties"] = False
             if self.required:

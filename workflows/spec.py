@@ -16,7 +16,7 @@ from typing import Any
 import bson
 import bson.errors
 
-from workflows import jsontext, masking
+from workflows import inputs, jsontext, masking
 from workflows.errors import DefinitionError
 from workflows.schema import Value
 
@@ -159,6 +159,8 @@ class WorkflowSpec:
     on_deadline: str = "fail"
     #: Days a finished execution is kept (``None``: the ``DETFLOW_RETENTION_DAYS`` setting).
     retention_days: int | None = None
+    #: The JSON Schema a start's input must match (``workflows.inputs``; ``None``: any input).
+    input_schema: dict[str, Any] | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the plain-data form that :func:`parse_workflow` reads back.
@@ -174,7 +176,8 @@ class WorkflowSpec:
             del data["secret_inputs"]
         if self.on_failure == "stop":
             del data["on_failure"]
-        for name, default in (("deadline_s", None), ("on_deadline", "fail"), ("retention_days", None)):
+        for name, default in (("deadline_s", None), ("on_deadline", "fail"), ("retention_days", None),
+                              ("input_schema", None)):
             if data[name] == default:
                 del data[name]
         data["steps"] = [_step_dict(step) for step in data["steps"]]
@@ -194,6 +197,7 @@ RULES = ("Step names are unique within a definition; each step has exactly one o
          "'wait' (a sleep has exactly one of 'seconds' and 'until'; only a handler step takes retry, "
          "timeout_s, non_retryable, max_concurrency and compensate); "
          "each handler is a registered one (GET handlers/); "
+         "input_schema is valid JSON Schema whose references ('$ref') all point inside it; "
          f"the definition is at most {MAX_DEFINITION_BYTES} bytes of JSON (every execution carries a copy).")
 _NAME = Value("string", min_length=1, max_length=100, pattern=NAME_RE,
               pattern_text="1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -301,6 +305,11 @@ DEFINITION = Value(
         "retention_days": Value("integer", nullable=True, minimum=1, maximum=MAX_RETENTION_DAYS,
                                 help="Days a finished execution is kept before it is removed (unset: "
                                      "the DETFLOW_RETENTION_DAYS setting)."),
+        "input_schema": Value(
+            "object", nullable=True, open=True,
+            help="A JSON Schema (draft 2020-12 unless its $schema names another) that a start's input "
+                 "must match, or a 400 names the path that does not; only references inside it "
+                 "('#/...') are allowed. Unset: any input."),
         "secret_inputs": Value(
             "array", default=[], max_items=masking.MAX_PATHS, unique=True, noun="input paths",
             items=Value("string", min_length=1, max_length=MAX_SECRET_PATH, pattern=masking.PATH_RE,
@@ -337,6 +346,8 @@ def parse_workflow(
     if isinstance(data, Mapping):
         _size(data)
     DEFINITION.check(data, "definition")
+    if data.get("input_schema") is not None:
+        inputs.check_schema(data["input_schema"])
     steps: list[StepSpec] = []
     seen: set[str] = set()
     for index, raw in enumerate(data["steps"]):
@@ -353,7 +364,7 @@ def parse_workflow(
                         secret_inputs=tuple(data.get("secret_inputs", ())),
                         on_failure=data.get("on_failure", "stop"), deadline_s=data.get("deadline_s"),
                         on_deadline=data.get("on_deadline", "fail"),
-                        retention_days=data.get("retention_days"))
+                        retention_days=data.get("retention_days"), input_schema=data.get("input_schema"))
 
 
 def _size(data: Mapping[str, Any]) -> None:

@@ -9,7 +9,7 @@ from rest_framework import serializers
 
 from detflow_site.api.fields import JSONText
 from executions.engine import ExecutionStatus, StepStatus
-from workflows import masking
+from workflows import inputs, masking
 from workflows.spec import ON_FAILURE, ON_TIMEOUT, SLEEP_HANDLER, WAIT_HANDLER
 
 #: What a step is: one running a handler, a sleep, or a wait for a signal.
@@ -88,8 +88,20 @@ class WorkflowVersion(serializers.Serializer):
     secret_inputs = serializers.ListField(
         child=serializers.CharField(), required=False, default=list,
         help_text="Input fields (dotted paths) shown as [secret] everywhere but to handlers.")
+    deadline_s = serializers.FloatField(allow_null=True, required=False,
+                                        help_text="Longest time an execution may take; null: none.")
+    on_deadline = serializers.CharField(required=False, default="fail",
+                                        help_text="Past the deadline: fail or compensate.")
+    retention_days = serializers.IntegerField(
+        allow_null=True, required=False,
+        help_text="Days a finished execution is kept; null: the DETFLOW_RETENTION_DAYS setting.")
+    input_schema = serializers.SerializerMethodField(
+        help_text="The JSON Schema a start's input must match; null: any input.")
     fingerprint = serializers.CharField()
     created_at = serializers.DateTimeField()
+
+    def get_input_schema(self, stored: Any) -> Any:
+        return inputs.loads(getattr(stored, "input_schema_json", None))
 
 
 class VersionSummary(serializers.Serializer):

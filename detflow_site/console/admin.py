@@ -455,6 +455,7 @@ class WorkflowAdmin(RoleAdmin):
                      for s in d.steps]
             query = urlencode({"workflow": name, "version": d.version})
             versions.append({"stored": d, "steps": steps, "stats": stats.get(d.version),
+                             "input_schema": _pretty(d.input_schema_json) if d.input_schema_json else None,
                              "worst_case_s": sum(s["worst_case_s"] for s in steps),
                              "executions_url": executions.url("list", query=query)})
         paused = controls.paused(name)

@@ -204,6 +204,17 @@ def test_workflow_page__shows_policies_worst_case_and_version_statistics(
     assert page(console_as("viewer"), "/admin/workflows/workflow/nothing/", 404)
 
 
+def test_workflow_page__shows_the_input_schema(console_as: Callable[..., Client], define: Any) -> None:
+    define("typed", [{"handler": "test.echo"}], input_schema={"type": "object", "required": ["amount"]})
+    define("untyped", [{"handler": "test.echo"}])
+
+    typed = page(console_as("viewer"), "/admin/workflows/workflow/typed/")
+    untyped = page(console_as("viewer"), "/admin/workflows/workflow/untyped/")
+
+    assert 'id="input-schema-1"' in typed and "&quot;required&quot;: [\n    &quot;amount&quot;" in typed
+    assert "Any input (no input schema)" in untyped and 'id="input-schema-1"' not in untyped
+
+
 def test_insights_page__lists_postmortems_with_source_and_execution(console_as: Callable[..., Client],
                                                                    define: Any) -> None:
     from insights import service
