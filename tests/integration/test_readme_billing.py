@@ -95,3 +95,16 @@ def test_billing__a_crash_after_the_charge_charges_once(kit: TestKit) -> None:
     assert [a["outcome"] for a in run.attempts("charge")] == ["lost", "succeeded"]
     assert run.events.count("attempt_lost") == 1 and run.output("charge") == {"receipt": "rcpt-5-1"}
     assert NOTIFIED == [5]
+
+
+def test_readme__the_testing_example_runs_as_written() -> None:
+    payments.reset()
+    INVALID.clear()
+    NOTIFIED.clear()
+    register_billing()
+    example: dict[str, Any] = {}
+    exec(compile(readme_block("Testing your handlers"), "README.md", "exec"), example)
+
+    example["test_charge_is_charged_once_even_if_the_worker_dies"]()
+
+    assert payments.calls == 2 and len(payments.charges) == 1  # it crashed, and charged once
