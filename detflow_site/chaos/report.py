@@ -50,9 +50,9 @@ def pause_line(counts: dict[str, int]) -> str:
             f"({counts['refused']} refused: ended already), {counts['resumed']} resumed "
             f"({counts['ended_while_paused']} ended while paused); workflow pauses: "
             f"{counts['workflow_pauses_planned']} planned, {counts['workflows_paused']} workflows paused "
-            f"and {counts['workflows_resumed']} resumed, {counts['workflow_holds']} executions held, "
-            f"{counts['holds_lifted']} holds lifted by the resumes (the rest by the sweeper or at "
-            f"once); {counts['attempts_ended_while_held']} attempts ended while held")
+            f"and {counts['workflows_resumed']} resumed, {counts['workflow_holds']} holds set on "
+            f"executions, {counts['holds_lifted']} lifted by the resumes (the rest by a worker or the "
+            f"sweeper); {counts['attempts_ended_while_held']} attempts ended while held")
 
 
 @dataclass

@@ -69,6 +69,13 @@ def test_chaos__ci_sized_run_keeps_every_invariant_with_the_default_settings(
     assert waits["timeouts"] >= 1 and waits["lost_wakeups"] >= 1 and waits["signals_taken"] >= 1
     for kind in KINDS:
         assert summary["faults"][kind]["injected"] >= 1, f"{kind} was never injected"
+    # Operators pause a twentieth of the executions and every chaos workflow, through the real
+    # operations, and resume them: nothing started while held, every hold lifted.
+    pauses = summary["pauses"]
+    print(f"chaos CI-sized pauses: {pauses}")
+    assert pauses["paused"] >= 5 and pauses["workflow_holds"] >= 10, pauses
+    assert pauses["resumed"] + pauses["ended_while_paused"] == pauses["paused"], pauses
+    assert pauses["workflows_paused"] == pauses["workflows_resumed"] == 3, pauses
     bound_ms = (default_timing.LEASE_S + default_timing.SWEEP_INTERVAL_S + 2) * 1000
     latency = summary["recovery_latency_ms"]
     assert latency["count"] >= 1
