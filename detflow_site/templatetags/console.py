@@ -33,6 +33,23 @@ def utc(value: Any) -> str:
 
 
 @register.filter
+def utc_seconds(value: Any) -> str:
+    """Show a stored (naive UTC) time as ISO 8601 with ``Z``, to the second (a list's compact column)."""
+    if not isinstance(value, dt.datetime):
+        return "" if value is None else str(value)
+    return naive_utc(value).isoformat(sep=" ", timespec="seconds") + "Z"
+
+
+@register.filter
+def utc_short(value: Any) -> str:
+    """Show a stored (naive UTC) time as ``MM-DD HH:MM:SS`` (a narrow list's column; its title holds
+    the whole time)."""
+    if not isinstance(value, dt.datetime):
+        return "" if value is None else str(value)
+    return naive_utc(value).strftime("%m-%d %H:%M:%S")
+
+
+@register.filter
 def ms(value: Any) -> str:
     """Show milliseconds as a duration: ``850 ms``, ``12.3 s``, ``4 min 05 s``, ``2 h 03 min``."""
     if value is None or value == "":

@@ -1,0 +1,78 @@
+"""The executions list at the widths operators use: the table beside the filter panel, never under it."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import screenshot
+
+pytestmark = pytest.mark.e2e
+
+#: The columns of the list, in order, after the row checkbox.
+COLUMNS = ["execution", "status", "workflow", "started (utc)", "duration", "failed step", "idempotency key"]
+LONG_KEY = "order-2026-12-02-customer-4f1c9a7e-" + "x" * 80
+
+
+def some_executions(define: Any) -> None:
+    """Store a FAILED execution with a long idempotency key and a long failed step's name, and a
+    SUCCEEDED one (run here, no worker)."""
+    from executions import operations, runner
+
+    define("layout-workflow-with-a-long-name", [
+        {"name": "charge-the-customers-card-after-checking", "handler": "test.permanent"},
+        {"handler": "test.echo"},
+    ])
+    define("layout-ok", [{"handler": "test.echo"}])
+    for workflow, key in (("layout-workflow-with-a-long-name", LONG_KEY), ("layout-ok", None)):
+        doc, _ = operations.start(workflow, {"n": 1}, idempotency_key=key)
+        runner.advance(doc["_id"], worker="test")
+
+
+def box(page: Any, selector: str) -> dict[str, float]:
+    found = page.locator(selector).first.bounding_box()
+    assert found is not None, f"{selector} is not displayed"
+    return dict(found)
+
+
+@pytest.mark.parametrize("width", [1280, 1400, 1920])
+def test_executions_list__at_width_sits_beside_the_filter_panel_with_every_column_on_one_line(
+    signed_in: Callable[[str], Any], define: Any, width: int,
+) -> None:
+    some_executions(define)
+    page = signed_in("operator")
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto("/admin/executions/execution/")
+    assert page.locator("#bulk-bar").is_visible() and page.locator("input.bulk-select").count() == 2
+    screenshot(page, f"executions-list-{width}")
+
+    panel = box(page, "#changelist-filter")
+    for region in ("#result_list", "#bulk-bar", "#toolbar", ".paginator"):
+        found = box(page, region)
+        assert found["x"] + found["width"] <= panel["x"], f"{region} runs under the panel: {found} {panel}"
+    assert panel["x"] + panel["width"] <= width, "the filter panel leaves the window"
+
+    headers = page.locator("#result_list thead th")
+    names = [headers.nth(i).inner_text().strip().lower() for i in range(headers.count())]
+    assert [n.rstrip(" ↓↑") for n in names[1:]] == COLUMNS
+    results = box(page, "#changelist .results")
+    for i in range(headers.count()):
+        cell = headers.nth(i).bounding_box()
+        assert cell is not None and cell["width"] >= (16 if i == 0 else 60), f"column {names[i]!r} is hidden"
+        right = results["x"] + results["width"] + 0.5
+        assert results["x"] <= cell["x"] and cell["x"] + cell["width"] <= right, \
+            f"column {names[i]!r} is outside the visible table"
+
+    rows = page.locator("tr.execution-row")
+    line = page.evaluate("parseFloat(getComputedStyle(document.querySelector('#result_list td')).lineHeight)"
+                         " || 18")
+    for i in range(rows.count()):
+        height = rows.nth(i).bounding_box()["height"]
+        assert height < 2 * line + 12, f"row {i} wraps: {height}px high, lines of {line}px"
+
+    key = page.locator(f"tr.execution-row td.idempotency-key[title='{LONG_KEY}']")
+    assert key.count() == 1
+    assert key.evaluate("e => e.scrollWidth > e.clientWidth"), "the long key is cut with an ellipsis"
+    execution = page.locator("tr.execution-row th.execution-id a").first
+    assert execution.get_attribute("title") == execution.inner_text()
