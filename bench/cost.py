@@ -62,6 +62,14 @@ class Drive:
     messages: Counter[str] = field(default_factory=Counter)
     max_mongo: float = 0.0
     max_redis: float = 0.0
+    #: Per attempt, the most reads and writes one call sent (a call of a message per step: one step).
+    max_reads: float = 0.0
+    max_writes: float = 0.0
+    #: Reads that followed a write of the same call, over every call.
+    reads_after_write: int = 0
+    redis_kinds: Counter[str] = field(default_factory=Counter)
+    #: Per attempt, the most ``lock set`` + ``lock release`` commands one call sent.
+    max_lock_release: float = 0.0
     calls: int = 0
     start_mongo: Counter[str] = field(default_factory=Counter)
     start_bytes: int = 0
@@ -137,9 +145,17 @@ def timed_steps(execution_id: str, config: Config,
             result.mongo_bytes += mongo.bytes
             result.redis += redis.commands
             result.messages += sent.commands
+            result.redis_kinds += redis.kinds
+            result.reads_after_write += meters.reads_after_write(mongo.sequence)
             if ran:
+                split = meters.mongo_split(mongo.commands)
                 result.max_mongo = max(result.max_mongo, mongo.total / ran)
                 result.max_redis = max(result.max_redis, redis.total / ran)
+                result.max_reads = max(result.max_reads, split["reads"] / ran)
+                result.max_writes = max(result.max_writes, split["writes"] / ran)
+                result.max_lock_release = max(
+                    result.max_lock_release,
+                    (redis.kinds["lock set"] + redis.kinds["lock release"]) / ran)
             if finished:
                 break
     if not finished:
@@ -214,7 +230,9 @@ def summarize(ds: list[Drive]) -> dict[str, Any]:
         return stats.rounded(stats.median([d.per_attempt(get(d)) * 1000 for d in ds]), 3)
 
     mongo = sum((d.mongo for d in ds), Counter())
+    split = meters.mongo_split(mongo)
     redis = sum((d.redis for d in ds), Counter())
+    kinds = sum((d.redis_kinds for d in ds), Counter())
     messages = sum((d.messages for d in ds), Counter())
     executions = sum(len(d.doc_bytes_after) for d in ds)
     before = sum(sum(d.doc_bytes_before) for d in ds) / executions
@@ -235,10 +253,17 @@ def summarize(ds: list[Drive]) -> dict[str, Any]:
         "mongodb_commands_per_attempt": round(mongo.total() / attempts, 3),
         "mongodb_commands_max_per_attempt": round(max(d.max_mongo for d in ds), 2),
         "mongodb_commands": per(mongo),
+        "mongodb_reads_per_attempt": round(split["reads"] / attempts, 3),
+        "mongodb_writes_per_attempt": round(split["writes"] / attempts, 3),
+        "mongodb_reads_max_per_attempt": round(max(d.max_reads for d in ds), 2),
+        "mongodb_writes_max_per_attempt": round(max(d.max_writes for d in ds), 2),
+        "mongodb_reads_after_write": sum(d.reads_after_write for d in ds),
         "mongodb_bytes_written_per_attempt": round(sum(d.mongo_bytes for d in ds) / attempts),
         "redis_commands_per_attempt": round(redis.total() / attempts, 3),
         "redis_commands_max_per_attempt": round(max(d.max_redis for d in ds), 2),
         "redis_commands": per(redis),
+        "redis_kinds": per(kinds),
+        "redis_lock_release_max_per_attempt": round(max(d.max_lock_release for d in ds), 2),
         "messages_per_attempt": round(messages.total() / attempts, 3),
         "messages": per(messages),
         "start": {"mongodb_commands": {k: round(v / executions, 2) for k, v in

@@ -38,31 +38,99 @@ BENCH_REDIS_COMMANDS = frozenset({"info", "config|resetstat", "config", "flushdb
 
 @dataclass
 class Tally:
-    """Counts, bytes and seconds, added from any thread."""
+    """Counts, bytes and seconds, added from any thread; and the names in the order they came (for
+    a read after a write, meaningful when one thread sends them) and a kind per name when given."""
 
     commands: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     seconds: float = 0.0
+    sequence: list[str] = field(default_factory=list)
+    kinds: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._guard = threading.Lock()
 
-    def add(self, name: str, size: int = 0, seconds: float = 0.0) -> None:
+    def add(self, name: str, size: int = 0, seconds: float = 0.0, kind: str | None = None) -> None:
         with self._guard:
             self.commands[name] += 1
             self.bytes += size
             self.seconds += seconds
+            self.sequence.append(name)
+            if kind is not None:
+                self.kinds[kind] += 1
 
     def take(self) -> Tally:
         """Return what was counted since the last call, and start over."""
         with self._guard:
-            taken = Tally(self.commands, self.bytes, self.seconds)
+            taken = Tally(self.commands, self.bytes, self.seconds, self.sequence, self.kinds)
             self.commands, self.bytes, self.seconds = Counter(), 0, 0.0
+            self.sequence, self.kinds = [], Counter()
         return taken
 
     @property
     def total(self) -> int:
         return self.commands.total()
+
+
+#: MongoDB commands that read (mongomock's method names and the wire's command names).
+READS = frozenset({"find", "find_one", "count_documents", "estimated_document_count", "distinct",
+                   "aggregate", "count"})
+#: MongoDB commands that write (``find_one_and_*`` / ``findAndModify`` read too, in the same trip).
+WRITES = frozenset({"insert_one", "insert_many", "update_one", "update_many", "replace_one",
+                    "delete_one", "delete_many", "find_one_and_update", "find_one_and_replace",
+                    "find_one_and_delete", "bulk_write", "insert", "update", "delete",
+                    "findAndModify"})
+#: The engine's Redis keys, by the kind of command that touches them (``executions/locks.py``,
+#: ``executions/slots.py``).
+LOCK_PREFIX, POKE_PREFIX, SLOT_PREFIX = "detflow:lock:", "detflow:poke:", "detflow:slots:"
+
+
+def mongo_split(commands: Counter[str]) -> dict[str, int]:
+    """Return the reads, the writes and the other commands among ``commands``."""
+    reads = sum(n for name, n in commands.items() if name in READS)
+    writes = sum(n for name, n in commands.items() if name in WRITES)
+    return {"reads": reads, "writes": writes, "other": commands.total() - reads - writes}
+
+
+def reads_after_write(sequence: list[str]) -> int:
+    """Return how many reads in ``sequence`` (one thread's commands, in order) follow a write."""
+    written, found = False, 0
+    for name in sequence:
+        if name in WRITES:
+            written = True
+        elif name in READS and written:
+            found += 1
+    return found
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def redis_kind(args: tuple[Any, ...]) -> str:
+    """Name what one engine Redis command is for: ``lock set``, ``lock release``, ``lock renew``,
+    ``lock ttl``, ``poke``, ``slot``, or ``other <COMMAND>``. Read from the keys it touches (a
+    script's keys follow its text or digest and their count)."""
+    command = _text(args[0]).upper() if args else "?"
+    if command in ("EVAL", "EVALSHA", "FCALL") and len(args) > 2:
+        try:
+            keys = [_text(k) for k in args[3:3 + int(args[2])]]
+        except (TypeError, ValueError):
+            keys = []
+    else:
+        keys = [_text(args[1])] if len(args) > 1 else []
+    if any(k.startswith(SLOT_PREFIX) for k in keys):
+        return "slot"
+    if keys and keys[0].startswith(LOCK_PREFIX):
+        if command in ("EVAL", "EVALSHA", "FCALL"):
+            return "lock release" if any(k.startswith(POKE_PREFIX) for k in keys) else "lock renew"
+        if command == "DEL":
+            return "lock release"
+        return {"SET": "lock set", "PTTL": "lock ttl", "PEXPIRE": "lock renew"}.get(
+            command, f"lock {command}")
+    if keys and keys[0].startswith(POKE_PREFIX):
+        return "poke"
+    return f"other {command}"
 
 
 def write_size(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -199,7 +267,7 @@ class RedisMeter:
             try:
                 return real(*args, **options)
             finally:
-                tally.add(str(args[0]).upper(), 0, time.perf_counter() - started)
+                tally.add(str(args[0]).upper(), 0, time.perf_counter() - started, redis_kind(args))
 
         client.execute_command = counting  # type: ignore[method-assign]
         try:
@@ -252,3 +320,9 @@ def all_meters() -> Iterator[tuple[StoreMeter, RedisMeter, MessageMeter]]:
     with StoreMeter().installed() as store_meter, RedisMeter().installed() as redis_meter, \
             MessageMeter().installed() as message_meter:
         yield store_meter, redis_meter, message_meter
+
+
+def redis_cpu_seconds(client: Any) -> float:
+    """Return the CPU time the Redis server has used since it started (``INFO cpu``, user + sys)."""
+    cpu = client.info("cpu")
+    return float(cpu.get("used_cpu_user", 0.0)) + float(cpu.get("used_cpu_sys", 0.0))

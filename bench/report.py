@@ -29,18 +29,35 @@ class Goal:
 GOALS = (
     Goal("dramatiq_ratio", "detflow / raw Dramatiq steps per second", ">= 0.7", lambda v: v >= 0.7),
     Goal("celery_ratio", "detflow / Celery chain steps per second", ">= 1.5", lambda v: v >= 1.5),
+    Goal("cpu_msg_ratio", "CPU per step (the process's own CPU time over the run): detflow with a "
+         "message per step / raw Dramatiq chain", "<= 2.0", lambda v: v <= 2.0),
+    Goal("cpu_default_ratio", "CPU per step: detflow by default (steps back to back) / raw "
+         "Dramatiq chain", "<= 1.2", lambda v: v <= 1.2),
     Goal("signal_to_claim", "signal -> next step claimed at low load, p50 (operations.signal to the "
          "step_claimed event)", "<= 50 ms", lambda v: v <= 50, " ms"),
     Goal("bulk_retry_rate", "bulk retry of 10,000 FAILED executions: executions retried (and their "
          "messages sent) per second", ">= 500", lambda v: v >= 500, "/s"),
     Goal("mongo_per_attempt", "MongoDB commands per step attempt (happy path)", "<= 3", lambda v: v <= 3),
     Goal("redis_per_attempt", "Redis commands per step attempt, broker excluded", "<= 6", lambda v: v <= 6),
+    Goal("mongo_reads_per_message_step", "MongoDB reads per message-step (a message per step; "
+         "the most of any step)", "<= 1", lambda v: v <= 1),
+    Goal("mongo_writes_per_message_step", "MongoDB writes per message-step (the most of any step)",
+         "<= 2", lambda v: v <= 2),
+    Goal("mongo_read_after_write", "MongoDB reads after a write of the same message (every "
+         "message of the cost section)", "0", lambda v: v == 0),
+    Goal("redis_per_message_step", "engine Redis commands per message-step, uncontended (lock set "
+         "+ release; a poke or a slot only when contended)", "<= 2", lambda v: v <= 2),
     Goal("steps_100_vs_10", "per-step cost, 100-step vs 10-step workflow", "<= 1.5", lambda v: v <= 1.5),
     Goal("slow_store", "steps/s at 16 threads, 1 ms per store command, of the lower of threads / "
          "(commands per step x 1 ms) and the steps/s without the latency in the same run", ">= 0.8",
          lambda v: v >= 0.8),
     Goal("wire_dramatiq_ratio", "over the wire (store behind runstore): detflow / raw Dramatiq "
          "steps per second", ">= 0.5", lambda v: v >= 0.5),
+    Goal("wire_cpu_msg_ratio", "over the wire: CPU per step of the workers' process, detflow with "
+         "a message per step / raw Dramatiq (the store server's beside)", "<= 2.0",
+         lambda v: v <= 2.0),
+    Goal("wire_cpu_default_ratio", "over the wire: CPU per step of the workers' process, detflow "
+         "by default / raw Dramatiq", "<= 1.2", lambda v: v <= 1.2),
     Goal("long_history", "per-step cost, 10,000 events of history vs none", "<= 1.2", lambda v: v <= 1.2),
     Goal("rss_growth", "worker RSS from 1,000 to 10,000 executions, store excluded",
          "flat (< 10% growth)", lambda v: v < 0.10, "%"),
@@ -96,12 +113,24 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     if tp:
         main = tp["by_threads"][str(tp["main_threads"])]
         for key, other in (("dramatiq_ratio", "dramatiq"), ("celery_ratio", "celery")):
+            if other not in main:
+                continue
             note = (f"{main['detflow']['steps_per_s']:,.0f} vs "
                     f"{main[other]['steps_per_s']:,.0f} steps/s")
             per_message = main["ratios"].get(f"detflow-msg/{other}")
             if per_message is not None:
                 note += f"; a message per step: {per_message:.2f}"
             measured[key] = (main["ratios"].get(f"detflow/{other}"), note)
+        cpu = main.get("cpu_ratios", {})
+        for key, ours in (("cpu_msg_ratio", "detflow-msg"), ("cpu_default_ratio", "detflow")):
+            if ours in main and "dramatiq" in main:
+                note = (f"{tp['main_threads']} threads: {main[ours]['cpu_ms_per_step']:.3f} vs "
+                        f"{main['dramatiq']['cpu_ms_per_step']:.3f} ms/step "
+                        f"({main[ours]['steps_per_s']:,.0f} vs "
+                        f"{main['dramatiq']['steps_per_s']:,.0f} steps/s)")
+                if f"{ours}/celery" in cpu:
+                    note += f"; vs Celery {cpu[f'{ours}/celery']:.2f}"
+                measured[key] = (cpu.get(f"{ours}/dramatiq"), note)
     sig = results.get("signal")
     if sig:
         measured["signal_to_claim"] = (sig["p50_ms"], f"p95 {sig['p95_ms']} ms, max {sig['max_ms']} ms "
@@ -124,6 +153,19 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             worst["redis_commands_max_per_attempt"],
             f"max per attempt, a message per step; back to back (default) mean "
             f"{happy['redis_commands_per_attempt']:g}")
+        msg = cost["configs"].get("10 steps, a message each")
+        if msg and "mongodb_reads_max_per_attempt" in msg:
+            measured["mongo_reads_per_message_step"] = (
+                msg["mongodb_reads_max_per_attempt"], f"mean {msg['mongodb_reads_per_attempt']:g}; "
+                f"by command: {_counts(msg['mongodb_commands'])}")
+            measured["mongo_writes_per_message_step"] = (
+                msg["mongodb_writes_max_per_attempt"], f"mean {msg['mongodb_writes_per_attempt']:g}")
+            after = sum(c.get("mongodb_reads_after_write", 0) for c in cost["configs"].values())
+            measured["mongo_read_after_write"] = (
+                after, f"a message per step: {msg['mongodb_reads_after_write']}, over "
+                       f"{msg['attempts_measured']} step attempts; every configuration: {after}")
+            measured["redis_per_message_step"] = (
+                msg["redis_commands_max_per_attempt"], f"mean by kind: {_counts(msg['redis_kinds'])}")
         growth = cost["growth"]["100 steps / 10 steps"]
         measured["steps_100_vs_10"] = (
             growth["wall"], f"time per attempt; store excluded x{growth['outside_store']:.2f}")
@@ -154,11 +196,19 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         if "detflow-msg" in c:
             note += (f"; a message per step: {part['ratios']['detflow-msg/dramatiq']:.2f} "
                      f"({c['detflow-msg']['mongodb_round_trips_per_step']:.2f} round trips/step)")
-        procs = wire.get("processes")
+        procs = wire.get("processes") or results.get("scaling")
         if procs:
             note += "; runworker processes x " + str(procs["threads"]) + " threads: " + ", ".join(
                 f"{n}: {e['ratios']['detflow/dramatiq']:.2f}" for n, e in procs["by_processes"].items())
         measured["wire_dramatiq_ratio"] = (part["ratios"]["detflow/dramatiq"], note)
+        cpu, with_server = part.get("cpu_ratios", {}), part.get("cpu_ratios_with_server", {})
+        for key, ours in (("wire_cpu_msg_ratio", "detflow-msg"), ("wire_cpu_default_ratio", "detflow")):
+            if ours in c and f"{ours}/dramatiq" in cpu:
+                measured[key] = (cpu[f"{ours}/dramatiq"], (
+                    f"{part['threads']} threads: {c[ours]['cpu_ms_per_step']:.3f} vs "
+                    f"{c['dramatiq']['cpu_ms_per_step']:.3f} ms/step; with the store server's "
+                    f"{c[ours]['server_cpu_ms_per_step']:.3f} ms/step: "
+                    f"{with_server[f'{ours}/dramatiq']:.2f}"))
     hist = results.get("history")
     if hist:
         growth = hist["growth"]["long / fresh"]
@@ -187,6 +237,51 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"goal": goal.text, "bound": goal.bound, "measured": value, "note": note,
                      "holds": holds, "unit": goal.unit})
     return rows
+
+
+def _counts(counts: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in counts.items()) or "none"
+
+
+def scaling_limit(procs: dict[str, Any]) -> str:
+    """Say, from the process-scaling numbers, what limits detflow's steps/s on this machine: the
+    test store server (a Python process: about one core at most; its commands one at a time, so a
+    queue before it when its CPU is not the limit), the machine's cores, or detflow."""
+    by = procs["by_processes"]
+    counts = sorted(int(n) for n in by)
+    low, high = by[str(counts[0])], by[str(counts[-1])]
+    ours = high["detflow"]
+    loaded, idle = ours.get("store_probe_ms"), high["dramatiq"].get("store_probe_ms")
+    queued = bool(loaded and idle and loaded >= 3 * idle)
+    cores = procs.get("cores") or os.cpu_count() or 1
+
+    def gain(name: str) -> float:
+        first = low[name]["steps_per_s"] or 0
+        return high[name]["steps_per_s"] / first if first else math.nan
+
+    server, total = ours["server_cpu_share"] or 0, ours.get("total_cpu_share") or 0
+    grew = (f"detflow's steps/s goes x{gain('detflow'):.2f} from {counts[0]} to {counts[-1]} "
+            f"process(es) (raw Dramatiq's, which stores nothing, x{gain('dramatiq'):.2f})")
+    busy = (f"at {counts[-1]} process(es) the test store server is busy {server:.2f} of a core and "
+            f"every party together (workers {ours['workers_cpu_share']:.2f}, store server, Redis "
+            f"{ours.get('redis_cpu_share') or 0:.2f}, launcher {ours.get('launcher_cpu_share') or 0:.2f})"
+            f" {total:.2f} of this machine's {cores} cores")
+    if loaded and idle:
+        busy += (f", and a store command from the launcher takes {loaded:.2f} ms against {idle:.2f} "
+                 "ms on the idle server")
+    if server >= 0.8 and total >= 0.85 * cores:
+        limit = (f"Both the test store server (one Python process: one core at most) and this "
+                 f"machine's {cores} cores are at their limit")
+    elif server >= 0.8:
+        limit = "The test store server is the limit (one Python process: one core at most)"
+    elif total >= 0.85 * cores:
+        limit = f"This machine's {cores} cores are the limit"
+    elif queued:
+        limit = ("The test store server is the limit, though not its CPU: it runs one command at a "
+                 "time (one lock in one Python process), and the commands queue before it")
+    else:
+        limit = "Neither the test store server nor the cores are saturated: detflow itself is the limit"
+    return f"{limit}: {busy}; {grew}."
 
 
 def shown(row: dict[str, Any]) -> str:
@@ -234,6 +329,29 @@ def details(results: dict[str, Any]) -> str:
         out.append(f"  Redis server commands per step at {tp['main_threads']} threads, every client and "
                    "the commands inside scripts: "
                    + ", ".join(f"{n} {main[n]['redis_commands_per_step']:.1f}" for n in names))
+        cpu_pairs = [r for r in ("detflow/dramatiq", "detflow-msg/dramatiq", "detflow/celery",
+                                 "detflow-msg/celery") if r in main.get("cpu_ratios", {})]
+        if cpu_pairs:
+            out.append("CPU per step, ms (this process's own CPU time over the run / steps run; "
+                       "Redis's not included), beside steps/s; detflow's over the others' (lower is "
+                       "better):")
+            out.append(f"  {'threads':>7}  " + "  ".join(f"{n:>19}" for n in names) + "  "
+                       + "  ".join(f"{r:>20}" for r in cpu_pairs))
+            for count, entry in tp["by_threads"].items():
+                cells = "  ".join(f"{entry[n]['cpu_ms_per_step']:>6.3f} ({entry[n]['steps_per_s']:>6,.0f}/s)"
+                                  for n in names)
+                out.append(f"  {count:>7}  {cells}  "
+                           + "  ".join(f"{entry['cpu_ratios'][r]:>20.2f}" for r in cpu_pairs))
+        counted = tp.get("commands")
+        if counted:
+            out.append(f"commands per step by kind ({counted['threads']} threads, one counted run "
+                       "each; MongoDB: reads + writes; Redis outside the broker, by kind):")
+            for name, c in counted["contenders"].items():
+                out.append(f"  {name:<12} MongoDB {c['mongodb_reads_per_step']:g} reads + "
+                           f"{c['mongodb_writes_per_step']:g} writes ({_counts(c['mongodb'])}); "
+                           f"engine Redis {c['engine_redis_per_step']:g} ({_counts(c['engine_redis'])})"
+                           + (f"; every Redis command, broker's included: "
+                              f"{main[name]['redis_commands_per_step']:.1f}" if name in main else ""))
     lat = results.get("latency")
     if lat:
         out.append(f"latency at low load, ms (one chain at a time, {lat['threads']} threads, "
@@ -268,6 +386,15 @@ def details(results: dict[str, Any]) -> str:
                 f"{c['mongodb_bytes_written_per_attempt']:,} B written, "
                 f"Redis {c['redis_commands_per_attempt']:g}, messages {c['messages_per_attempt']:g}; "
                 f"{c['advance_calls_per_execution']:g} calls; document {c['document_bytes_after']:,} B")
+        msg = cost["configs"].get("10 steps, a message each")
+        if msg and "mongodb_reads_per_attempt" in msg:
+            out.append(f"  per message-step (a message per step): MongoDB "
+                       f"{msg['mongodb_reads_per_attempt']:g} reads + "
+                       f"{msg['mongodb_writes_per_attempt']:g} writes (most of any step "
+                       f"{msg['mongodb_reads_max_per_attempt']:g} + "
+                       f"{msg['mongodb_writes_max_per_attempt']:g}),"
+                       f" {msg['mongodb_reads_after_write']} reads after a write; engine Redis by kind: "
+                       f"{_counts(msg['redis_kinds'])}")
         for label, g in cost["growth"].items():
             out.append(f"  growth {label}: x{g['wall']:.2f} per attempt (outside the store "
                        f"x{g['outside_store']:.2f}, bytes written x{g['bytes_written']:.2f})")
@@ -298,6 +425,16 @@ def details(results: dict[str, Any]) -> str:
                        + (" (" + ", ".join(f"{k} {v:g}" for k, v in c["mongodb_round_trips"].items())
                           + ")" if c["mongodb_round_trips"] else ""))
         out.append("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in part["ratios"].items()))
+        if "cpu_ratios" in part:
+            out.append("  CPU per step of this process, detflow's over the others': " + ", ".join(
+                f"{k} {v:.2f}" for k, v in part["cpu_ratios"].items()) + "; with the store server's "
+                "CPU added to detflow's: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in part["cpu_ratios_with_server"].items()))
+            for name, c in part["contenders"].items():
+                if name.startswith("detflow"):
+                    out.append(f"  {name:<12} per step: MongoDB {c['mongodb_reads_per_step']:g} reads + "
+                               f"{c['mongodb_writes_per_step']:g} writes; engine Redis "
+                               f"{c['engine_redis_per_step']:g} ({_counts(c['engine_redis'])})")
         procs = wire.get("processes")
         if procs:
             out.append(f"over the wire, worker process sets (detflow: manage.py runworker --no-sweeper;"
@@ -312,6 +449,29 @@ def details(results: dict[str, Any]) -> str:
                     f"{e[name]['workers_cpu_ms_per_step']:.2f} + {e[name]['server_cpu_ms_per_step']:.2f}"
                     f" ms/step (workers + server)" for name in ("detflow", "dramatiq"))
                     + f"; detflow/dramatiq {e['ratios']['detflow/dramatiq']:.2f}")
+    scaling = results.get("scaling")
+    if scaling:
+        out.append(f"process scaling ({scaling['store']}; detflow: manage.py runworker --processes N "
+                   f"--threads {scaling['threads']} --no-sweeper; raw Dramatiq: the dramatiq command, "
+                   f"the same N x {scaling['threads']}), {scaling['executions']} chains x "
+                   f"{scaling['steps']} steps, median of {scaling['repetitions']}, on "
+                   f"{scaling['cores']} cores; CPU in cores busy over the run:")
+        out.append(f"  {'processes':>9}  {'detflow steps/s':>15}  {'workers':>7}  {'store server':>12}  "
+                   f"{'Redis':>5}  {'launcher':>8}  {'all':>5}  {'ms CPU/step (workers)':>21}  "
+                   f"{'store probe ms':>14}  {'dramatiq steps/s':>16}  {'workers':>7}  {'all':>5}  "
+                   f"{'ms CPU/step':>11}  {'store probe ms':>14}")
+        for count, e in scaling["by_processes"].items():
+            d, r = e["detflow"], e["dramatiq"]
+            out.append(f"  {count:>9}  {d['steps_per_s']:>15,.0f}  {d['workers_cpu_share']:>7.2f}  "
+                       f"{d['server_cpu_share']:>12.2f}  {d.get('redis_cpu_share') or 0:>5.2f}  "
+                       f"{d.get('launcher_cpu_share') or 0:>8.2f}  {d.get('total_cpu_share') or 0:>5.2f}  "
+                       f"{d['workers_cpu_ms_per_step']:>21.3f}  {d.get('store_probe_ms') or 0:>14.2f}  "
+                       f"{r['steps_per_s']:>16,.0f}  "
+                       f"{r['workers_cpu_share']:>7.2f}  {r.get('total_cpu_share') or 0:>5.2f}  "
+                       f"{r['workers_cpu_ms_per_step']:>11.3f}  {r.get('store_probe_ms') or 0:>14.2f}")
+        out.append("  (CPU in cores busy over the run; the store probe: one _id lookup by the launcher "
+                   "every 20 ms, median; raw Dramatiq's runs leave the server idle)")
+        out.append(f"  {scaling['limit']}")
     hist = results.get("history")
     if hist:
         made = hist["made"]

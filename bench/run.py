@@ -11,7 +11,7 @@ set, the same command runs against those servers (it empties the MongoDB databas
 ``--allow-flush``).
 
     .venv/bin/python -m bench.run [--quick]
-        [--only throughput,latency,signal,bulk,cost,store,wire,memory,files]
+        [--only throughput,latency,signal,bulk,cost,store,wire,scaling,memory,files]
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from typing import Any
 
 from bench.environment import ROOT, external_services, prepare
 
-SECTIONS = ("throughput", "latency", "signal", "bulk", "cost", "store", "wire", "memory", "files")
+SECTIONS = ("throughput", "latency", "signal", "bulk", "cost", "store", "wire", "scaling", "memory",
+            "files")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,13 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="chains per slow-store throughput run (100)")
     parser.add_argument("--history-events", type=int, default=10_000,
                         help="events of history of the long execution of the per-step cost (10,000)")
-    parser.add_argument("--wire-processes", type=int, nargs="*", default=[1, 2, 4],
-                        help="worker process counts of the over-the-wire process sets (1 2 4; none: "
-                             "skip them)")
+    parser.add_argument("--wire-processes", type=int, nargs="+", default=[1, 2, 4],
+                        help="runworker process counts of the process-scaling section (1 2 4)")
     parser.add_argument("--wire-process-threads", type=int, default=4,
-                        help="threads per process of the over-the-wire process sets (4)")
+                        help="threads per process of the process-scaling section (4)")
     parser.add_argument("--wire-process-executions", type=int, default=200,
-                        help="chains per over-the-wire process-set run (200)")
+                        help="chains per process-scaling run (200)")
+    parser.add_argument("--scaling-repetitions", type=int, default=2,
+                        help="repetitions of the process-scaling section (2: it starts a worker "
+                             "set per run)")
     parser.add_argument("--bulk-executions", type=int, default=10_000,
                         help="FAILED executions one bulk retry dispatches (10,000)")
     parser.add_argument("--memory-executions", type=int, default=10_000)
@@ -81,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.repetitions, args.executions, args.latency_chains = 2, 20, 3
         args.signal_samples = 40
         args.slow_executions = 50
-        args.wire_processes, args.wire_process_executions = [1], 20
+        args.wire_processes, args.wire_process_executions = [1, 2], 20
+        args.scaling_repetitions = 1
         args.memory_executions, args.file_sizes = 1000, (1, 20)
         args.bulk_executions = 500
     if args.repetitions < 1 or args.executions < 1 or args.steps < 2:
@@ -133,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "throughput" in args.only:
         results["throughput"] = {**where, "main_threads": args.main_threads, **throughput.scaling(
-            every, args.threads, args.executions, args.steps, args.repetitions, progress)}
+            every, args.threads, args.executions, args.steps, args.repetitions, progress,
+            counted_threads=args.main_threads)}
     if "latency" in args.only:
         results["latency"] = {**where, **latency.measure(
             every, args.main_threads, args.latency_chains, args.steps, args.repetitions, progress)}
@@ -170,8 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     if "wire" in args.only:
         progress("over the wire: a runstore server, the bench's contenders in a child process over it")
         results["wire"] = wire.measure(args.main_threads, args.executions, args.steps,
-                                       args.repetitions, args.wire_processes,
-                                       args.wire_process_threads, args.wire_process_executions)
+                                       args.repetitions, [], args.wire_process_threads,
+                                       args.wire_process_executions)
+    if "scaling" in args.only:
+        progress(f"process scaling: a runstore server, {'/'.join(map(str, args.wire_processes))} "
+                 f"runworker processes x {args.wire_process_threads} threads (and raw Dramatiq's "
+                 "dramatiq command beside)")
+        scaled = wire.measure(args.main_threads, args.executions, args.steps, args.repetitions,
+                              args.wire_processes, args.wire_process_threads,
+                              args.wire_process_executions, in_process_part=False,
+                              process_repetitions=args.scaling_repetitions)
+        results["scaling"] = {"store": scaled["store"], **scaled["processes"],
+                              "limit": report.scaling_limit(scaled["processes"])}
     if "memory" in args.only:
         progress(f"memory: {args.memory_executions:,} executions in a fresh worker process")
         results["memory"] = {**where, **memory.run(args.memory_executions, args.memory_batch, 1,

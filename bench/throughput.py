@@ -94,9 +94,11 @@ def _check(contender: Contender, executions: int) -> None:
 
 def scaling(
     contenders: Sequence[Contender], threads: Sequence[int], executions: int, steps: int,
-    repetitions: int, progress: Callable[[str], None],
+    repetitions: int, progress: Callable[[str], None], counted_threads: int | None = None,
 ) -> dict[str, Any]:
-    """Steps per second of every contender at every thread count, interleaved; with ratios."""
+    """Steps per second of every contender at every thread count, interleaved; with ratios. With
+    ``counted_threads``, one more run of each contender at that count, apart from the timed ones,
+    counts the commands per step by kind (:func:`commands_by_kind`)."""
     runs: list[Run] = []
     for rep in range(repetitions):
         for count in threads:
@@ -107,7 +109,61 @@ def scaling(
                 line.append(f"{contender.name} {result.steps_per_s:,.0f}")
             progress(f"throughput rep {rep + 1}/{repetitions}, {count} thread(s): "
                      + ", ".join(line) + " steps/s")
-    return summarize(runs, [c.name for c in contenders], threads, executions, steps, repetitions)
+    out = summarize(runs, [c.name for c in contenders], threads, executions, steps, repetitions)
+    if counted_threads is not None:
+        out["commands"] = commands_by_kind(contenders, counted_threads, executions, steps)
+        out["commands"]["threads"] = counted_threads
+    return out
+
+
+def commands_by_kind(contenders: Sequence[Contender], threads: int, executions: int, steps: int
+                     ) -> dict[str, Any]:
+    """Per step, each contender's MongoDB commands (reads, writes, by name) and its Redis commands
+    outside the broker (the engine's own client, by kind: lock set, lock release, poke, slot...),
+    counted in one run apart from the timed ones (the meters cost CPU, which the timed runs must
+    not pay). Raw Dramatiq and Celery store nothing and have no client beside their broker's:
+    their counts are zero by construction, and their every Redis command is the broker's (the
+    throughput's ``redis_commands_per_step``, server-side)."""
+    total = executions * steps
+    found: dict[str, Any] = {}
+    with meters.StoreMeter().installed() as store_meter, meters.RedisMeter().installed() as redis_meter:
+        for contender in contenders:
+            tallies: list[tuple[meters.Tally, meters.Tally]] = []
+
+            def window(opening: bool, tallies: list[tuple[meters.Tally, meters.Tally]] = tallies
+                       ) -> None:
+                tallies.append((store_meter.tally.take(), redis_meter.tally.take()))
+
+            timed(contender, threads, executions, steps, window)
+            mongo, redis = tallies[-1]
+            found[contender.name] = per_step(mongo, redis, total)
+    reset()
+    return {"contenders": found, "executions": executions, "steps": steps,
+            "method": "one more run per contender with the meters installed (bench/meters.py), "
+                      "the counts of its timed window per step"}
+
+
+def per_step(mongo: meters.Tally, redis: meters.Tally, steps: int) -> dict[str, Any]:
+    """MongoDB reads, writes and commands by name, and engine Redis commands by kind, per step."""
+    split = meters.mongo_split(mongo.commands)
+    return {
+        "mongodb_per_step": round(mongo.total / steps, 3),
+        "mongodb_reads_per_step": round(split["reads"] / steps, 3),
+        "mongodb_writes_per_step": round(split["writes"] / steps, 3),
+        "mongodb": {k: round(v / steps, 3) for k, v in mongo.commands.most_common()},
+        "engine_redis_per_step": round(redis.total / steps, 3),
+        "engine_redis": {k: round(v / steps, 3) for k, v in redis.kinds.most_common()},
+    }
+
+
+def cpu_ratios(per_step: dict[str, list[float]]) -> dict[str, float | None]:
+    """detflow's CPU per step over each other contender's: the median of the per-repetition
+    ratios (lower is better), the runs of one repetition paired."""
+    out = {}
+    for ours in (n for n in per_step if n.startswith("detflow")):
+        for other in (n for n in per_step if not n.startswith("detflow")):
+            out[f"{ours}/{other}"] = stats.rounded(stats.paired_ratio(per_step[ours], per_step[other]))
+    return out
 
 
 def summarize(
@@ -137,10 +193,14 @@ def summarize(
                 ratios[f"{ours}/{other}"] = stats.rounded(stats.paired_ratio(
                     [r.steps_per_s for r in mine[ours]], [r.steps_per_s for r in mine[other]]))
         entry["ratios"] = ratios
+        entry["cpu_ratios"] = cpu_ratios(
+            {name: [r.cpu_seconds / (executions * steps) for r in rs] for name, rs in mine.items()})
         by_threads[str(count)] = entry
     return {"executions": executions, "steps": steps, "repetitions": repetitions,
             "threads": list(threads), "by_threads": by_threads,
             "method": "steps/s = E*S / (first launch .. last chain done), median of the repetitions; "
                       "ratios: median of the per-repetition ratios (contenders run back to back); "
-                      "CPU: this process's CPU time (all threads) per step; Redis commands: "
+                      "CPU: this process's CPU time (all threads: the workers, the launcher, "
+                      "mongomock; time.process_time) per step, and its ratios (lower is better); "
+                      "Redis commands: "
                       "INFO commandstats of the server, every client, per step"}

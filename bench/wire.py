@@ -21,7 +21,11 @@ Two parts, each in a child process of the bench (``python -m bench.wire``) whose
   and polls Redis for the end every 20 ms: each chain's last step counts it there (raw Dramatiq's
   actor, detflow's ``bench.noop`` handler), then detflow's executions are counted SUCCEEDED in
   the store (once their last steps ran: a count on the test server copies every document). CPU
-  beside: the worker processes' (every process of the set), the store server's, this launcher's.
+  beside: the worker processes' (every process of the set), the store server's, Redis's (``INFO
+  cpu``), this launcher's; and a store probe (one ``_id`` lookup by the launcher at each poll, its
+  median time): on the idle server (raw Dramatiq's runs) against under detflow's load, it shows
+  the commands queueing before the server, which runs one at a time. The bench's ``scaling``
+  section runs this part alone (``--no-in-process``).
 
 On this 2-core machine the worker processes, the store server, Redis and the launcher share two
 cores: the figures say where the limit is, not what more cores would give.
@@ -39,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,8 +95,11 @@ CONTENDERS = ("detflow", "detflow-msg", "dramatiq", "celery")
 
 def measure(threads: int, executions: int, steps: int, repetitions: int, processes: Sequence[int],
             process_threads: int, process_executions: int,
-            contenders: Sequence[str] = CONTENDERS) -> dict[str, Any]:
-    """Start a ``runstore``, run both parts in a child process over it, and return their figures."""
+            contenders: Sequence[str] = CONTENDERS, in_process_part: bool = True,
+            process_repetitions: int | None = None) -> dict[str, Any]:
+    """Start a ``runstore``, run both parts in a child process over it, and return their figures
+    (without ``in_process_part``, the process sets alone, ``repetitions`` of them unless
+    ``process_repetitions`` says otherwise)."""
     with tempfile.TemporaryDirectory(prefix="detflow-bench-wire-") as tmp:
         directory = Path(tmp)
         server = start_server(directory)
@@ -111,6 +117,8 @@ def measure(threads: int, executions: int, steps: int, repetitions: int, process
                        "--repetitions", str(repetitions), "--process-threads", str(process_threads),
                        "--process-executions", str(process_executions),
                        "--contenders", ",".join(contenders),
+                       "--process-repetitions", str(process_repetitions or repetitions),
+                       *([] if in_process_part else ["--no-in-process"]),
                        "--processes", *(str(n) for n in processes)]
             subprocess.run(command, cwd=ROOT, env=env, check=True)
             found: dict[str, Any] = json.loads(output.read_text())
@@ -176,6 +184,9 @@ class Window:
     cpu_seconds: float
     server_cpu_seconds: float
     workers_cpu_seconds: float | None = None
+    redis_cpu_seconds: float | None = None
+    #: Median time of the launcher's store probe (an ``_id`` lookup) over the window, in ms.
+    probe_ms: float | None = None
 
     @property
     def steps_per_s(self) -> float:
@@ -205,31 +216,43 @@ def in_process(every: Sequence[Contender], threads: int, executions: int, steps:
     # The round trips, counted in one more run of each detflow contender, apart from the timed
     # ones: pymongo's command listener costs detflow's process CPU (about a third more per step
     # here), which the others would not pay.
-    counted: dict[str, Counter[str]] = {}
-    with meters.StoreMeter().installed() as meter:
+    counted: dict[str, tuple[meters.Tally, meters.Tally]] = {}
+    with meters.StoreMeter().installed() as meter, meters.RedisMeter().installed() as redis_meter:
         for contender in every:
             if contender.name.startswith("detflow"):
-                tallies: list[meters.Tally] = []
+                tallies: list[tuple[meters.Tally, meters.Tally]] = []
 
-                def counting(opening: bool, tallies: list[meters.Tally] = tallies) -> None:
-                    tallies.append(meter.tally.take())
+                def counting(opening: bool,
+                             tallies: list[tuple[meters.Tally, meters.Tally]] = tallies) -> None:
+                    tallies.append((meter.tally.take(), redis_meter.tally.take()))
 
                 throughput.timed(contender, threads, executions, steps, counting)
-                counted[contender.name] = tallies[-1].commands
+                counted[contender.name] = tallies[-1]
     throughput.reset()
     out: dict[str, Any] = {name: _summary(ws) for name, ws in runs.items()}
     for name, entry in out.items():
-        commands = counted.get(name, Counter())
-        entry["mongodb_round_trips_per_step"] = round(commands.total() / (executions * steps), 3)
-        entry["mongodb_round_trips"] = {k: round(v / (executions * steps), 3)
-                                        for k, v in commands.most_common()}
+        mongo, redis = counted.get(name, (meters.Tally(), meters.Tally()))
+        found = throughput.per_step(mongo, redis, executions * steps)
+        entry["mongodb_round_trips_per_step"] = found["mongodb_per_step"]
+        entry["mongodb_round_trips"] = found["mongodb"]
+        entry["mongodb_reads_per_step"] = found["mongodb_reads_per_step"]
+        entry["mongodb_writes_per_step"] = found["mongodb_writes_per_step"]
+        entry["engine_redis_per_step"] = found["engine_redis_per_step"]
+        entry["engine_redis"] = found["engine_redis"]
     ratios = {}
     for ours in (n for n in runs if n.startswith("detflow")):
         for other in (n for n in runs if not n.startswith("detflow")):
             ratios[f"{ours}/{other}"] = stats.rounded(stats.paired_ratio(
                 [w.steps_per_s for w in runs[ours]], [w.steps_per_s for w in runs[other]]))
+    cpu = throughput.cpu_ratios({name: [w.cpu_seconds / w.steps for w in ws]
+                                 for name, ws in runs.items()})
+    # With the store server's CPU added to detflow's (raw Dramatiq and Celery have no store).
+    with_server = throughput.cpu_ratios(
+        {name: [(w.cpu_seconds + (w.server_cpu_seconds if name.startswith("detflow") else 0))
+                / w.steps for w in ws] for name, ws in runs.items()})
     return {"threads": threads, "executions": executions, "steps": steps, "repetitions": repetitions,
-            "contenders": out, "ratios": ratios}
+            "contenders": out, "ratios": ratios, "cpu_ratios": cpu,
+            "cpu_ratios_with_server": with_server}
 
 
 def _summary(windows: list[Window]) -> dict[str, Any]:
@@ -249,6 +272,18 @@ def _summary(windows: list[Window]) -> dict[str, Any]:
             [(w.workers_cpu_seconds or 0) / w.steps * 1000 for w in windows]))
         entry["workers_cpu_share"] = stats.rounded(stats.median(
             [(w.workers_cpu_seconds or 0) / w.seconds for w in windows]))
+        entry["launcher_cpu_share"] = stats.rounded(stats.median(
+            [w.cpu_seconds / w.seconds for w in windows]))
+    probes = [w.probe_ms for w in windows if w.probe_ms is not None]
+    if probes:
+        entry["store_probe_ms"] = stats.rounded(stats.median(probes))
+    if windows and windows[0].redis_cpu_seconds is not None:
+        entry["redis_cpu_share"] = stats.rounded(stats.median(
+            [(w.redis_cpu_seconds or 0) / w.seconds for w in windows]))
+        # Every party's CPU over the window, in cores: what this machine's cores had to give.
+        entry["total_cpu_share"] = stats.rounded(stats.median(
+            [((w.workers_cpu_seconds or 0) + w.server_cpu_seconds + w.cpu_seconds
+              + (w.redis_cpu_seconds or 0)) / w.seconds for w in windows]))
     return entry
 
 
@@ -280,7 +315,7 @@ def processes_part(raw: RawDramatiq, counts: Sequence[int], threads: int, execut
                    steps: int, repetitions: int, server_pid: int, progress: Callable[[str], None]
                    ) -> dict[str, Any]:
     """detflow under ``runworker`` and raw Dramatiq under ``dramatiq``, N processes x T threads."""
-    from bench import contenders, handlers, stats, throughput
+    from bench import contenders, handlers, meters, stats, throughput
     from detflow_site import services
     from executions import operations, store
 
@@ -307,6 +342,7 @@ def processes_part(raw: RawDramatiq, counts: Sequence[int], threads: int, execut
                     pids = tree(pid)
                     before = {p: cpu_seconds(p) for p in pids}
                     server, mine = cpu_seconds(server_pid), time.process_time()
+                    redis_cpu = meters.redis_cpu_seconds(client)
                     started = time.perf_counter()
                     done: Callable[[], bool]
                     if contender == "detflow":
@@ -319,15 +355,19 @@ def processes_part(raw: RawDramatiq, counts: Sequence[int], threads: int, execut
                             raw.actor.send(run, secrets.token_hex(8), 0, steps, 0.0)
                         done = functools.partial(_counted, client, f"bench:raw-done:{run}", executions)
                     deadline = time.monotonic() + throughput.RUN_TIMEOUT_S
+                    probes: list[float] = []
                     while not done():
                         if time.monotonic() > deadline:
                             raise RuntimeError(f"{contender} x{count}: not done within "
                                                f"{throughput.RUN_TIMEOUT_S:g}s")
+                        probes.append(_probe(store.collection()))
                         time.sleep(POLL_S)
                     seconds = time.perf_counter() - started
                     window = Window(contender, executions * steps, seconds,
                                     time.process_time() - mine, cpu_seconds(server_pid) - server,
-                                    sum(cpu_seconds(p) - before[p] for p in pids))
+                                    sum(cpu_seconds(p) - before[p] for p in pids),
+                                    meters.redis_cpu_seconds(client) - redis_cpu,
+                                    stats.median(probes) if probes else None)
                 runs[contender].setdefault(count, []).append(window)
                 line.append(f"{contender} {window.steps_per_s:,.0f}")
             progress(f"over the wire, worker processes, rep {rep + 1}/{repetitions}, {count} x "
@@ -339,9 +379,21 @@ def processes_part(raw: RawDramatiq, counts: Sequence[int], threads: int, execut
         entry["ratios"] = {"detflow/dramatiq": stats.rounded(stats.paired_ratio(
             [w.steps_per_s for w in runs["detflow"][count]],
             [w.steps_per_s for w in runs["dramatiq"][count]]))}
+        entry["cpu_ratios"] = {"detflow/dramatiq": stats.rounded(stats.paired_ratio(
+            [(w.workers_cpu_seconds or 0) / w.steps for w in runs["detflow"][count]],
+            [(w.workers_cpu_seconds or 0) / w.steps for w in runs["dramatiq"][count]]))}
         by[str(count)] = entry
     return {"processes": list(counts), "threads": threads, "executions": executions, "steps": steps,
-            "repetitions": repetitions, "by_processes": by}
+            "repetitions": repetitions, "cores": os.cpu_count(), "by_processes": by}
+
+
+def _probe(collection: Any) -> float:
+    """Time one store command from this lightly loaded process, in ms: an ``_id`` lookup (served by
+    the ``_id`` index) that finds nothing. Under load, what it waits beyond its time on an idle
+    server (raw Dramatiq's runs, which store nothing) is the store server's queue."""
+    started = time.perf_counter()
+    collection.find_one({"_id": "bench-probe"}, {"_id": 1})
+    return (time.perf_counter() - started) * 1000
 
 
 def _succeeded(collection: Any, client: Any, key: str, executions: int) -> bool:
@@ -369,6 +421,10 @@ def child(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--process-threads", type=int, default=4)
     parser.add_argument("--process-executions", type=int, default=200)
+    parser.add_argument("--process-repetitions", type=int, default=None,
+                        help="repetitions of the process sets (default: --repetitions)")
+    parser.add_argument("--no-in-process", action="store_true",
+                        help="the process sets alone (the bench's scaling section)")
     args = parser.parse_args(argv)
     from bench.environment import prepare
 
@@ -391,12 +447,15 @@ def child(argv: list[str] | None = None) -> int:
     chosen = args.contenders.split(",")
     if "dramatiq" not in chosen or set(chosen) - set(known):
         parser.error(f"--contenders: some of {', '.join(known)}, dramatiq among them")
-    every = [known[name]() for name in chosen]
-    found: dict[str, Any] = {"in_process": in_process(
-        every, args.threads, args.executions, args.steps, args.repetitions, args.server_pid, progress)}
+    found: dict[str, Any] = {}
+    if not args.no_in_process:
+        every = [known[name]() for name in chosen]
+        found["in_process"] = in_process(every, args.threads, args.executions, args.steps,
+                                         args.repetitions, args.server_pid, progress)
     if args.processes:
         found["processes"] = processes_part(raw, args.processes, args.process_threads,
-                                            args.process_executions, args.steps, args.repetitions,
+                                            args.process_executions, args.steps,
+                                            args.process_repetitions or args.repetitions,
                                             args.server_pid, progress)
     found["method"] = " ".join((__doc__ or "").split())
     args.output.write_text(json.dumps(found, indent=2) + "\n")
