@@ -132,16 +132,25 @@ class ExecutionAdmin(RoleAdmin):
             page = listing.page(params, query_string)
         except InvalidArgument as exc:
             page, error = listing.Page([]), str(exc)
+            if exc.field == "page_size":  # the rest of the request stands: show it at the default size
+                retry = {k: v for k, v in params.items() if k != "page_size"}
+                page, error = listing.page(retry, query_string), f"{exc}; showing {listing.PAGE_SIZE}"
         now = now_ms()
         rows = [{**row, "duration_ms": _duration(row, now)} for row in page.rows]
         workflow = params.get("workflow")
         return self.render(request, "admin/executions/execution_list.html", {
             "title": "Executions", "rows": rows, "page": page, "error": error, "params": params,
+            "match_cap": listing.MATCH_CAP,
             "next_url": f"?{page.next_query}" if page.next_query else None,
-            "first_url": f"?{query_string(cursor=None)}" if "cursor" in params else None,
+            "prev_url": f"?{page.prev_query}" if page.prev_query else None,
+            "first_url": f"?{query_string(cursor=None, before=None)}"
+                         if "cursor" in params or "before" in params else None,
+            "page_sizes": [(n, "?" + query_string(page_size=None if n == listing.PAGE_SIZE else n,
+                                                  cursor=None, before=None), n == page.page_size)
+                           for n in listing.PAGE_SIZES],
             "filters": _filters(params, query_string, workflow),
             "ordering": params.get("ordering", "-created_at"),
-            "sort_url": "?" + query_string(cursor=None, ordering="created_at"
+            "sort_url": "?" + query_string(cursor=None, before=None, ordering="created_at"
                                            if params.get("ordering", "-created_at") == "-created_at"
                                            else "-created_at"),
         })
@@ -352,7 +361,7 @@ def _filters(params: dict[str, str], query_string: Any, workflow: str | None) ->
     """Return the sidebar: each filter's choices as links (each keeps the list on an index)."""
 
     def choices(key: str, values: list[tuple[str, str]], **also: Any) -> list[dict[str, Any]]:
-        clear = {key: None, "cursor": None, **also}
+        clear = {key: None, "cursor": None, "before": None, **also}
         return ([{"label": "All", "url": "?" + query_string(**clear), "selected": key not in params}]
                 + [{"label": label, "url": "?" + query_string(**{**clear, key: value}),
                     "selected": params.get(key) == value} for value, label in values])

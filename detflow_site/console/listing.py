@@ -17,9 +17,12 @@ Every page reads at most ``page_size + 1`` documents through an index declared i
 - "Stuck" lists the executions overdue by more than the sweeper's grace (``due_at`` index), most
   overdue first.
 
-A page also says whether a bulk operation may take "all matching this filter" (the filters alone: not
-a search, nor the stuck list, nor no filter at all) and how many match, counted with a limit
-(``MATCH_CAP``) through the list's own index.
+A page of the filters holds ``page_size`` rows (one of ``PAGE_SIZES``) and pages both ways on the
+keyset: "next" reads on from its last row, "previous" reads back from its first row in the reverse
+order (``before``), each ``page_size + 1`` rows. It says how many executions match, counted with a
+limit (``MATCH_CAP``: "1000+") through the list's own index, and whether a bulk operation may take
+"all matching this filter" (the filters alone: not a search, nor the stuck list, nor no filter at
+all).
 """
 from __future__ import annotations
 
@@ -36,13 +39,14 @@ from executions.errors import InvalidArgument
 from executions.models import Execution
 from executions.store import now_ms, to_dt
 
-#: Rows per page.
+#: Rows per page unless ``page_size`` says otherwise, and the sizes a page may have.
 PAGE_SIZE = 50
+PAGE_SIZES = (25, 50, 100, 200)
 #: FAILED executions one error-text search reads per request.
 SEARCH_WINDOW = 500
 #: Query parameters the list understands.
 PARAMETERS = ("status", "workflow", "version", "failed_step", "created_after", "created_before",
-              "ordering", "cursor", "q", "stuck")
+              "ordering", "cursor", "before", "q", "stuck", "page_size")
 #: The list's parameters a bulk operation's filter takes (``executions.bulk``, as the API's).
 BULK_FILTERS = ("status", "workflow", "version", "failed_step", "created_after", "created_before")
 #: Matching executions a page counts at most, for "all N matching this filter".
@@ -51,6 +55,8 @@ MATCH_CAP = 1000
 ROW_FIELDS = {**dict.fromkeys(filters.SUMMARY_FIELDS, 1), "due_at": 1, "paused": 1}
 ERROR_FIELDS = {**ROW_FIELDS, "steps.name": 1, "steps.status": 1, "steps.error": 1}
 _HEX_ID = re.compile(r"[0-9a-f]{32}")
+#: A range every stored ``created_at`` is in: the unfiltered list counts through its index with it.
+_EVER = {"$gte": dt.datetime(1970, 1, 1)}
 #: Query parameter name -> the stored field its equality filters.
 _STORED = {"status": "status", "workflow": "workflow", "version": "workflow_version",
            "failed_step": "failed_step"}
@@ -63,6 +69,8 @@ class Page:
     rows: list[dict[str, Any]]
     #: Query string of the next page (``None`` on the last one).
     next_query: str | None = None
+    #: Query string of the previous page (``None`` on the first one, and where a page cannot go back).
+    prev_query: str | None = None
     #: What the page is, in words ("search: ...", "the 50 most overdue", ...).
     note: str = ""
     filters: dict[str, str] = field(default_factory=dict)
@@ -71,6 +79,9 @@ class Page:
     bulk_filter: dict[str, str] | None = None
     matching: int = 0
     bulk_refused: str = ""
+    #: Whether ``matching`` counts this list's match (a page of the filters; not a search, nor stuck).
+    counted: bool = False
+    page_size: int = PAGE_SIZE
 
     @property
     def matching_text(self) -> str:
@@ -97,15 +108,18 @@ def page(params: Mapping[str, str], query_string: Any) -> Page:
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
         raise InvalidArgument(unknown[0], f"unknown parameter; allowed: {', '.join(PARAMETERS)}")
+    size = page_size(params)
     if params.get("stuck"):
-        page = _stuck()
+        page = _stuck(size)
         page.bulk_refused = ("the stuck list is not a filter a bulk operation takes; "
                              "filter by status or workflow instead")
         return page
+    if params.get("before") and params.get("cursor"):
+        raise InvalidArgument("before", "give cursor (the next page) or before (the previous one), not both")
     api_params = {k: v for k, v in params.items() if k in filters.PARAMETERS and v != ""}
     if api_params.get("failed_step") and api_params.get("status") == "FAILED":
         del api_params["status"]  # implied: only a FAILED execution has a failed step
-    query = filters.parse({**api_params, "page_size": str(PAGE_SIZE)})
+    query = filters.parse({**api_params, "page_size": str(size)})
     used = frozenset(_STORED[k] for k in _STORED if k in api_params)
     prefixes = [p for p in equality_prefixes() if p <= set(_STORED.values())]
     if used not in prefixes:
@@ -114,22 +128,60 @@ def page(params: Mapping[str, str], query_string: Any) -> Page:
                                          f"filters that combine: {'; '.join(combos)}")
     text = params.get("q", "").strip()
     if text:
+        if params.get("before"):
+            raise InvalidArgument("before", "a search pages forward only; go back to its first page")
         found = _search(query, text, query_string)
         found.bulk_refused = ("a search (q) is not a filter a bulk operation takes; "
                               "clear the search to act on all that match the filters")
+        found.page_size = size
         return found
-    rows, cursor = query.page(ROW_FIELDS)
-    found = Page(rows, query_string(cursor=cursor) if cursor else None)
+    found = _keyset_page(query, params.get("before"), query_string)
+    found.page_size, found.counted = size, True
+    first_and_whole = found.next_query is None and found.prev_query is None and query.after is None
+    if first_and_whole and not params.get("before"):
+        found.matching = len(found.rows)  # the whole match is on this page
+    else:
+        found.matching = store.collection().count_documents(query.filter or {"created_at": _EVER},
+                                                            limit=MATCH_CAP)
     bulk_filter = {k: params[k] for k in BULK_FILTERS if params.get(k)}
     if not bulk_filter:
         found.bulk_refused = "no filter is set; choose a status, a workflow or a date range first"
     else:
         found.bulk_filter = bulk_filter
-        if cursor is None and query.after is None:
-            found.matching = len(rows)  # the whole match is on this page
-        else:
-            found.matching = store.collection().count_documents(query.filter, limit=MATCH_CAP)
     return found
+
+
+def page_size(params: Mapping[str, str]) -> int:
+    """Return the page size ``params`` ask for (``PAGE_SIZE`` by default); refuse any but ``PAGE_SIZES``."""
+    text = params.get("page_size", "")
+    if not text:
+        return PAGE_SIZE
+    if not text.isdigit() or int(text) not in PAGE_SIZES:
+        raise InvalidArgument("page_size", f"must be one of {', '.join(map(str, PAGE_SIZES))}")
+    return int(text)
+
+
+def _keyset_page(query: filters.ExecutionQuery, before: str | None, query_string: Any) -> Page:
+    """Return the page after ``query``'s cursor, or, ``before`` a row, the page that ends just
+    before it (read in the reverse order from there, then turned round)."""
+    if before:
+        try:
+            at = filters.decode_cursor(before)
+        except InvalidArgument as exc:
+            raise InvalidArgument("before", exc.reason) from None
+        back = filters.ExecutionQuery(query.filter, not query.descending, query.page_size, at)
+        rows, further = back.page(ROW_FIELDS)
+        rows.reverse()
+        if not rows:  # nothing before it any more (purged): the first page
+            return _keyset_page(query, None, query_string)
+        return Page(rows, query_string(cursor=filters.encode_cursor(rows[-1]), before=None),
+                    prev_query=query_string(before=filters.encode_cursor(rows[0]), cursor=None)
+                    if further else None)
+    rows, cursor = query.page(ROW_FIELDS)
+    prev_query = None
+    if query.after is not None and rows:
+        prev_query = query_string(before=filters.encode_cursor(rows[0]), cursor=None)
+    return Page(rows, query_string(cursor=cursor, before=None) if cursor else None, prev_query=prev_query)
 
 
 def _search(query: filters.ExecutionQuery, text: str, query_string: Any) -> Page:
@@ -168,13 +220,13 @@ def _error_matches(row: dict[str, Any], needle: str) -> bool:
     return False
 
 
-def _stuck() -> Page:
+def _stuck(size: int) -> Page:
     grace = dt.timedelta(seconds=conf.get().SWEEP_GRACE_S)
     now = to_dt(now_ms())
     assert now is not None
     rows = list(store.collection().find({"due_at": {"$lt": now - grace}}, ROW_FIELDS)
-                .sort("due_at", 1).limit(PAGE_SIZE))
-    return Page(rows, None, f"the {PAGE_SIZE} most overdue executions: due more than "
+                .sort("due_at", 1).limit(size))
+    return Page(rows, None, f"the {size} most overdue executions: due more than "
                             f"{grace.total_seconds():g}s ago with no runner having taken them")
 
 

@@ -357,7 +357,10 @@ def test_console_pages__run_only_indexed_queries_and_bounded_counts(
              f"q={failed}", "q=order-1", "q=processed", "workflow=fails&q=processed", "stuck=1",
              "status=RUNNING&q=processed", "cursor=WzE3MDAwMDAwMDAwMDAsImZmIl0",
              # A filter's later page counts "all matching" (with a limit) for the bulk action bar.
-             "status=FAILED&cursor=WzE3MDAwMDAwMDAwMDAsImZmIl0"]
+             "status=FAILED&cursor=WzE3MDAwMDAwMDAwMDAsImZmIl0",
+             # The previous page (read back from its first row) and a chosen page size, each counted.
+             "before=WzE3MDAwMDAwMDAwMDAsImZmIl0", "status=FAILED&before=WzQxMDAwMDAwMDAwMDAsImZmIl0",
+             "workflow=fails&page_size=25&cursor=WzQxMDAwMDAwMDAwMDAsImZmIl0", "page_size=200"]
     urls += [f"{EXECUTIONS}?{q}" for q in lists]
     # Bulk operations: the list (newest first, and a later page) and one operation's page.
     urls += [BULK, f"{BULK}?cursor={filters.encode_cursor(op)}", f"{BULK}{op['_id']}/"]
