@@ -27,7 +27,7 @@ from detflow_site import docadmin
 from detflow_site.api.fields import JSONValue
 from detflow_site.api.parsers import JSONParser
 from detflow_site.api.views import refuse_server_path
-from detflow_site.console import aggregates, listing, timeline, waits
+from detflow_site.console import aggregates, listing, repair, timeline, waits
 from detflow_site.errors import DetflowError, PayloadTooLarge
 from executions import controls, diagnosis, operations, store
 from executions.engine import ExecutionStatus, StepStatus, rollback_plan
@@ -132,9 +132,6 @@ class ExecutionAdmin(RoleAdmin):
             page = listing.page(params, query_string)
         except InvalidArgument as exc:
             page, error = listing.Page([]), str(exc)
-            if exc.field == "page_size":  # the rest of the request stands: show it at the default size
-                retry = {k: v for k, v in params.items() if k != "page_size"}
-                page, error = listing.page(retry, query_string), f"{exc}; showing {listing.PAGE_SIZE}"
         now = now_ms()
         rows = [{**row, "duration_ms": _duration(row, now)} for row in page.rows]
         workflow = params.get("workflow")
@@ -176,6 +173,7 @@ class ExecutionAdmin(RoleAdmin):
             "events": [_event(e) for e in doc["events"]], "timeline": timeline.svg(doc, now),
             "signals": waits.signals(doc), "waiting_signal_steps": waits.signal_names(doc),
             "diagnosis": found, "panels": self.panels(request, doc),
+            "repair": repair.text(found.repair, doc, offered(doc), self.has_action_permission(request)),
             "actions": offered(doc), "pauses": pauses(doc),
             "workflow_url": _workflow_url(self, doc["workflow"]),
         })
@@ -200,11 +198,16 @@ class ExecutionAdmin(RoleAdmin):
                                    "compensation": doc.get("failed_compensation") if compensation else None,
                                    "detail_url": self.url("detail", execution_id),
                                    "current_input": _pretty(_failed_input(doc))}
+        if action == "retry" and not compensation:
+            form["input"] = context["current_input"]  # the form starts from the input the step reads
         if request.method == "POST":
             form = {k: request.POST.get(k, "") for k in form}
             confirm = request.POST.get("stage") == "confirm"
+            sent = dict(form)
+            if action == "retry" and _same_json(form["input"], context["current_input"]):
+                sent["input"] = ""  # left as it was: a retry with the same input, no edit recorded
             try:
-                result, plan = _perform(action, execution_id, request.user.get_username(), form,
+                result, plan = _perform(action, execution_id, request.user.get_username(), sent,
                                         dry_run=not confirm)
             except DetflowError as exc:
                 context.update(form=form, error=str(exc))
@@ -304,6 +307,14 @@ def _json_field(text: str, name: str) -> Any:
         raise InvalidArgument(name + ("" if not where or where.startswith("[") else ".") + where,
                               exc.reason, code=exc.default_code) from None
     raise InvalidArgument(name, reason)
+
+
+def _same_json(text: str, other: str) -> bool:
+    """Return whether form text ``text`` is the JSON value ``other`` is (spacing and key order aside)."""
+    try:
+        return bool(text.strip()) and json.loads(text) == json.loads(other)
+    except ValueError:
+        return False
 
 
 def _failed_input(doc: dict[str, Any]) -> str:

@@ -7,7 +7,12 @@ a tinted band headed "rollback" (with a dashed mark where it started), one row p
 plan order, its bars outlined and classed ``undo`` (not ``attempt``), so that undoing a step never
 reads as a retry of it. A sleep or a wait for a signal runs no attempt: it is drawn as a hatched
 indigo band classed ``wait-span`` and ``sleep`` or ``wait`` (from its ``wait_started`` to its end, or
-to now while it waits), with a diamond where a signal came. Every text in it is escaped.
+to now while it waits), with a diamond where a signal came. The time an execution waited for an
+operator is drawn as its own kind, classed ``operator-wait``, in grey and labelled "waited for an
+operator": on a step's row from a failed attempt to the operator's retry (``retried``, or
+``compensation_retried`` on a compensation's row), never as a retry wait; and across the rows as a
+grey band while a pause held it (``paused`` to ``resumed`` of the same scope, to now while it holds).
+Every text in it is escaped.
 """
 from __future__ import annotations
 
@@ -34,6 +39,11 @@ UNDO_STROKE = "#4a148c"
 #: A sleep's or a wait's band (the WAITING badge's indigo) and a signal's mark.
 WAIT_COLOUR = "#283593"
 SIGNAL_COLOUR = "#f9a825"
+#: What waited for an operator: a failed step until its retry, a pause until it was lifted.
+OPERATOR_COLOUR = "#616161"
+OPERATOR_LABEL = "waited for an operator"
+#: The narrowest operator wait (px) that carries its label as text (a narrower one has it as a title).
+LABEL_MIN_PX = 130
 
 
 def svg(doc: dict[str, Any], now: int) -> SafeString:
@@ -42,13 +52,15 @@ def svg(doc: dict[str, Any], now: int) -> SafeString:
     end = to_ms(doc.get("finished_at")) or now
     steps = doc["steps"]
     compensations = doc.get("compensations") or []
-    rows = [_bars(slot, now) for slot in [*steps, *compensations]]
+    retried, held = _operator_events(doc, now)
+    rows = [_bars(slot, now, retried.get(("step", i), [])) for i, slot in enumerate(steps)]
+    rows += [_bars(slot, now, retried.get(("undo", slot.get("step_index")), [])) for slot in compensations]
     spans, marks = _pauses(doc, now)
     rollback_at = to_ms((doc.get("rollback") or {}).get("started_at"))
-    for bars, waits in rows:
+    for bars, waits, _ in rows:
         end = max([end] + [bar["end"] for bar in bars] + [until for _, until in waits])
     end = max([end] + [p["end"] for found in spans.values() for p in found]
-              + [m["at"] for found in marks.values() for m in found])
+              + [m["at"] for found in marks.values() for m in found] + [h["end"] for h in held])
     if rollback_at is not None:
         end = max(end, rollback_at)
     span = max(end - start, 1)
@@ -69,6 +81,8 @@ def svg(doc: dict[str, Any], now: int) -> SafeString:
            f'patternTransform="rotate(45)"><rect width="6" height="6" fill="{WAIT_COLOUR}" '
            'fill-opacity="0.25"/>'
            f'<line x1="0" y1="0" x2="0" y2="6" stroke="{WAIT_COLOUR}" stroke-width="2"/></pattern></defs>']
+    for hold in held:
+        out += _hold(hold, TOP, TOP + ROW_H * len(steps), x)
     for index, (step, row) in enumerate(zip(steps, rows[: len(steps)], strict=True)):
         label = f'{step["name"]} ({step["status"].lower()})'
         top = TOP + index * ROW_H
@@ -92,10 +106,13 @@ def svg(doc: dict[str, Any], now: int) -> SafeString:
     return mark_safe("".join(out))  # every text in it is escaped above
 
 
-def _row(y: float, label: str, what: str, row: tuple[list[dict[str, Any]], list[tuple[int, int]]],
-         x: Callable[[int], float], undo: bool) -> list[str]:
-    """Return the SVG of one row: its label, its track, its waits and its bars."""
-    bars, waits = row
+Row = tuple[list[dict[str, Any]], list[tuple[int, int]], list[tuple[int, int]]]
+
+
+def _row(y: float, label: str, what: str, row: Row, x: Callable[[int], float], undo: bool) -> list[str]:
+    """Return the SVG of one row: its label, its track, its waits (for a retry, for an operator) and
+    its bars."""
+    bars, waits, operator_waits = row
     mid = y + ROW_H / 2
     kind = "undo" if undo else "attempt"
     out = [f'<text x="4" y="{mid + 4}" font-size="12" class="{"undo" if undo else "step"}-label">'
@@ -105,6 +122,16 @@ def _row(y: float, label: str, what: str, row: tuple[list[dict[str, Any]], list[
         out.append(f'<line class="wait" x1="{x(wait_start)}" y1="{mid}" x2="{x(wait_end)}" y2="{mid}" '
                    f'stroke="#999" stroke-width="2" stroke-dasharray="4 3">'
                    f'<title>retry wait {(wait_end - wait_start) / 1000:.3f} s</title></line>')
+    for wait_start, wait_end in operator_waits:
+        left, right = x(wait_start), x(wait_end)
+        title = f"{OPERATOR_LABEL}: {(wait_end - wait_start) / 1000:.3f} s, failed until an operator's retry"
+        out.append(f'<g class="operator-wait retry"><line x1="{left}" y1="{mid}" x2="{right}" y2="{mid}" '
+                   f'stroke="{OPERATOR_COLOUR}" stroke-width="4" stroke-opacity="0.6">'
+                   f'<title>{escape(title)}</title></line>')
+        if right - left >= LABEL_MIN_PX:
+            out.append(f'<text x="{(left + right) / 2}" y="{mid - 5}" font-size="10" text-anchor="middle" '
+                       f'class="operator-wait-label" fill="{OPERATOR_COLOUR}">{OPERATOR_LABEL}</text>')
+        out.append("</g>")
     outline = f' stroke="{UNDO_STROKE}" stroke-width="1.5"' if undo else ""
     for bar in bars:
         left, right = x(bar["start"]), x(bar["end"])
@@ -117,6 +144,52 @@ def _row(y: float, label: str, what: str, row: tuple[list[dict[str, Any]], list[
                    f'fill="{COLOURS.get(bar["outcome"], "#555")}"{outline}>'
                    f'<title>{escape(title)}</title></rect>')
     return out
+
+
+def _hold(hold: dict[str, Any], top: float, bottom: float, x: Callable[[int], float]) -> list[str]:
+    """Return the SVG of a pause that held the execution: a grey band across the steps' rows."""
+    left, right = x(hold["start"]), x(hold["end"])
+    took = f'{(hold["end"] - hold["start"]) / 1000:.3f} s{" so far" if hold["open"] else ""}'
+    title = (f'{OPERATOR_LABEL}: paused ({hold["who"]}) by {hold["by"]}'
+             + (f' ({hold["reason"]})' if hold["reason"] else "") + f', {took}')
+    out = [f'<g class="operator-wait pause"><rect x="{left}" y="{top}" width="{max(right - left, 2)}" '
+           f'height="{bottom - top}" fill="{OPERATOR_COLOUR}" fill-opacity="0.15" stroke="{OPERATOR_COLOUR}" '
+           f'stroke-dasharray="1 2"><title>{escape(title)}</title></rect>']
+    if right - left >= LABEL_MIN_PX:
+        out.append(f'<text x="{(left + right) / 2}" y="{top + 10}" font-size="10" text-anchor="middle" '
+                   f'class="operator-wait-label" fill="{OPERATOR_COLOUR}">{OPERATOR_LABEL} (paused)</text>')
+    out.append("</g>")
+    return out
+
+
+def _operator_events(doc: dict[str, Any], now: int) -> tuple[dict[tuple[str, Any], list[int]],
+                                                           list[dict[str, Any]]]:
+    """Return when operators retried each step (``("step", index)``) and each compensation
+    (``("undo", index of the step it undoes)``), and the pauses that held the execution (from
+    ``paused`` to the ``resumed`` of the same scope; to its end, or now, while it holds)."""
+    retried: dict[tuple[str, Any], list[int]] = {}
+    held: list[dict[str, Any]] = []
+    open_by_scope: dict[str, dict[str, Any]] = {}
+    for event in doc.get("events") or []:
+        kind, at = event.get("type"), to_ms(event.get("at"))
+        if at is None:
+            continue
+        if kind in ("retried", "compensation_retried"):
+            lane = "step" if kind == "retried" else "undo"
+            retried.setdefault((lane, event.get("step_index")), []).append(at)
+        elif kind == "paused":
+            scope = str(event.get("scope"))
+            if scope not in open_by_scope:
+                open_by_scope[scope] = {"start": at, "end": at, "open": True, "by": event.get("by"),
+                                        "reason": event.get("reason") or "",
+                                        "who": "itself" if scope == "execution" else "its workflow"}
+                held.append(open_by_scope[scope])
+        elif kind == "resumed" and str(event.get("scope")) in open_by_scope:
+            open_by_scope.pop(str(event.get("scope"))).update(end=at, open=False)
+    finished = to_ms(doc.get("finished_at"))
+    for hold in open_by_scope.values():
+        hold["end"] = max(hold["start"], finished if finished is not None else now)
+    return retried, held
 
 
 def _pause_marks(mid: float, what: str, spans: list[dict[str, Any]], marks: list[dict[str, Any]],
@@ -191,7 +264,9 @@ def _pauses(doc: dict[str, Any], now: int) -> tuple[Found, Found]:
     return spans, marks
 
 
-def _bars(step: dict[str, Any], now: int) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+def _bars(step: dict[str, Any], now: int, retried: list[int]) -> Row:
+    """Return a step's (or a compensation's) bars, its retry waits and its waits for an operator (a
+    gap after a failed attempt that an operator's retry, at one of ``retried``, ended)."""
     bars = []
     for record in step.get("attempts") or []:
         started = to_ms(record.get("started_at"))
@@ -207,9 +282,16 @@ def _bars(step: dict[str, Any], now: int) -> tuple[list[dict[str, Any]], list[tu
         started = to_ms(current["started_at"]) or now
         bars.append({"n": current.get("n"), "start": started, "end": max(now, started),
                      "outcome": "running", "worker": current.get("worker"), "error": ""})
-    waits = [(a["end"], b["start"]) for a, b in itertools.pairwise(bars)
-             if a["outcome"] != "succeeded" and b["start"] > a["end"]]
+    waits, operator_waits = [], []
+    for a, b in itertools.pairwise(bars):
+        if a["outcome"] == "succeeded" or b["start"] <= a["end"]:
+            continue
+        by_operator = [r for r in retried if a["end"] <= r <= b["start"]]
+        if by_operator:
+            operator_waits.append((a["end"], by_operator[0]))
+        else:
+            waits.append((a["end"], b["start"]))
     retry_at = to_ms(step.get("next_retry_at"))
     if step.get("status") == "RETRY_WAIT" and bars and retry_at is not None:
         waits.append((bars[-1]["end"], max(retry_at, bars[-1]["end"])))
-    return bars, waits
+    return bars, waits, operator_waits

@@ -137,3 +137,88 @@ def test_timeline__draws_a_wait_as_a_wait_with_the_signal_that_ended_it() -> Non
     assert picture.count('class="wait"') == 0  # nor a retry wait
     assert picture.count('class="signal-mark"') == 1 and "&lt;ann&gt;" in picture
     assert "1.000 s" in picture  # the open sleep is drawn to now
+
+
+def test_timeline__draws_a_failed_step_until_an_operators_retry_as_a_wait_for_an_operator() -> None:
+    stored = execution({"name": "a", "status": "SUCCEEDED", "attempts": [
+        attempt(1, 0, 100, "failed", error_type="E", message="no"),
+        attempt(2, 200, 300, "failed", error_type="E", message="no"),
+        attempt(3, 5050, 5100, "succeeded")]}, finished=5100)
+    stored["events"] = [{"seq": 9, "at": at(5000), "type": "retried", "step_index": 0, "step": "a",
+                         "by": "ann", "reason": "fixed"}]
+
+    picture = svg(stored, now=now(6000))
+
+    assert picture.count('class="wait"') == 1  # the automatic retry between attempts 1 and 2
+    assert picture.count('class="operator-wait retry"') == 1
+    wait = picture.split('class="operator-wait retry"', 1)[1].split("</g>", 1)[0]
+    x1, x2 = (float(v) for v in re.findall(r'x[12]="([\d.]+)"', wait)[:2])
+    assert x2 - x1 > 500  # from the failure at 300 ms to the retry at 5000 ms, not to the next attempt
+    assert 'stroke-dasharray' not in wait and "#616161" in wait
+    assert '<text' in wait and "waited for an operator</text>" in wait
+    assert "waited for an operator: 4.700 s, failed until an operator&#x27;s retry" in wait
+
+
+def test_timeline__draws_a_pause_as_a_wait_for_an_operator_across_the_steps() -> None:
+    stored = execution({"name": "a", "status": "SUCCEEDED", "attempts": [attempt(1, 0, 100, "succeeded")]},
+                       {"name": "b", "status": "RUNNING", "attempts": [],
+                        "current": {"n": 1, "worker": "w1", "started_at": at(3100)}})
+    stored["events"] = [
+        {"seq": 3, "at": at(100), "type": "paused", "scope": "workflow", "by": "<ann>", "reason": "outage"},
+        {"seq": 4, "at": at(3000), "type": "resumed", "scope": "workflow", "by": "bob", "reason": "ok"},
+        {"seq": 6, "at": at(3500), "type": "paused", "scope": "execution", "by": "cy", "reason": ""},
+    ]
+
+    picture = svg(stored, now=now(4000))
+
+    holds = re.findall(r'<g class="operator-wait pause">(.*?)</g>', picture)
+    assert len(holds) == 2 and picture.count('class="wait"') == 0
+    assert "waited for an operator: paused (its workflow) by &lt;ann&gt; (outage), 2.900 s" in holds[0]
+    assert "waited for an operator (paused)</text>" in holds[0]
+    assert "paused (itself) by cy, 0.500 s so far" in holds[1]  # still held: drawn to now
+
+
+def test_timeline__draws_a_compensation_until_an_operators_retry_on_its_own_row() -> None:
+    charged = attempt(1, 0, 100, "succeeded")
+    stored = execution({"name": "charge", "status": "SUCCEEDED", "attempts": [charged]},
+                       {"name": "capture", "status": "FAILED", "attempts": [attempt(1, 100, 200, "failed")]})
+    stored["rollback"] = {"started_at": at(200)}
+    stored["compensations"] = [{"name": "charge", "step_index": 0, "status": "SUCCEEDED", "attempts": [
+        attempt(1, 200, 300, "failed"), attempt(2, 2100, 2200, "succeeded")]}]
+    stored["events"] = [{"seq": 9, "at": at(2000), "type": "compensation_retried", "step_index": 0,
+                         "step": "charge", "by": "ann", "reason": "refund by hand failed"}]
+
+    forward, lane = svg(stored, now=now(2500)).split('<g class="rollback-lane">')
+
+    assert "operator-wait" not in forward
+    assert lane.count('class="operator-wait retry"') == 1 and lane.count('class="wait"') == 0
+
+
+@pytest.mark.parametrize(("repair", "doc", "buttons", "can_act", "expected"), [
+    ({"action": "operator", "detail": "retry it (POST executions/e1/retry/, ...)"},
+     {"status": "FAILED"}, [("retry", "Retry"), ("skip", "Skip the failed step")], True,
+     "press “Retry” above (its form holds the failed step's input: edit it to retry with another) or "
+     "“Skip the failed step” (with the output the next steps read)"),
+    ({"action": "operator", "detail": "resume the workflow (POST workflows/w/resume/)"},
+     {"status": "RUNNING", "paused": {"workflow": {"by": "ann"}}}, [("pause", "Pause")], False,
+     "resume its workflow: “Resume” on the workflow's page"),
+    ({"action": "operator", "detail": "x"},
+     {"status": "COMPENSATION_FAILED"}, [("retry", "Retry the compensation of c"),
+                                         ("skip", "Skip the compensation of c (undone by hand)")], False,
+     "an operator presses “Retry the compensation of c” above (a new attempt budget, the same input) or, "
+     "once the step is undone by other means, “Skip the compensation of c (undone by hand)”; then the "
+     "rollback goes on"),
+    ({"action": "wait", "detail": "it moves on when the signal 'ok' comes (POST executions/e1/signals/ok/, "
+                                  "or the admin's button on its page) or at its timeout"},
+     {"status": "RUNNING"}, [("signal", "Send signal")], True,
+     "it moves on when the signal 'ok' comes (press “Send signal” above) or at its timeout"),
+    ({"action": "start_worker", "detail": "start a worker on this queue"}, {"status": "PENDING"}, [], True,
+     "start a worker on this queue"),
+])
+def test_repair__names_the_pages_buttons_not_the_apis_calls(
+    repair: dict[str, Any], doc: dict[str, Any], buttons: list[tuple[str, str]], can_act: bool,
+    expected: str,
+) -> None:
+    from detflow_site.console.repair import text
+
+    assert text(repair, doc, buttons, can_act) == expected

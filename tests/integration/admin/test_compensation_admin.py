@@ -252,7 +252,7 @@ def test_compensation_failed__retry_names_the_compensation_and_goes_on_with_the_
     assert 'style="background:#ad1457">COMPENSATION_FAILED' in section(detail, "summary")
     diagnosis = section(detail, "diagnosis")
     assert "the compensation of step &#x27;charge&#x27; (1 of 2) failed for good" in diagnosis
-    assert "&#x27;Retry the compensation of charge&#x27;" in diagnosis
+    assert "press “Retry the compensation of charge” above" in diagnosis
     assert "not undone yet: &#x27;reserve&#x27;" in diagnosis
 
     url = EXECUTIONS + f"{eid}/retry/"
