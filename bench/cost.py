@@ -68,6 +68,7 @@ class Drive:
     #: Reads that followed a write of the same call, over every call.
     reads_after_write: int = 0
     redis_kinds: Counter[str] = field(default_factory=Counter)
+    reads_by_collection: Counter[str] = field(default_factory=Counter)
     #: Per attempt, the most ``lock set`` + ``lock release`` commands one call sent.
     max_lock_release: float = 0.0
     calls: int = 0
@@ -147,6 +148,7 @@ def timed_steps(execution_id: str, config: Config,
             result.messages += sent.commands
             result.redis_kinds += redis.kinds
             result.reads_after_write += meters.reads_after_write(mongo.sequence)
+            result.reads_by_collection += meters.reads_by_collection(mongo.sequence)
             if ran:
                 split = meters.mongo_split(mongo.commands)
                 result.max_mongo = max(result.max_mongo, mongo.total / ran)
@@ -257,6 +259,7 @@ def summarize(ds: list[Drive]) -> dict[str, Any]:
         "mongodb_writes_per_attempt": round(split["writes"] / attempts, 3),
         "mongodb_reads_max_per_attempt": round(max(d.max_reads for d in ds), 2),
         "mongodb_writes_max_per_attempt": round(max(d.max_writes for d in ds), 2),
+        "mongodb_reads_by_collection": per(sum((d.reads_by_collection for d in ds), Counter())),
         "mongodb_reads_after_write": sum(d.reads_after_write for d in ds),
         "mongodb_bytes_written_per_attempt": round(sum(d.mongo_bytes for d in ds) / attempts),
         "redis_commands_per_attempt": round(redis.total() / attempts, 3),

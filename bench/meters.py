@@ -38,13 +38,14 @@ BENCH_REDIS_COMMANDS = frozenset({"info", "config|resetstat", "config", "flushdb
 
 @dataclass
 class Tally:
-    """Counts, bytes and seconds, added from any thread; and the names in the order they came (for
-    a read after a write, meaningful when one thread sends them) and a kind per name when given."""
+    """Counts, bytes and seconds, added from any thread; and ``(name, kind)`` in the order they came
+    (for a read after a write, meaningful when one thread sends them), and the kinds counted (the
+    store's meter gives the collection as the kind, the engine Redis meter what the command is for)."""
 
     commands: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     seconds: float = 0.0
-    sequence: list[str] = field(default_factory=list)
+    sequence: list[tuple[str, str | None]] = field(default_factory=list)
     kinds: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -55,7 +56,7 @@ class Tally:
             self.commands[name] += 1
             self.bytes += size
             self.seconds += seconds
-            self.sequence.append(name)
+            self.sequence.append((name, kind))
             if kind is not None:
                 self.kinds[kind] += 1
 
@@ -92,15 +93,23 @@ def mongo_split(commands: Counter[str]) -> dict[str, int]:
     return {"reads": reads, "writes": writes, "other": commands.total() - reads - writes}
 
 
-def reads_after_write(sequence: list[str]) -> int:
-    """Return how many reads in ``sequence`` (one thread's commands, in order) follow a write."""
-    written, found = False, 0
-    for name in sequence:
+def reads_after_write(sequence: list[tuple[str, str | None]]) -> int:
+    """Return how many reads in ``sequence`` (one thread's ``(command, collection)``, in order)
+    follow a write to the same collection (a collection of ``None``: any)."""
+    written: set[str | None] = set()
+    found = 0
+    for name, collection in sequence:
         if name in WRITES:
-            written = True
-        elif name in READS and written:
+            written.add(collection)
+        elif name in READS and (collection in written or None in written
+                                or (collection is None and written)):
             found += 1
     return found
+
+
+def reads_by_collection(sequence: list[tuple[str, str | None]]) -> Counter[str]:
+    """Return the reads in ``sequence`` by collection."""
+    return Counter(str(collection) for name, collection in sequence if name in READS)
 
 
 def _text(value: Any) -> str:
@@ -193,7 +202,7 @@ class StoreMeter:
                     depth.level -= 1
                     if outer:
                         tally.add(name, write_size(name, args[1:], kwargs),
-                                  time.perf_counter() - started)
+                                  time.perf_counter() - started, getattr(args[0], "name", None))
 
             return call
 
@@ -212,7 +221,7 @@ class StoreMeter:
         from executions import store
 
         tally = self.tally
-        pending: dict[int, tuple[str, int]] = {}
+        pending: dict[int, tuple[str, int, str | None]] = {}
         guard = threading.Lock()
 
         class Listener(monitoring.CommandListener):
@@ -222,8 +231,10 @@ class StoreMeter:
                 size = 0
                 if event.command_name in ("insert", "update", "delete", "findAndModify"):
                     size = len(bson.encode(event.command))
+                target = event.command.get(event.command_name)
                 with guard:
-                    pending[event.request_id] = (event.command_name, size)
+                    pending[event.request_id] = (event.command_name, size,
+                                                 target if isinstance(target, str) else None)
 
             def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
                 self._done(event.request_id, event.duration_micros)
@@ -235,7 +246,7 @@ class StoreMeter:
                 with guard:
                     found = pending.pop(request_id, None)
                 if found is not None:
-                    tally.add(found[0], found[1], micros / 1e6)
+                    tally.add(found[0], found[1], micros / 1e6, found[2])
 
         # A listener is only heard by clients created after it: reconnect with it, then back without.
         real_connect = mongoengine.connect

@@ -56,9 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="threads per process of the process-scaling section (4)")
     parser.add_argument("--wire-process-executions", type=int, default=200,
                         help="chains per process-scaling run (200)")
-    parser.add_argument("--scaling-repetitions", type=int, default=2,
-                        help="repetitions of the process-scaling section (2: it starts a worker "
-                             "set per run)")
+    parser.add_argument("--scaling-repetitions", type=int, default=3,
+                        help="runs per worker process set in the process-scaling section (3)")
     parser.add_argument("--bulk-executions", type=int, default=10_000,
                         help="FAILED executions one bulk retry dispatches (10,000)")
     parser.add_argument("--memory-executions", type=int, default=10_000)

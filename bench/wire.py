@@ -18,7 +18,8 @@ Two parts, each in a child process of the bench (``python -m bench.wire``) whose
   --no-sweeper`` (the production command; the handlers come by ``DETFLOW_HANDLER_MODULES``), and
   raw Dramatiq run by the ``dramatiq`` command with N processes x T threads
   (``bench/raw_worker.py``), for each N. The child launches the chains (inside the timed window)
-  and polls Redis for the end every 20 ms: each chain's last step counts it there (raw Dramatiq's
+  and polls Redis for the end every 20 ms (one worker set per contender and N, for every
+  repetition, the store emptied between them): each chain's last step counts it there (raw Dramatiq's
   actor, detflow's ``bench.noop`` handler), then detflow's executions are counted SUCCEEDED in
   the store (once their last steps ran: a count on the test server copies every document). CPU
   beside: the worker processes' (every process of the set), the store server's, Redis's (``INFO
@@ -326,20 +327,24 @@ def processes_part(raw: RawDramatiq, counts: Sequence[int], threads: int, execut
     client = services.redis_client()
     logs = Path(tempfile.mkdtemp(prefix="detflow-bench-workers-"))
     runs: dict[str, dict[int, list[Window]]] = {"detflow": {}, "dramatiq": {}}
-    for rep in range(repetitions):
-        for count in counts:
-            line = []
-            for contender in ("detflow", "dramatiq"):
-                throughput.reset()
-                run = secrets.token_hex(6)
-                if contender == "detflow":
-                    command = [sys.executable, "manage.py", "runworker", "--processes", str(count),
-                               "--threads", str(threads), "--no-sweeper"]
-                else:
-                    command = [sys.executable, "-m", "dramatiq", "bench.raw_worker", "--processes",
-                               str(count), "--threads", str(threads), "--queues", contenders.RAW_QUEUE]
-                with worker_set(command, count, env, logs / f"{contender}-{count}.log") as pid:
-                    pids = tree(pid)
+    for count in counts:
+        line = []
+        for contender in ("detflow", "dramatiq"):
+            throughput.reset()
+            if contender == "detflow":
+                command = [sys.executable, "manage.py", "runworker", "--processes", str(count),
+                           "--threads", str(threads), "--no-sweeper"]
+            else:
+                command = [sys.executable, "-m", "dramatiq", "bench.raw_worker", "--processes",
+                           str(count), "--threads", str(threads), "--queues", contenders.RAW_QUEUE]
+            # One worker set for the repetitions (starting one costs more than a run); the store
+            # is emptied between them, the Redis keys are the run's own.
+            with worker_set(command, count, env, logs / f"{contender}-{count}.log") as pid:
+                pids = tree(pid)
+                for rep in range(repetitions):
+                    if rep:
+                        store.collection().delete_many({})
+                    run = secrets.token_hex(6)
                     before = {p: cpu_seconds(p) for p in pids}
                     server, mine = cpu_seconds(server_pid), time.process_time()
                     redis_cpu = meters.redis_cpu_seconds(client)
@@ -368,10 +373,10 @@ def processes_part(raw: RawDramatiq, counts: Sequence[int], threads: int, execut
                                     sum(cpu_seconds(p) - before[p] for p in pids),
                                     meters.redis_cpu_seconds(client) - redis_cpu,
                                     stats.median(probes) if probes else None)
-                runs[contender].setdefault(count, []).append(window)
-                line.append(f"{contender} {window.steps_per_s:,.0f}")
-            progress(f"over the wire, worker processes, rep {rep + 1}/{repetitions}, {count} x "
-                     f"{threads} threads: " + ", ".join(line) + " steps/s")
+                    runs[contender].setdefault(count, []).append(window)
+            line.append(f"{contender} " + "/".join(f"{w.steps_per_s:,.0f}" for w in runs[contender][count]))
+        progress(f"over the wire, worker processes, {count} x {threads} threads, {repetitions} "
+                 "run(s) each: " + ", ".join(line) + " steps/s")
     throughput.reset()
     by: dict[str, Any] = {}
     for count in counts:

@@ -60,10 +60,11 @@ def _procs(server: float, total: float, rates: tuple[float, float]) -> dict[str,
     def entry(rate: float) -> dict[str, Any]:
         return {"detflow": {"steps_per_s": rate, "server_cpu_share": server, "total_cpu_share": total,
                             "workers_cpu_share": total - server, "redis_cpu_share": 0.0,
-                            "launcher_cpu_share": 0.0},
+                            "launcher_cpu_share": 0.0, "workers_cpu_ms_per_step": 1.0,
+                            "server_cpu_ms_per_step": 0.5},
                 "dramatiq": {"steps_per_s": rate * 2}}
 
-    return {"cores": 2, "by_processes": {"1": entry(rates[0]), "4": entry(rates[1])}}
+    return {"cores": 2, "threads": 4, "by_processes": {"1": entry(rates[0]), "4": entry(rates[1])}}
 
 
 def test_scaling_limit__is_read_from_the_server_and_machine_cpu() -> None:
@@ -76,3 +77,5 @@ def test_scaling_limit__is_read_from_the_server_and_machine_cpu() -> None:
     assert both.startswith("Both the test store server")
     neither = report.scaling_limit(_procs(0.3, 0.8, (400, 800)))
     assert neither.startswith("Neither the test store server nor the cores")
+    # 16 threads at 800 steps/s: 20 ms per step each, 1.5 ms of it CPU.
+    assert "each of the 16 worker threads spends 20.0 ms per step, of which 1.50 ms of CPU" in neither
