@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from detflow_site import conf, embedded, services
 from detflow_site.chaos.schedule import PAUSE_KINDS, STORE_GLOBAL_KINDS, Fault, Schedule
@@ -26,11 +28,12 @@ from executions.errors import OperationNotAllowed
 from executions.store import now_ms
 
 logger = logging.getLogger("detflow.chaos")
+T = TypeVar("T")
 
 #: Who the nemesis's pauses and resumes are recorded as.
 BY = "chaos-nemesis"
-#: Longest the nemesis tries a resume the store keeps refusing, in seconds.
-RESUME_PATIENCE_S = 60.0
+#: Longest the nemesis tries a pause or a resume the store keeps refusing, in seconds.
+PATIENCE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,14 @@ class Nemesis(threading.Thread):
         self.injected: list[Injected] = []
         #: The store rule each store fault added (what it struck is counted on the rule).
         self.rules: list[tuple[Fault, Rule]] = []
-        #: What the pauses did: ``paused``, ``refused`` (the execution had ended), ``resumed``,
-        #: ``ended while paused``, ``workflows paused``, ``workflows resumed``, ``holds lifted``.
+        #: What the pauses did: ``paused``, ``refused`` (the execution had ended), ``failed`` (the
+        #: store kept refusing it), ``resumed``, ``ended while paused``, ``workflows paused``,
+        #: ``workflows resumed``, ``holds lifted``.
         self.pauses: Counter[str] = Counter()
-        #: The pauses set and not lifted yet: ``(kind, execution id or workflow name)``.
+        #: The pauses set and not lifted yet: ``(kind, execution id or workflow name)``; the
+        #: executions whose pause was written.
         self._held: set[tuple[str, str]] = set()
+        self._paused: set[str] = set()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -85,7 +91,7 @@ class Nemesis(threading.Thread):
     def stop(self) -> None:
         """Stop injecting, and lift the pauses still set (the run ends with none)."""
         self._stop_event.set()
-        self.join(timeout=RESUME_PATIENCE_S + 10)
+        self.join(timeout=PATIENCE_S + 10)
         for kind, name in sorted(self._held):
             self._resume(kind, name)
 
@@ -105,19 +111,25 @@ class Nemesis(threading.Thread):
             detail = self._strike_store(fault)
         elif fault.kind == "pause_execution" and execution_id:
             self._held.add((fault.kind, execution_id))  # a pause that failed may have been applied
+            reason = f"chaos: paused for {fault.duration_s}s"
             try:
-                operations.pause(execution_id, BY, f"chaos: paused for {fault.duration_s}s")
+                _patiently(partial(operations.pause, execution_id, BY, reason))
             except OperationNotAllowed as exc:  # it ended before the pause came
                 self._held.discard((fault.kind, execution_id))
                 self.pauses["refused"] += 1
                 self.injected.append(Injected(fault.kind, execution_id, now_ms(), f"refused: {exc}"))
                 return
+            except Exception:
+                self.pauses["failed"] += 1
+                raise
+            self._paused.add(execution_id)
             self.pauses["paused"] += 1
             detail = f"paused for {fault.duration_s}s"
         elif fault.kind == "pause_workflow":
             for workflow in self.workflows:
                 self._held.add((fault.kind, workflow))
-                operations.pause_workflow(workflow, BY, f"chaos: paused for {fault.duration_s}s")
+                _patiently(partial(operations.pause_workflow, workflow, BY,
+                                   f"chaos: paused for {fault.duration_s}s"))
                 self.pauses["workflows paused"] += 1
             detail = f"{', '.join(self.workflows)} paused for {fault.duration_s}s"
         else:
@@ -135,27 +147,23 @@ class Nemesis(threading.Thread):
         """Lift the pause of ``kind`` of ``name`` (an execution id, a workflow), trying again while
         the store refuses it (an election the nemesis holds, Redis down)."""
         self._held.discard((kind, name))
-        deadline = time.monotonic() + RESUME_PATIENCE_S
-        while True:
-            try:
-                if kind == "pause_workflow":
-                    done = operations.resume_workflow(name, BY, "chaos: the pause is over")
-                    self.pauses["workflows resumed"] += 1
-                    self.pauses["holds lifted"] += done.released
-                else:
-                    operations.resume(name, BY, "chaos: the pause is over")
-                    self.pauses["resumed"] += 1
-                return
-            except OperationNotAllowed:  # not paused: it ended while paused (or was never paused)
-                if kind == "pause_execution":
-                    self.pauses["ended while paused"] += 1
-                return
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    logger.warning("could not resume %s: %s", name, exc)
-                    self.injected.append(Injected(kind, None, now_ms(), f"failed: resume of {name}: {exc}"))
-                    return
-                time.sleep(0.2)
+        reason = "chaos: the pause is over"
+        try:
+            if kind == "pause_workflow":
+                done = _patiently(partial(operations.resume_workflow, name, BY, reason))
+                self.pauses["workflows resumed"] += 1
+                self.pauses["holds lifted"] += done.released
+            else:
+                _patiently(partial(operations.resume, name, BY, reason))
+                self.pauses["resumed"] += 1
+        except OperationNotAllowed:  # not paused: it ended while paused (or was never paused)
+            if kind == "pause_workflow":  # a try whose write of the resume went through
+                self.pauses["workflows resumed"] += 1
+            elif name in self._paused:
+                self.pauses["ended while paused"] += 1
+        except Exception as exc:
+            logger.warning("could not resume %s: %s", name, exc)
+            self.injected.append(Injected(kind, None, now_ms(), f"failed: resume of {name}: {exc}"))
 
     def _strike_store(self, fault: Fault) -> str:
         """Add the store rule of an election, a latency or spikes, lasting ``fault.duration_s``."""
@@ -175,6 +183,22 @@ class Nemesis(threading.Thread):
             detail = f"{fault.delay_s}s added to one call in {fault.count} for {fault.duration_s}s"
         self.rules.append((fault, rule))
         return detail
+
+
+def _patiently(call: Callable[[], T]) -> T:
+    """Return ``call()``, tried again while it fails for any reason but ``OperationNotAllowed``
+    (an election the nemesis holds, Redis down, a write that met a concurrent one), for up to
+    ``PATIENCE_S``."""
+    deadline = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            return call()
+        except OperationNotAllowed:
+            raise
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def restart_redis() -> str:

@@ -35,7 +35,7 @@ def pause_counts(schedule: Schedule, nemesis: Counter[str], findings: checker.Fi
     the holds the histories show (``findings``)."""
     planned = schedule.counts()
     return {"planned": planned.get("pause_execution", 0), "paused": nemesis["paused"],
-            "refused": nemesis["refused"], "resumed": nemesis["resumed"],
+            "refused": nemesis["refused"], "failed": nemesis["failed"], "resumed": nemesis["resumed"],
             "ended_while_paused": nemesis["ended while paused"],
             "workflow_pauses_planned": planned.get("pause_workflow", 0),
             "workflows_paused": nemesis["workflows paused"],
@@ -47,7 +47,9 @@ def pause_counts(schedule: Schedule, nemesis: Counter[str], findings: checker.Fi
 
 def pause_line(counts: dict[str, int]) -> str:
     return (f"pauses: {counts['paused']} executions paused of {counts['planned']} planned "
-            f"({counts['refused']} refused: ended already), {counts['resumed']} resumed "
+            f"({counts['refused']} refused: ended already"
+            + (f"; {counts['failed']} failed" if counts["failed"] else "")
+            + f"), {counts['resumed']} resumed "
             f"({counts['ended_while_paused']} ended while paused); workflow pauses: "
             f"{counts['workflow_pauses_planned']} planned, {counts['workflows_paused']} workflows paused "
             f"and {counts['workflows_resumed']} resumed, {counts['workflow_holds']} holds set on "

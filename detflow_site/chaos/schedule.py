@@ -219,16 +219,18 @@ def _draw_waits(
 
 
 def _draw_pauses(seed: int, executions: int, share: float, kinds: tuple[str, ...]) -> list[Fault]:
-    """Return the pauses: of a share of the executions (at least one), each set 0.05 to 1.5 s into
-    the run (while most executions still run) for 0.5 to 2.5 s; of the workflows, set 0.5 to 3 s
+    """Return the pauses: of a share of the executions (at least one, drawn), each set in the run's
+    first 0.3 s (every other one) or 0.3 to 2 s into it, for 0.5 to 2.5 s; of the workflows, set 0.5 to 3 s
     into the run for 1 to 3 s."""
     drawn = []
     if "pause_execution" in kinds and executions > 0:
         rng = random.Random(f"pauses-{seed}")
-        draws = [(rng.random(), round(rng.uniform(0.05, 1.5), 3), round(rng.uniform(0.5, 2.5), 3))
-                 for _ in range(executions)]
-        chosen = [i for i in range(executions) if draws[i][0] < share] or [rng.randrange(executions)]
-        drawn += [Fault("pause_execution", i, at_s=draws[i][1], duration_s=draws[i][2]) for i in chosen]
+        chosen = sorted(rng.sample(range(executions), min(executions, max(1, round(share * executions)))))
+        # Half of them at the start, while nearly every execution waits or runs its first step;
+        # the others later, when some have ended already (their pause is refused).
+        drawn += [Fault("pause_execution", i, at_s=round(rng.uniform(0.0, 0.3) if k % 2 == 0
+                                                         else rng.uniform(0.3, 2.0), 3),
+                        duration_s=round(rng.uniform(0.5, 2.5), 3)) for k, i in enumerate(chosen)]
     if "pause_workflow" in kinds:
         rng = random.Random(f"workflow-pause-{seed}")
         drawn.append(Fault("pause_workflow", at_s=round(rng.uniform(0.5, 3.0), 3),
