@@ -45,7 +45,7 @@ def store_size(detailed: bool) -> dict[str, Any]:
     if detailed and services.is_embedded_store():
         from pympler import asizeof
 
-        kept = list(store.collection()._store._documents.values())  # mongomock's own copies
+        kept: list[Any] = list(store.collection()._store._documents.values())  # mongomock's own copies
         sizes["python_bytes"] = asizeof.asizeof(kept)
     return sizes
 
