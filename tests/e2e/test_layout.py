@@ -1,6 +1,7 @@
 """The executions list at the widths operators use: the table beside the filter panel, never under it."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -76,3 +77,43 @@ def test_executions_list__at_width_sits_beside_the_filter_panel_with_every_colum
     assert key.evaluate("e => e.scrollWidth > e.clientWidth"), "the long key is cut with an ellipsis"
     execution = page.locator("tr.execution-row th.execution-id a").first
     assert execution.get_attribute("title") == execution.inner_text()
+
+
+def contrast(page: Any, selector: str, background_of: str) -> float:
+    """Return the contrast ratio (WCAG) of ``selector``'s text on ``background_of``'s background."""
+
+    def luminance(css: str) -> float:
+        red, green, blue = (int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3])
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in (red, green, blue)]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    fore = page.eval_on_selector(selector, "e => getComputedStyle(e).color")
+    back = page.eval_on_selector(background_of, "e => getComputedStyle(e).backgroundColor")
+    light, dark = sorted((luminance(fore), luminance(back)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def test_workflow_page__header_text_is_legible_on_the_header(signed_in: Callable[[str], Any],
+                                                             define: Any) -> None:
+    define("layout-ok", [{"handler": "test.echo"}])
+    page = signed_in("viewer")
+    page.goto("/admin/workflows/workflow/layout-ok/")
+    assert "registered" in page.locator("#version-1 h2 .quiet").inner_text()
+    assert contrast(page, "#version-1 h2 .quiet", "#version-1 h2") >= 4.5
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_dashboard__at_width_puts_its_panels_side_by_side_across_the_page(
+    signed_in: Callable[[str], Any], define: Any, width: int,
+) -> None:
+    some_executions(define)
+    page = signed_in("viewer")
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto("/admin/")
+    screenshot(page, f"dashboard-{width}")
+    panels = [box(page, f"#{name}") for name in ("detflow-dashboard", "detflow-failure-rates",
+                                                 "detflow-slow-steps", "detflow-stuck")]
+    assert panels[0]["y"] == panels[1]["y"] and panels[0]["x"] < panels[1]["x"], "two panels side by side"
+    assert panels[1]["x"] >= panels[0]["x"] + panels[0]["width"], "the panels do not overlap"
+    used = max(p["x"] + p["width"] for p in panels) - min(p["x"] for p in panels)
+    assert used >= 0.8 * width, f"the dashboard uses {used}px of {width}px"
