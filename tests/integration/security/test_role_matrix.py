@@ -99,6 +99,7 @@ MATRIX = [
     Row("api/v1/schema/", "GET", "/api/v1/schema/", None, 200, access="public"),
     Row("api/v1/docs/", "GET", "/api/v1/docs/", None, 200, access="public"),
     Row("api/v1/^(?P<rest>[\\s\\S]*)$", "GET", "/api/v1/no-such-path/", None, 404, access="nowhere"),
+    Row("", "GET", "/", None, 200, access="public"),  # the landing page: links, no data
     Row("healthz", "GET", "/healthz", None, 200, access="public"),
     Row("readyz", "GET", "/readyz", None, 200, access="public"),
     Row("metrics", "GET", "/metrics", None, 200, access="public"),
