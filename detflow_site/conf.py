@@ -275,12 +275,25 @@ def _parsed(raw_items: tuple[tuple[str, Any], ...]) -> DetflowSettings:
     return result
 
 
+#: The raw values :func:`get` parsed last (a copy) and what it made of them: the hot path asks for
+#: the settings several times a step, and comparing two small dicts is far cheaper than sorting,
+#: hashing and looking them up. A copy, compared by value: a test that replaces ``settings.DETFLOW``
+#: (or changes it in place) is seen at the next call.
+_last: tuple[dict[str, Any], DetflowSettings] | None = None
+
+
 def get() -> DetflowSettings:
     """Return the current detflow settings; raise ``ImproperlyConfigured`` on a bad value."""
     from django.conf import settings
 
+    global _last
     raw = getattr(settings, "DETFLOW", {})
-    return _parsed(tuple(sorted((k, _hashable(v)) for k, v in raw.items())))
+    last = _last
+    if last is not None and last[0] == raw:
+        return last[1]
+    result = _parsed(tuple(sorted((k, _hashable(v)) for k, v in raw.items())))
+    _last = (dict(raw), result)
+    return result
 
 
 def problems() -> list[str]:

@@ -152,7 +152,22 @@ Settle = Finish | Rollback | StartWait | Resume | WakeUp | Expire
 
 
 def decide(state: ExecutionState, now: int) -> Decision:
-    """Return what must happen next to ``state`` at time ``now`` (milliseconds)."""
+    """Return what must happen next to ``state`` at time ``now`` (milliseconds).
+
+    A state is decided on several times on its way through a worker (the write that makes it, to
+    know when it is due; the run loop; the message that follows): the decision is kept on the
+    state (a frozen value: it never changes) with its time, and given again while no later time
+    can change it (:func:`_still`). No caller can tell it from deciding again.
+    """
+    decided = state.__dict__.get("_decided")
+    if decided is not None and _still(state, decided, now):
+        return decided[1]  # type: ignore[no-any-return]
+    decision = _decide_at(state, now)
+    object.__setattr__(state, "_decided", (now, decision))
+    return decision
+
+
+def _decide_at(state: ExecutionState, now: int) -> Decision:
     decision = _decide(state, now)
     deadline = state.deadline_at
     timed = deadline is not None and state.status in (ExecutionStatus.PENDING, ExecutionStatus.RUNNING)
@@ -470,19 +485,54 @@ def failed_step(state: ExecutionState) -> int | None:
     return next((i for i, s in enumerate(state.steps) if s.status is StepStatus.FAILED), None)
 
 
+class Folded(list[Event]):
+    """Events, with what the engine worked out from them: their history entries and the state they
+    lead ``base`` to (a writer that commits them from ``base`` takes these rather than replay them
+    again; the decision on that state is kept on it, see :func:`decide`)."""
+
+    def __init__(self, events: list[Event], base: ExecutionState, entries: list[dict[str, Any]],
+                 after: ExecutionState) -> None:
+        super().__init__(events)
+        self.base, self.entries, self.after = base, entries, after
+
+
 def _and_finish(
     state: ExecutionState, events: list[Event], now: int,
     cause: tuple[str | None, str, str] = (None, "", ""),
 ) -> list[Event]:
-    decision = decide(replay(state, [e.fields() for e in events]), now)
+    entries = [e.fields() for e in events]
+    after = replay(state, entries)
+    decision = decide(after, now)
     if isinstance(decision, Rollback):
         return events + rollback(state, decision.plan, None, "on_failure: compensate", cause)
-    return events + finished(decision) if isinstance(decision, Finish) else events
+    if isinstance(decision, Finish):
+        return events + finished(decision)
+    return Folded(events, state, entries, after)
 
 
 def due_at(state: ExecutionState, now: int) -> int | None:
     """Return when ``state`` next needs a worker (``None``: never without an operator)."""
-    decision = decide(state, now)
+    return due(decide(state, now), now)
+
+
+def due(decision: Decision, now: int) -> int | None:
+    """Return when the state ``decision`` was made for at ``now`` next needs a worker."""
     if isinstance(decision, Wait):
         return decision.until
     return None if isinstance(decision, Idle) else now
+
+
+#: Decisions that stay what they are as time passes, as long as no deadline passes meanwhile (a
+#: wait ends, a lease runs out, a lost attempt's retry time moves with the clock; these do not).
+_LASTING = (Claim, StartWait, Resume, WakeUp, Finish, Rollback)
+
+
+def _still(state: ExecutionState, decided: tuple[int, Decision], now: int) -> bool:
+    """Tell whether ``decide(state, now)`` is the decision ``decided`` made for ``state`` at an
+    earlier time: a claim, the start or end of a wait, the execution's end or rollback, with no
+    deadline passed between (each of these depends on the state alone, or on a time already past)."""
+    at, decision = decided
+    if now < at or not isinstance(decision, _LASTING):
+        return False
+    deadline = state.deadline_at
+    return deadline is None or now < deadline or isinstance(decision, Finish | Rollback)

@@ -10,10 +10,13 @@ A message that arrives while another worker holds the execution is therefore nev
 """
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
+from typing import Any
 
 import redis
+from redis.exceptions import NoScriptError
 
 #: Delete the lock if it still holds our token; return whether a poke was waiting (and clear it).
 _RELEASE = """
@@ -33,6 +36,23 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def run_script(client: redis.Redis, script: str, sha: str, keys: int, *args: Any) -> Any:
+    """Run a Lua script by its SHA1 (``EVALSHA``: the script's text is not sent each time), or by
+    its text (``EVAL``, which caches it) when the server does not know it (restarted, flushed)."""
+    try:
+        return client.evalsha(sha, keys, *args)
+    except NoScriptError:
+        return client.eval(script, keys, *args)
+
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+_RELEASE_SHA = _sha(_RELEASE)
+_RENEW_SHA = _sha(_RENEW)
 
 
 class ExecutionLock:
@@ -67,7 +87,7 @@ class ExecutionLock:
     def renew(self) -> bool:
         """Extend the expiry to ``ttl_ms`` from now; ``False`` when the lock is no longer ours."""
         started = time.monotonic()
-        if self.client.eval(_RENEW, 1, self.key, self.token, self.ttl_ms):
+        if run_script(self.client, _RENEW, _RENEW_SHA, 1, self.key, self.token, self.ttl_ms):
             self.renewed_at = started
             return True
         return False
@@ -80,7 +100,8 @@ class ExecutionLock:
 
     def release(self) -> bool:
         """Release the lock if it is still ours; return whether another message poked meanwhile."""
-        _released, poked = self.client.eval(_RELEASE, 2, self.key, self.poke_key, self.token)
+        _released, poked = run_script(self.client, _RELEASE, _RELEASE_SHA, 2, self.key, self.poke_key,
+                                      self.token)
         return bool(poked)
 
     def holder_ttl_ms(self) -> int:

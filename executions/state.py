@@ -151,6 +151,11 @@ class ExecutionState:
     #: an operator retries or skips it.
     deadline_failed: int | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # What ``engine.decide`` keeps on a state (its last decision) is not part of its value:
+        # a copy or a pickle leaves it behind, and decides afresh.
+        return {k: v for k, v in self.__dict__.items() if k != "_decided"}
+
     def signal_for(self, step: StepState) -> int | None:
         """Return the place of the first signal a waiting ``step`` may take, if one came."""
         return next((k for k, s in enumerate(self.signals) if s.name == step.signal and not s.consumed),

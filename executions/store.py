@@ -7,6 +7,7 @@ milliseconds, and the engine works in integer milliseconds, so a stored time rou
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -220,11 +221,48 @@ def initial_state(execution_id: str, definition: Mapping[str, Any],
     )
 
 
+#: What ``to_state`` reads of a pinned definition's steps (their retry policies, what undoes each,
+#: their kinds), by workflow and version: a definition is the same for every load of its executions,
+#: and parsing it again is most of a load's cost. A hit is checked against the stored steps (equal
+#: dicts), so a definition stored again under the same name and version is never mistaken.
+_STATICS: dict[tuple[Any, Any], tuple[list[Any], tuple[_Static, ...]]] = {}
+#: Definitions ``_STATICS`` holds at most (past it, it starts over).
+STATICS_KEPT = 256
+#: Step states each step of a definition keeps for reuse, at most (past it, it starts over).
+STEP_STATES_KEPT = 64
+#: A stored status to its enum member (faster than calling the enum).
+_STEP_STATUS = {status.value: status for status in StepStatus}
+
+
+@dataclass(frozen=True)
+class _Static:
+    """What the definition says of one step, and the states of it that carry no time (a pending or
+    finished step: most of them), which any execution of the definition can share (states are
+    frozen values), by ``(status, attempt, budget_base)``."""
+
+    policy: RetryPolicy
+    compensate: RetryPolicy | None
+    waits: dict[str, Any]
+    shared: dict[tuple[str, int, int], StepState]
+
+
+def _statics(doc: Mapping[str, Any]) -> tuple[_Static, ...]:
+    """Return what the definition of ``doc`` says of each of its steps (see ``_STATICS``)."""
+    specs = doc["definition"]["steps"]
+    key = (doc.get("workflow"), doc.get("workflow_version"))
+    found = _STATICS.get(key)
+    if found is not None and found[0] == specs:
+        return found[1]
+    statics = tuple(_Static(_policy(spec), _undo_policy(spec), _waits(spec), {}) for spec in specs)
+    if len(_STATICS) >= STATICS_KEPT:
+        _STATICS.clear()
+    _STATICS[key] = (copy.deepcopy(specs), statics)  # a copy: the doc's may be changed after
+    return statics
+
+
 def to_state(doc: dict[str, Any]) -> ExecutionState:
     """Return the engine's view of a stored execution."""
-    specs = doc["definition"]["steps"]
-    steps = tuple(_slot_state(step, _policy(spec), compensate=_undo_policy(spec), **_waits(spec))
-                  for step, spec in zip(doc["steps"], specs, strict=True))
+    steps = tuple(_step_state(step, static) for step, static in zip(doc["steps"], _statics(doc), strict=True))
     compensations = tuple(
         _slot_state(undo, steps[undo["step_index"]].compensate or RetryPolicy(), undoes=undo["step_index"])
         for undo in doc.get("compensations") or ()
@@ -240,16 +278,31 @@ def to_state(doc: dict[str, Any]) -> ExecutionState:
                           deadline_failed=doc.get("deadline_failed"))
 
 
+def _step_state(stored: Mapping[str, Any], static: _Static) -> StepState:
+    if "next_retry_at" in stored or "lease_expires_at" in stored or "wake_at" in stored:
+        return _slot_state(stored, static.policy, compensate=static.compensate, **static.waits)
+    key = (stored["status"], stored.get("attempt", 0), stored.get("budget_base", 0))
+    state = static.shared.get(key)
+    if state is None or state.name != stored["name"]:
+        state = _slot_state(stored, static.policy, compensate=static.compensate, **static.waits)
+        if len(static.shared) >= STEP_STATES_KEPT:
+            static.shared.clear()
+        static.shared[key] = state
+    return state
+
+
 def _slot_state(stored: Mapping[str, Any], policy: RetryPolicy, **more: Any) -> StepState:
+    retry_at, lease, wake = (stored.get("next_retry_at"), stored.get("lease_expires_at"),
+                             stored.get("wake_at"))
     return StepState(
         name=stored["name"],
-        status=StepStatus(stored["status"]),
+        status=_STEP_STATUS.get(stored["status"]) or StepStatus(stored["status"]),
         policy=policy,
         attempt=stored.get("attempt", 0),
         budget_base=stored.get("budget_base", 0),
-        next_retry_at=to_ms(stored.get("next_retry_at")),
-        lease_expires_at=to_ms(stored.get("lease_expires_at")),
-        wake_at=to_ms(stored.get("wake_at")),
+        next_retry_at=None if retry_at is None else to_ms(retry_at),
+        lease_expires_at=None if lease is None else to_ms(lease),
+        wake_at=None if wake is None else to_ms(wake),
         **more,
     )
 

@@ -21,7 +21,15 @@ import bson
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from executions import engine, store
-from executions.engine import TERMINAL, ExecutionState, ExecutionStatus, StepStatus, due_at, replay
+from executions.engine import (
+    TERMINAL,
+    ExecutionState,
+    ExecutionStatus,
+    Folded,
+    StepStatus,
+    decide,
+    replay,
+)
 from executions.events import (
     AttemptFailed,
     AttemptLost,
@@ -111,8 +119,12 @@ def create(
 
 def commit(snap: Snapshot, events: Sequence[Event], now: int) -> Snapshot | None:
     """Apply ``events`` to the snapshot's state and write it all in one conditional update."""
-    entries = [event.fields() for event in events]
-    new_state = replay(snap.state, entries)
+    if isinstance(events, Folded) and events.base is snap.state:
+        entries, new_state = events.entries, events.after  # the engine folded them in already
+    else:
+        entries = [event.fields() for event in events]
+        new_state = replay(snap.state, entries)
+    decision = decide(new_state, now)
     update_set: dict[str, Any] = {"updated_at": to_dt(now)}
     update_unset: dict[str, str] = {}
     pushes: dict[str, Any] = {}
@@ -128,11 +140,17 @@ def commit(snap: Snapshot, events: Sequence[Event], now: int) -> Snapshot | None
     for prefix, old, new in changed:
         if old is new or old == new:  # evolve keeps the steps it does not change
             continue
-        update_set[prefix + "status"] = new.status.value
-        update_set[prefix + "attempt"] = new.attempt
-        update_set[prefix + "budget_base"] = new.budget_base
+        # Only what changed: the stored step holds what its state was read from (or written as).
+        if new.status is not old.status:
+            update_set[prefix + "status"] = new.status.value
+        if new.attempt != old.attempt:
+            update_set[prefix + "attempt"] = new.attempt
+        if new.budget_base != old.budget_base:
+            update_set[prefix + "budget_base"] = new.budget_base
         for name in TIME_FIELDS:
             value = getattr(new, name)
+            if value == getattr(old, name):
+                continue
             if value is None:
                 update_unset[prefix + name] = ""
             else:
@@ -147,7 +165,7 @@ def commit(snap: Snapshot, events: Sequence[Event], now: int) -> Snapshot | None
         bulk = getattr(event, "bulk", None)
         if bulk is not None:
             pushes["bulk_operations"] = {"$each": [bulk], "$slice": -store.BULK_KEPT}
-    due = due_at(new_state, now)
+    due = engine.due(decision, now)
     if due is None:
         update_unset["due_at"] = ""
     else:
@@ -347,7 +365,8 @@ def _effects(
             sets[prefix + "started_at"] = at
     elif isinstance(event, StepSucceeded):
         _output(sets, _prefix(event), event.output_json, now)
-        unsets[_prefix(event) + "error"] = ""  # an earlier attempt's: its attempt record keeps it
+        if "error" in store.slot_doc(snap.doc, _slot(snap, event)):
+            unsets[_prefix(event) + "error"] = ""  # an earlier attempt's: its attempt record keeps it
         _close_attempt(_prefix(event), slots, dict(event.record), unsets, pushes)
     elif isinstance(event, AttemptFailed):
         sets[_prefix(event) + "error"] = {"type": event.error_type, "message": event.detail}
