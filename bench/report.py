@@ -480,6 +480,13 @@ def details(results: dict[str, Any]) -> str:
                        f"{r['workers_cpu_ms_per_step']:>11.3f}  {r.get('store_probe_ms') or 0:>14.2f}")
         out.append("  (CPU in cores busy over the run; the store probe: one _id lookup by the launcher "
                    "every 20 ms, median; raw Dramatiq's runs leave the server idle)")
+        for count, e in scaling["by_processes"].items():
+            if "redis_commands" in e["detflow"]:
+                out.append(f"  Redis server commands per step, {count} process(es), every client (the "
+                           "launcher's polls too): " + "; ".join(
+                               f"{name} {e[name]['redis_commands_per_step']:g} "
+                               f"({_counts(dict(list(e[name]['redis_commands'].items())[:6]))})"
+                               for name in ("detflow", "dramatiq")))
         out.append(f"  {scaling['limit']}")
     hist = results.get("history")
     if hist:

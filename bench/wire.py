@@ -25,7 +25,8 @@ Two parts, each in a child process of the bench (``python -m bench.wire``) whose
   beside: the worker processes' (every process of the set), the store server's, Redis's (``INFO
   cpu``), this launcher's; and a store probe (one ``_id`` lookup by the launcher at each poll, its
   median time): on the idle server (raw Dramatiq's runs) against under detflow's load, it shows
-  the commands queueing before the server, which runs one at a time. The bench's ``scaling``
+  the commands queueing before the server, which runs one at a time; the Redis server's commands
+  per step (``INFO commandstats``, every client: the launcher's polls too). The bench's ``scaling``
   section runs this part alone (``--no-in-process``).
 
 On this 2-core machine the worker processes, the store server, Redis and the launcher share two
@@ -188,6 +189,8 @@ class Window:
     redis_cpu_seconds: float | None = None
     #: Median time of the launcher's store probe (an ``_id`` lookup) over the window, in ms.
     probe_ms: float | None = None
+    #: Commands the Redis server ran over the window, every client (``INFO commandstats``).
+    redis_commands: dict[str, int] | None = None
 
     @property
     def steps_per_s(self) -> float:
@@ -275,6 +278,16 @@ def _summary(windows: list[Window]) -> dict[str, Any]:
             [(w.workers_cpu_seconds or 0) / w.seconds for w in windows]))
         entry["launcher_cpu_share"] = stats.rounded(stats.median(
             [w.cpu_seconds / w.seconds for w in windows]))
+    counted = [w for w in windows if w.redis_commands is not None]
+    if counted:
+        steps = sum(w.steps for w in counted)
+        total: dict[str, int] = {}
+        for w in counted:
+            for name, n in (w.redis_commands or {}).items():
+                total[name] = total.get(name, 0) + n
+        entry["redis_commands_per_step"] = round(sum(total.values()) / steps, 2)
+        entry["redis_commands"] = {k: round(v / steps, 2)
+                                   for k, v in sorted(total.items(), key=lambda kv: -kv[1])}
     probes = [w.probe_ms for w in windows if w.probe_ms is not None]
     if probes:
         entry["store_probe_ms"] = stats.rounded(stats.median(probes))
@@ -348,6 +361,7 @@ def processes_part(raw: RawDramatiq, counts: Sequence[int], threads: int, execut
                     before = {p: cpu_seconds(p) for p in pids}
                     server, mine = cpu_seconds(server_pid), time.process_time()
                     redis_cpu = meters.redis_cpu_seconds(client)
+                    commands_before = meters.server_commands(client)
                     started = time.perf_counter()
                     done: Callable[[], bool]
                     if contender == "detflow":
@@ -368,11 +382,13 @@ def processes_part(raw: RawDramatiq, counts: Sequence[int], threads: int, execut
                         probes.append(_probe(store.collection()))
                         time.sleep(POLL_S)
                     seconds = time.perf_counter() - started
+                    commands = meters.server_commands(client)
+                    commands.subtract(commands_before)
                     window = Window(contender, executions * steps, seconds,
                                     time.process_time() - mine, cpu_seconds(server_pid) - server,
                                     sum(cpu_seconds(p) - before[p] for p in pids),
                                     meters.redis_cpu_seconds(client) - redis_cpu,
-                                    stats.median(probes) if probes else None)
+                                    stats.median(probes) if probes else None, dict(+commands))
                     runs[contender].setdefault(count, []).append(window)
             line.append(f"{contender} " + "/".join(f"{w.steps_per_s:,.0f}" for w in runs[contender][count]))
         progress(f"over the wire, worker processes, {count} x {threads} threads, {repetitions} "

@@ -49,10 +49,13 @@ def test_scaling_section__runs_1_and_2_worker_processes_over_the_server_and_says
                  + ours["launcher_cpu_share"])
         assert abs(ours["total_cpu_share"] - parts) <= 0.01, ours
         assert entry["cpu_ratios"]["detflow/dramatiq"] > 0
+        # The Redis server's commands per step: raw Dramatiq's every step is a message of its own.
+        assert raw["redis_commands_per_step"] > ours["redis_commands"].get("set", 0) > 0, entry
     assert scaling["limit"] == report.scaling_limit(scaling)
     assert scaling["limit"].startswith(LIMITS)
     assert f"{scaling['by_processes']['2']['detflow']['server_cpu_share']:.2f} of a core" in scaling["limit"]
     assert "process scaling" in done.stdout and scaling["limit"] in done.stdout
+    assert "Redis server commands per step, 2 process(es)" in done.stdout
     assert running_below_me() == []
 
 
