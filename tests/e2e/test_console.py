@@ -56,6 +56,7 @@ def test_operator__filters_failed_opens_one_retries_it_and_sees_it_succeed(
     screenshot(page, "execution")
 
     page.click("#actions a.action-retry")
+    assert '"succeed_on": 2' in page.input_value("#id_input")  # the form holds the input it reads
     page.fill("#id_reason", "the upstream service is back")
     page.click("#preview-button")
     assert "FAILED → RUNNING" in page.locator("#preview").inner_text()
@@ -69,6 +70,10 @@ def test_operator__filters_failed_opens_one_retries_it_and_sees_it_succeed(
     history = page.locator("#events").inner_text()
     assert "retried" in history and "the upstream service is back" in history
     assert page.locator("#timeline svg rect.attempt.succeeded").count() == 2
+    # Failed until the operator's retry: drawn as a wait for an operator, not as a retry wait.
+    assert page.locator("#timeline svg .operator-wait.retry").count() == 1
+    assert page.locator("#timeline svg line.wait").count() == 0
+    screenshot(page, "execution-retried")
 
 
 def test_viewer__sees_no_action_and_a_forged_post_is_refused(
