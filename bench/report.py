@@ -130,6 +130,10 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                         f"{main['dramatiq']['steps_per_s']:,.0f} steps/s)")
                 if f"{ours}/celery" in cpu:
                     note += f"; vs Celery {cpu[f'{ours}/celery']:.2f}"
+                note += "; at " + ", ".join(
+                    f"{n} threads {e['cpu_ratios'][f'{ours}/dramatiq']:.2f}"
+                    for n, e in tp["by_threads"].items() if n != str(tp["main_threads"])
+                    and e.get("cpu_ratios", {}).get(f"{ours}/dramatiq") is not None)
                 measured[key] = (cpu.get(f"{ours}/dramatiq"), note)
     sig = results.get("signal")
     if sig:
@@ -239,6 +243,12 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"goal": goal.text, "bound": goal.bound, "measured": value, "note": note,
                      "holds": holds, "unit": goal.unit})
     return rows
+
+
+def _net(entry: dict[str, Any], idle: float | None) -> float:
+    """CPU per step less the idle CPU of the run's duration, in ms."""
+    rate = entry["steps_per_s"] or 0
+    return entry["cpu_ms_per_step"] - ((idle or 0) * 1000 / rate if rate else 0)
 
 
 def _counts(counts: dict[str, float]) -> str:
@@ -352,6 +362,14 @@ def details(results: dict[str, Any]) -> str:
                 out.append(f"  {count:>7}  {cells}  "
                            + "  ".join(f"{entry['cpu_ratios'][r]:>20.2f}" for r in cpu_pairs))
         counted = tp.get("commands")
+        if counted and all("idle_cpu_share" in c for c in counted["contenders"].values()):
+            idle = {n: c["idle_cpu_share"] for n, c in counted["contenders"].items()}
+            out.append("  idle CPU of this process with each contender's workers started and nothing "
+                       "to do, cores: " + ", ".join(f"{n} {v:.3f}" for n, v in idle.items())
+                       + "; CPU per step net of it, ms: " + "; ".join(
+                           f"{count} threads " + ", ".join(
+                               f"{n} {_net(entry[n], idle.get(n)):.3f}" for n in names if n in idle)
+                           for count, entry in tp["by_threads"].items()))
         if counted:
             out.append(f"commands per step by kind ({counted['threads']} threads, one counted run "
                        "each; MongoDB: reads + writes; Redis outside the broker, by kind):")

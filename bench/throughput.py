@@ -16,6 +16,8 @@ from typing import Any
 from bench import handlers, meters, stats
 from bench.contenders import Contender
 
+#: How long the counted run measures the idle CPU of the process, workers started, in seconds.
+IDLE_S = 1.0
 #: Longest a run may take before the bench gives up on it, in seconds.
 RUN_TIMEOUT_S = 300.0
 
@@ -33,6 +35,8 @@ class Run:
     cpu_seconds: float
     #: Commands the Redis server ran during the run, every client (broker included).
     redis_commands: Counter[str] = field(default_factory=Counter)
+    #: This process's CPU, in cores, with the workers started and nothing to do (when measured).
+    idle_cpu_share: float | None = None
 
     @property
     def steps_per_s(self) -> float:
@@ -50,11 +54,12 @@ def reset() -> None:
 
 
 def timed(contender: Contender, threads: int, executions: int, steps: int,
-          window: Callable[[bool], None] | None = None) -> Run:
+          window: Callable[[bool], None] | None = None, idle_s: float = 0.0) -> Run:
     """Run ``executions`` chains of ``steps`` steps on ``threads`` threads; return the timing.
 
     ``window``, when given, is called with ``True`` as the timing starts and ``False`` as it ends
-    (to count what happens in the timed window alone)."""
+    (to count what happens in the timed window alone). With ``idle_s``, this process's CPU is
+    measured first over ``idle_s`` seconds with the workers started and nothing to do."""
     from detflow_site import services
 
     reset()
@@ -62,6 +67,11 @@ def timed(contender: Contender, threads: int, executions: int, steps: int,
     try:
         client = services.redis_client()
         before = meters.server_commands(client)
+        idle = None
+        if idle_s:
+            cpu, started = time.process_time(), time.perf_counter()
+            time.sleep(idle_s)
+            idle = (time.process_time() - cpu) / (time.perf_counter() - started)
         run = secrets.token_hex(6)
         handlers.FINISH.arm(run, executions)
         if window:
@@ -79,7 +89,7 @@ def timed(contender: Contender, threads: int, executions: int, steps: int,
     finally:
         contender.stop()
     _check(contender, executions)
-    return Run(contender.name, threads, executions, steps, seconds, cpu, +commands)
+    return Run(contender.name, threads, executions, steps, seconds, cpu, +commands, idle)
 
 
 def _check(contender: Contender, executions: int) -> None:
@@ -121,9 +131,11 @@ def commands_by_kind(contenders: Sequence[Contender], threads: int, executions: 
     """Per step, each contender's MongoDB commands (reads, writes, by name) and its Redis commands
     outside the broker (the engine's own client, by kind: lock set, lock release, poke, slot...),
     counted in one run apart from the timed ones (the meters cost CPU, which the timed runs must
-    not pay). Raw Dramatiq and Celery store nothing and have no client beside their broker's:
-    their counts are zero by construction, and their every Redis command is the broker's (the
-    throughput's ``redis_commands_per_step``, server-side)."""
+    not pay); and before it, this process's CPU with the contender's workers started and nothing to
+    do (``idle_cpu_share``, in cores: their polling, heartbeats). Raw Dramatiq and Celery store
+    nothing and have no client beside their broker's: their counts are zero by construction, and
+    their every Redis command is the broker's (the throughput's ``redis_commands_per_step``,
+    server-side)."""
     total = executions * steps
     found: dict[str, Any] = {}
     with meters.StoreMeter().installed() as store_meter, meters.RedisMeter().installed() as redis_meter:
@@ -134,9 +146,10 @@ def commands_by_kind(contenders: Sequence[Contender], threads: int, executions: 
                        ) -> None:
                 tallies.append((store_meter.tally.take(), redis_meter.tally.take()))
 
-            timed(contender, threads, executions, steps, window)
+            run = timed(contender, threads, executions, steps, window, idle_s=IDLE_S)
             mongo, redis = tallies[-1]
             found[contender.name] = per_step(mongo, redis, total)
+            found[contender.name]["idle_cpu_share"] = stats.rounded(run.idle_cpu_share or 0.0)
     reset()
     return {"contenders": found, "executions": executions, "steps": steps,
             "method": "one more run per contender with the meters installed (bench/meters.py), "

@@ -41,6 +41,8 @@ def test_throughput__reports_cpu_per_step_of_every_contender_its_ratios_and_comm
     assert per_message["engine_redis"]["lock release"] >= 1, per_message
     assert (per_message["mongodb_reads_per_step"] + per_message["mongodb_writes_per_step"]
             <= per_message["mongodb_per_step"])
+    # The idle CPU of the process with each contender's workers started, measured beside.
+    assert all(c["idle_cpu_share"] >= 0 for c in counted.values()), counted
     # The raw chain stores nothing and has no Redis client beside its broker's.
     assert raw["mongodb_per_step"] == 0 and raw["engine_redis_per_step"] == 0
 
@@ -55,6 +57,7 @@ def test_throughput__reports_cpu_per_step_of_every_contender_its_ratios_and_comm
     assert "CPU per step, ms" in text and "commands per step by kind" in text
     assert f"{entry['detflow-msg']['cpu_ms_per_step']:.3f}" in text
     assert "lock set" in text and "lock release" in text
+    assert "idle CPU of this process" in text and "CPU per step net of it" in text
 
 
 def test_cost__counts_reads_writes_read_after_write_and_redis_by_kind_per_message_step(
