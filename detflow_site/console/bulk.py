@@ -33,8 +33,8 @@ from executions.errors import InvalidArgument
 
 #: Operations per page of the list.
 PAGE_SIZE = 50
-#: Selected rows one operation takes at most: the rows of one page of the executions list.
-MAX_SELECTED = listing.PAGE_SIZE
+#: Selected rows one operation takes at most: the rows of the executions list's largest page.
+MAX_SELECTED = max(listing.PAGE_SIZES)
 #: The two scopes the action bar offers.
 SCOPES = ("selected", "filter")
 _ID = re.compile(r"[0-9a-f]{32}")
