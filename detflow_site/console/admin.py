@@ -340,8 +340,11 @@ def _step(step: dict[str, Any], spec: dict[str, Any], now: int) -> dict[str, Any
     if current:
         attempts.append({**current, "outcome": "running", "duration_ms": _span(current.get("started_at"),
                                                                                  to_dt(now))})
+    # A step that succeeded has no error: a failed attempt before it keeps its own (older documents
+    # still carry the last one on the step).
+    error = None if step.get("status") == StepStatus.SUCCEEDED else step.get("error")
     return {**step, "spec": spec, "attempts": attempts, "output": _pretty(step.get("output_json")),
-            "own_input": _pretty(step.get("input_json"))}
+            "own_input": _pretty(step.get("input_json")), "error": error}
 
 
 def _span(start: dt.datetime | None, end: dt.datetime | None) -> int | None:

@@ -204,6 +204,26 @@ def test_workflow_page__shows_policies_worst_case_and_version_statistics(
     assert page(console_as("viewer"), "/admin/workflows/workflow/nothing/", 404)
 
 
+def test_execution_page__a_step_that_succeeded_shows_no_error_its_failed_attempt_keeps_it(
+    console_as: Callable[..., Client], define: Any, worker: Any,
+) -> None:
+    from executions import operations, store
+    from tests.conftest import wait_terminal
+
+    define("flaky-once", [{"handler": "test.flaky"}])
+    eid = operations.start("flaky-once", {"succeed_on": 2})[0]["_id"]
+    wait_terminal(eid)
+    # A document stored before the error moved to its attempt still carries it on the step.
+    store.collection().update_one({"_id": eid}, {"$set": {"steps.0.error": {
+        "type": "workflows.errors.RetryableError", "message": "transient failure on attempt 1"}}})
+
+    html = page(console_as("viewer"), f"/admin/executions/execution/{eid}/")
+    step = html.split('id="step-0"', 1)[1].split('class="step"', 1)[0]
+
+    assert '<p class="errortext">' not in step.split("<table", 1)[0]  # none under the badge
+    assert "transient failure on attempt 1" in step  # the failed attempt's row keeps it
+
+
 def test_workflow_page__shows_the_input_schema(console_as: Callable[..., Client], define: Any) -> None:
     define("typed", [{"handler": "test.echo"}], input_schema={"type": "object", "required": ["amount"]})
     define("untyped", [{"handler": "test.echo"}])
