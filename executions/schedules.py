@@ -122,14 +122,22 @@ def listed() -> list[dict[str, Any]]:
     return list(collection().find({}).sort("_id", 1).limit(1000))
 
 
-def set_paused(schedule_id: str, paused: bool, now: int | None = None) -> dict[str, Any]:
-    """Pause or resume a schedule; a resume fires from now on (the paused times are not caught up)."""
+def set_paused(schedule_id: str, paused: bool, now: int | None = None, by: str | None = None,
+               reason: str = "") -> dict[str, Any]:
+    """Pause or resume a schedule; a resume fires from now on (the paused times are not caught up).
+    A pause records who paused it and why (``pause``: ``{by, reason, at}``); a resume removes it."""
     doc = get(schedule_id)
-    change: dict[str, Any] = {"paused": paused}
-    if not paused and doc["paused"]:
-        now = now_ms() if now is None else now
-        change["next_fire_at"] = to_dt(_after(doc["cron"], ZoneInfo(doc["timezone"]), now - 1))
-    collection().update_one({"_id": schedule_id}, {"$set": change})
+    now = now_ms() if now is None else now
+    if paused and not doc["paused"]:
+        update: dict[str, Any] = {"$set": {"paused": True,
+                                           "pause": {"by": by, "reason": reason, "at": to_dt(now)}}}
+    elif not paused and doc["paused"]:
+        update = {"$set": {"paused": False,
+                           "next_fire_at": to_dt(_after(doc["cron"], ZoneInfo(doc["timezone"]), now - 1))},
+                  "$unset": {"pause": ""}}
+    else:
+        return doc  # paused already, or running already: nothing changes
+    collection().update_one({"_id": schedule_id}, update)
     return get(schedule_id)
 
 

@@ -23,6 +23,8 @@ def shown(doc: dict[str, Any]) -> dict[str, Any]:
     out["id"] = doc["_id"]
     for name in ("next_fire_at", "last_fired_at", "created_at"):
         out[name] = to_ms(doc.get(name))
+    if doc.get("pause"):
+        out["pause"] = {**doc["pause"], "at": to_ms(doc["pause"].get("at"))}
     return out
 
 
@@ -69,7 +71,11 @@ class SchedulePauseView(APIView):
     @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT,
                    summary="Pause (or, at resume/, resume) a schedule")
     def post(self, request: Request, schedule_id: str) -> Response:
-        return Response(shown(schedules.set_paused(schedule_id, self.pause)))
+        reason = request.data.get("reason", "") if isinstance(request.data, dict) else ""
+        if not isinstance(reason, str) or len(reason) > 1000:
+            raise InvalidArgument("reason", "must be a text of at most 1000 characters")
+        return Response(shown(schedules.set_paused(schedule_id, self.pause, by=request.user.get_username(),
+                                                   reason=reason)))
 
 
 class ScheduleResumeView(SchedulePauseView):

@@ -65,7 +65,7 @@ class ScheduleAdmin(RoleAdmin):
             if action == "delete":
                 schedules.delete(schedule_id)
             else:
-                schedules.set_paused(schedule_id, action == "pause")
+                schedules.set_paused(schedule_id, action == "pause", by=request.user.get_username())
         except schedules.ScheduleNotFound as exc:  # deleted meanwhile
             raise Http404(str(exc)) from None
         messages.success(request, f"Schedule {schedule_id} of {doc['workflow']} {DONE[action]}")

@@ -34,7 +34,12 @@ def test_schedules__create_list_pause_resume_delete(operator: Any, viewer: Any, 
     assert viewer.get(f"{URL}{sid}/").json()["input"] == {"a": 1}
     paused = operator.post(f"{URL}{sid}/pause/", {"reason": "maintenance"}, format="json")
     assert paused.status_code == 200 and paused.json()["paused"] is True
-    assert operator.post(f"{URL}{sid}/resume/").json()["paused"] is False
+    pause = viewer.get(f"{URL}{sid}/").json()["pause"]
+    assert (pause["by"], pause["reason"]) == ("operator", "maintenance") and isinstance(pause["at"], int)
+    resumed = operator.post(f"{URL}{sid}/resume/").json()
+    assert resumed["paused"] is False and "pause" not in resumed
+    bad_reason = operator.post(f"{URL}{sid}/pause/", {"reason": ["x"]}, format="json")
+    assert_error(bad_reason, 400, "invalid", "reason")
     assert operator.delete(f"{URL}{sid}/").status_code == 204
     assert_error(viewer.get(f"{URL}{sid}/"), 404, "schedule_not_found")
 
