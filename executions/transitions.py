@@ -289,25 +289,29 @@ def applied(doc: dict[str, Any], sets: Mapping[str, Any], unsets: Mapping[str, A
     changed. Paths name list elements by index, as every write here does (no positional ``$``).
     """
     new = dict(doc)
-    copied: set[str] = set()
+    copied: dict[str, Any] = {}  # the containers copied so far, by their path
     changes = [(path, value, False) for path, value in sets.items()]
     changes += [(path, None, True) for path in unsets]
     for path, value, unset in changes:
-        parts = path.split(".")
         target: Any = new
-        for depth, part in enumerate(parts[:-1]):
-            key: Any = int(part) if isinstance(target, list) else part
-            child = target[key]
-            prefix = ".".join(parts[: depth + 1])
-            if prefix not in copied:
-                child = list(child) if isinstance(child, list) else dict(child)
-                target[key] = child
-                copied.add(prefix)
-            target = child
+        name = path
+        if "." in path:
+            *parents, name = path.split(".")
+            prefix = ""
+            for part in parents:
+                prefix = f"{prefix}.{part}" if prefix else part
+                child = copied.get(prefix)
+                if child is None:
+                    key: Any = int(part) if isinstance(target, list) else part
+                    child = target[key]
+                    child = list(child) if isinstance(child, list) else dict(child)
+                    target[key] = child
+                    copied[prefix] = child
+                target = child
         if unset:
-            target.pop(parts[-1], None)
+            target.pop(name, None)
         else:
-            target[parts[-1]] = value
+            target[name] = value
     return new
 
 
