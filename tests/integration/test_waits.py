@@ -24,13 +24,16 @@ def waiting(execution_id: str, index: int) -> dict[str, Any]:
 
 
 def holds_nothing(redis_client: Any, doc: dict[str, Any]) -> None:
-    """No lock, no lease, no running attempt: only the stored state and a delayed message."""
-    assert redis_client.exists(f"detflow:lock:{doc['_id']}") == 0
+    """No lock, no lease, no running attempt: only the stored state and a delayed message. The
+    runner releases the lock just after the write that made the step WAITING: wait for that, then
+    check the step is still waiting (the lock is not taken again while it sleeps)."""
+    wait_for(lambda: redis_client.exists(f"detflow:lock:{doc['_id']}") == 0, what="the lock released")
     assert all("lease_expires_at" not in s and "current" not in s for s in doc["steps"])
+    assert any(s["status"] == "WAITING" for s in store.load(doc["_id"])["steps"]), "it woke meanwhile"
 
 
 def test_sleep__holds_no_lock_or_lease_and_ends_when_due(worker: Any, define: Any, redis_client: Any) -> None:
-    define("nap", [{"handler": "test.echo"}, {"name": "nap", "sleep": {"seconds": 0.5}},
+    define("nap", [{"handler": "test.echo"}, {"name": "nap", "sleep": {"seconds": 1.5}},
                    {"handler": "test.echo"}])
     started, _ = operations.start("nap", {"n": 1})
     eid = started["_id"]
