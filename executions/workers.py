@@ -11,11 +11,17 @@ from executions.sweeper import Sweeper
 
 
 def declared_queues() -> set[str]:
-    """Import every installed app's ``actors`` module; return the queues their actors declared."""
+    """Import every installed app's ``actors`` module; return the queues the installed apps' actors
+    declared (an actor some other module declared on the same broker, a benchmark's in a test
+    process, is not the project's work)."""
+    from django.apps import apps
+
     from executions.actors import broker
 
     autodiscover_modules("actors")
-    return {actor.queue_name for actor in broker.actors.values()}
+    roots = tuple(config.name for config in apps.get_app_configs())
+    return {actor.queue_name for actor in broker.actors.values()
+            if actor.fn.__module__ in roots or actor.fn.__module__.startswith(tuple(f"{r}." for r in roots))}
 
 
 def _second_hook(record: logging.LogRecord) -> bool:
