@@ -6,6 +6,8 @@ silently: the system check ``detflow.E001`` names each one, and :func:`get` refu
 """
 from __future__ import annotations
 
+import copy
+
 import functools
 import math
 import re
@@ -292,7 +294,7 @@ def get() -> DetflowSettings:
     if last is not None and last[0] == raw:
         return last[1]
     result = _parsed(tuple(sorted((k, _hashable(v)) for k, v in raw.items())))
-    _last = (dict(raw), result)
+    _last = (copy.deepcopy(dict(raw)), result)  # deep: a list edited in place is seen too
     return result
 
 

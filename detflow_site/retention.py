@@ -17,6 +17,7 @@ import gzip
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -211,18 +212,29 @@ def take(doc: dict[str, Any], report: PurgeReport, export: Export | None) -> Non
 
 
 _last_pass = [float("-inf")]
+_passing = threading.Lock()
 
 
 def on_swept(now: int, **_: Any) -> None:
-    """Run a retention pass, at most once per ``DETFLOW_PURGE_INTERVAL_S`` in this process (a
-    receiver of ``executions.signals.swept``: the sweeper's thread runs it after a sweep)."""
+    """Start a retention pass, at most once per ``DETFLOW_PURGE_INTERVAL_S`` in this process (a
+    receiver of ``executions.signals.swept``). The pass runs in a thread of its own, so that the
+    sweeper goes on recovering leases and firing schedules while it removes; one at a time."""
     interval = conf.get().PURGE_INTERVAL_S
-    if interval <= 0 or time.monotonic() - _last_pass[0] < interval:
+    if interval <= 0 or time.monotonic() - _last_pass[0] < interval or not _passing.acquire(blocking=False):
         return
-    _last_pass[0] = time.monotonic()
-    report = purge(now)
-    if report.removed or report.changed:
-        logger.info("retention: %s", report.summary())
+    threading.Thread(target=_pass, args=(now,), name="detflow-retention", daemon=True).start()
+
+
+def _pass(now: int) -> None:
+    try:
+        report = purge(now)
+        _last_pass[0] = time.monotonic()  # a pass that failed is tried again at the next sweep
+        if report.removed or report.changed:
+            logger.info("retention: %s", report.summary())
+    except Exception:
+        logger.exception("retention pass failed; tried again at the next sweep")
+    finally:
+        _passing.release()
 
 
 def export(out: str | Path, workflow: str | None = None, before_ms: int | None = None,

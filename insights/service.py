@@ -15,6 +15,7 @@ of its new end.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -127,6 +128,10 @@ def on_finished(execution_id: str, settle: bool = True) -> str:
     if claim is None:
         return "being written"
     try:
+        # Read again under the claim: a writer that held it a moment ago may have stored it since.
+        existing = find(execution_id)
+        if existing is not None and _current(existing, doc):
+            return "current"
         _store(doc, sheet, redacted, model=True)
     finally:
         claim()
@@ -177,6 +182,10 @@ def _current(existing: dict[str, Any], doc: dict[str, Any]) -> bool:
     return not (on_read and LLMWriter.configured() is not None)
 
 
+#: Deletes a claim only while it is still the caller's.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
 def claim_ms() -> int:
     """How long an automatic writer's claim lasts: longer than its model call may take."""
     return round((2 * conf.get().INSIGHTS_TIMEOUT_S + 10) * 1000)
@@ -198,11 +207,10 @@ def _claim(doc: dict[str, Any]) -> Callable[[], None] | None:
         return lambda: None
 
     def release() -> None:
-        try:
-            if client.get(key) == token.encode():
-                client.delete(key)
-        except redis.exceptions.RedisError:
-            pass  # it runs out by itself
+        # Compare and delete at once: a claim that ran out may be another writer's by now. Without
+        # Redis it runs out by itself.
+        with contextlib.suppress(redis.exceptions.RedisError):
+            client.eval(_RELEASE, 1, key, token)
     return release
 
 

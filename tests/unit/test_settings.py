@@ -114,3 +114,16 @@ def test_get__refuses_bad_settings_and_returns_good_ones(settings):
     settings.DETFLOW = {"REDIS_URL": "http://x"}
     with pytest.raises(ImproperlyConfigured, match="DETFLOW_REDIS_URL='http://x' must start with redis://"):
         conf.get()
+
+
+def test_get__sees_a_setting_replaced_or_edited_in_place(settings):
+    settings.DETFLOW = {"HANDLER_MODULES": ["a.handlers"], "LEASE_S": "2"}
+    first = conf.get()
+    settings.DETFLOW["HANDLER_MODULES"].append("b.handlers")  # a list edited in place
+    edited = conf.get()
+    settings.DETFLOW["LEASE_S"] = "3"
+    changed = conf.get()
+
+    assert first.HANDLER_MODULES == ("a.handlers",)
+    assert edited.HANDLER_MODULES == ("a.handlers", "b.handlers")
+    assert changed.LEASE_S == 3.0 and conf.get() is changed  # unchanged: the same parse again
