@@ -7,7 +7,6 @@ silently: the system check ``detflow.E001`` names each one, and :func:`get` refu
 from __future__ import annotations
 
 import copy
-
 import functools
 import math
 import re
