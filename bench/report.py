@@ -100,7 +100,13 @@ def versions() -> dict[str, str]:
 
     from detflow_site import services
 
-    found = {name: metadata.version(name) for name in
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:  # celery is a bench extra: a section may run without it
+            return "not installed"
+
+    found = {name: version(name) for name in
              ("dramatiq", "celery", "kombu", "redis", "pymongo", "mongomock", "mongoengine")}
     found["redis-server"] = services.redis_client().info("server").get("redis_version", "?")
     return found
