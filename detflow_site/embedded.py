@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import datetime
 import functools
 import json
 import os
@@ -163,6 +164,9 @@ def _operators(document: Any) -> bool:
 def _refuse_conflicts(update: Mapping[str, Any]) -> None:
     """Refuse an update that names one path twice, or a path and one below it, as the server does
     when it parses the update, before it matches anything (code 40)."""
+    paths = [str(path) for fields in update.values() if isinstance(fields, Mapping) for path in fields]
+    if "$rename" not in update and _disjoint(paths):
+        return  # the usual case, found without the ordered walk that names the conflict
     named: set[str] = set()
     above: set[str] = set()  # every proper prefix of a named path
     for op, fields in update.items():
@@ -181,6 +185,20 @@ def _refuse_conflicts(update: Mapping[str, Any]) -> None:
                                        f"'{conflict}'")
             named.add(path)
             above.update(prefixes)
+
+
+def _disjoint(paths: list[str]) -> bool:
+    """Whether no path is named twice and none is a prefix of another."""
+    named = set(paths)
+    if len(named) != len(paths):
+        return False
+    for path in paths:
+        head, dot, _ = path.rpartition(".")
+        while dot:
+            if head in named:
+                return False
+            head, dot, _ = head.rpartition(".")
+    return True
 
 
 def _prefixes(path: str) -> list[str]:
@@ -394,7 +412,6 @@ def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
     ``_growth`` allows; only when that bound passes 16 MiB is the new document encoded, and
     refused (code 17419) when it really is larger.
     """
-    from mongomock import helpers
     from mongomock.filtering import filter_applies
 
     @functools.wraps(update)
@@ -411,11 +428,11 @@ def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
             old = self._store[key]
         except KeyError:
             old = None
-        spec = helpers.patch_datetime_awareness_in_document(spec)
+        spec = _stored(spec)
         if old is None or not filter_applies(spec, old):
             return _result(self, 0, 0)
         try:
-            new, changed = _apply(old, helpers.patch_datetime_awareness_in_document(document))
+            new, changed = _apply(old, document)
         except _Unsupported:
             return update(self, spec, document, upsert, *args, **kwargs)
         if not changed:
@@ -451,7 +468,8 @@ def _result(collection: Any, matched: int, modified: int) -> dict[str, Any]:
 def _apply(doc: dict[str, Any], update: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     """Return the document ``update`` makes of ``doc`` (which is left as it is), and whether it
     differs; raise ``_Unsupported`` for what is left to mongomock. Conflicting paths were refused
-    before (``_refuse_conflicts``)."""
+    before (``_refuse_conflicts``). The values written are stored as the server stores them
+    (``_stored``), so ``update`` is used as the caller sent it."""
     if not update or set(update) - {"$set", "$unset", "$inc", "$push"}:
         raise _Unsupported
     for fields in update.values():
@@ -465,12 +483,12 @@ def _apply(doc: dict[str, Any], update: dict[str, Any]) -> tuple[dict[str, Any],
     changed = False
     for op, fields in update.items():
         for path, value in fields.items():
-            parent, name = _parent(root, copied, path, create=op != "$unset")
+            parent, name = _parent(copied, path, create=op != "$unset")
             if parent is None:  # $unset through a missing field: nothing to do
                 continue
             current = parent.get(name, _MISSING)
             if op == "$set":
-                new = _copied(value)
+                new = _stored(value)
             elif op == "$unset":
                 if current is _MISSING:
                     continue
@@ -489,39 +507,47 @@ def _apply(doc: dict[str, Any], update: dict[str, Any]) -> tuple[dict[str, Any],
     return root, changed
 
 
-def _parent(root: dict[str, Any], copied: dict[str, Any], path: str, create: bool
-            ) -> tuple[dict[str, Any] | None, str]:
-    """Return the (copied) container that holds the last part of ``path``, and that part."""
-    parts = path.split(".")
-    target: Any = root
-    for depth, part in enumerate(parts[:-1]):
-        prefix = ".".join(parts[: depth + 1])
-        if prefix in copied:
-            target = copied[prefix]
-            continue
-        if isinstance(target, list):
-            if not part.isdigit() or int(part) >= len(target):
-                raise _Unsupported
-            child = target[int(part)]
-            if not isinstance(child, dict | list):
-                raise _Unsupported
-            child = list(child) if isinstance(child, list) else dict(child)
-            target[int(part)] = child
-        else:
-            child = target.get(part, _MISSING)
-            if child is _MISSING:
-                if not create:
-                    return None, parts[-1]
-                child = {}
-            elif not isinstance(child, dict | list):
-                raise _Unsupported
-            else:
-                child = list(child) if isinstance(child, list) else dict(child)
-            target[part] = child
-        copied[prefix] = target = child
-    if not isinstance(target, dict):
+def _parent(copied: dict[str, Any], path: str, create: bool) -> tuple[dict[str, Any] | None, str]:
+    """Return the (copied) container that holds the last part of ``path``, and that part; ``None``
+    for a missing one that ``create`` does not allow to make."""
+    prefix, _, name = path.rpartition(".")
+    target = _container(copied, prefix, create)
+    if target is not None and not isinstance(target, dict):
         raise _Unsupported  # a list element by index: $unset and $set there differ on a server
-    return target, parts[-1]
+    return target, name
+
+
+def _container(copied: dict[str, Any], prefix: str, create: bool) -> Any:
+    """Return the container at the dotted ``prefix`` of the new document, copied the first time a
+    path goes through it (``copied`` maps each prefix seen to its copy, ``""`` to the root)."""
+    target = copied.get(prefix, _MISSING)
+    if target is not _MISSING:
+        return target
+    head, _, part = prefix.rpartition(".")
+    above = _container(copied, head, create)
+    if above is None:
+        return None
+    if isinstance(above, list):
+        if not part.isdigit() or int(part) >= len(above):
+            raise _Unsupported
+        child = above[int(part)]
+        if not isinstance(child, dict | list):
+            raise _Unsupported
+        child = list(child) if isinstance(child, list) else dict(child)
+        above[int(part)] = child
+    else:
+        child = above.get(part, _MISSING)
+        if child is _MISSING:
+            if not create:
+                return None
+            child = {}
+        elif not isinstance(child, dict | list):
+            raise _Unsupported
+        else:
+            child = list(child) if isinstance(child, list) else dict(child)
+        above[part] = child
+    copied[prefix] = child
+    return child
 
 
 def _pushed(current: Any, value: Any) -> list[Any]:
@@ -531,14 +557,14 @@ def _pushed(current: Any, value: Any) -> list[Any]:
     if isinstance(value, dict) and any(k.startswith("$") for k in value):
         if set(value) - {"$each", "$slice"} or not isinstance(value["$each"], list):
             raise _Unsupported
-        items += _copied(value["$each"])
+        items += _stored(value["$each"])
         limit = value.get("$slice")
         if limit is not None:
             if not isinstance(limit, int) or isinstance(limit, bool):
                 raise _Unsupported
             items = items[limit:] if limit < 0 else items[:limit]
         return items
-    items.append(_copied(value))
+    items.append(_stored(value))
     return items
 
 
@@ -546,10 +572,32 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _copied(value: Any) -> Any:
-    if isinstance(value, str | int | float | bool) or value is None:
+#: The types whose values are stored as they are (immutable, and the same on the server).
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _stored(value: Any) -> Any:
+    """Return ``value`` as the server stores it, in containers of its own: a datetime as naive UTC
+    truncated to milliseconds, a tuple as a list (mongomock's
+    ``patch_datetime_awareness_in_document``), copied (nothing the caller holds is stored).
+
+    One pass over plain dicts, lists, scalars and datetimes, which is all the engine writes, in
+    place of mongomock's walk and then a deep copy; any other type goes through both."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
         return value
-    return _PickleCopy().deepcopy(value)
+    if kind is dict:
+        return {key: _stored(item) for key, item in value.items()}
+    if kind is list:
+        return [_stored(item) for item in value]
+    if kind is datetime.datetime:  # as mongomock's patch does it
+        mongo_us = value.microsecond // 1000 * 1000
+        if value.tzinfo:
+            return (value - value.utcoffset()).replace(tzinfo=None, microsecond=mongo_us)
+        return value.replace(microsecond=mongo_us)
+    from mongomock import helpers
+
+    return _PickleCopy().deepcopy(helpers.patch_datetime_awareness_in_document(value))
 
 
 def _pickled_reads(project: Callable[..., Any]) -> Callable[..., Any]:

@@ -7,11 +7,12 @@ import copy
 import datetime as dt
 import random
 import threading
+from collections import OrderedDict
 from unittest import mock
 
 import mongomock
 import pytest
-from bson import ObjectId
+from bson import SON, ObjectId
 from mongomock.collection import Collection
 
 from detflow_site import embedded
@@ -88,7 +89,9 @@ def _random_update(rng: random.Random) -> tuple[dict, dict]:
     """An update like the engine's (or, now and then, one the path-copying write leaves alone, or
     one a server refuses: conflicting paths, a lone surrogate, a top-level ``$`` field)."""
     i = rng.randrange(5)  # 4 is past the last step
-    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=rng.randrange(100))
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=rng.randrange(100),
+                                                                microseconds=rng.randrange(10**6))
+    zone = dt.timezone(dt.timedelta(hours=rng.randrange(-12, 13)))
     choices: list[tuple[str, str, object]] = [
         ("$set", f"steps.{i}.status", rng.choice(["RUNNING", "SUCCEEDED"])),
         ("$set", f"steps.{i}.current", {"n": rng.randrange(3), "at": at}),
@@ -103,6 +106,10 @@ def _random_update(rng: random.Random) -> tuple[dict, dict]:
         ("$push", "tags", "t"), ("$push", "status", "t"),
         ("$push", "events", {"$each": [{"seq": 0}], "$position": 0}),
         ("$set", f"steps.{i}.message", "\udcff.txt"), ("$set", "$top", 1),
+        ("$set", "when", [at.astimezone(zone), at.replace(tzinfo=None), (at, 1)]),
+        ("$set", f"steps.{i}.ordered", OrderedDict(b=at, a=[{"c": at}])),
+        ("$set", "son", SON([("z", (1, at.astimezone(zone)))])), ("$set", "raw", b"\x00\xff"),
+        ("$push", "events", {"$each": [{"seq": 1, "at": (at,)}, OrderedDict(at=at)]}),
     ]
     update: dict = {}
     for op, path, value in rng.sample(choices, rng.randint(1, 4)):
@@ -161,6 +168,25 @@ def test_path_copying_update__never_changes_the_document_a_reader_was_given() ->
     after = docs.find_one({"_id": "x0"})
     assert after["steps"][1] == {"name": "s1", "status": "RUNNING", "attempts": [{"n": 1}]}
     assert after["version"] == 2 and after["events"] == [{"seq": 1}, {"seq": 2}]
+
+
+def test_path_copying_update__stores_none_of_the_values_the_caller_holds() -> None:
+    embedded.serialize_mongomock()
+    docs = mongomock.MongoClient().db.writers
+    docs.insert_one(_execution(0))
+    current = {"n": 1, "log": ["a"], "at": dt.datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)}
+    event = {"seq": 2, "data": {"k": [1]}}
+
+    docs.update_one({"_id": "x0"}, {"$set": {"steps.1.current": current},
+                                    "$push": {"events": {"$each": [event]}, "steps.1.attempts": current}})
+    current["log"].append("b")
+    current["n"] = 2
+    event["data"]["k"].append(2)
+
+    after = docs.find_one({"_id": "x0"})
+    stored = {"n": 1, "log": ["a"], "at": dt.datetime(2026, 1, 1, 12, 0, 0, 123000)}
+    assert after["steps"][1]["current"] == stored and after["steps"][1]["attempts"] == [stored]
+    assert after["events"] == [{"seq": 1}, {"seq": 2, "data": {"k": [1]}}]
 
 
 @pytest.mark.parametrize(
