@@ -445,7 +445,8 @@ def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
                                           f"{MAX_BSON_SIZE}")
         self._store[key] = new
         try:
-            self._ensure_uniques(new)
+            if _touches_unique(self, document):
+                self._ensure_uniques(new)
         except Exception:
             self._store[key] = old
             raise
@@ -454,6 +455,32 @@ def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
 
     _update.__detflow_paths__ = True  # type: ignore[attr-defined]
     return _update
+
+
+def _touches_unique(collection: Any, update: Mapping[str, Any]) -> bool:
+    """Whether ``update`` writes a field that a unique index keys on or filters by. One that does
+    not leaves every unique index's entry for the document as it was (and the stored document was
+    checked when it was written), so the check of the others' keys, a scan, can be left out."""
+    fields: set[str] = set()
+    for index in collection._store.indexes.values():
+        if index.get("unique"):
+            fields.update(str(key).split(".", 1)[0] for key, _ in index["key"])
+            fields.update(_filtered_fields(index.get("partialFilterExpression")))
+    return any(str(path).split(".", 1)[0] in fields
+               for paths in update.values() if isinstance(paths, Mapping) for path in paths)
+
+
+def _filtered_fields(expression: Any) -> set[str]:
+    """Return the top-level fields a query expression names (through ``$and`` and the like)."""
+    found: set[str] = set()
+    for item in expression if isinstance(expression, list) else [expression]:
+        if isinstance(item, Mapping):
+            for key, value in item.items():
+                if str(key).startswith("$"):
+                    found |= _filtered_fields(value)
+                else:
+                    found.add(str(key).split(".", 1)[0])
+    return found
 
 
 #: Keyword options of mongomock's ``_update`` that the path-copying write does not handle.

@@ -80,6 +80,28 @@ def test_unique_partial_index__still_refuses_a_duplicate_key_and_allows_document
     assert docs.count_documents({}) == 4
 
 
+@pytest.mark.parametrize("update", [{"$set": {"kind": "a"}}, {"$set": {"tag": "t", "kind": "a"}},
+                                    {"$set": {"kind": "a", "n": 1}, "$inc": {"version": 1}}])
+def test_unique_partial_index__an_update_that_brings_a_document_into_it_is_refused(update: dict) -> None:
+    from pymongo.errors import DuplicateKeyError
+
+    embedded.serialize_mongomock()
+    docs = mongomock.MongoClient().db.unique_updates
+    docs.create_index([("tag", 1)], unique=True, partialFilterExpression={"kind": "a"})
+    docs.insert_many([{"_id": "one", "kind": "a", "tag": "t"}, {"_id": "two", "kind": "b", "tag": "t"},
+                      {"_id": "three", "kind": "a", "tag": "u"}])
+    docs.update_one({"_id": "two"}, {"$set": {"note": "x"}, "$inc": {"version": 1}})  # leaves the keys
+
+    with pytest.raises(DuplicateKeyError):
+        docs.update_one({"_id": "two"}, update)
+    with pytest.raises(DuplicateKeyError):
+        docs.update_one({"_id": "three"}, {"$set": {"tag": "t"}})
+
+    assert docs.find_one({"_id": "two"}) == {"_id": "two", "kind": "b", "tag": "t", "note": "x",
+                                             "version": 1}
+    assert docs.find_one({"_id": "three"})["tag"] == "u"
+
+
 def _execution(n: int) -> dict:
     return {"_id": f"x{n}", "version": 1, "status": "PENDING", "events": [{"seq": 1}],
             "steps": [{"name": f"s{i}", "status": "PENDING", "attempts": []} for i in range(4)]}
