@@ -54,9 +54,7 @@ def parse(data: Any) -> WorkflowSpec:
 
 def get(name: str, version: int | None = None) -> WorkflowDefinition:
     """Return version ``version`` of ``name`` (the latest when ``None``)."""
-    found = _latest(name) if version is None else WorkflowDefinition.objects(
-        name=name, version=version
-    ).first()
+    found = _latest(name) if version is None else _read({"name": name, "version": version})
     if found is None:
         if version is not None and (stored := [d.version for d in versions(name)]):
             raise WorkflowNotFound(
@@ -93,4 +91,31 @@ def versions(name: str) -> list[WorkflowDefinition]:
 
 
 def _latest(name: str) -> WorkflowDefinition | None:
-    return WorkflowDefinition.objects(name=name).order_by("-version").first()
+    return _read({"name": name})
+
+
+#: The definitions read before, by ``_id`` (at most ``READ_KEPT``): a version is never modified once
+#: stored, so one read of the whole document serves every later start of it, and a version deleted
+#: and registered again is another document, with another ``_id``. Shared: read-only.
+_READ: dict[Any, WorkflowDefinition] = {}
+READ_KEPT = 256
+
+
+def _read(query: dict[str, Any]) -> WorkflowDefinition | None:
+    """Return the newest version that ``query`` matches: its ``_id`` read (by the index), and the
+    document itself only the first time."""
+    collection = WorkflowDefinition._get_collection()
+    head = collection.find_one(query, {"_id": 1}, sort=[("version", -1)])
+    if head is None:
+        return None
+    found = _READ.get(head["_id"])
+    if found is None:
+        raw = collection.find_one({"_id": head["_id"]})
+        if raw is None:  # deleted in between
+            return None
+        found = WorkflowDefinition._from_son(raw)
+        _ = (found.steps, found.secret_inputs)  # mongoengine converts a list at its first look: now
+        if len(_READ) >= READ_KEPT:
+            _READ.clear()
+        _READ[head["_id"]] = found
+    return found

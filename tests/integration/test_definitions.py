@@ -67,3 +67,25 @@ def test_execution__keeps_its_pinned_definition_after_a_new_version(worker: Any)
     assert loaded(eid)["definition"]["version"] == 1
     for doc in (pinned, on_v2, on_v1):
         assert verify(doc) == []
+
+
+def test_get__sees_a_new_version_and_a_version_deleted_and_registered_again() -> None:
+    from workflows.models import WorkflowDefinition
+
+    first, _ = definitions.register(definition())
+    assert definitions.get("orders").id == first.id  # read, and kept by its _id
+    second, _ = definitions.register(definition(timeout_s=5))
+
+    assert (definitions.get("orders").version, definitions.get("orders", 1).id) == (2, first.id)
+    assert definitions.get("orders").steps[1]["timeout_s"] == 5
+
+    WorkflowDefinition.objects(name="orders").delete()
+    with pytest.raises(WorkflowNotFound):
+        definitions.get("orders")
+    with pytest.raises(WorkflowNotFound):
+        definitions.get("orders", 2)
+    again, created = definitions.register(definition(second_handler="test.boom"))
+
+    assert (again.version, created) == (1, True) and again.id not in (first.id, second.id)
+    assert definitions.get("orders", 1).steps[1]["handler"] == "test.boom"
+    assert definitions.get("orders").steps[1]["handler"] == "test.boom"
