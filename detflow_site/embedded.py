@@ -79,6 +79,11 @@ def serialize_mongomock() -> None:
             Collection._find_and_modify)
     if not getattr(Collection._copy_only_fields, "__detflow_pickled__", False):
         Collection._copy_only_fields = _pickled_reads(Collection._copy_only_fields)  # type: ignore[method-assign]
+    from mongomock import helpers
+
+    if not getattr(helpers.patch_datetime_awareness_in_document, "__detflow_patched__", False):
+        helpers.patch_datetime_awareness_in_document = _patched(  # type: ignore[assignment]
+            helpers.patch_datetime_awareness_in_document)
 
 
 class _PickleCopy:
@@ -610,21 +615,44 @@ def _stored(value: Any) -> Any:
 
     One pass over plain dicts, lists, scalars and datetimes, which is all the engine writes, in
     place of mongomock's walk and then a deep copy; any other type goes through both."""
+    return _server_form(value, _patched_copy)
+
+
+def _patched_copy(value: Any) -> Any:
+    from mongomock import helpers
+
+    return _PickleCopy().deepcopy(helpers.patch_datetime_awareness_in_document(value))
+
+
+def _patched(patch: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """mongomock's ``patch_datetime_awareness_in_document`` (which mongomock runs over every
+    document it stores and every query), the same, with plain dicts, lists, scalars and datetimes
+    done without its chain of ``isinstance`` tests per value; any other type goes to ``patch``."""
+
+    @functools.wraps(patch)
+    def patch_datetime_awareness_in_document(value: Any) -> Any:
+        return _server_form(value, patch)
+
+    patch_datetime_awareness_in_document.__detflow_patched__ = True  # type: ignore[attr-defined]
+    return patch_datetime_awareness_in_document
+
+
+def _server_form(value: Any, other: Callable[[Any], Any]) -> Any:
+    """``value`` with its containers new and its datetimes as the server stores them; what is not a
+    plain dict, list, scalar or datetime is given to ``other``."""
     kind = type(value)
     if kind in _IMMUTABLE:
         return value
     if kind is dict:
-        return {key: _stored(item) for key, item in value.items()}
+        return {key: _server_form(item, other) for key, item in value.items()}
     if kind is list:
-        return [_stored(item) for item in value]
+        return [_server_form(item, other) for item in value]
     if kind is datetime.datetime:  # as mongomock's patch does it
         mongo_us = value.microsecond // 1000 * 1000
         if value.tzinfo:
             return (value - value.utcoffset()).replace(tzinfo=None, microsecond=mongo_us)
         return value.replace(microsecond=mongo_us)
-    from mongomock import helpers
-
-    return _PickleCopy().deepcopy(helpers.patch_datetime_awareness_in_document(value))
+    return other(value)
 
 
 def _pickled_reads(project: Callable[..., Any]) -> Callable[..., Any]:

@@ -6,13 +6,14 @@ import contextlib
 import copy
 import datetime as dt
 import random
+import re
 import threading
 from collections import OrderedDict
 from unittest import mock
 
 import mongomock
 import pytest
-from bson import SON, ObjectId
+from bson import SON, Int64, ObjectId, Timestamp
 from mongomock.collection import Collection
 
 from detflow_site import embedded
@@ -243,3 +244,38 @@ def test_pickled_reads__return_what_mongomock_returns(projection: dict | None) -
         return
     ours.setdefault("steps", [{}])[0]["status"] = "CHANGED"  # a copy: the stored one stays
     assert docs.find_one({"_id": "x0"})["steps"][0]["status"] == "PENDING"
+
+
+def _random_value(rng: random.Random, depth: int = 0) -> object:
+    at = dt.datetime(2026, 3, 1, 12, 30, tzinfo=dt.timezone(dt.timedelta(hours=rng.randrange(-5, 6))),
+                     microsecond=rng.randrange(10**6))
+    leaves = [1, 2.5, True, None, "s", b"b", at, at.replace(tzinfo=None), ObjectId(), Timestamp(0, 0),
+              Timestamp(5, 1), re.compile("x"), dt.date(2026, 1, 1), Int64(3)]
+    if depth > 3 or rng.random() < 0.4:
+        return rng.choice(leaves)
+    items = [_random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    kind = rng.choice([dict, list, tuple, OrderedDict, SON])
+    if kind in (list, tuple):
+        return kind(items)
+    return kind((f"k{n}", item) for n, item in enumerate(items))
+
+
+def test_datetime_patch__returns_what_mongomocks_own_returns() -> None:
+    """mongomock's walk of every stored document and query, done faster: the same values, of the
+    same types (a Timestamp(0, 0) becomes the current time in both), in new containers."""
+    from mongomock import helpers
+
+    embedded.serialize_mongomock()
+    ours = helpers.patch_datetime_awareness_in_document
+    theirs = ours.__wrapped__
+    rng = random.Random(11)
+    for _ in range(3000):
+        value = _random_value(rng)
+        mine = ours(value)
+        with mock.patch.object(helpers, "patch_datetime_awareness_in_document", theirs):
+            original = theirs(value)
+        now = re.compile(r"Timestamp\(\d+, \d+\)") if "Timestamp(0, 0)" in repr(value) else None
+        shown, expected = (now.sub("T", repr(v)) if now else repr(v) for v in (mine, original))
+        assert shown == expected, value  # a Timestamp(0, 0) is the current time, read twice
+        if isinstance(value, dict | list | tuple):
+            assert mine is not value
