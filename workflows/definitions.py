@@ -102,10 +102,10 @@ READ_KEPT = 256
 
 
 def _read(query: dict[str, Any]) -> WorkflowDefinition | None:
-    """Return the newest version that ``query`` matches: its ``_id`` read (by the index), and the
-    document itself only the first time."""
+    """Return the newest version that ``query`` (a name, and maybe a version) matches: its ``_id``
+    read (by the index), and the document itself only the first time."""
     collection = WorkflowDefinition._get_collection()
-    head = collection.find_one(query, {"_id": 1}, sort=[("version", -1)])
+    head = collection.find_one(query, {"_id": 1}, sort=None if "version" in query else [("version", -1)])
     if head is None:
         return None
     found = _READ.get(head["_id"])
