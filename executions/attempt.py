@@ -10,7 +10,7 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,11 @@ TRACEBACK_CHARS = 8000
 MESSAGE_CHARS = 2000
 #: Outcome writes re-read and retry this often when an operator's change moved the version on.
 RECORD_TRIES = 5
+
+#: What :meth:`Attempt.record` may write with an outcome: given the snapshot it writes from, the
+#: slot whose outcome it is, the state the outcome leads to and the time, the events to add (the
+#: next claim), or ``None``.
+Then = Callable[[Snapshot, int, "engine.ExecutionState", int], "list[engine.Event] | None"]
 #: What an output's lone surrogate (a file name that is not UTF-8) asks of its handler.
 SURROGATE_HINT = ": decode such names with errors='replace' or os.fsencode them first"
 
@@ -125,8 +130,12 @@ class Attempt:
         except Exception as exc:  # the handler's failure, whatever it is, is the attempt's outcome
             self.error = exc
 
-    def record(self) -> Snapshot | None:
-        """Store the outcome; drop it if a successor claimed the step meanwhile (fencing)."""
+    def record(self, then: Then | None = None) -> Snapshot | None:
+        """Store the outcome; drop it if a successor claimed the step meanwhile (fencing).
+
+        ``then``, given the snapshot written from, this slot and the state the outcome leads to
+        (when it does not end the execution or start a rollback), returns events to write with it
+        (the next step's claim), or ``None``."""
         snap = self.snap
         for _ in range(RECORD_TRIES):
             now = now_ms()
@@ -138,6 +147,10 @@ class Attempt:
                     error_type, message, permanent = self._failure()
                     events = engine.failed(snap.state, self.index, error_type, message, permanent,
                                            record, now)
+                if then is not None and isinstance(events, engine.Folded):
+                    more = then(snap, self.index, events.after, now)
+                    if more:
+                        events = engine.joined(events, more)
                 result = transitions.commit(snap, events, now)
             except PyMongoError as exc:  # down past every retry: the lease's expiry recovers it
                 logger.error("outcome of %s step %d not recorded, the store failed (%s: %s); the "

@@ -496,6 +496,14 @@ class Folded(list[Event]):
         self.base, self.entries, self.after = base, entries, after
 
 
+def joined(events: Folded, more: list[Event]) -> Folded:
+    """Return ``events`` and then ``more`` (events on the state ``events`` lead to), folded: one
+    write commits both (an outcome and the next step's claim)."""
+    entries = [e.fields() for e in more]
+    return Folded(list(events) + more, events.base, events.entries + entries,
+                  replay(events.after, entries))
+
+
 def _and_finish(
     state: ExecutionState, events: list[Event], now: int,
     cause: tuple[str | None, str, str] = (None, "", ""),

@@ -5,8 +5,9 @@ its lease renewals and timeout are ``executions.watchdog``.
 
 A crash between any two of these is recovered (DESIGN: "One step's life"): before the claim by the
 next message or sweep, after the claim by the lease running out, after the outcome by the sweeper
-seeing due work. The next message is sent *after* the lock is released, so that it never finds the
-lock still held by the worker that sent it.
+seeing due work (or by the lease of the next step's claim, which a run of steps back to back writes
+with the outcome: ``claim_next`` in ``_run``). The next message is sent *after* the lock is
+released, so that it never finds the lock still held by the worker that sent it.
 
 Each boundary of a step's life is a call to one of the runner's collaborators (the lock, the
 engine's ``decide``, the ``Attempt``, ``_hand_on``): the crash tests and chaos watch and break them
@@ -23,7 +24,7 @@ from typing import Any
 
 from detflow_site import conf, logs, services
 from executions import controls, dispatch, engine, metrics, store, transitions, waits
-from executions.attempt import Attempt
+from executions.attempt import Attempt, Then
 from executions.engine import (
     Claim,
     Decision,
@@ -41,6 +42,7 @@ from executions.followup import follow_up, recover_lost
 from executions.locks import ExecutionLock
 from executions.middleware import STOPPING
 from executions.slots import StepSlot
+from executions.state import ExecutionState
 from executions.store import Snapshot, now_ms
 
 logger = logging.getLogger("detflow.worker")
@@ -129,8 +131,36 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
     settings = conf.get()
     end = RunEnd()
     claims = 0
+    ahead: list[Claim] = []  # the claim the last outcome's write carried, if it carried one
+
+    def claim_next(base: Snapshot, done: int, after: ExecutionState, now: int
+                   ) -> list[engine.Event] | None:
+        """The next step's claim, written with the outcome of slot ``done`` that leads to it when
+        this run would claim it at once anyway (no pause to hold it, no concurrency slot to take
+        first). Not a retry due at once: the failure and the claim both write the slot's attempt
+        (conflicting paths in one update), so that claim is a write of its own."""
+        ahead.clear()
+        decision = engine.decide(after, now)  # on a state not written yet: not the seam's "loaded"
+        if (not isinstance(decision, Claim) or decision.step == done
+                or claims + 1 >= settings.INLINE_STEPS
+                or not lock.fresh() or STOPPING.stopping() or _limited(base.doc, after, decision.step)
+                or ("workflow" not in after.holds
+                    and base.doc["workflow"] in controls.paused_workflows())):
+            return None
+        ahead.append(decision)
+        return engine.claimed(after, decision, worker, fence=base.version + 1,
+                              lease_expires_at=now + lease_ms)
+
     while snap is not None:
         end.now = now = now_ms()
+        if ahead:  # claimed by the write that returned this snapshot: its attempt runs now
+            end.decision = claim = ahead.pop()
+            result = run_step(snap, claim, worker, lock, lease_ms, claimed=snap, then=claim_next)
+            claims += 1
+            end.written = result or end.written
+            end.finished = end.finished or (result is not None and result.finished)
+            snap = result
+            continue
         end.decision = decision = decide(snap.state, now)
         if isinstance(decision, Claim | StartWait | Resume | WakeUp | Rollback) \
                 and (hold := workflow_pause(snap)) is not None:
@@ -153,7 +183,8 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
                     metrics.SLOT_WAITS.labels(snap.doc["workflow"], slot.key.rsplit(":", 1)[-1]).inc()
                 break
             try:
-                result = run_step(snap, decision, worker, lock, lease_ms, slot)
+                result = run_step(snap, decision, worker, lock, lease_ms, slot,
+                                  then=None if slot is not None else claim_next)
             finally:
                 if slot is not None:
                     slot.release()
@@ -198,27 +229,33 @@ def rollback_events(snap: Snapshot, decision: Rollback) -> list[engine.Event]:
 def step_slot(snap: Snapshot, index: int, lease_ms: int) -> StepSlot | None:
     """Return a slot to take before running step ``index``, or ``None`` if it has no limit (a
     compensation never has one: a rollback is not held back by the forward traffic)."""
-    if snap.state.is_compensation(index):
+    if not _limited(snap.doc, snap.state, index):
         return None
-    limit = snap.doc["definition"]["steps"][index].get("max_concurrency")
-    if not limit:
-        return None
+    limit = snap.doc["definition"]["steps"][index]["max_concurrency"]
     step = snap.state.steps[index].name
     return StepSlot(services.redis_client(), snap.doc["workflow"], step, limit, lease_ms)
 
 
+def _limited(doc: dict[str, Any], state: ExecutionState, index: int) -> bool:
+    """Whether slot ``index`` is a step with a concurrency limit (a compensation never has one)."""
+    return not state.is_compensation(index) and bool(
+        doc["definition"]["steps"][index].get("max_concurrency"))
+
+
 def run_step(
     snap: Snapshot, decision: Claim, worker: str, lock: ExecutionLock, lease_ms: int,
-    slot: StepSlot | None = None,
+    slot: StepSlot | None = None, claimed: Snapshot | None = None, then: Then | None = None,
 ) -> Snapshot | None:
-    """Claim the step, run its handler, and record the outcome; ``None`` if another writer won."""
-    now = now_ms()
-    claim = engine.claimed(snap.state, decision, worker, fence=snap.version + 1,
-                           lease_expires_at=now + lease_ms)
-    claimed = transitions.commit(snap, claim, now)
+    """Claim the step (unless ``claimed``, the snapshot of the write that claimed it), run its
+    handler, and record the outcome (with what ``then`` adds); ``None`` if another writer won."""
     if claimed is None:
-        logger.info("claim of %s step %d lost a race; leaving it", snap.state.id, decision.step)
-        return None
+        now = now_ms()
+        claim = engine.claimed(snap.state, decision, worker, fence=snap.version + 1,
+                               lease_expires_at=now + lease_ms)
+        claimed = transitions.commit(snap, claim, now)
+        if claimed is None:
+            logger.info("claim of %s step %d lost a race; leaving it", snap.state.id, decision.step)
+            return None
     workflow = snap.doc["workflow"]
     logs.bind(step=snap.state.slot(decision.step).name, attempt=decision.attempt)
     due = store.to_ms(snap.doc.get("due_at"))
@@ -227,7 +264,7 @@ def run_step(
     attempt = Attempt(claimed, decision.step, worker)
     try:
         attempt.run(lock, lease_ms, slot)
-        recorded = attempt.record()
+        recorded = attempt.record(then)
     finally:
         if attempt.watchdog is not None:
             attempt.watchdog.finish()

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from executions import runner
-from executions.attempt import Attempt
+from executions.attempt import Attempt, Then
 from executions.locks import ExecutionLock
 from executions.store import Snapshot
 
@@ -108,8 +108,8 @@ class _WatchedAttempt(Attempt):
         _pass("claimed", snap.state.id)
         super().__init__(snap, index, worker)
 
-    def record(self) -> Snapshot | None:
+    def record(self, then: Then | None = None) -> Snapshot | None:
         _pass("handled", self.snap.state.id)
-        recorded = super().record()
+        recorded = super().record(then)
         _pass("recorded", self.snap.state.id)
         return recorded

@@ -38,8 +38,9 @@ def test_wire_section__measures_every_contender_over_the_server_and_stops_every_
     part = result["in_process"]
     ours, per_message, raw = (part["contenders"][n] for n in ("detflow", "detflow-msg", "dramatiq"))
     # detflow paid round trips to the server, and the server's CPU; raw Dramatiq stores nothing.
-    assert ours["mongodb_round_trips_per_step"] >= 2, ours  # two fenced writes per step at least
-    assert ours["mongodb_round_trips"]["update"] >= 2, ours
+    # A fenced write per step at least: its outcome, with the next step's claim.
+    assert ours["mongodb_round_trips_per_step"] >= 1, ours
+    assert ours["mongodb_round_trips"]["update"] > 1, ours  # and the first step's claim
     assert per_message["mongodb_round_trips_per_step"] > ours["mongodb_round_trips_per_step"]
     assert ours["server_cpu_ms_per_step"] > 0
     assert raw["mongodb_round_trips_per_step"] == 0

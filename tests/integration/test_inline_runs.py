@@ -71,12 +71,14 @@ def test_inline__one_message_runs_every_step__from_what_each_write_stored(
     assert sent[execution_id] == 0
     # Step 2 saw step 1's output, which it read from the snapshot, not from the store.
     assert doc["steps"][1]["output_json"] and '"s1"' in doc["steps"][1]["output_json"]
-    assert len(written) == 6
+    # Four writes: s1's claim, then each outcome with the next claim (the last with the end).
+    assert len(written) == 4
     for after, stored in written:
         assert stored is not None
         assert after.doc == stored
         assert after.state == store.to_state(stored)
-    assert [after.finished for after, _ in written] == [False] * 5 + [True]
+    assert [after.finished for after, _ in written] == [False] * 3 + [True]
+    assert [after.event_seq for after, _ in written] == [2, 4, 6, 8]  # the claims rode along
 
 
 def test_inline__the_budget_hands_the_rest_to_a_new_message(

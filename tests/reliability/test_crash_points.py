@@ -80,15 +80,17 @@ def test_crash_points__the_recovery_table_covers_every_boundary() -> None:
 
 
 #: Steps run back to back (the default): the lock is released and the next message sent once, after
-#: the run, so a crash there leaves nothing to recover; s2's life starts at "loaded" (from the
-#: snapshot the outcome write of s1 returned), with no message received and no lock taken.
-RECOVERY_INLINE = {**RECOVERY, "released": None, "sent": None}
+#: the run, so a crash there leaves nothing to recover. s2's claim is written with s1's outcome, so
+#: its life starts at "claimed" (no message received, no lock taken, no snapshot loaded), and a
+#: crash once an outcome is recorded falls after the next step's claim: that step's first attempt
+#: is recorded lost when its lease runs out ("next lost"), and it runs as attempt 2.
+RECOVERY_INLINE = {**RECOVERY, "recorded": "next lost", "released": None, "sent": None}
 CASES = [
     *[pytest.param("message", point, step, id=f"message-{point}-{step}")
       for point in faults.POINTS for step in ("s1", "s2")],
     *[pytest.param("inline", point, step, id=f"inline-{point}-{step}")
       for point in faults.POINTS for step in ("s1", "s2")
-      if not (step == "s2" and point in ("received", "locked"))],
+      if not (step == "s2" and point in ("received", "locked", "loaded"))],
 ]
 
 
@@ -115,9 +117,13 @@ def test_crash_at__each_boundary__is_recovered_by_the_sweeper(
     assert [s["status"] for s in doc["steps"]] == ["SUCCEEDED"] * 3
     recovery = (RECOVERY if mode == "message" else RECOVERY_INLINE)[point]
     crashed = ["s1", "s2", "s3"].index(step)
-    if recovery == "lost":
+    if recovery in ("lost", "next lost"):
         # The claim survived the crash: its lease ran out, the sweeper recorded the attempt lost,
-        # and attempt 2 ran the step.
+        # and attempt 2 ran the step (the next one, when the crash fell after the outcome that
+        # carried its claim; the crashed step's outcome was recorded).
+        if recovery == "next lost":
+            assert [(a["n"], a["outcome"]) for a in doc["steps"][crashed]["attempts"]] == [(1, "succeeded")]
+            crashed, step = crashed + 1, ["s1", "s2", "s3"][crashed + 1]
         expected = [("s1", 1), ("s2", 1), ("s3", 1)]
         expected.insert(crashed + 1, (step, 2))
         assert events(doc, "step_claimed") == expected
@@ -223,15 +229,17 @@ def compensation_recovery(mode: str, point: str, undone: str) -> str | None:
         return None
     if point in ("recorded", "released", "sent") and undone == PLAN[-1]:
         return None
-    return RECOVERY[point]
+    return (RECOVERY if mode == "message" else RECOVERY_INLINE)[point]
 
 
 COMPENSATION_CASES = [
     *[pytest.param("message", point, undone, id=f"message-{point}-undo-{undone}")
       for point in faults.POINTS for undone in PLAN],
-    # Back to back, both compensations run in the message that ran s3: none receives or locks.
+    # Back to back, both compensations run in the message that ran s3: none receives or locks,
+    # and s1's is claimed with s2's outcome (nothing loaded).
     *[pytest.param("inline", point, undone, id=f"inline-{point}-undo-{undone}")
-      for point in faults.POINTS for undone in PLAN if point not in ("received", "locked")],
+      for point in faults.POINTS for undone in PLAN if point not in ("received", "locked")
+      and not (point == "loaded" and undone == PLAN[-1])],
 ]
 
 
@@ -266,6 +274,10 @@ def test_crash_at__each_boundary_of_a_compensation__is_recovered_and_the_rollbac
     assert "step_claimed" not in kinds[kinds.index("rollback_started"):]
     recovery = compensation_recovery(mode, point, undone)
     crashed = PLAN.index(undone)
+    if recovery == "next lost":  # recorded with the next compensation's claim: that one is lost
+        assert [(a["n"], a["outcome"]) for a in doc["compensations"][crashed]["attempts"]] == [
+            (1, "succeeded")]
+        crashed, undone, recovery = crashed + 1, PLAN[crashed + 1], "lost"
     claims = [(name, 1) for name in PLAN]
     if recovery == "lost":
         claims.insert(crashed + 1, (undone, 2))
@@ -284,7 +296,7 @@ def test_crash_at__each_boundary_of_a_compensation__is_recovered_and_the_rollbac
         assert [(a["n"], a["outcome"]) for a in record["attempts"]] == [(1, "lost"), (2, "succeeded")]
         assert json.loads(record["output_json"])["key"] == keys[undone]
         # At least once: a crash after the refund was asked for asks again, with the same key.
-        again = [(undone, 1), (undone, 2)] if point == "handled" else [(undone, 2)]
+        again = [(undone, 1), (undone, 2)] if point == "handled" else [(undone, 2)]  # ran, or not
         assert [r for r in refunds.requests if r[0] == keys[undone]] == [
             (keys[name], n) for name, n in again]
     else:
