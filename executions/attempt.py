@@ -148,9 +148,7 @@ class Attempt:
                     events = engine.failed(snap.state, self.index, error_type, message, permanent,
                                            record, now)
                 if then is not None and isinstance(events, engine.Folded):
-                    more = then(snap, self.index, events.after, now)
-                    if more:
-                        events = engine.joined(events, more)
+                    events = self._then(then, snap, events, now)
                 result = transitions.commit(snap, events, now)
             except PyMongoError as exc:  # down past every retry: the lease's expiry recovers it
                 logger.error("outcome of %s step %d not recorded, the store failed (%s: %s); the "
@@ -175,6 +173,17 @@ class Attempt:
         logger.error("outcome of %s step %d not recorded after %d tries; the lease will recover it",
                      snap.state.id, self.index, RECORD_TRIES)
         return None
+
+    def _then(self, then: Then, snap: Snapshot, events: engine.Folded, now: int) -> engine.Folded:
+        """``events`` and what ``then`` adds; ``events`` alone when ``then`` fails (a store read
+        that failed over, say): what it would add is never worth the outcome."""
+        try:
+            more = then(snap, self.index, events.after, now)
+        except Exception:
+            logger.exception("what follows the outcome of %s step %d is left to a write of its own",
+                             snap.state.id, self.index)
+            return events
+        return engine.joined(events, more) if more else events
 
     def _count(self, record: dict[str, Any]) -> None:
         workflow, step = self.snap.doc["workflow"], metrics.step_label(self.snap.state, self.index)

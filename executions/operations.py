@@ -67,7 +67,7 @@ def start(
     if idempotency_key is not None and not (0 < len(idempotency_key) <= 200):
         raise InvalidArgument("idempotency_key", "must be 1 to 200 characters")
     pinned = {"name": stored.name, "version": stored.version,
-              "description": stored.description, "steps": stored.steps}
+              "description": stored.description, "steps": definitions.plain_steps(stored)}
     if stored.secret_inputs:
         pinned["secret_inputs"] = list(stored.secret_inputs)
     if stored.on_failure != "stop":

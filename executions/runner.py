@@ -131,7 +131,9 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
     settings = conf.get()
     end = RunEnd()
     claims = 0
-    ahead: list[Claim] = []  # the claim the last outcome's write carried, if it carried one
+    # The claim the last outcome's write carried, with its fence (the version that write made):
+    # a snapshot of another version was written without it (an outcome tried again alone).
+    ahead: list[tuple[Claim, int]] = []
 
     def claim_next(base: Snapshot, done: int, after: ExecutionState, now: int
                    ) -> list[engine.Event] | None:
@@ -147,20 +149,21 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
                 or ("workflow" not in after.holds
                     and base.doc["workflow"] in controls.paused_workflows())):
             return None
-        ahead.append(decision)
+        ahead.append((decision, base.version + 1))
         return engine.claimed(after, decision, worker, fence=base.version + 1,
                               lease_expires_at=now + lease_ms)
 
     while snap is not None:
         end.now = now = now_ms()
-        if ahead:  # claimed by the write that returned this snapshot: its attempt runs now
-            end.decision = claim = ahead.pop()
+        if ahead and ahead[-1][1] == snap.version:  # claimed by the write that returned it
+            end.decision = claim = ahead.pop()[0]
             result = run_step(snap, claim, worker, lock, lease_ms, claimed=snap, then=claim_next)
             claims += 1
             end.written = result or end.written
             end.finished = end.finished or (result is not None and result.finished)
             snap = result
             continue
+        ahead.clear()
         end.decision = decision = decide(snap.state, now)
         if isinstance(decision, Claim | StartWait | Resume | WakeUp | Rollback) \
                 and (hold := workflow_pause(snap)) is not None:
@@ -183,8 +186,7 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
                     metrics.SLOT_WAITS.labels(snap.doc["workflow"], slot.key.rsplit(":", 1)[-1]).inc()
                 break
             try:
-                result = run_step(snap, decision, worker, lock, lease_ms, slot,
-                                  then=None if slot is not None else claim_next)
+                result = run_step(snap, decision, worker, lock, lease_ms, slot, then=claim_next)
             finally:
                 if slot is not None:
                     slot.release()

@@ -94,9 +94,10 @@ def _latest(name: str) -> WorkflowDefinition | None:
     return _read({"name": name})
 
 
-#: The definitions read before, by ``_id`` (at most ``READ_KEPT``): a version is never modified once
-#: stored, so one read of the whole document serves every later start of it, and a version deleted
-#: and registered again is another document, with another ``_id``. Shared: read-only.
+#: The definitions read before, by database and ``_id`` (at most ``READ_KEPT``): a version is never
+#: modified once stored, so one read of the whole document serves every later start of it, and a
+#: version deleted and registered again is another document, with another ``_id``. Shared:
+#: read-only (a start pins a copy of the steps, ``plain_steps``).
 _READ: dict[Any, WorkflowDefinition] = {}
 READ_KEPT = 256
 
@@ -108,7 +109,8 @@ def _read(query: dict[str, Any]) -> WorkflowDefinition | None:
     head = collection.find_one(query, {"_id": 1}, sort=None if "version" in query else [("version", -1)])
     if head is None:
         return None
-    found = _READ.get(head["_id"])
+    key = (collection.database.name, head["_id"])
+    found = _READ.get(key)
     if found is None:
         raw = collection.find_one({"_id": head["_id"]})
         if raw is None:  # deleted in between
@@ -117,5 +119,19 @@ def _read(query: dict[str, Any]) -> WorkflowDefinition | None:
         _ = (found.steps, found.secret_inputs)  # mongoengine converts a list at its first look: now
         if len(_READ) >= READ_KEPT:
             _READ.clear()
-        _READ[head["_id"]] = found
+        _READ[key] = found
     return found
+
+
+def plain_steps(definition: WorkflowDefinition) -> list[dict[str, Any]]:
+    """Return a copy of ``definition``'s steps as plain dicts and lists (a definition read by
+    :func:`get` is shared: what is built from it must not hold its lists)."""
+    return _plain(list(definition.steps))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value

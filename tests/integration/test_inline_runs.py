@@ -181,3 +181,37 @@ def test_inline__a_stopping_worker_claims_no_further_step(broker: Any, redis_cli
     with running_worker(1):
         [doc] = wait_terminal(execution_id)
     assert doc["status"] == "SUCCEEDED"
+
+
+def test_inline__a_store_error_in_what_follows_an_outcome_never_costs_the_outcome(
+    broker: Any, define: Any, sent: Counter[str], monkeypatch: pytest.MonkeyPatch,
+    written: list[tuple[Snapshot, Any]],
+) -> None:
+    """The next claim rides on an outcome only if the paused workflows can be read: when that read
+    fails (a failover), the outcome is written alone and the run goes on from it."""
+    from pymongo.errors import AutoReconnect
+
+    from executions import controls
+
+    define("chain", [{"handler": "test.echo"}, {"handler": "test.echo"}])
+    execution_id = operations.start("chain", {"n": 1})[0]["_id"]
+    real = controls.paused_workflows
+    calls = []
+
+    def failing_once(fresh: bool = False) -> dict[str, Any]:
+        calls.append(fresh)
+        if len(calls) == 2:  # the first read is the run's own, before s1's claim; this one follows s1
+            raise AutoReconnect("failing over")
+        return real(fresh)
+
+    monkeypatch.setattr(controls, "paused_workflows", failing_once)
+
+    runner.advance(execution_id)
+
+    doc = store.load(execution_id)
+    assert doc is not None and doc["status"] == "SUCCEEDED"
+    assert [[a["outcome"] for a in s["attempts"]] for s in doc["steps"]] == [["succeeded"], ["succeeded"]]
+    assert [LEDGER[(f"{execution_id}:{name}", 1)] for name in ("s1", "s2")] == [1, 1]
+    # s1's claim, s1's outcome alone, s2's claim, s2's outcome with the end.
+    assert [after.event_seq for after, _ in written] == [2, 3, 4, 6]
+    assert len(calls) >= 2
