@@ -116,6 +116,10 @@ def _doc(execution_id: str) -> dict[str, Any]:
     return doc
 
 
+#: The collection of the workflow pauses, whose view a worker refreshes once a second.
+PAUSE_VIEW = "workflow_controls"
+
+
 def timed_steps(execution_id: str, config: Config,
                 meter: tuple[meters.StoreMeter, meters.RedisMeter, meters.MessageMeter],
                 result: Drive) -> None:
@@ -151,7 +155,10 @@ def timed_steps(execution_id: str, config: Config,
             result.reads_by_collection += meters.reads_by_collection(mongo.sequence)
             if ran:
                 split = meters.mongo_split(mongo.commands)
-                result.max_mongo = max(result.max_mongo, mongo.total / ran)
+                # The execution's own commands: the pause view's refresh (one read of
+                # workflow_controls a second per process) is counted apart, by collection.
+                own = sum(1 for _, collection in mongo.sequence if collection != PAUSE_VIEW)
+                result.max_mongo = max(result.max_mongo, own / ran)
                 result.max_redis = max(result.max_redis, redis.total / ran)
                 result.max_reads = max(result.max_reads, split["reads"] / ran)
                 result.max_writes = max(result.max_writes, split["writes"] / ran)
