@@ -133,7 +133,7 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
     claims = 0
     # The claim the last outcome's write carried, with its fence (the version that write made):
     # a snapshot of another version was written without it (an outcome tried again alone).
-    ahead: list[tuple[Claim, int]] = []
+    ahead: tuple[Claim, int] | None = None
 
     def claim_next(base: Snapshot, done: int, after: ExecutionState, now: int
                    ) -> list[engine.Event] | None:
@@ -141,7 +141,8 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
         this run would claim it at once anyway (no pause to hold it, no concurrency slot to take
         first). Not a retry due at once: the failure and the claim both write the slot's attempt
         (conflicting paths in one update), so that claim is a write of its own."""
-        ahead.clear()
+        nonlocal ahead
+        ahead = None
         decision = engine.decide(after, now)  # on a state not written yet: not the seam's "loaded"
         if (not isinstance(decision, Claim) or decision.step == done
                 or claims + 1 >= settings.INLINE_STEPS
@@ -149,23 +150,23 @@ def _run(snap: Snapshot | None, worker: str, lock: ExecutionLock, lease_ms: int)
                 or ("workflow" not in after.holds
                     and base.doc["workflow"] in controls.paused_workflows())):
             return None
-        ahead.append((decision, base.version + 1))
+        ahead = (decision, base.version + 1)
         return engine.claimed(after, decision, worker, fence=base.version + 1,
                               lease_expires_at=now + lease_ms)
 
     while snap is not None:
         end.now = now = now_ms()
-        if ahead and ahead[-1][1] == snap.version:  # claimed by the write that returned it
-            end.decision = claim = ahead.pop()[0]
-            result = run_step(snap, claim, worker, lock, lease_ms, claimed=snap, then=claim_next)
+        carried, ahead = ahead, None
+        if carried is not None and carried[1] == snap.version:
+            decision: Decision = carried[0]  # decided, checked and claimed by the write behind snap
+        else:
+            carried = None
+            decision = decide(snap.state, now)
+        end.decision = decision
+        if carried is not None:
+            result = run_step(snap, carried[0], worker, lock, lease_ms, claimed=snap, then=claim_next)
             claims += 1
-            end.written = result or end.written
-            end.finished = end.finished or (result is not None and result.finished)
-            snap = result
-            continue
-        ahead.clear()
-        end.decision = decision = decide(snap.state, now)
-        if isinstance(decision, Claim | StartWait | Resume | WakeUp | Rollback) \
+        elif isinstance(decision, Claim | StartWait | Resume | WakeUp | Rollback) \
                 and (hold := workflow_pause(snap)) is not None:
             # Its workflow is paused: held here, at the step boundary, until the workflow resumes.
             result = transitions.commit(snap, engine.paused("workflow", hold["by"], hold["reason"]), now)
