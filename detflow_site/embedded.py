@@ -417,6 +417,7 @@ def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
     ``_growth`` allows; only when that bound passes 16 MiB is the new document encoded, and
     refused (code 17419) when it really is larger.
     """
+    from mongomock import helpers
     from mongomock.filtering import filter_applies
 
     @functools.wraps(update)
@@ -433,7 +434,7 @@ def _path_copying(update: Callable[..., Any]) -> Callable[..., Any]:
             old = self._store[key]
         except KeyError:
             old = None
-        spec = _stored(spec)
+        spec = helpers.patch_datetime_awareness_in_document(spec)  # as the server reads it
         if old is None or not filter_applies(spec, old):
             return _result(self, 0, 0)
         try:
