@@ -77,13 +77,10 @@ def start(
         if stored.on_deadline != "fail":
             pinned["on_deadline"] = stored.on_deadline
     events = engine.created(by, stored.name, stored.version)
-    hold = controls.paused(stored.name)
-    if hold is not None:  # the workflow is paused: the execution waits for its resume
-        events += engine.paused("workflow", hold["by"], hold["reason"])
     doc, created = transitions.create(pinned, input_json, idempotency_key, now_ms(), events, by)
     if created:
         metrics.EXECUTIONS_STARTED.labels(stored.name).inc()
-        doc = _settle_hold(doc, stored.name, hold)
+        doc = _settle_hold(doc, stored.name)
     return doc, created
 
 
@@ -95,10 +92,17 @@ def check_input(stored: definitions.WorkflowDefinition, input: Any) -> None:
         raise InvalidArgument(found[0], found[1], "schema_mismatch")
 
 
-def _settle_hold(doc: dict[str, Any], workflow: str, hold: dict[str, Any] | None) -> dict[str, Any]:
-    """Make a new execution's hold agree with its workflow's pause read again after the insert (a
-    pause or a resume may have come in between, and missed it), then send its first message."""
+def _settle_hold(doc: dict[str, Any], workflow: str) -> dict[str, Any]:
+    """Make a new execution's hold agree with its workflow's pause, read after the insert, then
+    send its first message (none while it is held).
+
+    Read after the insert, not before: a pause set before that read holds the execution before any
+    message is sent (a fenced ``paused`` event after ``created``); one set after it finds the
+    execution stored, and the worker holds it at its first step boundary as it would any running
+    one. A resume that comes between that read and the hold is caught by reading again; one read in
+    the common case (not paused), where a read before the insert and one after would make two."""
     changed = False
+    hold: dict[str, Any] | None = None
     for _ in range(TRIES):
         now_paused = controls.paused(workflow)
         if (hold is None) == (now_paused is None):
