@@ -57,3 +57,26 @@ def test_decide__what_it_keeps_is_not_part_of_the_state() -> None:
     for copied in (copy.deepcopy(state), copy.copy(state), pickle.loads(pickle.dumps(state))):
         assert "_decided" not in copied.__dict__
         assert copied == state
+
+
+@PROPERTY
+@given(timed_states(), times, maybe_times, st.sampled_from(list(E)))
+def test_replace__is_dataclasses_replace_and_keeps_no_decision(state, now, deadline, status) -> None:
+    from executions import state as states
+
+    decide(state, now)
+    changes = {"deadline_at": deadline, "status": status}
+    fast = states.replace(state, **changes)
+    assert fast == replace(state, **changes) and type(fast) is type(state)
+    assert "_decided" not in fast.__dict__ and "_decided" in state.__dict__
+    for step in state.steps[:1]:
+        assert states.replace(step, attempt=7) == replace(step, attempt=7)
+
+
+def test_replace__refuses_a_field_the_value_does_not_have() -> None:
+    import pytest
+
+    from executions import state as states
+
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        states.replace(execution(E.RUNNING), colour="red")
